@@ -1,0 +1,124 @@
+"""Cheap input checks shared by the core classes.
+
+Every check raises ``ValueError``/``TypeError`` naming the argument and echoing the bad value, so a user never sees a
+stack trace from deep inside torch for a mistake in their own input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+ArrayLike = Any  # numpy array or torch tensor
+
+_FLOAT_DTYPES = {torch.float16, torch.bfloat16, torch.float32, torch.float64}
+
+
+def describe(value: Any) -> str:
+    """A short description of a value for error messages (never a huge repr)."""
+    if isinstance(value, torch.Tensor):
+        return f"tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
+    if isinstance(value, np.ndarray):
+        return f"array of shape {value.shape} and dtype {value.dtype}"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def as_float_matrix(value: ArrayLike, name: str, *, dim: int | None = None, allow_empty: bool = False) -> torch.Tensor:
+    """Turn a (n, d) float numpy array / tensor into a float32 CPU-or-same-device tensor, checking everything cheap."""
+    if isinstance(value, np.ndarray):
+        if value.dtype == object or not np.issubdtype(value.dtype, np.floating):
+            raise TypeError(f"{name} must hold floating-point numbers, got {describe(value)}")
+        tensor = torch.from_numpy(np.ascontiguousarray(value))
+    elif isinstance(value, torch.Tensor):
+        if value.dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"{name} must hold floating-point numbers, got {describe(value)}")
+        tensor = value
+    elif isinstance(value, (list, tuple)):
+        try:
+            array = np.asarray(value)
+        except ValueError as exc:  # ragged nested lists
+            raise ValueError(f"{name} must be a rectangular (n, d) matrix of floats, got a ragged sequence") from exc
+        if array.dtype == object or not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.integer):
+            raise TypeError(f"{name} must hold floating-point numbers, got a sequence of dtype {array.dtype}")
+        tensor = torch.from_numpy(array.astype(np.float32))
+    else:
+        raise TypeError(f"{name} must be a numpy array or torch tensor of shape (n, d), got {type(value).__name__}")
+    if tensor.ndim != 2:
+        raise ValueError(f"{name} must be 2-D with shape (n, d), got {describe(tensor)}")
+    if tensor.shape[0] == 0 and not allow_empty:
+        raise ValueError(f"{name} is empty: got shape {tuple(tensor.shape)}, need at least one row")
+    if dim is not None and tensor.shape[1] != dim:
+        raise ValueError(f"{name} has dimension {tensor.shape[1]} but the cache has dimension {dim}")
+    tensor = tensor.detach().to(torch.float32)
+    check_finite(tensor, name)
+    return tensor
+
+
+def check_finite(tensor: torch.Tensor, name: str) -> None:
+    if tensor.numel() and not bool(torch.isfinite(tensor).all()):
+        bad = (~torch.isfinite(tensor)).nonzero()[0].tolist()
+        raise ValueError(f"{name} contains NaN or inf (first at position {tuple(bad)})")
+
+
+def as_index_tensor(value: Any, name: str, *, num_rows: int) -> torch.Tensor:
+    """A 1-D int64 tensor of row indices, each in [0, num_rows)."""
+    if isinstance(value, torch.Tensor):
+        if value.dtype.is_floating_point or value.dtype == torch.bool:
+            raise TypeError(f"{name} must hold integer row indices, got {describe(value)}")
+        tensor = value.to(torch.int64).reshape(-1).cpu()
+    else:
+        array = np.asarray(value)
+        if array.size and not np.issubdtype(array.dtype, np.integer):
+            raise TypeError(f"{name} must hold integer row indices, got values of dtype {array.dtype}")
+        tensor = torch.from_numpy(array.astype(np.int64).reshape(-1))
+    if tensor.numel():
+        low, high = int(tensor.min()), int(tensor.max())
+        if low < 0 or high >= num_rows:
+            bad = low if low < 0 else high
+            raise IndexError(f"{name} contains row index {bad}, out of range for a cache of {num_rows} rows")
+    return tensor
+
+
+def as_row_sets(value: Iterable[Iterable[int]] | None, name: str, *, num_queries: int, num_rows: int) -> list[set[int]]:
+    """Per-query collections of row indices -> list of sets, validated."""
+    if value is None:
+        return [set() for _ in range(num_queries)]
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"{name} must be a sequence of per-query collections of row indices, got {describe(value)}")
+    rows = list(value)
+    if len(rows) != num_queries:
+        raise ValueError(f"{name} must have one collection per query: got {len(rows)} for {num_queries} queries")
+    result: list[set[int]] = []
+    for position, collection in enumerate(rows):
+        items: Iterable[Any] = [collection] if isinstance(collection, (int, np.integer)) else collection
+        members: set[int] = set()
+        for item in items:
+            if isinstance(item, torch.Tensor):
+                item = item.item()
+            if isinstance(item, (bool, np.bool_)) or not isinstance(item, (int, np.integer)):
+                raise TypeError(f"{name}[{position}] must hold integer row indices, got {describe(item)}")
+            if not 0 <= int(item) < num_rows:
+                raise IndexError(
+                    f"{name}[{position}] contains row index {int(item)}, out of range for a cache of {num_rows} rows"
+                )
+            members.add(int(item))
+        result.append(members)
+    return result
+
+
+def check_positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {describe(value)}")
+    if value <= 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    return int(value)
+
+
+def check_choice(value: Any, name: str, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ValueError(f"Unknown {name} {value!r}; expected one of {', '.join(repr(c) for c in choices)}")
+    return str(value)

@@ -1,0 +1,457 @@
+"""CorrectedCacheStore: a stale embedding cache g'(y) plus the corrector h that maps it to the current space.
+
+Search is exact and blocked: rows are scanned ``block_size`` at a time, the corrector is applied to each block on the
+fly (or a materialised corrected view is read), and a running top-k is merged, so memory is bounded by the block size
+and the batch of queries, never by the number of rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from haystack_corrector._atomic import atomic_directory, resolve_saved_directory
+from haystack_corrector._validation import (
+    ArrayLike,
+    as_float_matrix,
+    as_index_tensor,
+    as_row_sets,
+    check_choice,
+    check_finite,
+    check_positive_int,
+    describe,
+)
+from haystack_corrector.corrector import Corrector
+
+logger = logging.getLogger(__name__)
+
+SIMILARITIES = ("cosine", "dot")
+DTYPES = {"float32": torch.float32, "float16": torch.float16}
+_NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16}
+_FORMAT = "haystack-corrector/cache-store"
+_FORMAT_VERSION = 1
+EMBEDDINGS_FILE = "embeddings.npy"
+IDS_FILE = "ids.json"
+CONFIG_FILE = "store_config.json"
+CORRECTOR_DIR = "corrector"
+
+
+class DefaultIds(Sequence[str]):
+    """The default ids ``"0"`` .. ``"N-1"``, without holding N Python strings in memory."""
+
+    def __init__(self, length: int) -> None:
+        self._length = length
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, position):  # type: ignore[no-untyped-def]
+        if isinstance(position, slice):
+            return [str(i) for i in range(*position.indices(self._length))]
+        if position < 0:
+            position += self._length
+        if not 0 <= position < self._length:
+            raise IndexError(f"id position {position} out of range for {self._length} ids")
+        return str(position)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, DefaultIds):
+            return other._length == self._length
+        if isinstance(other, Sequence) and not isinstance(other, str):
+            return len(other) == self._length and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(("DefaultIds", self._length))
+
+    def __repr__(self) -> str:
+        return f"DefaultIds({self._length})"
+
+    def row_of(self, value: str) -> int | None:
+        if value.isdigit() and str(int(value)) == value and int(value) < self._length:
+            return int(value)
+        return None
+
+
+def _sha256(path: Path, chunk: int = 1 << 24) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class CorrectedCacheStore:
+    """Stale cached target embeddings, their ids, and the corrector applied to them at search time.
+
+    Args:
+        embeddings: (N, d) float numpy array or torch tensor: the stale cache g'(y).
+        ids: N unique string ids (default ``"0"`` .. ``"N-1"``).
+        corrector: the :class:`Corrector` to apply; default a fresh identity ``Corrector(d)``.
+        similarity: ``"cosine"`` (rows and queries L2-normalised at scoring time) or ``"dot"``.
+        dtype: storage dtype, ``"float32"`` or ``"float16"``; all arithmetic is float32.
+        block_size: rows scored per block during a scan (bounds the memory of a search).
+
+    Example:
+        >>> import torch
+        >>> from haystack_corrector import CorrectedCacheStore
+        >>> store = CorrectedCacheStore(torch.eye(4), ids=["a", "b", "c", "d"], similarity="dot")
+        >>> scores, rows = store.search(torch.tensor([[0.0, 1.0, 0.5, 0.0]]), top_k=2)
+        >>> [store.ids[i] for i in rows[0].tolist()]
+        ['b', 'c']
+    """
+
+    def __init__(
+        self,
+        embeddings: ArrayLike,
+        ids: Sequence[str] | None = None,
+        corrector: Corrector | None = None,
+        similarity: str = "cosine",
+        dtype: str = "float32",
+        block_size: int = 16384,
+    ) -> None:
+        self.similarity = check_choice(similarity, "similarity", SIMILARITIES)
+        self.dtype = check_choice(dtype, "dtype", tuple(DTYPES))
+        self.block_size = check_positive_int(block_size, "block_size")
+        matrix = as_float_matrix(embeddings, "embeddings")
+        storage = matrix.to(DTYPES[self.dtype]).cpu().contiguous()
+        check_finite(storage, f"embeddings (after conversion to {self.dtype})")
+        self._init_storage(storage, ids, corrector)
+
+    # ----------------------------------------------------------------------------------------------- construction
+    def _init_storage(
+        self, storage: torch.Tensor | np.ndarray, ids: Sequence[str] | None, corrector: Corrector | None
+    ) -> None:
+        self._storage = storage
+        num_rows, dim = int(storage.shape[0]), int(storage.shape[1])
+        self._num_rows, self._dim = num_rows, dim
+        self._ids = self._check_ids(ids, num_rows)
+        self._id_to_row: dict[str, int] | None = None
+        self._corrector = self._check_corrector(corrector if corrector is not None else Corrector(dim), dim)
+        self._view: torch.Tensor | None = None
+        self._view_key: tuple[int, int] | None = None
+
+    @staticmethod
+    def _check_ids(ids: Sequence[str] | None, num_rows: int) -> Sequence[str]:
+        if ids is None or isinstance(ids, DefaultIds):
+            return DefaultIds(num_rows)
+        if isinstance(ids, (str, bytes)):
+            raise TypeError(f"ids must be a sequence of strings, got {describe(ids)}")
+        ids = list(ids)
+        if len(ids) != num_rows:
+            raise ValueError(f"ids has {len(ids)} entries but embeddings has {num_rows} rows")
+        for position, value in enumerate(ids):
+            if not isinstance(value, str):
+                raise TypeError(f"ids must be strings; ids[{position}] is {describe(value)}")
+        if len(set(ids)) != len(ids):
+            seen: set[str] = set()
+            duplicate = next(v for v in ids if v in seen or seen.add(v))  # type: ignore[func-returns-value]
+            raise ValueError(f"ids must be unique; {duplicate!r} appears more than once")
+        return ids
+
+    @staticmethod
+    def _check_corrector(corrector: Any, dim: int) -> Corrector:
+        if not isinstance(corrector, Corrector):
+            raise TypeError(f"corrector must be a haystack_corrector.Corrector, got {type(corrector).__name__}")
+        if corrector.dim != dim:
+            raise ValueError(f"corrector has dim {corrector.dim} but the cache has dimension {dim}")
+        return corrector
+
+    # ------------------------------------------------------------------------------------------------- properties
+    def __len__(self) -> int:
+        return self._num_rows
+
+    def __repr__(self) -> str:
+        kind = "memory-mapped" if isinstance(self._storage, np.ndarray) else "in-memory"
+        return (
+            f"CorrectedCacheStore({self._num_rows} rows, dim={self._dim}, similarity={self.similarity!r}, "
+            f"dtype={self.dtype!r}, {kind}, materialized={self.is_materialized})"
+        )
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def ids(self) -> Sequence[str]:
+        """The row ids (a list, or a lightweight sequence of ``"0"`` .. ``"N-1"`` when none were given)."""
+        return self._ids
+
+    @property
+    def corrector(self) -> Corrector:
+        return self._corrector
+
+    @corrector.setter
+    def corrector(self, corrector: Corrector) -> None:
+        self._corrector = self._check_corrector(corrector, self._dim)
+        self._view, self._view_key = None, None
+
+    @property
+    def is_memory_mapped(self) -> bool:
+        return isinstance(self._storage, np.ndarray)
+
+    @property
+    def is_materialized(self) -> bool:
+        """True when a corrected view exists and was computed with the corrector's current weights."""
+        return self._view is not None and self._view_key == self._corrector_key()
+
+    def _corrector_key(self) -> tuple[int, int]:
+        return (id(self._corrector), self._corrector.version)
+
+    @property
+    def _device(self) -> torch.device:
+        parameter = next(self._corrector.parameters(), None)
+        return parameter.device if parameter is not None else torch.device("cpu")
+
+    def rows_of(self, ids: Iterable[str]) -> list[int]:
+        """Row indices of the given ids (KeyError naming the first unknown id)."""
+        if isinstance(self._ids, DefaultIds):
+            default_rows = []
+            for value in ids:
+                row = self._ids.row_of(value) if isinstance(value, str) else None
+                if row is None:
+                    raise KeyError(f"id {value!r} is not in this store")
+                default_rows.append(row)
+            return default_rows
+        if self._id_to_row is None:
+            self._id_to_row = {value: row for row, value in enumerate(self._ids)}
+        rows = []
+        for value in ids:
+            try:
+                rows.append(self._id_to_row[value])
+            except KeyError:
+                raise KeyError(f"id {value!r} is not in this store") from None
+        return rows
+
+    # ------------------------------------------------------------------------------------------------- embeddings
+    def _stale_block(self, start: int, end: int) -> torch.Tensor:
+        if isinstance(self._storage, np.ndarray):
+            return torch.from_numpy(np.array(self._storage[start:end], dtype=np.float32))
+        return self._storage[start:end].to(torch.float32)
+
+    def _stale_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        if isinstance(self._storage, np.ndarray):
+            return torch.from_numpy(np.array(self._storage[rows.numpy()], dtype=np.float32))
+        return self._storage[rows].to(torch.float32)
+
+    def _blocks(self) -> Iterator[tuple[int, int]]:
+        for start in range(0, self._num_rows, self.block_size):
+            yield start, min(start + self.block_size, self._num_rows)
+
+    @torch.no_grad()
+    def _correct(self, stale: torch.Tensor) -> torch.Tensor:
+        return self._corrector(stale.to(self._device)).float()
+
+    def stale_embeddings(self, indices: ArrayLike | Sequence[int] | None = None) -> torch.Tensor:
+        """The stale cached embeddings g' of these rows (all rows if None), float32 on CPU."""
+        if indices is None:
+            return torch.cat([self._stale_block(s, e) for s, e in self._blocks()])
+        return self._stale_rows(as_index_tensor(indices, "indices", num_rows=self._num_rows))
+
+    def corrected_embeddings(self, indices: ArrayLike | Sequence[int] | None = None) -> torch.Tensor:
+        """h(g') for these rows (all rows if None), computed in float32 with the current corrector, on CPU."""
+        if indices is None:
+            return torch.cat([self._correct(self._stale_block(s, e)).cpu() for s, e in self._blocks()])
+        rows = as_index_tensor(indices, "indices", num_rows=self._num_rows)
+        return self._correct(self._stale_rows(rows)).cpu()
+
+    def materialize(self) -> None:
+        """Compute h(g') for all rows once and keep it (in the storage dtype); searches read it while it is current.
+
+        Any update of the corrector's weights makes the view stale; searches then fall back to applying the corrector
+        block by block, so results are always exact for the current corrector. Call again to refresh.
+        """
+        view = torch.empty((self._num_rows, self._dim), dtype=DTYPES[self.dtype])
+        for start, end in self._blocks():
+            view[start:end] = self._correct(self._stale_block(start, end)).cpu().to(view.dtype)
+        check_finite(view, "the corrected view (the corrector produced non-finite values)")
+        self._view, self._view_key = view, self._corrector_key()
+
+    # ----------------------------------------------------------------------------------------------------- search
+    def search(
+        self,
+        query_embeddings: ArrayLike,
+        top_k: int,
+        exclude: Iterable[Iterable[int]] | None = None,
+        corrected: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact top-k rows for each query by corrected (default) or stale similarity.
+
+        Args:
+            query_embeddings: (B, d) float array/tensor.
+            top_k: rows to return per query.
+            exclude: optional per-query collections of row indices never to return (e.g. the query's positives).
+            corrected: score against h(g') (True) or the raw stale cache g' (False).
+
+        Returns:
+            ``(scores, indices)``: (B, top_k) float32 scores and int64 row indices on CPU, best first.
+        """
+        queries = as_float_matrix(query_embeddings, "query_embeddings", dim=self._dim)
+        top_k = check_positive_int(top_k, "top_k")
+        excluded = as_row_sets(exclude, "exclude", num_queries=queries.shape[0], num_rows=self._num_rows)
+        available = self._num_rows - max((len(rows) for rows in excluded), default=0)
+        if top_k > available:
+            raise ValueError(
+                f"top_k={top_k} is larger than the number of rows left to return ({available} of {self._num_rows} "
+                f"after exclusions)"
+            )
+        return self._search(queries, top_k, excluded, corrected)
+
+    @torch.no_grad()
+    def _search(
+        self, queries: torch.Tensor, top_k: int, excluded: list[set[int]], corrected: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        device = self._device
+        queries = queries.to(device)
+        if self.similarity == "cosine":
+            queries = F.normalize(queries, dim=-1)
+        view = self._view if corrected and self.is_materialized else None
+        pairs = sorted((row, query) for query, rows in enumerate(excluded) for row in rows)
+        pair_rows = torch.tensor([row for row, _ in pairs], dtype=torch.int64)
+        pair_queries = torch.tensor([query for _, query in pairs], dtype=torch.int64)
+        best_scores = torch.empty((queries.shape[0], 0), device=device)
+        best_rows = torch.empty((queries.shape[0], 0), dtype=torch.int64, device=device)
+        for start, end in self._blocks():
+            if view is not None:
+                block = view[start:end].to(device=device, dtype=torch.float32)
+            else:
+                block = self._stale_block(start, end).to(device)
+                if corrected:
+                    block = self._corrector(block).float()
+            if self.similarity == "cosine":
+                block = F.normalize(block, dim=-1)
+            scores = queries @ block.T
+            if len(pairs):
+                lo = int(torch.searchsorted(pair_rows, start))
+                hi = int(torch.searchsorted(pair_rows, end))
+                if hi > lo:
+                    scores[pair_queries[lo:hi].to(device), (pair_rows[lo:hi] - start).to(device)] = -torch.inf
+            rows = torch.arange(start, end, device=device).expand(queries.shape[0], -1)
+            merged_scores = torch.cat([best_scores, scores], dim=1)
+            merged_rows = torch.cat([best_rows, rows], dim=1)
+            keep = min(top_k, merged_scores.shape[1])
+            best_scores, position = torch.topk(merged_scores, keep, dim=1)
+            best_rows = torch.gather(merged_rows, 1, position)
+        if not torch.isfinite(best_scores).all():
+            raise ValueError(
+                "The corrector produced non-finite scores; it has diverged (check its learning rate) or the queries "
+                "are degenerate"
+            )
+        return best_scores.cpu(), best_rows.cpu()
+
+    # ------------------------------------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Save ids, stale embeddings (``.npy``), config and corrector into the directory ``path``, atomically."""
+        with atomic_directory(path) as tmp:
+            array_path = tmp / EMBEDDINGS_FILE
+            out = np.lib.format.open_memmap(
+                array_path, mode="w+", dtype=_NUMPY_DTYPES[self.dtype], shape=(self._num_rows, self._dim)
+            )
+            for start, end in self._blocks():
+                block = self._storage[start:end]
+                out[start:end] = block.numpy() if isinstance(block, torch.Tensor) else block
+            out.flush()
+            del out
+            # Default ids are saved as null: a million "0".."N-1" strings would cost memory on every load.
+            (tmp / IDS_FILE).write_text(json.dumps(None if isinstance(self._ids, DefaultIds) else list(self._ids)))
+            (tmp / CORRECTOR_DIR).mkdir()
+            self._corrector.save_to(tmp / CORRECTOR_DIR)
+            files = {
+                name: {"size": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
+                for name in (
+                    EMBEDDINGS_FILE,
+                    IDS_FILE,
+                    f"{CORRECTOR_DIR}/corrector.safetensors",
+                    f"{CORRECTOR_DIR}/corrector_config.json",
+                )
+            }
+            config = {
+                "format": _FORMAT,
+                "format_version": _FORMAT_VERSION,
+                "num_rows": self._num_rows,
+                "dim": self._dim,
+                "dtype": self.dtype,
+                "similarity": self.similarity,
+                "block_size": self.block_size,
+                "files": files,
+            }
+            (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], mmap: bool = True, verify: bool | None = None) -> CorrectedCacheStore:
+        """Load a store saved with :meth:`save`.
+
+        Args:
+            path: the saved directory.
+            mmap: memory-map the embeddings (read lazily, block by block) instead of reading them into memory.
+            verify: check the embeddings' SHA-256 (reads the whole file). Default: only when ``mmap=False``, since
+                the file is read in full then anyway. Sizes, shapes, ids and the corrector are always checked.
+        """
+        directory = resolve_saved_directory(path)
+        config_path = directory / CONFIG_FILE
+        if not config_path.is_file():
+            raise FileNotFoundError(f"{directory} is not a saved CorrectedCacheStore: {CONFIG_FILE} is missing")
+        try:
+            config = json.loads(config_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"Corrupted store config {config_path}: {exc}") from exc
+        if not isinstance(config, dict) or config.get("format") != _FORMAT:
+            raise ValueError(f"{config_path} is not a haystack-corrector store config")
+        if config.get("format_version", 0) > _FORMAT_VERSION:
+            raise ValueError(f"{directory} was written by a newer haystack-corrector; upgrade to load it")
+        verify = (not mmap) if verify is None else verify
+        for name, expected in config["files"].items():
+            file = directory / name
+            if not file.is_file():
+                raise FileNotFoundError(f"{directory} is incomplete: {name} is missing")
+            size = file.stat().st_size
+            if size != expected["size"]:
+                raise ValueError(f"{file} is truncated or corrupted: {size} bytes, expected {expected['size']}")
+            if (name != EMBEDDINGS_FILE or verify) and _sha256(file) != expected["sha256"]:
+                raise ValueError(f"{file} is corrupted: its SHA-256 checksum does not match the one saved with it")
+        num_rows, dim, dtype = int(config["num_rows"]), int(config["dim"]), config["dtype"]
+        array = cls._load_array(directory / EMBEDDINGS_FILE, mmap)
+        if array.shape != (num_rows, dim) or array.dtype != _NUMPY_DTYPES[dtype]:
+            raise ValueError(
+                f"{directory / EMBEDDINGS_FILE} holds {describe(array)}, but the config says shape "
+                f"({num_rows}, {dim}) and dtype {dtype}"
+            )
+        ids = json.loads((directory / IDS_FILE).read_text())
+        corrector = Corrector.load(directory / CORRECTOR_DIR)
+        store = cls.__new__(cls)
+        store.similarity = check_choice(config["similarity"], "similarity", SIMILARITIES)
+        store.dtype = check_choice(dtype, "dtype", tuple(DTYPES))
+        store.block_size = int(config.get("block_size", 16384))
+        storage: torch.Tensor | np.ndarray = array if mmap else torch.from_numpy(array)
+        store._init_storage(storage, ids, corrector)
+        return store
+
+    @staticmethod
+    def _load_array(file: Path, mmap: bool) -> np.ndarray:
+        with open(file, "rb") as handle:
+            try:
+                version = np.lib.format.read_magic(handle)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(handle)
+                elif version == (2, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
+                else:
+                    raise ValueError(f"unsupported .npy format version {version}")
+            except ValueError as exc:
+                raise ValueError(f"{file} is not a valid .npy file: {exc}") from exc
+            offset = handle.tell()
+        expected = offset + int(np.prod(shape)) * np.dtype(dtype).itemsize
+        if file.stat().st_size != expected:
+            raise ValueError(f"{file} is truncated or corrupted: {file.stat().st_size} bytes, expected {expected}")
+        if np.dtype(dtype).hasobject:
+            raise ValueError(f"{file} holds Python objects; refusing to load it")
+        return np.load(file, mmap_mode="r" if mmap else None, allow_pickle=False)

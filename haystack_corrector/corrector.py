@@ -1,0 +1,145 @@
+"""The corrector network h: maps a stale cached embedding g'(y) to an estimate of the current one, h(g') ≈ g."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from haystack_corrector._atomic import atomic_directory
+from haystack_corrector._validation import check_positive_int, describe
+
+CONFIG_FILE = "corrector_config.json"
+WEIGHTS_FILE = "corrector.safetensors"
+_FORMAT = "haystack-corrector/corrector"
+_FORMAT_VERSION = 1
+
+
+class Corrector(nn.Module):
+    """Residual MLP ``h(z) = z + MLP(z)`` whose last layer starts at zero, so ``h`` is exactly the identity at init.
+
+    Args:
+        dim: embedding dimension d (input and output).
+        hidden_dim: width of the hidden layers; default ``dim`` (DESIGN.md suggests 1-2x ``dim``).
+        num_layers: number of linear layers in the residual branch (1 = an affine correction ``z + Wz + b``).
+        normalize: L2-normalise the output (for cosine models). On unit-norm inputs the initial map is then the
+            identity up to float rounding; with ``normalize=False`` it is bit-exact.
+
+    Example:
+        >>> import torch
+        >>> from haystack_corrector import Corrector
+        >>> h = Corrector(8)
+        >>> z = torch.randn(3, 8)
+        >>> bool(torch.equal(h(z), z))  # identity at initialisation
+        True
+    """
+
+    def __init__(self, dim: int, hidden_dim: int | None = None, num_layers: int = 2, normalize: bool = False) -> None:
+        super().__init__()
+        self.dim = check_positive_int(dim, "dim")
+        self.hidden_dim = check_positive_int(hidden_dim if hidden_dim is not None else dim, "hidden_dim")
+        self.num_layers = check_positive_int(num_layers, "num_layers")
+        if not isinstance(normalize, bool):
+            raise TypeError(f"normalize must be a bool, got {describe(normalize)}")
+        self.normalize = normalize
+        layers: list[nn.Module] = []
+        width_in = self.dim
+        for _ in range(self.num_layers - 1):
+            layers += [nn.Linear(width_in, self.hidden_dim), nn.GELU()]
+            width_in = self.hidden_dim
+        last = nn.Linear(width_in, self.dim)
+        # A zero last layer makes the residual branch output exactly 0: h starts as the identity, which is correct
+        # at step 0 where the cache was just computed by the current encoder (g' = g).
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        layers.append(last)
+        self.residual = nn.Sequential(*layers)
+
+    def forward(self, stale: torch.Tensor) -> torch.Tensor:
+        if stale.ndim == 0 or stale.shape[-1] != self.dim:
+            raise ValueError(f"Corrector expects inputs of dimension {self.dim}, got {describe(stale)}")
+        out = stale + self.residual(stale)
+        if self.normalize:
+            out = F.normalize(out, dim=-1)
+        return out
+
+    @property
+    def version(self) -> int:
+        """A counter that grows on every in-place update of the weights (optimiser steps, ``load_state_dict``).
+
+        Stores compare it to know whether a materialised corrected view is still current. It sums torch's
+        per-tensor version counters, which every in-place operation bumps.
+        """
+        return sum(p._version for p in self.parameters())
+
+    def get_config_dict(self) -> dict[str, Any]:
+        return {
+            "dim": self.dim,
+            "hidden_dim": self.hidden_dim,
+            "num_layers": self.num_layers,
+            "normalize": self.normalize,
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write ``corrector_config.json`` and ``corrector.safetensors`` into the directory ``path``, atomically."""
+        with atomic_directory(path) as tmp:
+            self.save_to(tmp)
+
+    def save_to(self, directory: Path) -> None:
+        """Write the two files into an existing directory (no atomicity; used inside other atomic saves)."""
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": _FORMAT})
+        config = {"format": _FORMAT, "format_version": _FORMAT_VERSION, **self.get_config_dict()}
+        (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Corrector:
+        """Load a corrector saved with :meth:`save` (a directory, or a store directory that contains one)."""
+        from haystack_corrector._atomic import resolve_saved_directory
+
+        directory = resolve_saved_directory(path)
+        config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+        if not config_path.is_file() or not weights_path.is_file():
+            raise FileNotFoundError(
+                f"{directory} is not a saved Corrector: expected {CONFIG_FILE} and {WEIGHTS_FILE} in it"
+            )
+        try:
+            config = json.loads(config_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"Corrupted corrector config {config_path}: {exc}") from exc
+        if not isinstance(config, dict) or config.get("format") != _FORMAT:
+            raise ValueError(f"{config_path} is not a haystack-corrector Corrector config")
+        if config.get("format_version", 0) > _FORMAT_VERSION:
+            raise ValueError(
+                f"{config_path} was written by a newer haystack-corrector (format {config['format_version']}); upgrade"
+            )
+        corrector = cls(
+            dim=config["dim"],
+            hidden_dim=config["hidden_dim"],
+            num_layers=config["num_layers"],
+            normalize=config["normalize"],
+        )
+        try:
+            state = load_file(str(weights_path), device=str(map_location))
+        except Exception as exc:  # safetensors raises its own error types for truncated/corrupted headers
+            raise ValueError(f"Corrupted corrector weights {weights_path}: {exc}") from exc
+        expected = corrector.state_dict()
+        if set(state) != set(expected):
+            raise ValueError(f"{weights_path} holds tensors {sorted(state)}, expected {sorted(expected)}")
+        for key, tensor in state.items():
+            if tensor.shape != expected[key].shape:
+                raise ValueError(
+                    f"{weights_path}: tensor {key!r} has shape {tuple(tensor.shape)}, "
+                    f"config says {tuple(expected[key].shape)}"
+                )
+        corrector.load_state_dict(state)
+        return corrector.to(map_location)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, hidden_dim={self.hidden_dim}, num_layers={self.num_layers}, normalize={self.normalize}"

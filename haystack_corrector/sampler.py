@@ -1,0 +1,290 @@
+"""HardNegativeSampler: pick k hard negatives per query from a (corrected) cache, never a positive.
+
+Argument names and filter semantics follow sentence-transformers' ``mine_hard_negatives`` so its users feel at home:
+
+1. Candidates are the ``range_max`` best-scoring rows of the query that are not its positives.
+2. ``absolute_margin`` drops candidates with ``score + absolute_margin > min positive score``; ``relative_margin``
+   drops ``score > p - |p| * relative_margin`` (p = the query's lowest positive score); ``max_score`` drops
+   ``score > max_score``.
+3. The ``range_min`` best of the remaining candidates are skipped (likely false negatives).
+4. ``strategy`` picks ``num_negatives`` of the rest: ``"top"`` the best, ``"gumbel"`` a sample without replacement from
+   softmax(score / temperature) (Gumbel-top-k), ``"random"`` a uniform sample.
+
+When the filters leave fewer than ``num_negatives`` candidates, the gap is filled with uniformly random non-positive
+rows, counted in :attr:`HardNegativeSampler.stats` and logged once per call.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from haystack_corrector._validation import (
+    ArrayLike,
+    as_float_matrix,
+    as_row_sets,
+    check_choice,
+    check_positive_int,
+    describe,
+)
+from haystack_corrector.cache_store import CorrectedCacheStore
+
+logger = logging.getLogger(__name__)
+
+STRATEGIES = ("top", "gumbel", "random")
+_DEFAULT_WINDOW_FACTOR = 10
+
+
+def _optional_float(value: Any, name: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float or None, got {describe(value)}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return float(value)
+
+
+class HardNegativeSampler:
+    """Sample hard negatives for a batch of queries from a :class:`CorrectedCacheStore`.
+
+    Args:
+        store: the cache to sample from.
+        num_negatives: negatives per query.
+        strategy: ``"top"``, ``"gumbel"`` or ``"random"`` (see the module docstring).
+        temperature: softmax temperature τ for ``"gumbel"``.
+        range_min: skip this many best candidates (after the score filters).
+        range_max: consider only the ``range_max`` best non-positive rows. Default: ``range_min + num_negatives`` for
+            ``"top"`` without filters (as in sentence-transformers), else ``range_min + 10 * num_negatives``, so that
+            sampling and filtering have room to choose.
+        absolute_margin, relative_margin, max_score: score filters (module docstring).
+        corrected: score against the corrected cache h(g') (True) or the stale cache g' (False, the ablation).
+        seed: seed of the sampler's own random generator (``None``: non-deterministic).
+
+    Example:
+        >>> import torch
+        >>> from haystack_corrector import CorrectedCacheStore, HardNegativeSampler
+        >>> store = CorrectedCacheStore(torch.randn(100, 16))
+        >>> sampler = HardNegativeSampler(store, num_negatives=3, strategy="gumbel", range_max=20, seed=0)
+        >>> sampler.sample(torch.randn(2, 16), positives=[[0], [1, 2]]).shape
+        torch.Size([2, 3])
+    """
+
+    def __init__(
+        self,
+        store: CorrectedCacheStore,
+        num_negatives: int = 4,
+        strategy: str = "top",
+        temperature: float = 0.05,
+        range_min: int = 0,
+        range_max: int | None = None,
+        absolute_margin: float | None = None,
+        relative_margin: float | None = None,
+        max_score: float | None = None,
+        corrected: bool = True,
+        seed: int | None = None,
+    ) -> None:
+        if not isinstance(store, CorrectedCacheStore):
+            raise TypeError(f"store must be a CorrectedCacheStore, got {type(store).__name__}")
+        self.store = store
+        self.num_negatives = check_positive_int(num_negatives, "num_negatives")
+        self.strategy = check_choice(strategy, "strategy", STRATEGIES)
+        temperature_value = _optional_float(temperature, "temperature")
+        if temperature_value is None or temperature_value <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = temperature_value
+        if isinstance(range_min, bool) or not isinstance(range_min, int):
+            raise TypeError(f"range_min must be an int, got {describe(range_min)}")
+        if range_min < 0:
+            raise ValueError(f"range_min must be >= 0, got {range_min}")
+        self.range_min = range_min
+        if range_max is not None:
+            if isinstance(range_max, bool) or not isinstance(range_max, int):
+                raise TypeError(f"range_max must be an int or None, got {describe(range_max)}")
+            if range_min >= range_max:
+                raise ValueError(
+                    f"range_min must be smaller than range_max, got range_min={range_min}, range_max={range_max}"
+                )
+            if self.num_negatives > range_max - range_min:
+                raise ValueError(
+                    f"num_negatives={self.num_negatives} does not fit the window: only {range_max - range_min} "
+                    f"candidates remain between range_min={range_min} and range_max={range_max}"
+                )
+        self.range_max = range_max
+        self.absolute_margin = _optional_float(absolute_margin, "absolute_margin")
+        self.relative_margin = _optional_float(relative_margin, "relative_margin")
+        self.max_score = _optional_float(max_score, "max_score")
+        if not isinstance(corrected, bool):
+            raise TypeError(f"corrected must be a bool, got {describe(corrected)}")
+        self.corrected = corrected
+        self.seed = seed
+        self.generator = torch.Generator()
+        if seed is None:
+            self.generator.seed()
+        else:
+            self.generator.manual_seed(int(seed))
+        self.stats: dict[str, int] = {
+            "calls": 0,
+            "queries": 0,
+            "filled_queries": 0,
+            "filled_negatives": 0,
+            "skipped_absolute_margin": 0,
+            "skipped_relative_margin": 0,
+            "skipped_max_score": 0,
+        }
+
+    @property
+    def has_filters(self) -> bool:
+        return self.absolute_margin is not None or self.relative_margin is not None or self.max_score is not None
+
+    @property
+    def window(self) -> int:
+        """How many best non-positive rows are considered (``range_max`` or its default)."""
+        if self.range_max is not None:
+            return self.range_max
+        if self.strategy == "top" and not self.has_filters:
+            return self.range_min + self.num_negatives
+        return self.range_min + _DEFAULT_WINDOW_FACTOR * self.num_negatives
+
+    def get_config_dict(self) -> dict[str, Any]:
+        return {
+            "num_negatives": self.num_negatives,
+            "strategy": self.strategy,
+            "temperature": self.temperature,
+            "range_min": self.range_min,
+            "range_max": self.range_max,
+            "absolute_margin": self.absolute_margin,
+            "relative_margin": self.relative_margin,
+            "max_score": self.max_score,
+            "corrected": self.corrected,
+            "seed": self.seed,
+        }
+
+    def sample(self, query_embeddings: ArrayLike, positives: Iterable[Iterable[int]]) -> torch.Tensor:
+        """``num_negatives`` distinct non-positive row indices per query, as an int64 tensor (B, num_negatives)."""
+        store = self.store
+        queries = as_float_matrix(query_embeddings, "query_embeddings", dim=store.dim)
+        positive_sets = as_row_sets(positives, "positives", num_queries=queries.shape[0], num_rows=len(store))
+        most_positives = max(len(rows) for rows in positive_sets)
+        if self.num_negatives > len(store) - most_positives:
+            raise ValueError(
+                f"num_negatives={self.num_negatives} is larger than the rows that are not positives "
+                f"({len(store) - most_positives} of {len(store)} for the query with the most positives)"
+            )
+        depth = min(self.window, len(store) - most_positives)
+        scores, rows = store.search(queries, depth, exclude=positive_sets, corrected=self.corrected)
+        valid = self._apply_filters(queries, positive_sets, scores)
+        if self.range_min:
+            valid &= valid.cumsum(dim=1) > self.range_min
+        chosen, chosen_valid = self._choose(scores, valid)
+        negatives = torch.gather(rows, 1, chosen)
+        return self._fill(negatives, chosen_valid, positive_sets)
+
+    # ---------------------------------------------------------------------------------------------------- steps
+    def _apply_filters(
+        self, queries: torch.Tensor, positive_sets: list[set[int]], scores: torch.Tensor
+    ) -> torch.Tensor:
+        valid = torch.ones_like(scores, dtype=torch.bool)
+        if self.absolute_margin is not None or self.relative_margin is not None:
+            lowest = self._lowest_positive_scores(queries, positive_sets).unsqueeze(1)
+            if self.absolute_margin is not None:
+                removed = valid & (scores + self.absolute_margin > lowest)
+                self.stats["skipped_absolute_margin"] += int(removed.sum())
+                valid &= ~removed
+            if self.relative_margin is not None:
+                removed = valid & (scores > lowest - lowest.abs() * self.relative_margin)
+                self.stats["skipped_relative_margin"] += int(removed.sum())
+                valid &= ~removed
+        if self.max_score is not None:
+            removed = valid & (scores > self.max_score)
+            self.stats["skipped_max_score"] += int(removed.sum())
+            valid &= ~removed
+        return valid
+
+    def _lowest_positive_scores(self, queries: torch.Tensor, positive_sets: list[set[int]]) -> torch.Tensor:
+        """Per query, the score of its lowest-scoring positive (+inf when it has none: no margin applies)."""
+        lowest = torch.full((queries.shape[0],), torch.inf)
+        flat = sorted({row for rows in positive_sets for row in rows})
+        if not flat:
+            return lowest
+        getter = self.store.corrected_embeddings if self.corrected else self.store.stale_embeddings
+        targets = getter(flat)
+        if self.store.similarity == "cosine":
+            queries, targets = F.normalize(queries, dim=-1), F.normalize(targets, dim=-1)
+        all_scores = queries @ targets.T
+        column = {row: position for position, row in enumerate(flat)}
+        for query, rows in enumerate(positive_sets):
+            if rows:
+                lowest[query] = all_scores[query, [column[row] for row in rows]].min()
+        return lowest
+
+    def _choose(self, scores: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        k = min(self.num_negatives, scores.shape[1])
+        if self.strategy == "top":
+            # Candidates are sorted best first: keep the first valid ones in order.
+            keys = -torch.arange(scores.shape[1], dtype=torch.float32).expand_as(scores).clone()
+        elif self.strategy == "gumbel":
+            uniform = torch.rand(scores.shape, generator=self.generator).clamp_(1e-20, 1.0)
+            keys = scores / self.temperature - torch.log(-torch.log(uniform))
+        else:
+            keys = torch.rand(scores.shape, generator=self.generator)
+        keys[~valid] = -torch.inf
+        _, chosen = torch.topk(keys, k, dim=1)
+        return chosen, torch.gather(valid, 1, chosen)
+
+    def _fill(self, negatives: torch.Tensor, chosen_valid: torch.Tensor, positive_sets: list[set[int]]) -> torch.Tensor:
+        result = torch.empty((negatives.shape[0], self.num_negatives), dtype=torch.int64)
+        filled_queries = filled = 0
+        num_rows = len(self.store)
+        for query in range(negatives.shape[0]):
+            kept = negatives[query][chosen_valid[query]].tolist()
+            missing = self.num_negatives - len(kept)
+            if missing:
+                forbidden = positive_sets[query] | set(kept)
+                kept += self._random_rows(missing, forbidden, num_rows)
+                filled_queries += 1
+                filled += missing
+            result[query] = torch.tensor(kept, dtype=torch.int64)
+        self.stats["calls"] += 1
+        self.stats["queries"] += negatives.shape[0]
+        self.stats["filled_queries"] += filled_queries
+        self.stats["filled_negatives"] += filled
+        if filled:
+            logger.info(
+                "Filled %d of %d negatives (%.1f%%) for %d of %d queries with random non-positive rows: the window "
+                "(range_min=%d, range_max=%d) and filters left too few candidates. Consider widening range_max or "
+                "loosening absolute_margin/relative_margin/max_score.",
+                filled,
+                negatives.shape[0] * self.num_negatives,
+                100.0 * filled / (negatives.shape[0] * self.num_negatives),
+                filled_queries,
+                negatives.shape[0],
+                self.range_min,
+                self.window,
+            )
+        return result
+
+    def _random_rows(self, count: int, forbidden: set[int], num_rows: int) -> list[int]:
+        picked: list[int] = []
+        taken = set(forbidden)
+        # Rejection sampling is cheap while most rows are allowed; fall back to a permutation otherwise.
+        for _ in range(8):
+            draws = torch.randint(num_rows, (2 * count + 8,), generator=self.generator).tolist()
+            for row in draws:
+                if row not in taken:
+                    taken.add(row)
+                    picked.append(row)
+                    if len(picked) == count:
+                        return picked
+        for row in torch.randperm(num_rows, generator=self.generator).tolist():
+            if row not in taken:
+                taken.add(row)
+                picked.append(row)
+                if len(picked) == count:
+                    return picked
+        raise ValueError(f"Cannot find {count} more non-positive rows among {num_rows}")  # guarded by sample()

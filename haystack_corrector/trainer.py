@@ -1,0 +1,240 @@
+"""CorrectorTrainer: fit the corrector h of a store from (row, fresh embedding) pairs.
+
+Online (``observe``): a training loop already computes fresh embeddings g(y) of the positives and negatives it
+encodes; one optimiser step on those pairs per training step costs no extra encoder pass. Offline (``fit``): epochs
+over a paired sample, e.g. a few percent of the corpus re-embedded after fine-tuning.
+
+Only the corrector's parameters are updated; fresh embeddings (and queries) are detached, so no gradient ever
+reaches the encoder that produced them.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from haystack_corrector import drift_losses
+from haystack_corrector._validation import (
+    ArrayLike,
+    as_float_matrix,
+    as_index_tensor,
+    check_choice,
+    check_positive_int,
+    describe,
+)
+from haystack_corrector.cache_store import CorrectedCacheStore
+
+logger = logging.getLogger(__name__)
+
+
+def _relative_error(estimate: torch.Tensor, fresh: torch.Tensor) -> float:
+    """Mean over rows of ||estimate - fresh||² / ||fresh||²."""
+    denominator = fresh.pow(2).sum(dim=-1).clamp_min(1e-12)
+    return float(((estimate - fresh).pow(2).sum(dim=-1) / denominator).mean())
+
+
+def _non_negative_float(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise TypeError(f"{name} must be a finite float, got {describe(value)}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return float(value)
+
+
+class CorrectorTrainer:
+    """Trains ``store.corrector`` with its own Adam(W) optimiser.
+
+    Args:
+        store: the store whose corrector is trained (the stale rows are read from it).
+        lr: learning rate of the corrector's optimiser (separate from the encoder's).
+        loss: embedding drift loss, ``"mse"`` (the paper's) or ``"cosine"``.
+        weight_decay: AdamW weight decay.
+        listwise_weight: weight of the listwise ranking term (KL between softmax(<q, g>/τ) and softmax(<q, h(g')>/τ)
+            over the batch's rows); used when ``query_embeddings`` are passed to :meth:`observe`.
+        score_weight: weight of the score-level term (<q, h(g')> - <q, g>)², also needing ``query_embeddings``.
+        temperature: τ of the listwise term.
+
+    Example:
+        >>> import torch
+        >>> from haystack_corrector import CorrectedCacheStore, CorrectorTrainer
+        >>> stale = torch.randn(50, 8)
+        >>> store = CorrectedCacheStore(stale, similarity="dot")
+        >>> trainer = CorrectorTrainer(store, lr=1e-2)
+        >>> metrics = trainer.observe(torch.arange(10), stale[:10] * 1.1)
+        >>> sorted(metrics)[:3]
+        ['corrected_error', 'drift_loss', 'staleness']
+    """
+
+    def __init__(
+        self,
+        store: CorrectedCacheStore,
+        lr: float = 1e-3,
+        loss: str = "mse",
+        weight_decay: float = 0.0,
+        listwise_weight: float = 0.0,
+        score_weight: float = 0.0,
+        temperature: float = 0.05,
+    ) -> None:
+        if not isinstance(store, CorrectedCacheStore):
+            raise TypeError(f"store must be a CorrectedCacheStore, got {type(store).__name__}")
+        self.store = store
+        self.lr = _non_negative_float(lr, "lr")
+        if self.lr == 0:
+            raise ValueError("lr must be > 0, got 0")
+        self.loss = check_choice(loss, "loss", drift_losses.DRIFT_LOSSES)
+        self.weight_decay = _non_negative_float(weight_decay, "weight_decay")
+        self.listwise_weight = _non_negative_float(listwise_weight, "listwise_weight")
+        self.score_weight = _non_negative_float(score_weight, "score_weight")
+        self.temperature = _non_negative_float(temperature, "temperature")
+        if self.temperature == 0:
+            raise ValueError("temperature must be > 0, got 0")
+        self.optimizer = torch.optim.AdamW(store.corrector.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        self.steps = 0
+
+    def get_config_dict(self) -> dict[str, Any]:
+        return {
+            "lr": self.lr,
+            "loss": self.loss,
+            "weight_decay": self.weight_decay,
+            "listwise_weight": self.listwise_weight,
+            "score_weight": self.score_weight,
+            "temperature": self.temperature,
+        }
+
+    # ------------------------------------------------------------------------------------------------- training
+    def _inputs(
+        self, indices: ArrayLike | Sequence[int], fresh_embeddings: ArrayLike, query_embeddings: ArrayLike | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        rows = as_index_tensor(indices, "indices", num_rows=len(self.store))
+        if rows.numel() == 0:
+            raise ValueError("indices is empty: need at least one (row, fresh embedding) pair")
+        fresh = as_float_matrix(fresh_embeddings, "fresh_embeddings", dim=self.store.dim)
+        if fresh.shape[0] != rows.numel():
+            raise ValueError(
+                f"fresh_embeddings has {fresh.shape[0]} rows but indices has {rows.numel()}: they must be paired"
+            )
+        queries = None
+        if query_embeddings is not None:
+            queries = as_float_matrix(query_embeddings, "query_embeddings", dim=self.store.dim)
+        return rows, fresh, queries
+
+    def observe(
+        self,
+        indices: ArrayLike | Sequence[int],
+        fresh_embeddings: ArrayLike,
+        query_embeddings: ArrayLike | None = None,
+    ) -> dict[str, float]:
+        """One optimiser step of the corrector on these (row, fresh embedding) pairs.
+
+        Returns floats: ``drift_loss`` (the total loss of the step), ``staleness`` (mean ||g'-g||²/||g||² on these
+        rows), ``corrected_error`` (mean ||h(g')-g||²/||g||², measured before the step), and ``embedding_loss``,
+        ``listwise_loss``/``score_loss`` when those terms are on.
+        """
+        rows, fresh, queries = self._inputs(indices, fresh_embeddings, query_embeddings)
+        return self._step(rows, fresh, queries)
+
+    def _step(self, rows: torch.Tensor, fresh: torch.Tensor, queries: torch.Tensor | None) -> dict[str, float]:
+        corrector = self.store.corrector
+        device = next(corrector.parameters()).device
+        stale = self.store.stale_embeddings(rows).to(device)
+        fresh = fresh.to(device)
+        corrector.train()
+        corrected = corrector(stale)
+        embedding_loss = drift_losses.drift_loss(self.loss, corrected, fresh)
+        total = embedding_loss
+        metrics = {
+            "staleness": _relative_error(stale, fresh),
+            "corrected_error": _relative_error(corrected.detach(), fresh),
+            "embedding_loss": float(embedding_loss.detach()),
+        }
+        normalize = self.store.similarity == "cosine"
+        if queries is not None and self.listwise_weight > 0:
+            listwise = drift_losses.listwise_loss(
+                corrected, fresh, queries.to(device), temperature=self.temperature, normalize=normalize
+            )
+            total = total + self.listwise_weight * listwise
+            metrics["listwise_loss"] = float(listwise.detach())
+        if queries is not None and self.score_weight > 0:
+            score = drift_losses.score_loss(corrected, fresh, queries.to(device), normalize=normalize)
+            total = total + self.score_weight * score
+            metrics["score_loss"] = float(score.detach())
+        if not torch.isfinite(total):
+            raise FloatingPointError(
+                f"The corrector's drift loss is {float(total)}; lower the corrector learning rate (lr={self.lr})"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        self.steps += 1
+        metrics["drift_loss"] = float(total.detach())
+        return metrics
+
+    def fit(
+        self,
+        indices: ArrayLike | Sequence[int],
+        fresh_embeddings: ArrayLike,
+        epochs: int = 10,
+        batch_size: int = 256,
+        query_embeddings: ArrayLike | None = None,
+        seed: int | None = 0,
+        show_progress_bar: bool | None = None,
+    ) -> dict[str, float]:
+        """Offline fit on a paired sample: ``epochs`` shuffled passes in mini-batches of ``batch_size`` rows.
+
+        ``query_embeddings`` (optional, (Q, d)) are queries for the ranking terms: each step uses them against the
+        step's rows. Returns ``staleness`` and ``corrected_error`` over all given rows after the fit, the last
+        step's ``drift_loss``, ``epochs`` and ``steps``.
+        """
+        rows, fresh, queries = self._inputs(indices, fresh_embeddings, query_embeddings)
+        epochs = check_positive_int(epochs, "epochs")
+        batch_size = check_positive_int(batch_size, "batch_size")
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        steps_per_epoch = math.ceil(rows.numel() / batch_size)
+        disable = (not logger.isEnabledFor(logging.INFO)) if show_progress_bar is None else not show_progress_bar
+        last: dict[str, float] = {}
+        with tqdm(total=epochs * steps_per_epoch, desc="Fitting corrector", unit="step", disable=disable) as bar:
+            for _ in range(epochs):
+                order = torch.randperm(rows.numel(), generator=generator)
+                for start in range(0, rows.numel(), batch_size):
+                    batch = order[start : start + batch_size]
+                    last = self._step(rows[batch], fresh[batch], queries)
+                    bar.update(1)
+                    bar.set_postfix(drift_loss=f"{last['drift_loss']:.4g}")
+        corrected = self.store.corrected_embeddings(rows)
+        stale = self.store.stale_embeddings(rows)
+        result = {
+            "staleness": _relative_error(stale, fresh),
+            "corrected_error": _relative_error(corrected, fresh),
+            "drift_loss": last["drift_loss"],
+            "epochs": float(epochs),
+            "steps": float(epochs * steps_per_epoch),
+        }
+        logger.info(
+            "Fitted corrector on %d rows: relative error %.4f (stale) -> %.4f (corrected)",
+            rows.numel(),
+            result["staleness"],
+            result["corrected_error"],
+        )
+        return result
+
+    # ------------------------------------------------------------------------------------------------ checkpoint
+    def state_dict(self) -> dict[str, Any]:
+        """Corrector weights, optimiser state and step count, for checkpoints (a deep copy, not live tensors)."""
+        return copy.deepcopy(
+            {
+                "corrector": self.store.corrector.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "steps": self.steps,
+            }
+        )
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.store.corrector.load_state_dict(state["corrector"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.steps = int(state["steps"])

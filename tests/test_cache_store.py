@@ -1,0 +1,151 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from haystack_corrector import CorrectedCacheStore, Corrector
+from tests.oracles import assert_topk_matches, naive_scores
+
+
+def _perturbed_corrector(dim: int, seed: int = 0) -> Corrector:
+    corrector = Corrector(dim, hidden_dim=2 * dim)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in corrector.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * 0.3)
+    return corrector
+
+
+@pytest.mark.parametrize("similarity", ["cosine", "dot"])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("with_exclude", [False, True])
+@pytest.mark.parametrize("corrected", [False, True])
+def test_search_matches_naive_oracle(similarity, dtype, with_exclude, corrected):
+    torch.manual_seed(0)
+    stale = torch.randn(53, 8)
+    corrector = _perturbed_corrector(8)
+    # block_size smaller than N so the running top-k merge across blocks is exercised
+    store = CorrectedCacheStore(stale, corrector=corrector, similarity=similarity, dtype=dtype, block_size=7)
+    queries = torch.randn(4, 8)
+    exclude = [[0, 5, 52], [], [7], list(range(10, 30))] if with_exclude else None
+    scores, indices = store.search(queries, 6, exclude=exclude, corrected=corrected)
+    assert scores.dtype == torch.float32 and indices.dtype == torch.int64 and scores.shape == (4, 6)
+    stored = torch.from_numpy(stale.numpy().astype(np.float16).astype(np.float32)) if dtype == "float16" else stale
+    targets = corrector(stored).detach() if corrected else stored
+    assert_topk_matches(scores, indices, naive_scores(queries, targets, similarity), 6, exclude)
+
+
+def test_identity_corrector_gives_stale_exactly():
+    stale = torch.randn(30, 6)
+    store = CorrectedCacheStore(stale, similarity="dot")
+    assert torch.equal(store.corrected_embeddings(), stale)
+    assert torch.equal(store.corrected_embeddings([3, 4]), stale[[3, 4]])
+    assert torch.equal(store.stale_embeddings([3, 4]), stale[[3, 4]])
+    q = torch.randn(3, 6)
+    a, b = store.search(q, 5, corrected=True), store.search(q, 5, corrected=False)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_materialized_view_is_used_then_invalidated_by_update():
+    torch.manual_seed(1)
+    store = CorrectedCacheStore(torch.randn(40, 8), corrector=_perturbed_corrector(8), block_size=16)
+    q = torch.randn(5, 8)
+    fused = store.search(q, 10)
+    store.materialize()
+    assert store.is_materialized
+    viewed = store.search(q, 10)
+    torch.testing.assert_close(viewed[0], fused[0])
+    # An update of the weights makes the view stale: searches must follow the new corrector, not the old view.
+    with torch.no_grad():
+        store.corrector.residual[-1].weight.mul_(-1.0)
+    assert not store.is_materialized
+    fresh_oracle = naive_scores(q, store.corrector(store.stale_embeddings()).detach(), "cosine")
+    scores, indices = store.search(q, 10)
+    assert_topk_matches(scores, indices, fresh_oracle, 10)
+
+
+def test_replacing_corrector_resets_view():
+    store = CorrectedCacheStore(torch.randn(10, 4))
+    store.materialize()
+    store.corrector = _perturbed_corrector(4)
+    assert not store.is_materialized
+    with pytest.raises(ValueError, match="corrector has dim 5"):
+        store.corrector = Corrector(5)
+
+
+def test_ids_and_rows_of():
+    store = CorrectedCacheStore(np.random.rand(3, 4).astype(np.float32), ids=["a", "b", "c"])
+    assert store.ids == ["a", "b", "c"] and len(store) == 3 and store.dim == 4
+    assert store.rows_of(["c", "a"]) == [2, 0]
+    with pytest.raises(KeyError, match="'z'"):
+        store.rows_of(["z"])
+    assert CorrectedCacheStore(np.ones((2, 4), np.float32)).ids == ["0", "1"]
+
+
+def test_accepts_numpy_float64_and_torch_inputs():
+    store = CorrectedCacheStore(np.random.rand(5, 3))
+    scores, _ = store.search(np.random.rand(2, 3), 2)
+    assert scores.dtype == torch.float32
+
+
+GOOD = torch.randn(10, 4)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"embeddings": torch.empty(0, 4)}, ValueError, "embeddings is empty"),
+        ({"embeddings": np.ones((3, 4), dtype=np.int64)}, TypeError, "floating-point"),
+        ({"embeddings": np.array([[object()] * 4] * 3)}, TypeError, "floating-point"),
+        ({"embeddings": torch.ones(3, 4, dtype=torch.int32)}, TypeError, "floating-point"),
+        ({"embeddings": torch.ones(4)}, ValueError, "2-D"),
+        ({"embeddings": torch.tensor([[1.0, float("nan")]])}, ValueError, "NaN or inf"),
+        ({"embeddings": torch.tensor([[1.0, float("inf")]])}, ValueError, "NaN or inf"),
+        ({"embeddings": torch.tensor([[1e6, 1.0]]), "dtype": "float16"}, ValueError, "after conversion to float16"),
+        ({"embeddings": GOOD, "similarity": "l2"}, ValueError, "Unknown similarity 'l2'"),
+        ({"embeddings": GOOD, "dtype": "int8"}, ValueError, "Unknown dtype 'int8'"),
+        ({"embeddings": GOOD, "ids": ["a"] * 10}, ValueError, "'a' appears more than once"),
+        ({"embeddings": GOOD, "ids": ["a", "b"]}, ValueError, "ids has 2 entries but embeddings has 10 rows"),
+        ({"embeddings": GOOD, "ids": list(range(10))}, TypeError, "ids must be strings"),
+        ({"embeddings": GOOD, "corrector": Corrector(3)}, ValueError, "corrector has dim 3"),
+        ({"embeddings": GOOD, "corrector": torch.nn.Linear(4, 4)}, TypeError, "corrector must be"),
+        ({"embeddings": "not an array"}, TypeError, "numpy array or torch tensor"),
+    ],
+)
+def test_bad_construction(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        CorrectedCacheStore(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "error", "match"),
+    [
+        ((torch.randn(2, 5), 3), {}, ValueError, "dimension 5 but the cache has dimension 4"),
+        ((torch.randn(4), 3), {}, ValueError, "2-D"),
+        ((torch.tensor([[float("nan")] * 4]), 3), {}, ValueError, "query_embeddings contains NaN"),
+        ((torch.randn(2, 4), 0), {}, ValueError, "top_k must be > 0, got 0"),
+        ((torch.randn(2, 4), -3), {}, ValueError, "top_k must be > 0, got -3"),
+        ((torch.randn(2, 4), 11), {}, ValueError, "top_k=11 is larger than the number of rows left"),
+        ((torch.randn(2, 4), 9), {"exclude": [[0, 1], []]}, ValueError, "top_k=9 is larger"),
+        ((torch.randn(2, 4), 3), {"exclude": [[10], []]}, IndexError, "row index 10, out of range"),
+        ((torch.randn(2, 4), 3), {"exclude": [[-1], []]}, IndexError, "row index -1"),
+        ((torch.randn(2, 4), 3), {"exclude": [[0]]}, ValueError, "one collection per query"),
+        ((torch.randn(2, 4), 3), {"exclude": [["a"], []]}, TypeError, "integer row indices"),
+        ((torch.randn(2, 4).int(), 3), {}, TypeError, "floating-point"),
+    ],
+)
+def test_bad_search_input(args, kwargs, error, match):
+    store = CorrectedCacheStore(GOOD)
+    with pytest.raises(error, match=match):
+        store.search(*args, **kwargs)
+
+
+def test_bad_indices():
+    store = CorrectedCacheStore(GOOD)
+    with pytest.raises(IndexError, match="row index 10"):
+        store.stale_embeddings([10])
+    with pytest.raises(IndexError, match="row index -2"):
+        store.corrected_embeddings([-2])
+    with pytest.raises(TypeError, match="integer row indices"):
+        store.stale_embeddings([0.5])

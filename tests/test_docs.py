@@ -1,0 +1,49 @@
+"""The Python examples in the README and docs run as written."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FENCE = re.compile(r"(<!-- (?P<marker>[a-z: -]+) -->\n)?```python\n(?P<code>.*?)```", re.DOTALL)
+
+
+def python_blocks(path: Path, slow: bool = False) -> list[str]:
+    """Python code blocks of a Markdown file; blocks after ``<!-- slow -->`` only when ``slow``, ``<!-- no-run -->`` never."""
+    blocks = []
+    for match in FENCE.finditer(path.read_text()):
+        marker = (match.group("marker") or "").strip()
+        if marker == "no-run" or (marker == "slow") != slow:
+            continue
+        blocks.append(match.group("code"))
+    return blocks
+
+
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+CASES = [(doc, i, code) for doc in DOCS for i, code in enumerate(python_blocks(doc))]
+
+
+@pytest.mark.parametrize(("doc", "code"), [(d, c) for d, _, c in CASES], ids=[f"{d.name}-{i}" for d, i, _ in CASES])
+def test_doc_example_runs(doc, code, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "HAYSTACK_TELEMETRY_ENABLED": "False"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600
+    )
+    assert result.returncode == 0, f"{doc.name} example failed:\n{result.stderr[-3000:]}"
+
+
+SLOW_CASES = [(doc, i, code) for doc in DOCS for i, code in enumerate(python_blocks(doc, slow=True))]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("doc", "code"), [(d, c) for d, _, c in SLOW_CASES], ids=[f"{d.name}-slow-{i}" for d, i, _ in SLOW_CASES]
+)
+def test_slow_doc_example_runs(doc, code, tmp_path):
+    test_doc_example_runs(doc, code, tmp_path)

@@ -1,0 +1,185 @@
+from __future__ import annotations
+
+import logging
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from haystack_corrector import CorrectedCacheStore, Corrector, HardNegativeSampler
+from tests.oracles import naive_scores
+
+
+def _store(n=60, d=8, seed=0, similarity="cosine"):
+    generator = torch.Generator().manual_seed(seed)
+    corrector = Corrector(d)
+    with torch.no_grad():
+        for p in corrector.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * 0.2)
+    return CorrectedCacheStore(torch.randn(n, d, generator=generator), corrector=corrector, similarity=similarity)
+
+
+def oracle_window(store, query, positives, sampler):
+    """Brute force: the candidate rows a sampler may return for one query, in order, per mine_hard_negatives."""
+    targets = store.corrected_embeddings() if sampler.corrected else store.stale_embeddings()
+    scores = naive_scores(query.unsqueeze(0), targets, store.similarity)[0]
+    ranked = sorted((r for r in range(len(store)) if r not in positives), key=lambda r: -scores[r])
+    ranked = ranked[: sampler.window]
+    lowest = min((scores[p] for p in positives), default=math.inf)
+    kept = []
+    for row in ranked:
+        s = scores[row]
+        if sampler.absolute_margin is not None and s + sampler.absolute_margin > lowest:
+            continue
+        if sampler.relative_margin is not None and s > lowest - abs(lowest) * sampler.relative_margin:
+            continue
+        if sampler.max_score is not None and s > sampler.max_score:
+            continue
+        kept.append(row)
+    return kept[sampler.range_min :]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    num_negatives=st.integers(1, 6),
+    strategy=st.sampled_from(["top", "gumbel", "random"]),
+    range_min=st.integers(0, 5),
+    extra=st.integers(0, 30),
+    margin=st.one_of(st.none(), st.floats(0.0, 0.5)),
+    max_score=st.one_of(st.none(), st.floats(-0.5, 1.0)),
+    positives=st.lists(st.sets(st.integers(0, 59), max_size=6), min_size=1, max_size=4),
+    corrected=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_sampler_invariants(num_negatives, strategy, range_min, extra, margin, max_score, positives, corrected, seed):
+    store = _store()
+    sampler = HardNegativeSampler(
+        store,
+        num_negatives=num_negatives,
+        strategy=strategy,
+        range_min=range_min,
+        range_max=range_min + num_negatives + extra,
+        absolute_margin=margin,
+        max_score=max_score,
+        corrected=corrected,
+        seed=seed,
+    )
+    queries = torch.randn(len(positives), store.dim, generator=torch.Generator().manual_seed(seed))
+    negatives = sampler.sample(queries, positives)
+    assert negatives.shape == (len(positives), num_negatives) and negatives.dtype == torch.int64
+    for query, rows in enumerate(negatives.tolist()):
+        assert len(set(rows)) == num_negatives, "duplicate negatives"
+        assert not set(rows) & positives[query], "a positive was returned as a negative"
+        window = oracle_window(store, queries[query], positives[query], sampler)
+        if len(window) >= num_negatives:
+            assert set(rows) <= set(window), "negative outside the candidate window"
+            if strategy == "top":
+                assert rows == window[:num_negatives]
+
+
+def test_top_matches_oracle_with_relative_margin():
+    store = _store(similarity="dot")
+    sampler = HardNegativeSampler(store, num_negatives=3, relative_margin=0.1, range_min=1, range_max=40)
+    queries = torch.randn(5, 8, generator=torch.Generator().manual_seed(3))
+    positives = [{1}, {2, 3}, set(), {4}, {5, 6, 7}]
+    negatives = sampler.sample(queries, positives)
+    for query in range(5):
+        window = oracle_window(store, queries[query], positives[query], sampler)
+        if len(window) >= 3:
+            assert negatives[query].tolist() == window[:3]
+
+
+def test_fill_is_counted_and_logged(caplog):
+    store = _store(n=30)
+    # max_score below every possible score leaves no candidate: everything is filled at random.
+    sampler = HardNegativeSampler(store, num_negatives=4, max_score=-2.0, range_max=10, seed=0)
+    with caplog.at_level(logging.INFO, logger="haystack_corrector.sampler"):
+        negatives = sampler.sample(torch.randn(3, 8), [[0, 1], [2], []])
+    assert sampler.stats["filled_queries"] == 3 and sampler.stats["filled_negatives"] == 12
+    assert sampler.stats["skipped_max_score"] == 30
+    assert sum("Filled 12 of 12 negatives" in r.getMessage() for r in caplog.records) == 1
+    for rows, pos in zip(negatives.tolist(), [{0, 1}, {2}, set()]):
+        assert len(set(rows)) == 4 and not set(rows) & pos
+
+
+def test_fill_when_window_is_all_positives_but_one():
+    store = CorrectedCacheStore(torch.randn(6, 4))
+    sampler = HardNegativeSampler(store, num_negatives=2, range_max=2, seed=1)
+    negatives = sampler.sample(torch.randn(1, 4), [[0, 1, 2, 3]])
+    assert sorted(negatives[0].tolist()) == [4, 5]
+
+
+def test_gumbel_samples_follow_the_softmax():
+    # k = 1 Gumbel-max draws are exact samples from softmax(score / temperature): compare frequencies.
+    store = CorrectedCacheStore(torch.eye(5), similarity="dot")
+    query = torch.tensor([[0.0, 0.05, 0.1, 0.15, 0.2]])
+    sampler = HardNegativeSampler(store, num_negatives=1, strategy="gumbel", temperature=0.05, range_max=5, seed=0)
+    counts = torch.zeros(5)
+    draws = 4000
+    for _ in range(draws):
+        counts[sampler.sample(query, [[]])[0, 0]] += 1
+    expected = torch.softmax(query[0] / 0.05, dim=0)
+    assert torch.allclose(counts / draws, expected, atol=0.03)
+
+
+def test_seed_makes_sampling_reproducible():
+    store = _store()
+    q = torch.randn(4, 8)
+    a = HardNegativeSampler(store, 3, strategy="random", range_max=30, seed=5).sample(q, [[0]] * 4)
+    b = HardNegativeSampler(store, 3, strategy="random", range_max=30, seed=5).sample(q, [[0]] * 4)
+    assert torch.equal(a, b)
+
+
+def test_stale_vs_corrected_scores_differ():
+    store = _store()
+    q = torch.randn(4, 8)
+    corrected = HardNegativeSampler(store, 5, corrected=True).sample(q, [[]] * 4)
+    stale = HardNegativeSampler(store, 5, corrected=False).sample(q, [[]] * 4)
+    assert torch.equal(corrected, store.search(q, 5)[1])
+    assert torch.equal(stale, store.search(q, 5, corrected=False)[1])
+
+
+def test_default_window():
+    store = _store()
+    assert HardNegativeSampler(store, 4).window == 4
+    assert HardNegativeSampler(store, 4, range_min=2).window == 6
+    assert HardNegativeSampler(store, 4, strategy="gumbel").window == 40
+    assert HardNegativeSampler(store, 4, max_score=0.9).window == 40
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"num_negatives": 0}, ValueError, "num_negatives must be > 0, got 0"),
+        ({"num_negatives": -3}, ValueError, "num_negatives must be > 0, got -3"),
+        ({"strategy": "hardest"}, ValueError, "Unknown strategy 'hardest'"),
+        ({"temperature": 0}, ValueError, "temperature must be > 0, got 0"),
+        ({"temperature": -1.0}, ValueError, "temperature must be > 0"),
+        ({"range_min": 5, "range_max": 5}, ValueError, "range_min must be smaller than range_max"),
+        ({"range_min": 10, "range_max": 3}, ValueError, "range_min must be smaller than range_max"),
+        ({"range_min": -1}, ValueError, "range_min must be >= 0"),
+        ({"num_negatives": 5, "range_min": 2, "range_max": 4}, ValueError, "does not fit the window"),
+        ({"absolute_margin": float("nan")}, ValueError, "absolute_margin must be finite"),
+        ({"max_score": "high"}, TypeError, "max_score must be a float"),
+    ],
+)
+def test_bad_construction(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        HardNegativeSampler(_store(), **kwargs)
+
+
+def test_bad_sample_input():
+    store = _store(n=10)
+    sampler = HardNegativeSampler(store, num_negatives=4)
+    with pytest.raises(ValueError, match="dimension 3"):
+        sampler.sample(torch.randn(2, 3), [[], []])
+    with pytest.raises(IndexError, match="row index 10"):
+        sampler.sample(torch.randn(1, 8), [[10]])
+    with pytest.raises(ValueError, match="one collection per query"):
+        sampler.sample(torch.randn(2, 8), [[1]])
+    with pytest.raises(ValueError, match="num_negatives=4 is larger than the rows that are not positives"):
+        sampler.sample(torch.randn(1, 8), [list(range(7))])
+    with pytest.raises(TypeError, match="store must be"):
+        HardNegativeSampler(torch.randn(3, 3))

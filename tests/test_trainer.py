@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from haystack_corrector import CorrectedCacheStore, Corrector, CorrectorTrainer
+from haystack_corrector.evaluation import overlap_at_k, relative_error
+from haystack_corrector.synthetic import make_synthetic_drift
+
+
+def test_fit_on_five_percent_recovers_ranking_on_unseen_queries_and_rows():
+    n = 5000
+    drift = make_synthetic_drift(num_rows=n, dim=32, num_queries=200, strength=0.3, seed=0)
+    store = CorrectedCacheStore(drift.stale, corrector=Corrector(32, hidden_dim=128))
+    _, fresh_top = CorrectedCacheStore(drift.fresh).search(drift.queries, 100, corrected=False)
+    _, stale_top = store.search(drift.queries, 100, corrected=False)
+    rows = torch.randperm(n, generator=torch.Generator().manual_seed(1))[: n // 20]
+    metrics = CorrectorTrainer(store, lr=3e-3).fit(rows, drift.fresh[rows], epochs=100, batch_size=64)
+    _, corrected_top = store.search(drift.queries, 100)
+
+    stale_overlap = overlap_at_k(stale_top, fresh_top, 100)
+    corrected_overlap = overlap_at_k(corrected_top, fresh_top, 100)
+    assert corrected_overlap >= 0.9
+    assert stale_overlap <= 0.7
+    unseen = torch.ones(n, dtype=torch.bool)
+    unseen[rows] = False
+    unseen_rows = unseen.nonzero().squeeze(1)
+    unseen_error = relative_error(store.corrected_embeddings(unseen_rows), drift.fresh[unseen_rows])
+    assert unseen_error < 0.1 * relative_error(drift.stale[unseen_rows], drift.fresh[unseen_rows])
+    assert metrics["corrected_error"] < metrics["staleness"]
+
+
+def test_observe_reports_metrics_before_the_step_and_learns():
+    stale = torch.randn(64, 8)
+    fresh = stale * 1.5 + 0.1
+    store = CorrectedCacheStore(stale, similarity="dot")
+    trainer = CorrectorTrainer(store, lr=1e-2)
+    first = trainer.observe(torch.arange(64), fresh)
+    # At the identity, the corrected error measured before the step equals the staleness.
+    assert first["corrected_error"] == pytest.approx(first["staleness"])
+    assert first["staleness"] == pytest.approx(relative_error(stale, fresh), rel=1e-5)
+    for _ in range(300):
+        last = trainer.observe(torch.arange(64), fresh)
+    assert last["corrected_error"] < 0.05 * first["corrected_error"]
+    assert trainer.steps == 301
+
+
+def test_only_the_corrector_is_updated_and_fresh_embeddings_are_constants():
+    encoder = torch.nn.Linear(8, 8)
+    inputs = torch.randn(16, 8)
+    fresh = encoder(inputs)  # requires grad, as in a training loop
+    store = CorrectedCacheStore(torch.randn(16, 8), similarity="dot")
+    before = [p.detach().clone() for p in store.corrector.parameters()]
+    trainer = CorrectorTrainer(store, lr=1e-2, listwise_weight=1.0, score_weight=1.0)
+    metrics = trainer.observe(torch.arange(16), fresh, query_embeddings=encoder(torch.randn(4, 8)))
+    assert encoder.weight.grad is None  # no gradient leaked into the encoder
+    assert any(not torch.equal(a, b) for a, b in zip(before, store.corrector.parameters()))
+    assert {"listwise_loss", "score_loss", "embedding_loss"} <= set(metrics)
+
+
+def test_listwise_term_is_zero_when_corrected_equals_fresh():
+    from haystack_corrector import drift_losses
+
+    g = torch.randn(10, 8)
+    q = torch.randn(3, 8)
+    assert float(drift_losses.listwise_loss(g, g, q)) == pytest.approx(0.0, abs=1e-6)
+    assert float(drift_losses.score_loss(g, g, q)) == 0.0
+    assert float(drift_losses.mse(g, g)) == 0.0
+    assert float(drift_losses.cosine(g, g)) == pytest.approx(0.0, abs=1e-6)
+    # mse is the mean over rows of the squared L2 distance
+    assert float(drift_losses.mse(g, torch.zeros_like(g))) == pytest.approx(float(g.pow(2).sum(1).mean()), rel=1e-5)
+
+
+def test_cosine_loss_trains():
+    stale = torch.nn.functional.normalize(torch.randn(128, 8), dim=-1)
+    rotation = torch.linalg.qr(torch.randn(8, 8))[0]
+    fresh = stale @ rotation
+    store = CorrectedCacheStore(stale)
+    result = CorrectorTrainer(store, lr=1e-2, loss="cosine").fit(torch.arange(128), fresh, epochs=100, batch_size=32)
+    cos = torch.nn.functional.cosine_similarity(store.corrected_embeddings(), fresh).mean()
+    assert cos > 0.95 and result["steps"] == 400
+
+
+def test_state_dict_round_trip_continues_identically():
+    stale, fresh = torch.randn(32, 6), torch.randn(32, 6)
+    a = CorrectorTrainer(CorrectedCacheStore(stale, similarity="dot"), lr=1e-2)
+    for _ in range(3):
+        a.observe(torch.arange(32), fresh)
+    b = CorrectorTrainer(CorrectedCacheStore(stale, similarity="dot"), lr=1e-2)
+    b.load_state_dict(a.state_dict())
+    a.observe(torch.arange(32), fresh)
+    b.observe(torch.arange(32), fresh)
+    for p, q in zip(a.store.corrector.parameters(), b.store.corrector.parameters()):
+        assert torch.equal(p, q)
+    assert b.steps == 4
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"loss": "l1"}, ValueError, "Unknown loss 'l1'"),
+        ({"lr": 0}, ValueError, "lr must be > 0"),
+        ({"lr": -1.0}, ValueError, "lr must be >= 0"),
+        ({"weight_decay": "x"}, TypeError, "weight_decay must be a finite float"),
+        ({"temperature": 0.0}, ValueError, "temperature must be > 0"),
+    ],
+)
+def test_bad_construction(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        CorrectorTrainer(CorrectedCacheStore(torch.randn(4, 2)), **kwargs)
+
+
+def test_bad_observe_input():
+    trainer = CorrectorTrainer(CorrectedCacheStore(torch.randn(10, 4)))
+    with pytest.raises(ValueError, match="fresh_embeddings has 2 rows but indices has 3"):
+        trainer.observe([0, 1, 2], torch.randn(2, 4))
+    with pytest.raises(ValueError, match="dimension 5"):
+        trainer.observe([0], torch.randn(1, 5))
+    with pytest.raises(IndexError, match="row index 10"):
+        trainer.observe([10], torch.randn(1, 4))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        trainer.observe([0], torch.tensor([[1.0, float("nan"), 0.0, 0.0]]))
+    with pytest.raises(ValueError, match="indices is empty"):
+        trainer.observe([], torch.randn(0, 4))
+    with pytest.raises(ValueError, match="epochs must be > 0"):
+        trainer.fit([0], torch.randn(1, 4), epochs=0)
+    with pytest.raises(TypeError, match="store must be"):
+        CorrectorTrainer(torch.randn(3, 3))
