@@ -41,6 +41,7 @@ _FORMAT = "haystack-corrector/cache-store"
 _FORMAT_VERSION = 1
 EMBEDDINGS_FILE = "embeddings.npy"
 IDS_FILE = "ids.json"
+TEXTS_FILE = "texts.json"
 CONFIG_FILE = "store_config.json"
 CORRECTOR_DIR = "corrector"
 
@@ -99,6 +100,7 @@ class CorrectedCacheStore:
         corrector: the :class:`Corrector` to apply; default a fresh identity ``Corrector(d)``.
         similarity: ``"cosine"`` (rows and queries L2-normalised at scoring time) or ``"dot"``.
         dtype: storage dtype, ``"float32"`` or ``"float16"``; all arithmetic is float32.
+        texts: optional N target texts, for training adapters that re-encode sampled negatives.
         block_size: rows scored per block during a scan (bounds the memory of a search).
 
     Example:
@@ -117,6 +119,7 @@ class CorrectedCacheStore:
         corrector: Corrector | None = None,
         similarity: str = "cosine",
         dtype: str = "float32",
+        texts: Sequence[str] | None = None,
         block_size: int = 16384,
     ) -> None:
         self.similarity = check_choice(similarity, "similarity", SIMILARITIES)
@@ -126,6 +129,7 @@ class CorrectedCacheStore:
         storage = matrix.to(DTYPES[self.dtype]).cpu().contiguous()
         check_finite(storage, f"embeddings (after conversion to {self.dtype})")
         self._init_storage(storage, ids, corrector)
+        self.texts = texts  # type: ignore[assignment]
 
     # ----------------------------------------------------------------------------------------------- construction
     def _init_storage(
@@ -139,6 +143,7 @@ class CorrectedCacheStore:
         self._corrector = self._check_corrector(corrector if corrector is not None else Corrector(dim), dim)
         self._view: torch.Tensor | None = None
         self._view_key: tuple[int, int] | None = None
+        self._texts: list[str] | None = None
 
     @staticmethod
     def _check_ids(ids: Sequence[str] | None, num_rows: int) -> Sequence[str]:
@@ -187,6 +192,26 @@ class CorrectedCacheStore:
         return self._ids
 
     @property
+    def texts(self) -> list[str] | None:
+        """The target texts row by row, when known (``encode_corpus`` and ``build_training_dataset`` set them)."""
+        return self._texts
+
+    @texts.setter
+    def texts(self, texts: Sequence[str] | None) -> None:
+        if texts is None:
+            self._texts = None
+            return
+        if isinstance(texts, (str, bytes)):
+            raise TypeError(f"texts must be a sequence of strings, got {describe(texts)}")
+        texts = list(texts)
+        if len(texts) != self._num_rows:
+            raise ValueError(f"texts has {len(texts)} entries but the cache has {self._num_rows} rows")
+        for position, value in enumerate(texts):
+            if not isinstance(value, str):
+                raise TypeError(f"texts must be strings; texts[{position}] is {describe(value)}")
+        self._texts = texts
+
+    @property
     def corrector(self) -> Corrector:
         return self._corrector
 
@@ -198,6 +223,11 @@ class CorrectedCacheStore:
     @property
     def is_memory_mapped(self) -> bool:
         return isinstance(self._storage, np.ndarray)
+
+    @property
+    def has_view(self) -> bool:
+        """True when :meth:`materialize` was called (the view may be out of date; see :attr:`is_materialized`)."""
+        return self._view is not None
 
     @property
     def is_materialized(self) -> bool:
@@ -363,13 +393,16 @@ class CorrectedCacheStore:
             del out
             # Default ids are saved as null: a million "0".."N-1" strings would cost memory on every load.
             (tmp / IDS_FILE).write_text(json.dumps(None if isinstance(self._ids, DefaultIds) else list(self._ids)))
+            saved = [EMBEDDINGS_FILE, IDS_FILE]
+            if self._texts is not None:
+                (tmp / TEXTS_FILE).write_text(json.dumps(self._texts))
+                saved.append(TEXTS_FILE)
             (tmp / CORRECTOR_DIR).mkdir()
             self._corrector.save_to(tmp / CORRECTOR_DIR)
             files = {
                 name: {"size": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
                 for name in (
-                    EMBEDDINGS_FILE,
-                    IDS_FILE,
+                    *saved,
                     f"{CORRECTOR_DIR}/corrector.safetensors",
                     f"{CORRECTOR_DIR}/corrector_config.json",
                 )
@@ -433,6 +466,8 @@ class CorrectedCacheStore:
         store.block_size = int(config.get("block_size", 16384))
         storage: torch.Tensor | np.ndarray = array if mmap else torch.from_numpy(array)
         store._init_storage(storage, ids, corrector)
+        if (directory / TEXTS_FILE).is_file() and TEXTS_FILE in config["files"]:
+            store.texts = json.loads((directory / TEXTS_FILE).read_text())
         return store
 
     @staticmethod

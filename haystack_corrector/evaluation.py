@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 
@@ -26,3 +28,53 @@ def overlap_at_k(ranking: torch.Tensor, reference: torch.Tensor, k: int) -> floa
     for mine, theirs in zip(ranking[:, :k].tolist(), reference[:, :k].tolist()):
         total += len(set(mine) & set(theirs))
     return total / (k * ranking.shape[0])
+
+
+# ------------------------------------------------------------------------------------------------- IR metrics
+Run = dict[str, dict[str, float]]
+Qrels = dict[str, dict[str, int]]
+
+
+def run_from_search(
+    scores: torch.Tensor, indices: torch.Tensor, query_ids: Sequence[str], ids: Sequence[str]
+) -> Run:
+    """Turn ``store.search`` output into a TREC-style run ``{query_id: {doc_id: score}}``."""
+    if scores.shape != indices.shape or scores.shape[0] != len(query_ids):
+        raise ValueError(
+            f"scores {tuple(scores.shape)}, indices {tuple(indices.shape)} and {len(query_ids)} query ids do not match"
+        )
+    return {
+        query_id: {ids[row]: float(score) for score, row in zip(query_scores, query_rows)}
+        for query_id, query_scores, query_rows in zip(query_ids, scores.tolist(), indices.tolist())
+    }
+
+
+def retrieval_metrics(run: Run, qrels: Qrels) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """nDCG@10, Recall@100 and MRR@10 with trec_eval's definitions (via ``pytrec_eval``), as BEIR reports them.
+
+    Returns ``(means, per_query)``; means are over the queries of ``qrels`` that have at least one relevant document
+    (a query missing from ``run`` scores 0). Needs ``pytrec-eval-terrier`` (the ``demo`` extra).
+    """
+    try:
+        import pytrec_eval
+    except ImportError as exc:
+        raise ImportError(
+            'retrieval_metrics needs pytrec-eval-terrier: pip install "haystack-corrector[demo]"'
+        ) from exc
+    judged = {q: {d: int(g) for d, g in docs.items()} for q, docs in qrels.items() if any(g > 0 for g in docs.values())}
+    if not judged:
+        raise ValueError("qrels has no query with a relevant document")
+    full_run = {q: dict(run.get(q, {})) for q in judged}
+    # trec_eval cannot evaluate an empty ranking; a dummy non-relevant entry scores 0 everywhere.
+    for q, docs in full_run.items():
+        if not docs:
+            docs["__no_result__"] = 0.0
+    top10 = {q: dict(sorted(docs.items(), key=lambda item: (-item[1], item[0]))[:10]) for q, docs in full_run.items()}
+    deep = pytrec_eval.RelevanceEvaluator(judged, {"ndcg_cut.10", "recall.100"}).evaluate(full_run)
+    shallow = pytrec_eval.RelevanceEvaluator(judged, {"recip_rank"}).evaluate(top10)
+    per_query = {
+        q: {"ndcg@10": deep[q]["ndcg_cut_10"], "recall@100": deep[q]["recall_100"], "mrr@10": shallow[q]["recip_rank"]}
+        for q in judged
+    }
+    means = {name: sum(v[name] for v in per_query.values()) / len(per_query) for name in ("ndcg@10", "recall@100", "mrr@10")}
+    return means, per_query

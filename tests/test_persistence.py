@@ -210,3 +210,16 @@ def test_mmap_load_of_1m_by_384_float16_stays_small_until_searched(tmp_path):
     before, after_load, after_search = map(int, result.stdout.split())
     assert after_load - before < 0.1 * file_size, (before, after_load, file_size)
     assert after_search - before < 1.2 * file_size
+
+
+def test_texts_round_trip_and_validation(tmp_path):
+    store = _store(n=3)
+    assert store.texts is None
+    store.texts = ["alpha", "beta", "gamma"]
+    store.save(tmp_path / "s")
+    assert CorrectedCacheStore.load(tmp_path / "s").texts == ["alpha", "beta", "gamma"]
+    with pytest.raises(ValueError, match="texts has 2 entries but the cache has 3 rows"):
+        store.texts = ["a", "b"]
+    with pytest.raises(TypeError, match=r"texts\[1\]"):
+        store.texts = ["a", 3, "c"]
+    assert CorrectedCacheStore(torch.randn(2, 3), texts=["x", "y"]).texts == ["x", "y"]

@@ -1,0 +1,83 @@
+"""Load a retrieval dataset in BEIR layout: ``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Union
+
+Document = Union[str, dict[str, str]]
+
+
+def document_text(document: Document) -> str:
+    """The text a bi-encoder sees for a BEIR document: ``"title text"`` (or just the text when untitled)."""
+    if isinstance(document, str):
+        return document
+    title = (document.get("title") or "").strip()
+    text = (document.get("text") or "").strip()
+    return f"{title} {text}" if title else text
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{number} is not valid JSON: {exc}") from exc
+    return rows
+
+
+def load_qrels(path: str | os.PathLike[str]) -> dict[str, dict[str, int]]:
+    """``{query_id: {doc_id: grade}}`` from a BEIR qrels TSV (header ``query-id corpus-id score``)."""
+    qrels: dict[str, dict[str, int]] = {}
+    with open(path, encoding="utf-8", newline="") as handle:
+        reader = csv.reader(handle, delimiter="\t")
+        header = next(reader, None)
+        if header is None or [h.strip() for h in header[:3]] != ["query-id", "corpus-id", "score"]:
+            raise ValueError(f"{path} must start with the header 'query-id<TAB>corpus-id<TAB>score', got {header}")
+        for number, row in enumerate(reader, 2):
+            if not row:
+                continue
+            if len(row) < 3:
+                raise ValueError(f"{path}:{number} has {len(row)} columns, expected 3")
+            try:
+                grade = int(float(row[2]))
+            except ValueError as exc:
+                raise ValueError(f"{path}:{number}: score {row[2]!r} is not a number") from exc
+            qrels.setdefault(row[0], {})[row[1]] = grade
+    return qrels
+
+
+def load_beir(
+    path: str | os.PathLike[str], split: str = "test"
+) -> tuple[dict[str, dict[str, str]], dict[str, str], dict[str, dict[str, int]]]:
+    """Load ``(corpus, queries, qrels)`` of one split from a BEIR folder.
+
+    ``corpus`` maps doc id to ``{"title", "text"}``; ``queries`` maps query id to text and keeps only the queries
+    judged in this split; ``qrels`` maps query id to ``{doc_id: grade}`` (grade > 0 = relevant).
+    """
+    folder = Path(path)
+    qrels_path = folder / "qrels" / f"{split}.tsv"
+    for required in (folder / "corpus.jsonl", folder / "queries.jsonl"):
+        if not required.is_file():
+            raise FileNotFoundError(f"{folder} is not a BEIR folder: {required.name} is missing")
+    if not qrels_path.is_file():
+        available = sorted(p.stem for p in (folder / "qrels").glob("*.tsv")) if (folder / "qrels").is_dir() else []
+        raise FileNotFoundError(f"No qrels for split {split!r} in {folder}; available splits: {available}")
+    corpus = {
+        str(row["_id"]): {"title": row.get("title") or "", "text": row.get("text") or ""}
+        for row in _read_jsonl(folder / "corpus.jsonl")
+    }
+    qrels = load_qrels(qrels_path)
+    all_queries = {str(row["_id"]): row.get("text") or "" for row in _read_jsonl(folder / "queries.jsonl")}
+    missing = [qid for qid in qrels if qid not in all_queries]
+    if missing:
+        raise ValueError(f"{len(missing)} judged queries are missing from queries.jsonl (first: {missing[0]!r})")
+    queries = {qid: all_queries[qid] for qid in qrels}
+    return corpus, queries, qrels

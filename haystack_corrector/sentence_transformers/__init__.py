@@ -1,0 +1,17 @@
+"""sentence-transformers adapter: corrector negatives inside the stock ``SentenceTransformerTrainer``.
+
+This subpackage is the only part of ``haystack_corrector`` that imports sentence_transformers.
+"""
+
+from __future__ import annotations
+
+from haystack_corrector.sentence_transformers._compat import require_sentence_transformers
+
+require_sentence_transformers()
+
+from haystack_corrector.sentence_transformers.callback import CorrectorCallback  # noqa: E402
+from haystack_corrector.sentence_transformers.encode import encode_corpus  # noqa: E402
+from haystack_corrector.sentence_transformers.loss import CorrectedMultipleNegativesRankingLoss  # noqa: E402
+from haystack_corrector.sentence_transformers.training_data import build_training_dataset  # noqa: E402
+
+__all__ = ["CorrectedMultipleNegativesRankingLoss", "CorrectorCallback", "build_training_dataset", "encode_corpus"]

@@ -1,0 +1,132 @@
+"""CorrectorCallback: checkpoint the corrector with the trainer, restore it on resume, log drift metrics."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from haystack_corrector.corrector import Corrector
+from haystack_corrector.sentence_transformers import _compat
+from haystack_corrector.sentence_transformers.loss import CorrectedMultipleNegativesRankingLoss
+
+logger = logging.getLogger(__name__)
+
+STATE_DIR = "corrector_state"
+_TrainerCallback = _compat.trainer_callback_base()
+
+
+class CorrectorCallback(_TrainerCallback):  # type: ignore[misc, valid-type]
+    """Keeps the corrector's life in step with the trainer's.
+
+    - **Checkpoints**: on every trainer save, writes ``corrector_state/`` into the checkpoint folder: the corrector
+      (safetensors + JSON), its optimiser state and step count, and the sampler's random state and counters.
+    - **Resume**: when training starts from a checkpoint (``trainer.train(resume_from_checkpoint=...)``), restores
+      all of that from the checkpoint's ``corrector_state/``, so the run continues with the same corrector weights.
+    - **Logging**: on every trainer log, adds the mean drift metrics of the steps since the last log
+      (``corrector/staleness``, ``corrector/corrected_error``, ``corrector/drift_loss``) and the sampler's fallback
+      counts (``corrector/filled_negatives``, ``corrector/filled_queries``) to the log record (so they are in
+      ``trainer.state.log_history`` and ``trainer_state.json``) and to the ``haystack_corrector`` logger.
+    - **Materialised view**: if ``materialize_every`` is set and the store holds a materialised corrected view, the
+      view is recomputed every ``materialize_every`` optimiser steps. Between refreshes the corrector keeps learning,
+      so searches fall back to the exact fused scan (the view is only read while it matches the corrector's weights);
+      a view therefore pays off when the corrector is frozen or updated rarely.
+    """
+
+    def __init__(self, loss: CorrectedMultipleNegativesRankingLoss, materialize_every: int | None = None) -> None:
+        if not isinstance(loss, CorrectedMultipleNegativesRankingLoss):
+            raise TypeError(f"loss must be a CorrectedMultipleNegativesRankingLoss, got {type(loss).__name__}")
+        if materialize_every is not None and (
+            isinstance(materialize_every, bool) or not isinstance(materialize_every, int) or materialize_every <= 0
+        ):
+            raise ValueError(f"materialize_every must be a positive int or None, got {materialize_every!r}")
+        self.loss = loss
+        self.materialize_every = materialize_every
+        self._restored_step: int | None = None
+
+    # -------------------------------------------------------------------------------------------- save/restore
+    def save_state(self, directory: str | os.PathLike[str]) -> None:
+        target = Path(directory) / STATE_DIR
+        target.mkdir(parents=True, exist_ok=True)
+        self.loss.store.corrector.save(target / "corrector")
+        trainer_state = self.loss.corrector_trainer.state_dict()
+        torch.save(
+            {
+                "optimizer": trainer_state["optimizer"],
+                "generator": self.loss.sampler.generator.get_state(),
+            },
+            target / "corrector_optimizer.pt",
+        )
+        meta = {
+            "corrector_steps": trainer_state["steps"],
+            "loss_training_steps": self.loss.training_steps,
+            "sampler_stats": self.loss.sampler.stats,
+        }
+        (target / "state.json").write_text(json.dumps(meta, indent=2))
+
+    def load_state(self, directory: str | os.PathLike[str]) -> None:
+        source = Path(directory) / STATE_DIR
+        if not source.is_dir():
+            raise FileNotFoundError(f"{directory} has no {STATE_DIR}/: it was not saved with a CorrectorCallback")
+        corrector = Corrector.load(source / "corrector")
+        store_corrector = self.loss.store.corrector
+        if corrector.get_config_dict() != store_corrector.get_config_dict():
+            raise ValueError(
+                f"The checkpoint's corrector {corrector.get_config_dict()} does not match the store's "
+                f"{store_corrector.get_config_dict()}"
+            )
+        device = next(store_corrector.parameters()).device
+        store_corrector.load_state_dict({k: v.to(device) for k, v in corrector.state_dict().items()})
+        state = torch.load(source / "corrector_optimizer.pt", map_location=device, weights_only=True)
+        meta = json.loads((source / "state.json").read_text())
+        self.loss.corrector_trainer.load_state_dict(
+            {
+                "corrector": store_corrector.state_dict(),
+                "optimizer": state["optimizer"],
+                "steps": meta["corrector_steps"],
+            }
+        )
+        self.loss.sampler.generator.set_state(state["generator"].cpu())
+        self.loss.sampler.stats.update(meta["sampler_stats"])
+        self.loss.training_steps = int(meta["loss_training_steps"])
+        logger.info("Restored the corrector from %s (after %d corrector steps)", source, meta["corrector_steps"])
+
+    # ----------------------------------------------------------------------------------------------- events
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.global_step > 0 and self._restored_step != state.global_step:
+            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if (checkpoint / STATE_DIR).is_dir():
+                self.load_state(checkpoint)
+                self._restored_step = state.global_step
+            else:
+                logger.warning(
+                    "Resuming at step %d but %s has no %s/: the corrector starts from its current weights",
+                    state.global_step,
+                    checkpoint,
+                    STATE_DIR,
+                )
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if not state.is_world_process_zero:
+            return
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if checkpoint.is_dir():
+            self.save_state(checkpoint)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        store = self.loss.store
+        if self.materialize_every and state.global_step % self.materialize_every == 0 and store.has_view:
+            store.materialize()
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
+        if logs is None or "loss" not in logs:
+            return
+        metrics = {k: round(v, 6) for k, v in self.loss.pop_metrics().items()}
+        logs.update(metrics)
+        if state.log_history and state.log_history[-1].get("step") == state.global_step:
+            state.log_history[-1].update(metrics)
+        logger.info("step %d: %s", state.global_step, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))

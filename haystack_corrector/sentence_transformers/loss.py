@@ -1,0 +1,343 @@
+"""CorrectedMultipleNegativesRankingLoss: InfoNCE with hard negatives sampled from a corrected stale cache."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from haystack_corrector import drift_losses
+from haystack_corrector.cache_store import CorrectedCacheStore
+from haystack_corrector.sampler import HardNegativeSampler
+from haystack_corrector.sentence_transformers import _compat
+from haystack_corrector.sentence_transformers.training_data import COLUMNS, decode_label
+from haystack_corrector.trainer import CorrectorTrainer
+
+logger = logging.getLogger(__name__)
+
+NEGATIVE_MODES = ("corrected", "stale", "none")
+
+CITATION = """
+@inproceedings{monath2024fresh,
+    title = {A Fresh Take on Stale Embeddings: Improving Dense Retriever Training with Corrector Networks},
+    author = {Monath, Nicholas and Grathwohl, Will and Boratko, Michael and Fergus, Rob and McCallum, Andrew and Zaheer, Manzil},
+    booktitle = {Proceedings of the 41st International Conference on Machine Learning},
+    year = {2024},
+    url = {https://arxiv.org/abs/2409.01890},
+}
+"""
+
+
+class CorrectedMultipleNegativesRankingLoss(nn.Module):
+    """MultipleNegativesRankingLoss whose hard negatives are sampled, every step, from a corrected stale cache.
+
+    Each forward pass: embeds anchors and positives with the current model; samples ``num_negatives`` rows per anchor
+    from ``store`` by the corrected scores <q, h(g')> (no gradient), never a relevant row of that anchor's query;
+    embeds the sampled negatives' texts with the current model (with gradient); computes InfoNCE over positives,
+    in-batch targets and sampled negatives (exactly sentence-transformers' ``MultipleNegativesRankingLoss``); then
+    takes one corrector step on the drift loss between h(g') and the fresh, detached embeddings of every target it
+    just embedded (positives and negatives). Only the corrector receives the drift gradient, through its own optimiser.
+
+    Args:
+        model: the SentenceTransformer being trained.
+        store: the stale cache (e.g. from :func:`encode_corpus`); it must hold texts.
+        train_dataset: the dataset from :func:`build_training_dataset` (its labels identify rows and queries).
+        num_negatives: hard negatives sampled per anchor.
+        negatives: ``"corrected"`` (the paper), ``"stale"`` (same sampling without the corrector, the ablation) or
+            ``"none"`` (in-batch negatives only: equals ``MultipleNegativesRankingLoss``; the corrector still learns
+            from the positives, so drift is still measured).
+        scale: inverse temperature of the InfoNCE softmax (as in MNRL).
+        similarity_fct: similarity of the InfoNCE; default follows the store (``cos_sim`` or ``dot_score``).
+        strategy, temperature, range_min, range_max, absolute_margin, relative_margin, max_score, seed: passed to
+            :class:`~haystack_corrector.HardNegativeSampler` under the same names.
+        corrector_lr: learning rate of the corrector's own optimiser.
+        drift_loss: ``"mse"`` (the paper's) or ``"cosine"``.
+        listwise_weight, score_weight, drift_temperature: ranking-aware drift terms using the batch's anchors
+            (see :class:`~haystack_corrector.CorrectorTrainer`).
+        corrector_warmup_steps: for this many first training steps, sample from the stale cache while the corrector
+            learns (the warm-up DESIGN.md allows); ``"corrected"`` sampling starts afterwards.
+        negative_prompt: prompt to prepend to sampled negative texts, if the positive column is trained with one.
+
+    References:
+        Monath et al., "A Fresh Take on Stale Embeddings: Improving Dense Retriever Training with Corrector Networks",
+        ICML 2024. https://arxiv.org/abs/2409.01890
+
+    Requirements:
+        1. (anchor, positive) pairs with a ``label`` column made by :func:`build_training_dataset`.
+        2. A :class:`~haystack_corrector.CorrectedCacheStore` of the corpus, with texts.
+
+    Inputs:
+        +------------------------------------------+-----------------------------------------------+
+        | Texts                                    | Labels                                        |
+        +==========================================+===============================================+
+        | (anchor, positive) pairs                 | row/query id from ``build_training_dataset``  |
+        +------------------------------------------+-----------------------------------------------+
+
+    Recommendations:
+        - Add :class:`CorrectorCallback` to the trainer: it checkpoints the corrector and logs drift metrics.
+        - Use ``BatchSamplers.NO_DUPLICATES`` so a query does not meet its own other positives as in-batch negatives.
+
+    Relations:
+        - ``negatives="none"`` is ``MultipleNegativesRankingLoss`` on the same pairs.
+        - ``MultipleNegativesRankingLoss`` on (anchor, positive, negative_1..k) columns mined once with
+          ``mine_hard_negatives`` is the static-negatives baseline; this loss re-samples them every step.
+
+    Example:
+        ::
+
+            from haystack_corrector.sentence_transformers import (
+                CorrectedMultipleNegativesRankingLoss, CorrectorCallback, build_training_dataset, encode_corpus)
+
+            store = encode_corpus(model, corpus_texts, ids=corpus_ids)
+            train_ds = build_training_dataset(queries, corpus, qrels, store)
+            loss = CorrectedMultipleNegativesRankingLoss(model, store, train_ds, num_negatives=4)
+            trainer = SentenceTransformerTrainer(model=model, train_dataset=train_ds, loss=loss,
+                                                 callbacks=[CorrectorCallback(loss)])
+            trainer.train()
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        store: CorrectedCacheStore,
+        train_dataset: Any,
+        num_negatives: int = 4,
+        negatives: str = "corrected",
+        scale: float = 20.0,
+        similarity_fct: Callable[[Tensor, Tensor], Tensor] | None = None,
+        strategy: str = "top",
+        temperature: float = 0.05,
+        range_min: int = 0,
+        range_max: int | None = None,
+        absolute_margin: float | None = None,
+        relative_margin: float | None = None,
+        max_score: float | None = None,
+        seed: int | None = None,
+        corrector_lr: float = 1e-3,
+        drift_loss: str = "mse",
+        listwise_weight: float = 0.0,
+        score_weight: float = 0.0,
+        drift_temperature: float = 0.05,
+        corrector_warmup_steps: int = 0,
+        negative_prompt: str | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(store, CorrectedCacheStore):
+            raise TypeError(f"store must be a CorrectedCacheStore, got {type(store).__name__}")
+        if negatives not in NEGATIVE_MODES:
+            raise ValueError(f"Unknown negatives {negatives!r}; expected one of {', '.join(map(repr, NEGATIVE_MODES))}")
+        if (
+            isinstance(corrector_warmup_steps, bool)
+            or not isinstance(corrector_warmup_steps, int)
+            or corrector_warmup_steps < 0
+        ):
+            raise ValueError(f"corrector_warmup_steps must be an int >= 0, got {corrector_warmup_steps!r}")
+        self.model = model
+        # The store is a plain object, so its corrector is NOT a registered submodule: the trainer's optimiser must
+        # not see the corrector's parameters, which only the drift loss trains, through their own optimiser.
+        self.store = store
+        self.num_negatives = num_negatives
+        self.negatives = negatives
+        self.scale = scale
+        self.corrector_warmup_steps = corrector_warmup_steps
+        self.negative_prompt = negative_prompt
+        model_dim = _compat.embedding_dimension(model)
+        if model_dim is not None and model_dim != store.dim:
+            raise ValueError(f"The store has dimension {store.dim} but the model embeds into dimension {model_dim}")
+        if store.texts is None:
+            raise ValueError(
+                "The store has no texts, so sampled negatives cannot be re-encoded: build it with encode_corpus, "
+                "or pass it through build_training_dataset with the corpus"
+            )
+        cos_sim, dot_score = _compat.similarity_functions()
+        if similarity_fct is None:
+            similarity_fct = cos_sim if store.similarity == "cosine" else dot_score
+        self.similarity_fct = similarity_fct
+        mnrl_class = _compat.multiple_negatives_ranking_loss()
+        # The InfoNCE itself is sentence-transformers' own implementation, fed with our embeddings.
+        self._infonce = mnrl_class(model, scale=scale, similarity_fct=similarity_fct)
+        self.sampler = HardNegativeSampler(
+            store,
+            num_negatives=num_negatives,
+            strategy=strategy,
+            temperature=temperature,
+            range_min=range_min,
+            range_max=range_max,
+            absolute_margin=absolute_margin,
+            relative_margin=relative_margin,
+            max_score=max_score,
+            corrected=negatives == "corrected",
+            seed=seed,
+        )
+        self.corrector_trainer = CorrectorTrainer(
+            store,
+            lr=corrector_lr,
+            loss=drift_loss,
+            listwise_weight=listwise_weight,
+            score_weight=score_weight,
+            temperature=drift_temperature,
+        )
+        self._relevant = self._read_dataset(train_dataset, store)
+        most_relevant = max(len(rows) for rows in self._relevant.values())
+        if negatives != "none" and num_negatives > len(store) - most_relevant:
+            raise ValueError(
+                f"num_negatives={num_negatives} is larger than the corpus minus the positives "
+                f"({len(store)} rows, up to {most_relevant} relevant to one query)"
+            )
+        self.training_steps = 0
+        self.reset_metrics()
+
+    # ------------------------------------------------------------------------------------------------- dataset
+    @staticmethod
+    def _read_dataset(train_dataset: Any, store: CorrectedCacheStore) -> dict[int, set[int]]:
+        columns = list(getattr(train_dataset, "column_names", []) or [])
+        if columns[:3] != list(COLUMNS):
+            raise ValueError(
+                f"train_dataset must have the columns {list(COLUMNS)} (in that order) made by build_training_dataset, "
+                f"got {columns}"
+            )
+        num_rows = len(store)
+        texts = store.texts or []
+        relevant: dict[int, set[int]] = {}
+        for position, (label, positive) in enumerate(zip(train_dataset["label"], train_dataset["positive"])):
+            if isinstance(label, bool) or not isinstance(label, int) or label < 0:
+                raise ValueError(
+                    f"train_dataset label {label!r} (row {position}) was not made by build_training_dataset"
+                )
+            query, row = decode_label(label, num_rows)
+            if texts[row] != positive:
+                raise ValueError(
+                    f"train_dataset row {position}: its label points at store row {row}, whose text differs from the "
+                    "positive: the dataset was built for another store (rebuild it with build_training_dataset)"
+                )
+            relevant.setdefault(query, set()).add(row)
+        if not relevant:
+            raise ValueError("train_dataset is empty")
+        return relevant
+
+    # ------------------------------------------------------------------------------------------------- forward
+    def _decode(self, labels: Tensor | None, batch_size: int) -> tuple[list[int], list[set[int]]]:
+        if labels is None:
+            raise ValueError("CorrectedMultipleNegativesRankingLoss needs the 'label' column of build_training_dataset")
+        values = labels.reshape(-1).tolist()
+        if len(values) != batch_size:
+            raise ValueError(f"Got {len(values)} labels for {batch_size} anchors")
+        rows, positives = [], []
+        for value in values:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(f"Label {value!r} was not made by build_training_dataset")
+            query, row = decode_label(int(value), len(self.store))
+            if query not in self._relevant or row not in self._relevant[query]:
+                raise ValueError(
+                    f"Label {int(value)} was not made by build_training_dataset for this loss's train_dataset"
+                )
+            rows.append(row)
+            positives.append(self._relevant[query])
+        return rows, positives
+
+    def _embed_texts(self, texts: list[str], like: dict[str, Any]) -> Tensor:
+        device = next(self.model.parameters()).device
+        features = _compat.preprocess(self.model, texts, prompt=self.negative_prompt, task=like.get("task"))
+        features = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in features.items()}
+        return self.model(features)["sentence_embedding"]
+
+    @property
+    def sampling_corrected(self) -> bool:
+        return self.negatives == "corrected" and self.training_steps >= self.corrector_warmup_steps
+
+    def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None) -> dict[str, Tensor]:
+        features = list(sentence_features)
+        if len(features) != 2:
+            raise ValueError(
+                f"Expected 2 text columns (anchor, positive) besides 'label', got {len(features)}: use the dataset "
+                "from build_training_dataset"
+            )
+        anchors, positives = _compat.embed_columns(self.model, features)
+        positive_rows, relevant = self._decode(labels, anchors.shape[0])
+        embeddings = [anchors, positives]
+        target_rows = torch.tensor(positive_rows, dtype=torch.int64)
+        fresh_targets = positives
+        if self.negatives != "none":
+            self.sampler.corrected = self.sampling_corrected
+            with torch.no_grad():
+                negative_rows = self.sampler.sample(anchors.detach().float().cpu(), relevant)
+            texts = self.store.texts or []
+            # Column-major (all first negatives, then all second negatives, ...) as MNRL's negative_i columns.
+            order = negative_rows.T.reshape(-1)
+            negative_embeddings = self._embed_texts([texts[row] for row in order.tolist()], features[1])
+            embeddings += list(negative_embeddings.reshape(self.num_negatives, anchors.shape[0], -1).unbind(0))
+            target_rows = torch.cat([target_rows, order])
+            fresh_targets = torch.cat([positives, negative_embeddings])
+        infonce = self._infonce.compute_loss_from_embeddings(embeddings, labels)
+        drift = self._drift(target_rows, fresh_targets.detach().float(), anchors.detach().float())
+        return {"infonce": infonce, "drift": torch.tensor(drift, device=infonce.device, dtype=infonce.dtype)}
+
+    def _drift(self, rows: Tensor, fresh: Tensor, queries: Tensor) -> float:
+        training = bool(self.model.training) and torch.is_grad_enabled()
+        if training:
+            metrics = self.corrector_trainer.observe(rows, fresh, query_embeddings=queries)
+            self.training_steps += 1
+        else:
+            with torch.no_grad():
+                corrector = self.store.corrector
+                device = next(corrector.parameters()).device
+                stale = self.store.stale_embeddings(rows).to(device)
+                corrected = corrector(stale)
+                fresh = fresh.to(device)
+                metrics = {
+                    "drift_loss": float(drift_losses.drift_loss(self.corrector_trainer.loss, corrected, fresh)),
+                    "staleness": _relative(stale, fresh),
+                    "corrected_error": _relative(corrected, fresh),
+                }
+            return metrics["drift_loss"]
+        for key in ("drift_loss", "staleness", "corrected_error"):
+            self._metric_sums[key] = self._metric_sums.get(key, 0.0) + metrics[key]
+        self._metric_count += 1
+        return metrics["drift_loss"]
+
+    # ------------------------------------------------------------------------------------------------ metrics
+    def reset_metrics(self) -> None:
+        self._metric_sums: dict[str, float] = {}
+        self._metric_count = 0
+
+    def pop_metrics(self) -> dict[str, float]:
+        """Mean drift metrics since the last call (training steps only), plus the sampler's fallback counters."""
+        metrics = (
+            {f"corrector/{k}": v / self._metric_count for k, v in self._metric_sums.items()}
+            if self._metric_count
+            else {}
+        )
+        metrics["corrector/filled_negatives"] = float(self.sampler.stats["filled_negatives"])
+        metrics["corrector/filled_queries"] = float(self.sampler.stats["filled_queries"])
+        self.reset_metrics()
+        return metrics
+
+    # ----------------------------------------------------------------------------------------- model card
+    def get_config_dict(self) -> dict[str, Any]:
+        return {
+            "num_negatives": self.num_negatives,
+            "negatives": self.negatives,
+            "scale": self.scale,
+            "similarity_fct": getattr(self.similarity_fct, "__name__", str(self.similarity_fct)),
+            **{k: v for k, v in self.sampler.get_config_dict().items() if k not in ("num_negatives", "corrected")},
+            "corrector_lr": self.corrector_trainer.lr,
+            "drift_loss": self.corrector_trainer.loss,
+            "listwise_weight": self.corrector_trainer.listwise_weight,
+            "score_weight": self.corrector_trainer.score_weight,
+            "drift_temperature": self.corrector_trainer.temperature,
+            "corrector": self.store.corrector.get_config_dict(),
+            "corrector_warmup_steps": self.corrector_warmup_steps,
+        }
+
+    @property
+    def citation(self) -> str:
+        return CITATION
+
+
+def _relative(estimate: Tensor, fresh: Tensor) -> float:
+    from haystack_corrector.evaluation import relative_error
+
+    return relative_error(estimate, fresh)

@@ -1,0 +1,89 @@
+"""build_training_dataset: (anchor, positive, label) rows whose label tells the loss which rows are relevant.
+
+The trainer passes only tokenised text and the ``label`` column to a loss, so the label carries the row identity:
+``label = query_number * len(store) + positive_row``. From it the loss recovers the positive's row in the store and,
+by grouping the dataset's labels by query number, every relevant row of that query (never sampled as a negative).
+The encoding survives shuffling, selecting and concatenating the dataset.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from haystack_corrector.beir import Document, document_text
+from haystack_corrector.cache_store import CorrectedCacheStore
+
+logger = logging.getLogger(__name__)
+
+COLUMNS = ("anchor", "positive", "label")
+
+
+def encode_label(query_number: int, row: int, num_rows: int) -> int:
+    return query_number * num_rows + row
+
+
+def decode_label(label: int, num_rows: int) -> tuple[int, int]:
+    """``(query_number, positive_row)`` of a label made by :func:`encode_label`."""
+    return divmod(int(label), num_rows)
+
+
+def build_training_dataset(
+    queries: Mapping[str, str],
+    corpus: Mapping[str, Document],
+    qrels: Mapping[str, Mapping[str, int]],
+    store: CorrectedCacheStore,
+    min_grade: int = 1,
+) -> Any:
+    """One row per relevant (query, document) pair: columns ``anchor``, ``positive``, ``label``.
+
+    Args:
+        queries: ``{query_id: text}``.
+        corpus: ``{doc_id: text or {"title", "text"}}``; every relevant document must be in ``store.ids``.
+        qrels: ``{query_id: {doc_id: grade}}``; pairs with ``grade >= min_grade`` become rows.
+        store: the cache the loss samples from. If it has no texts yet, they are taken from ``corpus``.
+
+    Returns:
+        a ``datasets.Dataset``.
+    """
+    from datasets import Dataset
+
+    if not isinstance(store, CorrectedCacheStore):
+        raise TypeError(f"store must be a CorrectedCacheStore, got {type(store).__name__}")
+    if store.texts is None:
+        missing = [doc_id for doc_id in store.ids if doc_id not in corpus]
+        if missing:
+            raise ValueError(
+                f"The store has no texts and {len(missing)} of its ids are not in corpus (first: {missing[0]!r}); "
+                "build the store from this corpus with encode_corpus"
+            )
+        store.texts = [document_text(corpus[doc_id]) for doc_id in store.ids]
+    num_rows = len(store)
+    anchors: list[str] = []
+    positives: list[str] = []
+    labels: list[int] = []
+    skipped_unknown = skipped_query = 0
+    for query_number, (query_id, judged) in enumerate(qrels.items()):
+        if query_id not in queries:
+            skipped_query += 1
+            continue
+        for doc_id, grade in judged.items():
+            if grade < min_grade:
+                continue
+            try:
+                (row,) = store.rows_of([doc_id])
+            except KeyError:
+                skipped_unknown += 1
+                continue
+            anchors.append(queries[query_id])
+            positives.append(store.texts[row])  # type: ignore[index]
+            labels.append(encode_label(query_number, row, num_rows))
+    if skipped_query:
+        logger.warning("Skipped %d judged queries that are missing from queries", skipped_query)
+    if skipped_unknown:
+        logger.warning("Skipped %d relevant documents that are not in the store", skipped_unknown)
+    if not labels:
+        raise ValueError("No (query, relevant document) pair found: check that qrels, queries and the store match")
+    logger.info("Built %d training pairs for %d queries", len(labels), len({label // num_rows for label in labels}))
+    return Dataset.from_dict({"anchor": anchors, "positive": positives, "label": labels})

@@ -1,0 +1,160 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("sentence_transformers")
+
+from haystack_corrector import CorrectedCacheStore  # noqa: E402
+from haystack_corrector.beir import document_text  # noqa: E402
+from haystack_corrector.sentence_transformers import (  # noqa: E402
+    CorrectedMultipleNegativesRankingLoss,
+    build_training_dataset,
+    encode_corpus,
+)
+from haystack_corrector.sentence_transformers._compat import multiple_negatives_ranking_loss  # noqa: E402
+from tests.tiny_model import toy_corpus  # noqa: E402
+
+
+@pytest.fixture
+def setup(tiny_model):
+    corpus, queries, qrels = toy_corpus()
+    ids = list(corpus)
+    store = encode_corpus(tiny_model, [document_text(corpus[i]) for i in ids], ids=ids, show_progress_bar=False)
+    dataset = build_training_dataset(queries, corpus, qrels, store)
+    return tiny_model, store, dataset, qrels
+
+
+def _features(model, texts):
+    return model.preprocess(texts) if hasattr(model, "preprocess") else model.tokenize(texts)
+
+
+def _grads(model):
+    return [p.grad.detach().clone() for p in model.parameters() if p.grad is not None]
+
+
+def test_dataset_columns_and_labels(setup):
+    _, store, dataset, qrels = setup
+    assert dataset.column_names == ["anchor", "positive", "label"]
+    relevant_pairs = sum(1 for judged in qrels.values() for grade in judged.values() if grade > 0)
+    assert len(dataset) == relevant_pairs  # grade-0 judgments are not positives
+    for row in dataset.select(range(5)):
+        assert store.texts[row["label"] % len(store)] == row["positive"]
+
+
+def test_loss_with_fixed_negatives_equals_mnrl_value_and_gradients(setup):
+    model, store, dataset, _ = setup
+    model.train()
+    batch = dataset.select(range(6))
+    k = 3
+    fixed = torch.tensor([[(7 * i + j) % len(store) for j in range(k)] for i in range(6)])
+    loss = CorrectedMultipleNegativesRankingLoss(model, store, dataset, num_negatives=k, corrector_lr=1e-3)
+    loss.sampler.sample = lambda queries, positives: fixed
+    labels = torch.tensor(batch["label"])
+    model.zero_grad()
+    ours = loss([_features(model, batch["anchor"]), _features(model, batch["positive"])], labels)
+    ours["infonce"].backward()
+    our_grads = _grads(model)
+
+    negative_columns = [[store.texts[r] for r in fixed[:, j].tolist()] for j in range(k)]
+    mnrl = multiple_negatives_ranking_loss()(model)
+    model.zero_grad()
+    features = [_features(model, batch["anchor"]), _features(model, batch["positive"])]
+    features += [_features(model, column) for column in negative_columns]
+    reference = mnrl(features, None)
+    reference.backward()
+    torch.testing.assert_close(ours["infonce"], reference, atol=1e-5, rtol=1e-5)
+    for a, b in zip(our_grads, _grads(model)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_negatives_none_equals_mnrl(setup):
+    model, store, dataset, _ = setup
+    batch = dataset.select(range(8))
+    loss = CorrectedMultipleNegativesRankingLoss(model, store, dataset, negatives="none")
+    features = [_features(model, batch["anchor"]), _features(model, batch["positive"])]
+    ours = loss(features, torch.tensor(batch["label"]))
+    reference = multiple_negatives_ranking_loss()(model)(features, None)
+    torch.testing.assert_close(ours["infonce"], reference, atol=1e-6, rtol=1e-6)
+    assert set(ours) == {"infonce", "drift"}
+
+
+@pytest.mark.parametrize("negatives", ["corrected", "stale"])
+def test_sampled_negative_is_never_relevant(setup, negatives):
+    model, store, dataset, qrels = setup
+    loss = CorrectedMultipleNegativesRankingLoss(
+        model, store, dataset, num_negatives=5, negatives=negatives, strategy="random", range_max=40, seed=0
+    )
+    seen = []
+    original = loss.sampler.sample
+
+    def recording(queries, positives):
+        rows = original(queries, positives)
+        seen.append((rows, positives))
+        return rows
+
+    loss.sampler.sample = recording
+    relevant_by_query = {
+        query: {store.rows_of([d])[0] for d, g in judged.items() if g > 0} for query, judged in qrels.items()
+    }
+    for start in range(0, len(dataset), 8):
+        batch = dataset.select(range(start, min(start + 8, len(dataset))))
+        loss([_features(model, batch["anchor"]), _features(model, batch["positive"])], torch.tensor(batch["label"]))
+    all_relevant_sets = [frozenset(s) for s in relevant_by_query.values()]
+    for rows, positives in seen:
+        for query_rows, query_positives in zip(rows.tolist(), positives):
+            assert frozenset(query_positives) in all_relevant_sets  # the loss excludes ALL relevant rows of the query
+            assert not set(query_rows) & set(query_positives)
+    assert any(len(p) > 1 for _, ps in seen for p in ps), "the toy data must contain multi-positive queries"
+
+
+def test_only_the_corrector_is_trained_by_the_drift_loss(setup):
+    model, store, dataset, _ = setup
+    loss = CorrectedMultipleNegativesRankingLoss(model, store, dataset, num_negatives=2, corrector_lr=1e-2)
+    assert not any(p is q for p in loss.parameters() for q in store.corrector.parameters())
+    before = [p.detach().clone() for p in store.corrector.parameters()]
+    batch = dataset.select(range(4))
+    model.train()
+    loss([_features(model, batch["anchor"]), _features(model, batch["positive"])], torch.tensor(batch["label"]))
+    assert all(p.grad is None for p in model.parameters())  # the drift step does not touch the encoder
+    # The corrector moved only if the encoder's embeddings differ from the cache; here the model is unchanged, so
+    # fresh == stale exactly and the identity corrector has zero drift loss and zero gradient.
+    after = list(store.corrector.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
+    metrics = loss.pop_metrics()
+    assert metrics["corrector/staleness"] == pytest.approx(0.0, abs=1e-10)
+
+
+def test_config_and_citation(setup):
+    model, store, dataset, _ = setup
+    loss = CorrectedMultipleNegativesRankingLoss(model, store, dataset, num_negatives=2, strategy="gumbel", range_max=10)
+    config = loss.get_config_dict()
+    assert config["num_negatives"] == 2 and config["negatives"] == "corrected" and config["strategy"] == "gumbel"
+    assert config["similarity_fct"] == "cos_sim" and config["corrector"]["dim"] == 64
+    assert "monath2024fresh" in loss.citation and "2409.01890" in loss.citation
+
+
+def test_bad_inputs(setup, tiny_model_folder):
+    model, store, dataset, _ = setup
+    with pytest.raises(ValueError, match="store has dimension 8 but the model embeds into dimension 64"):
+        CorrectedMultipleNegativesRankingLoss(model, CorrectedCacheStore(torch.randn(60, 8), texts=["t"] * 60), dataset)
+    with pytest.raises(ValueError, match="num_negatives=58 is larger than the corpus minus the positives"):
+        CorrectedMultipleNegativesRankingLoss(model, store, dataset, num_negatives=58)
+    with pytest.raises(ValueError, match="must have the columns"):
+        CorrectedMultipleNegativesRankingLoss(model, store, dataset.rename_column("anchor", "query"))
+    with pytest.raises(ValueError, match="Unknown negatives 'fresh'"):
+        CorrectedMultipleNegativesRankingLoss(model, store, dataset, negatives="fresh")
+    with pytest.raises(ValueError, match="no texts"):
+        CorrectedMultipleNegativesRankingLoss(model, CorrectedCacheStore(store.stale_embeddings()), dataset)
+    loss = CorrectedMultipleNegativesRankingLoss(model, store, dataset, num_negatives=2)
+    batch = dataset.select(range(2))
+    features = [_features(model, batch["anchor"]), _features(model, batch["positive"])]
+    with pytest.raises(ValueError, match="was not made by build_training_dataset"):
+        loss(features, torch.tensor([5, 7]))  # query 0 does not own rows 5 and 7
+    with pytest.raises(ValueError, match="needs the 'label' column"):
+        loss(features, None)
+    with pytest.raises(ValueError, match="Expected 2 text columns"):
+        loss(features + [features[1]], torch.tensor(batch["label"]))
+    other = encode_corpus(model, ["x"] * 60, show_progress_bar=False)
+    with pytest.raises(ValueError, match="built for another store"):
+        CorrectedMultipleNegativesRankingLoss(model, other, dataset)
