@@ -63,7 +63,11 @@ def main() -> None:
     args = parser.parse_args()
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
 
     from haystack_corrector.sentence_transformers import (
         CorrectedMultipleNegativesRankingLoss,
@@ -85,7 +89,10 @@ def main() -> None:
     corpus_texts = [document_text(corpus[i]) for i in corpus_ids]
     torch.manual_seed(args.seed)
     model = SentenceTransformer(args.model, device="cpu")
-    results: dict = {"args": vars(args), "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"}
+    results: dict = {
+        "args": vars(args),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+    }
 
     # The one initial cache, at the training max_seq_length; it doubles as the zero-shot corpus at that length.
     model.max_seq_length = args.train_max_seq_length
@@ -103,13 +110,29 @@ def main() -> None:
     model.max_seq_length = args.train_max_seq_length
     dataset = build_training_dataset(train_queries, corpus, train_qrels, store)
     loss = CorrectedMultipleNegativesRankingLoss(
-        model, store, dataset, num_negatives=args.num_negatives, negatives=args.negatives, strategy=args.strategy,
-        range_min=args.range_min, range_max=args.range_max, corrector_lr=args.corrector_lr, seed=args.seed,
+        model,
+        store,
+        dataset,
+        num_negatives=args.num_negatives,
+        negatives=args.negatives,
+        strategy=args.strategy,
+        range_min=args.range_min,
+        range_max=args.range_max,
+        corrector_lr=args.corrector_lr,
+        seed=args.seed,
     )
     training_args = SentenceTransformerTrainingArguments(
-        output_dir=str(output / "checkpoints"), num_train_epochs=args.epochs, per_device_train_batch_size=args.batch_size,
-        learning_rate=args.lr, warmup_ratio=0.1, logging_steps=5, save_strategy="no", batch_sampler="no_duplicates",
-        seed=args.seed, report_to=[], use_cpu=True,
+        output_dir=str(output / "checkpoints"),
+        num_train_epochs=args.epochs,
+        per_device_train_batch_size=args.batch_size,
+        learning_rate=args.lr,
+        warmup_ratio=0.1,
+        logging_steps=5,
+        save_strategy="no",
+        batch_sampler="no_duplicates",
+        seed=args.seed,
+        report_to=[],
+        use_cpu=True,
     )
     trainer = SentenceTransformerTrainer(
         model=model, args=training_args, train_dataset=dataset, loss=loss, callbacks=[CorrectorCallback(loss)]
@@ -136,8 +159,10 @@ def main() -> None:
     results["total_seconds"] = time.perf_counter() - total_start
     (output / "results.json").write_text(json.dumps(results, indent=2))
 
-    print(f"\n# {results['machine']}; total wall time {results['total_seconds']:.0f} s "
-          f"(train {results['train_seconds']:.0f} s, cache encode {results['cache_encode_seconds']:.0f} s)")
+    print(
+        f"\n# {results['machine']}; total wall time {results['total_seconds']:.0f} s "
+        f"(train {results['train_seconds']:.0f} s, cache encode {results['cache_encode_seconds']:.0f} s)"
+    )
     print("| model | max_seq_length (eval) | nDCG@10 | Recall@100 | MRR@10 |")
     print("|---|---|---|---|---|")
     for name in ("zero_shot", "fine_tuned"):
@@ -148,8 +173,10 @@ def main() -> None:
     print("\n| step | infonce | corrector/staleness | corrector/corrected_error | filled negatives |")
     print("|---|---|---|---|---|")
     for entry in logged:
-        print(f"| {entry['step']} | {entry.get('infonce', float('nan')):.4f} | {entry['corrector/staleness']:.5f} | "
-              f"{entry['corrector/corrected_error']:.5f} | {entry['corrector/filled_negatives']:.0f} |")
+        print(
+            f"| {entry['step']} | {entry.get('infonce', float('nan')):.4f} | {entry['corrector/staleness']:.5f} | "
+            f"{entry['corrector/corrected_error']:.5f} | {entry['corrector/filled_negatives']:.0f} |"
+        )
     if "drift_after_training" in results:
         print(f"\nwhole-corpus drift after training: {results['drift_after_training']}")
 

@@ -35,9 +35,7 @@ Run = dict[str, dict[str, float]]
 Qrels = dict[str, dict[str, int]]
 
 
-def run_from_search(
-    scores: torch.Tensor, indices: torch.Tensor, query_ids: Sequence[str], ids: Sequence[str]
-) -> Run:
+def run_from_search(scores: torch.Tensor, indices: torch.Tensor, query_ids: Sequence[str], ids: Sequence[str]) -> Run:
     """Turn ``store.search`` output into a TREC-style run ``{query_id: {doc_id: score}}``."""
     if scores.shape != indices.shape or scores.shape[0] != len(query_ids):
         raise ValueError(
@@ -76,5 +74,7 @@ def retrieval_metrics(run: Run, qrels: Qrels) -> tuple[dict[str, float], dict[st
         q: {"ndcg@10": deep[q]["ndcg_cut_10"], "recall@100": deep[q]["recall_100"], "mrr@10": shallow[q]["recip_rank"]}
         for q in judged
     }
-    means = {name: sum(v[name] for v in per_query.values()) / len(per_query) for name in ("ndcg@10", "recall@100", "mrr@10")}
+    means = {
+        name: sum(v[name] for v in per_query.values()) / len(per_query) for name in ("ndcg@10", "recall@100", "mrr@10")
+    }
     return means, per_query

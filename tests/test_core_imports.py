@@ -42,3 +42,41 @@ def test_core_works_without_host_frameworks():
     result = subprocess.run([sys.executable, "-c", _SCRIPT], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "core ok"
+
+
+def test_sentence_transformers_adapter_names_the_extra_when_missing():
+    script = textwrap.dedent(
+        """
+        import importlib.abc, sys
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] == "sentence_transformers":
+                    raise ImportError("No module named 'sentence_transformers'")
+        sys.meta_path.insert(0, Block())
+        try:
+            import haystack_corrector.sentence_transformers
+        except ImportError as exc:
+            print(exc)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO)
+    assert 'pip install "haystack-corrector[sentence-transformers]"' in result.stdout, result.stderr
+
+
+def test_haystack_components_name_the_extra_when_haystack_is_missing():
+    script = textwrap.dedent(
+        """
+        import importlib.abc, sys
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name == "haystack" or name.startswith("haystack."):
+                    raise ImportError("No module named 'haystack'")
+        sys.meta_path.insert(0, Block())
+        try:
+            import haystack_integrations.components.retrievers.corrector
+        except ImportError as exc:
+            print(exc)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO)
+    assert 'pip install "haystack-corrector[haystack]"' in result.stdout, result.stderr

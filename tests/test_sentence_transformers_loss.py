@@ -127,7 +127,9 @@ def test_only_the_corrector_is_trained_by_the_drift_loss(setup):
 
 def test_config_and_citation(setup):
     model, store, dataset, _ = setup
-    loss = CorrectedMultipleNegativesRankingLoss(model, store, dataset, num_negatives=2, strategy="gumbel", range_max=10)
+    loss = CorrectedMultipleNegativesRankingLoss(
+        model, store, dataset, num_negatives=2, strategy="gumbel", range_max=10
+    )
     config = loss.get_config_dict()
     assert config["num_negatives"] == 2 and config["negatives"] == "corrected" and config["strategy"] == "gumbel"
     assert config["similarity_fct"] == "cos_sim" and config["corrector"]["dim"] == 64

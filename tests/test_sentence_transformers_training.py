@@ -55,9 +55,7 @@ def _run(model, output_dir, max_steps, save_steps=2, resume=None, record_rows=No
         disable_tqdm=True,
     )
     callback = CorrectorCallback(loss)
-    trainer = SentenceTransformerTrainer(
-        model=model, args=args, train_dataset=dataset, loss=loss, callbacks=[callback]
-    )
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss, callbacks=[callback])
     trainer.train(resume_from_checkpoint=resume)
     return trainer, store, texts
 
@@ -68,8 +66,14 @@ def test_training_logs_drift_and_corrector_generalises_to_unseen_rows(tiny_model
     trainer, store, texts = _run(model, tmp_path / "run", max_steps=12, save_steps=100, record_rows=touched)
     logged = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert logged, trainer.state.log_history
-    for key in ("infonce", "drift", "corrector/staleness", "corrector/corrected_error", "corrector/drift_loss",
-                "corrector/filled_negatives"):
+    for key in (
+        "infonce",
+        "drift",
+        "corrector/staleness",
+        "corrector/corrected_error",
+        "corrector/drift_loss",
+        "corrector/filled_negatives",
+    ):
         assert key in logged[-1], (key, logged[-1])
     assert logged[-1]["corrector/staleness"] > 0  # the encoder really moved
     fresh = torch.as_tensor(model.encode(texts, convert_to_numpy=True))
@@ -101,3 +105,35 @@ def test_callback_load_state_restores_weights_exactly(tiny_model_folder, tmp_pat
     saved = Corrector.load(tmp_path / "run" / "checkpoint-2" / "corrector_state" / "corrector")
     for key, value in store.corrector.state_dict().items():
         assert torch.equal(saved.state_dict()[key], value)
+
+
+def test_saved_model_loads_without_this_package(tiny_model_folder, tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    trainer, _, _ = _run(load_tiny_model(tiny_model_folder), tmp_path / "run", max_steps=2, save_steps=100)
+    trainer.model.save(str(tmp_path / "saved"))
+    card = (tmp_path / "saved" / "README.md").read_text()
+    assert "CorrectedMultipleNegativesRankingLoss" in card and "monath2024fresh" in card
+    script = textwrap.dedent(
+        f"""
+        import importlib.abc, sys
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] == "haystack_corrector":
+                    raise ImportError("blocked")
+        sys.meta_path.insert(0, Block())
+        from sentence_transformers import SentenceTransformer
+        model = SentenceTransformer({str(tmp_path / "saved")!r}, device="cpu")
+        print(model.encode(["a sentence"]).shape)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "(1, 64)" in result.stdout

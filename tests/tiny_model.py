@@ -33,13 +33,19 @@ def load_tiny_model(folder: Path, normalize: bool = True):
     from sentence_transformers import SentenceTransformer
 
     Transformer = _first_attribute(
-        [("sentence_transformers.sentence_transformer.modules", "Transformer"), ("sentence_transformers.models", "Transformer")]
+        [
+            ("sentence_transformers.sentence_transformer.modules", "Transformer"),
+            ("sentence_transformers.models", "Transformer"),
+        ]
     )
     Pooling = _first_attribute(
         [("sentence_transformers.sentence_transformer.modules", "Pooling"), ("sentence_transformers.models", "Pooling")]
     )
     Normalize = _first_attribute(
-        [("sentence_transformers.sentence_transformer.modules", "Normalize"), ("sentence_transformers.models", "Normalize")]
+        [
+            ("sentence_transformers.sentence_transformer.modules", "Normalize"),
+            ("sentence_transformers.models", "Normalize"),
+        ]
     )
     modules = [Transformer(str(folder), max_seq_length=64), Pooling(64, "mean")]
     if normalize:

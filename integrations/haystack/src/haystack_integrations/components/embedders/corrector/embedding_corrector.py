@@ -1,0 +1,96 @@
+"""EmbeddingCorrector: rewrite documents' embeddings through a corrector (index upgrade without re-embedding)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from haystack import Document, component, default_from_dict, default_to_dict
+
+from haystack_integrations.components.retrievers.corrector._document_snapshot import (
+    corrector_fingerprint,
+    embedding_matrix,
+    load_corrector,
+)
+
+
+@component
+class EmbeddingCorrector:
+    """Maps each document's (stale) embedding through a saved corrector: ``embedding <- h(embedding)``.
+
+    Returns new Document objects (the inputs are not modified) whose ``meta["corrector"]`` records which corrector
+    was applied (its path and a fingerprint of its weights), for an indexing pipeline that upgrades a store in place
+    (``DocumentWriter(policy=DuplicatePolicy.OVERWRITE)``) instead of re-embedding every document.
+
+    Usage example:
+    ```python
+    from haystack import Document
+    from haystack_corrector import Corrector
+    from haystack_integrations.components.embedders.corrector import EmbeddingCorrector
+
+    Corrector(2).save("identity-corrector")
+    corrector = EmbeddingCorrector("identity-corrector")
+    corrector.warm_up()
+    print(corrector.run([Document(content="x", embedding=[0.6, 0.8])])["documents"][0].embedding)
+    ```
+    """
+
+    def __init__(self, corrector_path: str, batch_size: int = 1024) -> None:
+        """
+        :param corrector_path: directory of a saved ``haystack_corrector.Corrector``.
+        :param batch_size: documents corrected per forward pass.
+        """
+        if not isinstance(corrector_path, str) or not corrector_path:
+            raise ValueError(f"corrector_path must be a non-empty path string, got {corrector_path!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+            raise ValueError(f"batch_size must be an int > 0, got {batch_size!r}")
+        self.corrector_path = corrector_path
+        self.batch_size = batch_size
+        self._corrector = None
+        self._fingerprint: str | None = None
+
+    def warm_up(self) -> None:
+        """Load the corrector (once; later calls do nothing)."""
+        if self._corrector is None:
+            self._corrector = load_corrector(self.corrector_path)
+            self._fingerprint = corrector_fingerprint(self.corrector_path)
+
+    def to_dict(self) -> dict[str, Any]:
+        return default_to_dict(self, corrector_path=self.corrector_path, batch_size=self.batch_size)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EmbeddingCorrector:
+        return default_from_dict(cls, data)
+
+    @component.output_types(documents=list[Document])
+    def run(self, documents: list[Document]) -> dict[str, list[Document]]:
+        """Corrected copies of ``documents``.
+
+        :param documents: documents with embeddings (from the old encoder).
+        """
+        if not isinstance(documents, list) or not all(isinstance(d, Document) for d in documents):
+            raise TypeError("EmbeddingCorrector expects a list of Documents")
+        if not documents:
+            return {"documents": []}
+        self.warm_up()
+        corrector = self._corrector
+        if corrector is None:
+            raise RuntimeError("warm_up() did not load the corrector")
+        matrix = embedding_matrix(documents, "input documents")
+        if matrix.shape[1] != corrector.dim:
+            raise ValueError(
+                f"The corrector has dimension {corrector.dim} but the documents' embeddings have dimension {matrix.shape[1]}"
+            )
+        corrected = []
+        with torch.no_grad():
+            for start in range(0, len(documents), self.batch_size):
+                block = torch.from_numpy(matrix[start : start + self.batch_size])
+                corrected.extend(corrector(block).tolist())
+        record = {"path": self.corrector_path, "sha256": self._fingerprint}
+        return {
+            "documents": [
+                dataclasses.replace(doc, embedding=[float(x) for x in emb], meta={**doc.meta, "corrector": record})
+                for doc, emb in zip(documents, corrected)
+            ]
+        }

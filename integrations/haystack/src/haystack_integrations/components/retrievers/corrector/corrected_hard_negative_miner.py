@@ -1,0 +1,171 @@
+"""CorrectedHardNegativeMiner: hard negatives for training queries, straight from a DocumentStore."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from haystack import Document, component, default_from_dict, default_to_dict
+
+from haystack_corrector import HardNegativeSampler
+from haystack_integrations.components.retrievers.corrector._document_snapshot import (
+    DocumentSnapshot,
+    check_document_store,
+    load_corrector,
+    output_document,
+    query_matrix,
+    store_similarity,
+)
+
+
+@component
+class CorrectedHardNegativeMiner:
+    """Mines hard negatives for a batch of queries from a DocumentStore, scored through a corrector.
+
+    The arguments mirror sentence-transformers' ``mine_hard_negatives`` (``sampling_strategy`` ``"top"``,
+    ``"gumbel"`` or ``"random"``; ``range_min``/``range_max`` rank window; ``absolute_margin``/``relative_margin``/
+    ``max_score`` filters against the query's lowest positive score). A positive document is never returned.
+
+    Usage example:
+    ```python
+    from haystack import Document
+    from haystack.document_stores.in_memory import InMemoryDocumentStore
+    from haystack_integrations.components.retrievers.corrector import CorrectedHardNegativeMiner
+
+    store = InMemoryDocumentStore()
+    store.write_documents([Document(id=str(i), content=f"doc {i}", embedding=[1.0, i / 10]) for i in range(10)])
+    miner = CorrectedHardNegativeMiner(store, num_negatives=2)
+    miner.warm_up()
+    negatives = miner.run(query_embeddings=[[1.0, 0.9]], positive_document_ids=[["9"]])["negatives"]
+    print([doc.id for doc in negatives[0]])  # ['8', '7']
+    ```
+    """
+
+    def __init__(
+        self,
+        document_store: Any,
+        corrector_path: str | None = None,
+        num_negatives: int = 4,
+        sampling_strategy: str = "top",
+        temperature: float = 0.05,
+        range_min: int = 0,
+        range_max: int | None = None,
+        absolute_margin: float | None = None,
+        relative_margin: float | None = None,
+        max_score: float | None = None,
+        seed: int | None = None,
+        similarity: str | None = None,
+    ) -> None:
+        """
+        :param document_store: any Haystack DocumentStore holding documents with (stale) embeddings.
+        :param corrector_path: directory of a saved ``haystack_corrector.Corrector``; ``None`` mines from the stored
+            embeddings as they are.
+        :param num_negatives: negatives per query.
+        :param sampling_strategy: ``"top"``, ``"gumbel"`` (sample from softmax(score/temperature)) or ``"random"``.
+        :param seed: seed of the sampler's random generator (``gumbel``/``random``).
+        :param similarity: ``"cosine"`` or ``"dot_product"``; default: the store's, else dot product.
+        """
+        check_document_store(document_store)
+        self.document_store = document_store
+        self.corrector_path = corrector_path
+        self.num_negatives = num_negatives
+        self.sampling_strategy = sampling_strategy
+        self.temperature = temperature
+        self.range_min = range_min
+        self.range_max = range_max
+        self.absolute_margin = absolute_margin
+        self.relative_margin = relative_margin
+        self.max_score = max_score
+        self.seed = seed
+        self.similarity = similarity
+        self._similarity = store_similarity(document_store, similarity)
+        # Validate every sampler argument now, on a one-row stand-in, so bad values fail at construction.
+        self._sampler_kwargs = {
+            "num_negatives": num_negatives,
+            "strategy": sampling_strategy,
+            "temperature": temperature,
+            "range_min": range_min,
+            "range_max": range_max,
+            "absolute_margin": absolute_margin,
+            "relative_margin": relative_margin,
+            "max_score": max_score,
+            "seed": seed,
+        }
+        from haystack_corrector import CorrectedCacheStore
+
+        HardNegativeSampler(CorrectedCacheStore([[1.0]]), **self._sampler_kwargs)
+        self._snapshot: DocumentSnapshot | None = None
+        self._sampler: HardNegativeSampler | None = None
+
+    def warm_up(self) -> None:
+        """Load the corrector (once; later calls do nothing)."""
+        if self._snapshot is None:
+            self._snapshot = DocumentSnapshot(
+                self.document_store, load_corrector(self.corrector_path), self._similarity
+            )
+
+    def refresh(self) -> None:
+        """Re-read the document store now (e.g. after documents were overwritten in place)."""
+        self.warm_up()
+        if self._snapshot is not None:
+            self._snapshot.refresh()
+
+    def to_dict(self) -> dict[str, Any]:
+        return default_to_dict(
+            self,
+            document_store=self.document_store,
+            corrector_path=self.corrector_path,
+            num_negatives=self.num_negatives,
+            sampling_strategy=self.sampling_strategy,
+            temperature=self.temperature,
+            range_min=self.range_min,
+            range_max=self.range_max,
+            absolute_margin=self.absolute_margin,
+            relative_margin=self.relative_margin,
+            max_score=self.max_score,
+            seed=self.seed,
+            similarity=self.similarity,
+        )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CorrectedHardNegativeMiner:
+        return default_from_dict(cls, data)
+
+    @component.output_types(negatives=list[list[Document]])
+    def run(
+        self, query_embeddings: list[list[float]], positive_document_ids: list[list[str]]
+    ) -> dict[str, list[list[Document]]]:
+        """``num_negatives`` hard negatives per query, never one of its positives.
+
+        :param query_embeddings: one embedding per query (from the current query encoder).
+        :param positive_document_ids: per query, the ids of its relevant documents.
+        """
+        self.warm_up()
+        if self._snapshot is None:
+            raise RuntimeError("warm_up() did not initialise the miner")
+        cache = self._snapshot.ensure_current()
+        if self._sampler is None or self._sampler.store is not cache:
+            self._sampler = HardNegativeSampler(cache, **self._sampler_kwargs)  # type: ignore[arg-type]
+        queries = query_matrix(query_embeddings, cache.dim, "query_embeddings")
+        if queries.ndim != 2:
+            raise ValueError("query_embeddings must be a list of embeddings (a list of lists of floats)")
+        if not isinstance(positive_document_ids, list) or len(positive_document_ids) != queries.shape[0]:
+            raise ValueError(
+                f"positive_document_ids must be a list with one list of ids per query: got "
+                f"{len(positive_document_ids) if isinstance(positive_document_ids, list) else type(positive_document_ids).__name__}"
+                f" for {queries.shape[0]} queries"
+            )
+        positives = []
+        for position, ids in enumerate(positive_document_ids):
+            if isinstance(ids, str):
+                raise ValueError(f"positive_document_ids[{position}] must be a list of ids, got the string {ids!r}")
+            try:
+                positives.append(cache.rows_of(ids))
+            except KeyError as exc:
+                raise ValueError(f"positive_document_ids[{position}]: {exc.args[0]}") from None
+        rows = self._sampler.sample(queries, positives)
+        documents = self._snapshot.documents
+        return {
+            "negatives": [
+                [output_document(documents[r], None, False) for r in query_rows] for query_rows in rows.tolist()
+            ]
+        }
