@@ -6,9 +6,8 @@ import csv
 import json
 import os
 from pathlib import Path
-from typing import Union
 
-Document = Union[str, dict[str, str]]
+Document = str | dict[str, str]
 
 
 def document_text(document: Document) -> str:

@@ -64,7 +64,7 @@ def retrieval_metrics(run: Run, qrels: Qrels) -> tuple[dict[str, float], dict[st
         raise ValueError("qrels has no query with a relevant document")
     full_run = {q: dict(run.get(q, {})) for q in judged}
     # trec_eval cannot evaluate an empty ranking; a dummy non-relevant entry scores 0 everywhere.
-    for q, docs in full_run.items():
+    for docs in full_run.values():
         if not docs:
             docs["__no_result__"] = 0.0
     top10 = {q: dict(sorted(docs.items(), key=lambda item: (-item[1], item[0]))[:10]) for q, docs in full_run.items()}

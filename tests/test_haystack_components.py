@@ -9,13 +9,13 @@ pytest.importorskip("haystack")
 
 from haystack import Document, Pipeline  # noqa: E402
 from haystack.document_stores.in_memory import InMemoryDocumentStore  # noqa: E402
-
-from haystack_corrector import Corrector  # noqa: E402
 from haystack_integrations.components.embedders.corrector import CorrectorFitter, EmbeddingCorrector  # noqa: E402
 from haystack_integrations.components.retrievers.corrector import (  # noqa: E402
     CorrectedEmbeddingRetriever,
     CorrectedHardNegativeMiner,
 )
+
+from haystack_corrector import Corrector  # noqa: E402
 
 STORE_TYPE = "haystack.document_stores.in_memory.document_store.InMemoryDocumentStore"
 

@@ -29,8 +29,9 @@ def build_tiny_model_folder(folder: Path) -> Path:
 
 
 def load_tiny_model(folder: Path, normalize: bool = True):
-    from haystack_corrector.sentence_transformers._compat import _first_attribute
     from sentence_transformers import SentenceTransformer
+
+    from haystack_corrector.sentence_transformers._compat import _first_attribute
 
     Transformer = _first_attribute(
         [

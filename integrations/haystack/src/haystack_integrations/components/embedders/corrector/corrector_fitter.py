@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 from haystack import Document, component, default_from_dict, default_to_dict
+from haystack_integrations.components.retrievers.corrector._document_snapshot import embedding_matrix
 
 from haystack_corrector import CorrectedCacheStore, Corrector, CorrectorTrainer
-from haystack_integrations.components.retrievers.corrector._document_snapshot import embedding_matrix
 
 logger = logging.getLogger(__name__)
 

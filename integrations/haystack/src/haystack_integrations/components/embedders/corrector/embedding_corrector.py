@@ -7,7 +7,6 @@ from typing import Any
 
 import torch
 from haystack import Document, component, default_from_dict, default_to_dict
-
 from haystack_integrations.components.retrievers.corrector._document_snapshot import (
     corrector_fingerprint,
     embedding_matrix,

@@ -14,17 +14,17 @@ import logging
 from pathlib import Path
 from typing import Any
 
-INSTALL_HINT = 'pip install "haystack-corrector[haystack]"'
-
-try:
-    from haystack import Document
-except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
-    raise ImportError(f"The haystack-corrector components need haystack-ai. Install it with: {INSTALL_HINT}") from exc
-
 import numpy as np
 import torch
 
 from haystack_corrector import CorrectedCacheStore, Corrector
+
+INSTALL_HINT = 'pip install "haystack-corrector[haystack]"'
+
+try:
+    from haystack import Document
+except ImportError as exc:  # exercised in a subprocess test
+    raise ImportError(f"The haystack-corrector components need haystack-ai. Install it with: {INSTALL_HINT}") from exc
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,6 @@ import math
 from typing import Any
 
 from haystack import Document, component, default_from_dict, default_to_dict
-
 from haystack_integrations.components.retrievers.corrector._document_snapshot import (
     DocumentSnapshot,
     check_document_store,

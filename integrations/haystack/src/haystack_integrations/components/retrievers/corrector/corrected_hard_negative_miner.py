@@ -5,8 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from haystack import Document, component, default_from_dict, default_to_dict
-
-from haystack_corrector import HardNegativeSampler
 from haystack_integrations.components.retrievers.corrector._document_snapshot import (
     DocumentSnapshot,
     check_document_store,
@@ -15,6 +13,8 @@ from haystack_integrations.components.retrievers.corrector._document_snapshot im
     query_matrix,
     store_similarity,
 )
+
+from haystack_corrector import HardNegativeSampler
 
 
 @component
