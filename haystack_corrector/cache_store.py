@@ -294,6 +294,19 @@ class CorrectedCacheStore:
         rows = as_index_tensor(indices, "indices", num_rows=self._num_rows)
         return self._correct(self._stale_rows(rows)).cpu()
 
+    def replace_embeddings(self, embeddings: ArrayLike) -> None:
+        """Swap in a newly encoded cache (same rows, same order), e.g. for a periodic full re-encode.
+
+        Ids, texts and the corrector are kept; a materialised view is dropped.
+        """
+        matrix = as_float_matrix(embeddings, "embeddings", dim=self._dim)
+        if matrix.shape[0] != self._num_rows:
+            raise ValueError(f"embeddings has {matrix.shape[0]} rows but the cache has {self._num_rows}")
+        storage = matrix.to(DTYPES[self.dtype]).cpu().contiguous()
+        check_finite(storage, f"embeddings (after conversion to {self.dtype})")
+        self._storage = storage
+        self._view, self._view_key = None, None
+
     def materialize(self) -> None:
         """Compute h(g') for all rows once and keep it (in the storage dtype); searches read it while it is current.
 

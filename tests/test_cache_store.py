@@ -149,3 +149,16 @@ def test_bad_indices():
         store.corrected_embeddings([-2])
     with pytest.raises(TypeError, match="integer row indices"):
         store.stale_embeddings([0.5])
+
+
+def test_replace_embeddings_keeps_ids_and_texts():
+    store = CorrectedCacheStore(torch.randn(5, 3), ids=list("abcde"), texts=list("vwxyz"))
+    store.materialize()
+    new = torch.randn(5, 3)
+    store.replace_embeddings(new)
+    assert torch.equal(store.stale_embeddings(), new) and not store.has_view
+    assert store.ids == list("abcde") and store.texts == list("vwxyz")
+    with pytest.raises(ValueError, match="embeddings has 4 rows but the cache has 5"):
+        store.replace_embeddings(torch.randn(4, 3))
+    with pytest.raises(ValueError, match="dimension 2"):
+        store.replace_embeddings(torch.randn(5, 2))

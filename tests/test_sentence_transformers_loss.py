@@ -160,3 +160,61 @@ def test_bad_inputs(setup, tiny_model_folder):
     other = encode_corpus(model, ["x"] * 60, show_progress_bar=False)
     with pytest.raises(ValueError, match="built for another store"):
         CorrectedMultipleNegativesRankingLoss(model, other, dataset)
+
+
+def _batch_call(loss, model, batch):
+    return loss([_features(model, batch["anchor"]), _features(model, batch["positive"])], torch.tensor(batch["label"]))
+
+
+def test_static_negatives_are_mined_once_with_the_initial_model(setup):
+    model, store, dataset, _ = setup
+    loss = CorrectedMultipleNegativesRankingLoss(model, store, dataset, num_negatives=2, negatives="static")
+    batch = dataset.select(range(4))
+    anchors = model.encode(batch["anchor"], convert_to_tensor=True).cpu()
+    relevant = [loss._relevant[label // len(store)] for label in batch["label"]]
+    expected = store.search(anchors, 2, exclude=relevant, corrected=False)[1]
+    recorded = []
+    original = loss._embed_texts
+    loss._embed_texts = lambda texts, like: (recorded.append(texts), original(texts, like))[1]
+    model.train()
+    _batch_call(loss, model, batch)
+    texts = store.texts
+    assert recorded[0] == [texts[r] for r in expected.T.reshape(-1).tolist()]
+    assert loss.corpus_encodes == 0
+
+
+def test_refresh_re_encodes_the_corpus_every_n_steps(setup):
+    model, store, dataset, _ = setup
+    loss = CorrectedMultipleNegativesRankingLoss(
+        model, store, dataset, num_negatives=2, negatives="refresh", refresh_every=2
+    )
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    for step in range(5):
+        batch = dataset.select(range(4 * step, 4 * step + 4))
+        out = _batch_call(loss, model, batch)
+        optimizer.zero_grad()
+        out["infonce"].backward()
+        optimizer.step()
+    assert loss.corpus_encodes == 2  # before steps 2 and 4
+    # The cache now holds the model's embeddings as of the last refresh (before the 5th step's update).
+    assert loss.target_forward_passes == 5 * 4 * 3 + 2 * len(store)
+
+
+def test_rerank_picks_the_best_candidates_by_fresh_score(setup):
+    model, store, dataset, _ = setup
+    loss = CorrectedMultipleNegativesRankingLoss(
+        model, store, dataset, num_negatives=2, negatives="rerank", rerank_depth=10
+    )
+    batch = dataset.select(range(3))
+    anchors = model.encode(batch["anchor"], convert_to_tensor=True).cpu()
+    relevant = [loss._relevant[label // len(store)] for label in batch["label"]]
+    rows = loss._negative_rows(anchors, relevant, torch.tensor(batch["label"]), {})
+    _, candidates = store.search(anchors, 10, exclude=relevant, corrected=False)
+    for query in range(3):
+        fresh = model.encode([store.texts[r] for r in candidates[query].tolist()], convert_to_tensor=True).cpu()
+        scores = torch.nn.functional.cosine_similarity(anchors[query : query + 1], fresh)
+        best = candidates[query][torch.argsort(scores, descending=True)[:2]].tolist()
+        assert rows[query].tolist() == best
+    with pytest.raises(ValueError, match="refresh_every"):
+        CorrectedMultipleNegativesRankingLoss(model, store, dataset, negatives="refresh")

