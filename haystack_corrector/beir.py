@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import os
 from pathlib import Path
@@ -21,7 +22,8 @@ def document_text(document: Document) -> str:
 
 def _read_jsonl(path: Path) -> list[dict]:
     rows = []
-    with open(path, encoding="utf-8") as handle:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as handle:
         for number, line in enumerate(handle, 1):
             if not line.strip():
                 continue
@@ -63,7 +65,10 @@ def load_beir(
     """
     folder = Path(path)
     qrels_path = folder / "qrels" / f"{split}.tsv"
-    for required in (folder / "corpus.jsonl", folder / "queries.jsonl"):
+    corpus_path = folder / "corpus.jsonl"
+    if not corpus_path.is_file() and (folder / "corpus.jsonl.gz").is_file():
+        corpus_path = folder / "corpus.jsonl.gz"
+    for required in (corpus_path, folder / "queries.jsonl"):
         if not required.is_file():
             raise FileNotFoundError(f"{folder} is not a BEIR folder: {required.name} is missing")
     if not qrels_path.is_file():
@@ -71,7 +76,7 @@ def load_beir(
         raise FileNotFoundError(f"No qrels for split {split!r} in {folder}; available splits: {available}")
     corpus = {
         str(row["_id"]): {"title": row.get("title") or "", "text": row.get("text") or ""}
-        for row in _read_jsonl(folder / "corpus.jsonl")
+        for row in _read_jsonl(corpus_path)
     }
     qrels = load_qrels(qrels_path)
     all_queries = {str(row["_id"]): row.get("text") or "" for row in _read_jsonl(folder / "queries.jsonl")}

@@ -1,31 +1,321 @@
-"""The ``haystack-corrector`` command line."""
+"""The ``haystack-corrector`` command line: demo, experiment, fidelity, build-cache, mine, evaluate."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from haystack_corrector.__about__ import __version__
 
 # The CLI never downloads weights or datasets: everything it needs is local (see the README).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HAYSTACK_TELEMETRY_ENABLED", "False")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+DESCRIPTION = (
+    "Fresh hard negatives from a stale embedding cache: a corrector network maps cached target embeddings "
+    "to the current encoder's space (Monath et al., ICML 2024)."
+)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="haystack-corrector",
-        description=(
-            "Fresh hard negatives from a stale embedding cache: a corrector network maps cached target embeddings "
-            "to the current encoder's space (Monath et al., ICML 2024)."
-        ),
+def _experiment_arguments(parser: argparse.ArgumentParser, *, arms: bool = True) -> None:
+    from haystack_corrector.experiments.arms import ARM_HELP
+
+    parser.add_argument("--data", required=True, help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv)")
+    parser.add_argument(
+        "--model", default=None, help="local SentenceTransformer folder (default: all-MiniLM-L6-v2 from the demo extra)"
     )
+    if arms:
+        parser.add_argument(
+            "--arms",
+            nargs="+",
+            default=["inbatch", "static", "stale", "refresh:50", "rerank:30", "corrector"],
+            help=f"arms to compare: {ARM_HELP}",
+        )
+        parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=float, default=1.0)
+    length.add_argument("--steps", type=int, default=None, help="training steps (overrides --epochs)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--num-negatives", type=int, default=1)
+    parser.add_argument("--max-seq-length", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=2e-5)
+    parser.add_argument("--strategy", default="top", choices=["top", "gumbel", "random"])
+    parser.add_argument("--range-min", type=int, default=0)
+    parser.add_argument("--range-max", type=int, default=30)
+    parser.add_argument("--corrector-lr", type=float, default=1e-3)
+    parser.add_argument("--hidden-dim", type=int, default=768)
+    parser.add_argument("--listwise-weight", type=float, default=0.0)
+    parser.add_argument("--train-split", default="train")
+    parser.add_argument("--eval-split", default="test")
+    parser.add_argument("--output", default="runs/experiment", help="folder for results (resumable)")
+
+
+def _config(args: argparse.Namespace, arms: Sequence[str], seeds: Sequence[int]):  # type: ignore[no-untyped-def]
+    from haystack_corrector.experiments.harness import ExperimentConfig
+
+    return ExperimentConfig(
+        data=args.data,
+        model=args.model,
+        arms=tuple(arms),
+        seeds=tuple(seeds),
+        epochs=args.epochs,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        num_negatives=args.num_negatives,
+        max_seq_length=args.max_seq_length,
+        lr=args.lr,
+        output=args.output,
+        strategy=args.strategy,
+        range_min=args.range_min,
+        range_max=args.range_max,
+        corrector_lr=args.corrector_lr,
+        hidden_dim=args.hidden_dim,
+        listwise_weight=args.listwise_weight,
+        train_split=args.train_split,
+        eval_split=args.eval_split,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------- commands
+def cmd_demo(args: argparse.Namespace) -> int:
+    from haystack_corrector.experiments.demo import run_demo, summary
+
+    start = time.perf_counter()
+    print("haystack-corrector demo: all-MiniLM-L6-v2 on a 1,700-document SciFact subset (CC BY-NC 2.0), offline.")
+    print("Fine-tunes twice from the same start: static negatives (mined once) vs corrector negatives.\n")
+    results = run_demo(output=args.output, steps=args.steps, fresh=args.fresh, model=args.model)
+    print()
+    print(summary(results))
+    print(f"\nTotal wall time {time.perf_counter() - start:.0f} s on {results['machine']}.")
+    print(
+        f"Files: {Path(args.output) / 'results.md'}, {Path(args.output) / 'quality_vs_encodes.png'}, "
+        f"{Path(args.output) / 'drift.png'}, {Path(args.output) / 'results.json'}"
+    )
+    return 0
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from haystack_corrector.experiments.harness import run_experiment
+
+    results = run_experiment(_config(args, args.arms, args.seeds))
+    print((Path(args.output) / "results.md").read_text())
+    print(
+        f"Wrote {args.output}/results.json, results.md, quality_vs_encodes.png, drift.png "
+        f"({results['session_seconds']:.0f} s this session)"
+    )
+    return 0
+
+
+def cmd_fidelity(args: argparse.Namespace) -> int:
+    from haystack_corrector.experiments.fidelity import markdown, run_fidelity
+
+    results = run_fidelity(
+        _config(args, [args.arm], [args.seed]),
+        arm=args.arm,
+        seed=args.seed,
+        fit_epochs=args.fit_epochs,
+        listwise_weights=tuple(args.fit_listwise_weights),
+    )
+    print(markdown(results))
+    return 0
+
+
+def cmd_build_cache(args: argparse.Namespace) -> int:
+    from haystack_corrector.beir import document_text, load_beir
+    from haystack_corrector.experiments.harness import load_model, resolve_model_path
+    from haystack_corrector.sentence_transformers import encode_corpus
+
+    corpus, _, _ = load_beir(args.data, args.split)
+    model = load_model(resolve_model_path(args.model), args.max_seq_length)
+    ids = list(corpus)
+    start = time.perf_counter()
+    store = encode_corpus(
+        model,
+        [document_text(corpus[i]) for i in ids],
+        ids=ids,
+        batch_size=args.batch_size,
+        dtype=args.dtype,
+        hidden_dim=args.hidden_dim,
+    )
+    store.save(args.output)
+    print(f"Encoded {len(store)} documents in {time.perf_counter() - start:.0f} s; saved the store to {args.output}")
+    return 0
+
+
+def cmd_mine(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from haystack_corrector import CorrectedCacheStore, HardNegativeSampler
+    from haystack_corrector.beir import load_beir
+    from haystack_corrector.experiments.harness import load_model, resolve_model_path
+
+    store = CorrectedCacheStore.load(args.store)
+    if store.texts is None:
+        raise ValueError(f"The store {args.store} has no texts; build it with `haystack-corrector build-cache`")
+    _, queries, qrels = load_beir(args.data, args.split)
+    model = load_model(resolve_model_path(args.model), args.max_seq_length)
+    sampler = HardNegativeSampler(
+        store,
+        num_negatives=args.num_negatives,
+        strategy=args.strategy,
+        temperature=args.temperature,
+        range_min=args.range_min,
+        range_max=args.range_max,
+        absolute_margin=args.absolute_margin,
+        relative_margin=args.relative_margin,
+        max_score=args.max_score,
+        corrected=not args.stale,
+        seed=args.seed,
+    )
+    pairs = []
+    for query_id, judged in qrels.items():
+        rows = [
+            row for doc, grade in judged.items() if grade > 0 and doc in set(store.ids) for row in store.rows_of([doc])
+        ]
+        if rows and query_id in queries:
+            pairs.append((query_id, rows))
+    written = 0
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    with open(args.output, "w", encoding="utf-8") as handle:
+        for start in tqdm(range(0, len(pairs), 256), desc="Mining", unit="batch"):
+            chunk = pairs[start : start + 256]
+            embeddings = model.encode([queries[q] for q, _ in chunk], convert_to_tensor=True).float().cpu()
+            negatives = sampler.sample(embeddings, [rows for _, rows in chunk])
+            for (query_id, rows), negative_rows in zip(chunk, negatives.tolist()):
+                for row in rows:
+                    record = {"anchor": queries[query_id], "positive": store.texts[row]}
+                    record.update({f"negative_{i + 1}": store.texts[n] for i, n in enumerate(negative_rows)})
+                    handle.write(json.dumps(record) + "\n")
+                    written += 1
+    stats = sampler.stats
+    print(
+        f"Wrote {written} rows (anchor, positive, negative_1..{args.num_negatives}) to {args.output} "
+        f"from the {'stale' if args.stale else 'corrected'} cache. Filled {stats['filled_negatives']} negatives "
+        f"({stats['filled_queries']} queries) with random rows because the window/filters left too few."
+    )
+    print(f'Load it with: datasets.load_dataset("json", data_files="{args.output}")["train"]')
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from haystack_corrector import CorrectedCacheStore
+    from haystack_corrector.beir import document_text, load_beir
+    from haystack_corrector.evaluation import retrieval_metrics, run_from_search
+    from haystack_corrector.experiments.harness import load_model, resolve_model_path
+
+    corpus, queries, qrels = load_beir(args.data, args.split)
+    model = load_model(resolve_model_path(args.model), args.max_seq_length)
+    if args.store:
+        store = CorrectedCacheStore.load(args.store)
+        source = f"store {args.store} ({'corrected' if not args.stale else 'stale'})"
+    else:
+        ids = list(corpus)
+        docs = (
+            model.encode(
+                [document_text(corpus[i]) for i in ids],
+                batch_size=args.batch_size,
+                convert_to_tensor=True,
+                show_progress_bar=True,
+            )
+            .float()
+            .cpu()
+        )
+        store = CorrectedCacheStore(docs, ids=ids)
+        source = "documents encoded with the model"
+    query_ids = list(queries)
+    embeddings = (
+        model.encode([queries[q] for q in query_ids], batch_size=args.batch_size, convert_to_tensor=True).float().cpu()
+    )
+    scores, rows = store.search(embeddings, min(100, len(store)), corrected=bool(args.store) and not args.stale)
+    means, _ = retrieval_metrics(run_from_search(scores, rows, query_ids, list(store.ids)), qrels)
+    print(f"{args.data} [{args.split}], {len(query_ids)} queries, {source}:")
+    print("  " + "  ".join(f"{name} {value:.4f}" for name, value in means.items()))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------------ parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="haystack-corrector", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"haystack-corrector {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
-    parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
+
+    demo = commands.add_parser(
+        "demo",
+        help="short offline run on the shipped SciFact subset (about 6-8 minutes on 2 cores)",
+        description="Fine-tune all-MiniLM-L6-v2 briefly with static and with corrector negatives "
+        "on a shipped SciFact subset; print a table and write plots.",
+    )
+    demo.add_argument("--output", default="haystack-corrector-demo", help="folder for the demo's files")
+    demo.add_argument("--steps", type=int, default=24, help="training steps per run")
+    demo.add_argument("--model", default=None, help=argparse.SUPPRESS)
+    demo.add_argument("--fresh", action="store_true", help="discard results of an earlier demo in --output")
+    demo.set_defaults(handler=cmd_demo)
+
+    experiment = commands.add_parser(
+        "experiment",
+        help="compare negative strategies (arms) on a BEIR dataset",
+        description="Train the same encoder with each arm and seed; resumable.",
+    )
+    _experiment_arguments(experiment)
+    experiment.set_defaults(handler=cmd_experiment)
+
+    fidelity = commands.add_parser(
+        "fidelity", help="measure how well the corrector recovers fresh rankings after drift"
+    )
+    _experiment_arguments(fidelity, arms=False)
+    fidelity.add_argument("--arm", default="inbatch", help="arm to train with (default inbatch)")
+    fidelity.add_argument("--seed", type=int, default=0)
+    fidelity.add_argument("--fit-epochs", type=int, default=50)
+    fidelity.add_argument("--fit-listwise-weights", type=float, nargs="+", default=[0.0, 0.1])
+    fidelity.set_defaults(handler=cmd_fidelity, output="runs/fidelity")
+
+    build = commands.add_parser("build-cache", help="encode a BEIR corpus into a saved store")
+    build.add_argument("--data", required=True)
+    build.add_argument("--split", default="test", help="split whose qrels must exist (the corpus is shared)")
+    build.add_argument("--model", default=None)
+    build.add_argument("--output", required=True, help="directory for the store")
+    build.add_argument("--max-seq-length", type=int, default=128)
+    build.add_argument("--batch-size", type=int, default=64)
+    build.add_argument("--dtype", default="float32", choices=["float32", "float16"])
+    build.add_argument("--hidden-dim", type=int, default=None)
+    build.set_defaults(handler=cmd_build_cache)
+
+    mine = commands.add_parser("mine", help="write hard negatives (sentence-transformers n-tuple JSONL) from a store")
+    mine.add_argument("--store", required=True, help="store saved by build-cache (or by training)")
+    mine.add_argument("--data", required=True)
+    mine.add_argument("--split", default="train")
+    mine.add_argument("--model", default=None, help="query encoder (default all-MiniLM-L6-v2)")
+    mine.add_argument("--output", required=True, help="JSONL file")
+    mine.add_argument("--num-negatives", type=int, default=3)
+    mine.add_argument("--strategy", default="top", choices=["top", "gumbel", "random"])
+    mine.add_argument("--temperature", type=float, default=0.05)
+    mine.add_argument("--range-min", type=int, default=0)
+    mine.add_argument("--range-max", type=int, default=None)
+    mine.add_argument("--absolute-margin", type=float, default=None)
+    mine.add_argument("--relative-margin", type=float, default=None)
+    mine.add_argument("--max-score", type=float, default=None)
+    mine.add_argument("--stale", action="store_true", help="ignore the store's corrector")
+    mine.add_argument("--seed", type=int, default=0)
+    mine.add_argument("--max-seq-length", type=int, default=128)
+    mine.set_defaults(handler=cmd_mine)
+
+    evaluate = commands.add_parser("evaluate", help="nDCG@10 / Recall@100 / MRR@10 of a model or store on a BEIR split")
+    evaluate.add_argument("--data", required=True)
+    evaluate.add_argument("--split", default="test")
+    evaluate.add_argument("--model", default=None, help="encoder for queries (and documents without --store)")
+    evaluate.add_argument("--store", default=None, help="score a saved store instead of encoding the corpus")
+    evaluate.add_argument("--stale", action="store_true", help="with --store: ignore its corrector")
+    evaluate.add_argument("--max-seq-length", type=int, default=128)
+    evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.set_defaults(handler=cmd_evaluate)
     return parser
 
 
@@ -35,12 +325,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if not args.verbose:
+        # Keep the console readable: our progress bars and summaries, not every library's INFO lines.
+        for noisy in ("sentence_transformers", "transformers", "httpx", "datasets"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     if getattr(args, "handler", None) is None:
         parser.print_help()
         return 0
     try:
         return int(args.handler(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, ImportError) as exc:
+    except (ValueError, TypeError, FileNotFoundError, ImportError, KeyError) as exc:
         print(f"haystack-corrector: error: {exc}", file=sys.stderr)
         return 2
 

@@ -171,6 +171,7 @@ class CorrectedMultipleNegativesRankingLoss(nn.Module):
         self.corpus_encodes = 0  # full passes over the corpus after the initial cache
         self.target_forward_passes = 0  # target texts run through the model (with or without gradient)
         self._last_refresh = -1
+        self.touched_rows: set[int] = set()  # every row whose fresh embedding trained the corrector
         model_dim = _compat.embedding_dimension(model)
         if model_dim is not None and model_dim != store.dim:
             raise ValueError(f"The store has dimension {store.dim} but the model embeds into dimension {model_dim}")
@@ -400,6 +401,7 @@ class CorrectedMultipleNegativesRankingLoss(nn.Module):
     def _drift(self, rows: Tensor, fresh: Tensor, queries: Tensor) -> float:
         if self._is_training():
             metrics = self.corrector_trainer.observe(rows, fresh, query_embeddings=queries)
+            self.touched_rows.update(rows.tolist())
             self.training_steps += 1
         else:
             with torch.no_grad():

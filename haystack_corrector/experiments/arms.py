@@ -1,0 +1,49 @@
+"""Arms: the negative strategies the harness compares, by name (the names are a contract)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+ARM_HELP = (
+    "inbatch (in-batch negatives only), static (mined once before training), stale (dynamic from the stale cache), "
+    "refresh:N (whole cache re-encoded every N steps), rerank:L (top L of the stale cache re-scored with the "
+    "current model), corrector (dynamic from the corrected cache)"
+)
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str  # as written by the user, e.g. "refresh:50"
+    negatives: str  # the loss's `negatives` mode
+    refresh_every: int | None = None
+    rerank_depth: int | None = None
+
+    def loss_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"negatives": self.negatives}
+        if self.refresh_every is not None:
+            kwargs["refresh_every"] = self.refresh_every
+        if self.rerank_depth is not None:
+            kwargs["rerank_depth"] = self.rerank_depth
+        return kwargs
+
+    @property
+    def slug(self) -> str:
+        return self.name.replace(":", "-")
+
+
+def parse_arm(text: str) -> Arm:
+    """``"inbatch"``, ``"static"``, ``"stale"``, ``"refresh:N"``, ``"rerank:L"`` or ``"corrector"``."""
+    name, _, value = text.strip().partition(":")
+    simple = {"inbatch": "none", "static": "static", "stale": "stale", "corrector": "corrected"}
+    if name in simple and not value:
+        return Arm(text.strip(), simple[name])
+    if name in ("refresh", "rerank"):
+        if not value.isdigit() or int(value) <= 0:
+            raise ValueError(
+                f"Arm {text!r} needs a positive integer after the colon, e.g. {name}:{50 if name == 'refresh' else 30}"
+            )
+        if name == "refresh":
+            return Arm(text.strip(), "refresh", refresh_every=int(value))
+        return Arm(text.strip(), "rerank", rerank_depth=int(value))
+    raise ValueError(f"Unknown arm {text!r}; expected one of: {ARM_HELP}")

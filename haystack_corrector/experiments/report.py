@@ -1,0 +1,153 @@
+"""Tables and plots of an experiment's results (``results.json`` -> ``results.md`` and PNG files)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+METRICS = ("ndcg@10", "recall@100", "mrr@10")
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    array = np.asarray(values, dtype=float)
+    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
+
+
+def paired_bootstrap(differences: np.ndarray, resamples: int = 10000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean of per-query differences and its 95% percentile-bootstrap interval (queries resampled with replacement)."""
+    if differences.size == 0:
+        return math.nan, math.nan, math.nan
+    generator = np.random.default_rng(seed)
+    picks = generator.integers(0, differences.size, size=(resamples, differences.size))
+    means = differences[picks].mean(axis=1)
+    return float(differences.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def per_query_mean(runs: dict[str, Any], metric: str = "ndcg@10") -> dict[str, float]:
+    """Per-query metric averaged over the seeds of one arm."""
+    seeds = list(runs.values())
+    queries = seeds[0]["per_query"].keys()
+    return {q: float(np.mean([s["per_query"][q][metric] for s in seeds])) for q in queries}
+
+
+def markdown(results: dict[str, Any], reference: str = "corrector") -> str:
+    config = results["config"]
+    lines = [
+        f"# Results: {Path(config['data']).name}",
+        "",
+        f"Machine: {results['machine']}. Seeds: {config['seeds']}. Batch {config['batch_size']}, "
+        f"{config['num_negatives']} negative(s) per query, max_seq_length {config['max_seq_length']}, lr {config['lr']}, "
+        + (f"{config['steps']} steps" if config.get("steps") else f"{config['epochs']} epoch(s)")
+        + f", window range_min={config['range_min']} range_max={config['range_max']}, strategy {config['strategy']}.",
+        "",
+        "| arm | nDCG@10 | Recall@100 | MRR@10 | corpus encodes after the initial cache | target-encoder forward passes | train s | final staleness | corrected error |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    zero = results["zero_shot"]["metrics"]
+    lines.append(
+        f"| zero-shot | {zero['ndcg@10']:.4f} | {zero['recall@100']:.4f} | {zero['mrr@10']:.4f} | 0 | 0 | 0 | | |"
+    )
+    for arm, runs in results["arms"].items():
+        seeds = list(runs.values())
+        cells = []
+        for metric in METRICS:
+            mean, std = _mean_std([s["metrics"][metric] for s in seeds])
+            cells.append(f"{mean:.4f} ± {std:.4f}" if len(seeds) > 1 else f"{mean:.4f}")
+        encodes = np.mean([s["corpus_encodes"] for s in seeds])
+        passes = np.mean([s["target_forward_passes"] for s in seeds])
+        seconds = np.mean([s["train_seconds"] for s in seeds])
+        staleness = np.mean([s["final_drift"]["staleness"] for s in seeds])
+        corrected = np.mean([s["final_drift"]["corrected_error"] for s in seeds])
+        lines.append(
+            f"| {arm} | {' | '.join(cells)} | {encodes:g} | {passes:,.0f} | {seconds:.0f} | {staleness:.4f} | {corrected:.4f} |"
+        )
+    if reference in results["arms"]:
+        ref = per_query_mean(results["arms"][reference])
+        lines += [
+            "",
+            f"Paired per-query nDCG@10 differences against `{reference}` (per-query scores averaged over seeds; "
+            "95% bootstrap interval, 10,000 resamples of the queries):",
+            "",
+            f"| arm | mean difference (arm − {reference}) | 95% interval |",
+            "|---|---|---|",
+        ]
+        zero_per_query = {q: v["ndcg@10"] for q, v in results["zero_shot"]["per_query"].items()}
+        for arm, runs in [("zero-shot", None), *results["arms"].items()]:
+            if arm == reference:
+                continue
+            other = zero_per_query if runs is None else per_query_mean(runs)
+            diff = np.asarray([other[q] - ref[q] for q in ref])
+            mean, low, high = paired_bootstrap(diff)
+            lines.append(f"| {arm} | {mean:+.4f} | [{low:+.4f}, {high:+.4f}] |")
+    lines += [
+        "",
+        "Fidelity at the end of training (test queries; the arm's cache vs a fresh encode with the trained model):",
+        "",
+        "| arm | stale overlap@10 | corrected overlap@10 | stale overlap@100 | corrected overlap@100 |",
+        "|---|---|---|---|---|",
+    ]
+    for arm, runs in results["arms"].items():
+        seeds = list(runs.values())
+        values = [
+            np.mean([s["final_drift"][key] for s in seeds])
+            for key in ("stale_overlap@10", "corrected_overlap@10", "stale_overlap@100", "corrected_overlap@100")
+        ]
+        lines.append(f"| {arm} | " + " | ".join(f"{v:.3f}" for v in values) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plots(results: dict[str, Any], output: str | Path) -> list[Path]:
+    """``quality_vs_encodes.png`` and ``drift.png`` in ``output``; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    output = Path(output)
+    written = []
+    figure, axis = plt.subplots(figsize=(6, 4))
+    zero = results["zero_shot"]["metrics"]["ndcg@10"]
+    axis.axhline(zero, color="grey", linestyle="--", label="zero-shot")
+    for arm, runs in results["arms"].items():
+        seeds = list(runs.values())
+        mean, std = _mean_std([s["metrics"]["ndcg@10"] for s in seeds])
+        encodes = float(np.mean([s["corpus_encodes"] for s in seeds]))
+        axis.errorbar([encodes], [mean], yerr=[std], fmt="o", capsize=4, label=arm)
+    axis.set_xlabel("corpus encodes after the initial cache")
+    axis.set_ylabel("test nDCG@10")
+    axis.set_title("Quality vs re-encoding cost")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    path = output / "quality_vs_encodes.png"
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    written.append(path)
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for arm, runs in results["arms"].items():
+        history = next(iter(runs.values()))["drift_history"]
+        if not history:
+            continue
+        steps = [h["step"] for h in history]
+        line = axis.plot(steps, [h["staleness"] for h in history], label=f"{arm}: staleness")[0]
+        axis.plot(
+            steps,
+            [h["corrected_error"] for h in history],
+            linestyle="--",
+            color=line.get_color(),
+            label=f"{arm}: corrected error",
+        )
+    axis.set_xlabel("training step")
+    axis.set_ylabel("relative error on the step's targets")
+    axis.set_title("Drift during training (first seed)")
+    if axis.get_lines():
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    path = output / "drift.png"
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    written.append(path)
+    return written

@@ -1,0 +1,181 @@
+"""The experiment harness, the demo, fidelity and the CLI commands, on the tiny model and toy data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sentence_transformers")
+pytest.importorskip("pytrec_eval")
+
+from haystack_corrector.cli import main  # noqa: E402
+from haystack_corrector.experiments import harness, report  # noqa: E402
+from haystack_corrector.experiments.arms import parse_arm  # noqa: E402
+from haystack_corrector.experiments.harness import ExperimentConfig, run_experiment  # noqa: E402
+
+
+def test_parse_arm_names_are_the_contract():
+    assert parse_arm("inbatch").negatives == "none"
+    assert parse_arm("static").negatives == "static"
+    assert parse_arm("stale").negatives == "stale"
+    assert parse_arm("corrector").negatives == "corrected"
+    assert parse_arm("refresh:50").loss_kwargs() == {"negatives": "refresh", "refresh_every": 50}
+    assert parse_arm("rerank:30").loss_kwargs() == {"negatives": "rerank", "rerank_depth": 30}
+    assert parse_arm("refresh:50").slug == "refresh-50"
+    for bad in ("refresh", "refresh:0", "rerank:x", "fresh", "corrector:3"):
+        with pytest.raises(ValueError):
+            parse_arm(bad)
+
+
+def test_paired_bootstrap():
+    mean, low, high = report.paired_bootstrap(np.full(50, 0.1))
+    assert mean == pytest.approx(0.1) and low == pytest.approx(0.1) and high == pytest.approx(0.1)
+    differences = np.random.default_rng(0).normal(0.05, 0.2, size=300)
+    mean, low, high = report.paired_bootstrap(differences)
+    assert low < mean < high and low < 0.05 < high
+
+
+def _config(toy_beir, tiny_st_path, output, arms=("static", "corrector"), seeds=(0,)):
+    return ExperimentConfig(
+        data=toy_beir,
+        model=tiny_st_path,
+        arms=arms,
+        seeds=seeds,
+        steps=2,
+        batch_size=4,
+        num_negatives=2,
+        range_max=10,
+        output=str(output),
+        logging_steps=1,
+        encode_batch_size=32,
+        hidden_dim=32,
+    )
+
+
+def test_two_step_two_arm_smoke_run_and_resume(toy_beir, tiny_st_path, tmp_path, monkeypatch):
+    output = tmp_path / "exp"
+    results = run_experiment(_config(toy_beir, tiny_st_path, output))
+    for name in ("results.json", "results.md", "quality_vs_encodes.png", "drift.png", "zero_shot.json", "config.json"):
+        assert (output / name).is_file(), name
+    saved = json.loads((output / "results.json").read_text())
+    assert set(saved["arms"]) == {"static", "corrector"}
+    run = saved["arms"]["corrector"]["0"]
+    assert run["steps"] == 2 and run["corpus_encodes"] == 0 and run["target_forward_passes"] == 2 * 4 * 3
+    assert set(run["metrics"]) == {"ndcg@10", "recall@100", "mrr@10"}
+    assert len(run["per_query"]) == 12 and run["drift_history"]
+    assert "corrector" in (output / "results.md").read_text() and "95% interval" in (output / "results.md").read_text()
+    assert results["zero_shot"]["metrics"]["ndcg@10"] == saved["zero_shot"]["metrics"]["ndcg@10"]
+
+    # Resume: finished arms are not redone; a new arm is added to the same output.
+    calls = []
+    real_train = harness.train_arm
+
+    def counting(config, arm, seed, prepared):
+        calls.append(arm.name)
+        return real_train(config, arm, seed, prepared)
+
+    monkeypatch.setattr(harness, "train_arm", counting)
+    resumed = run_experiment(_config(toy_beir, tiny_st_path, output, arms=("static", "corrector", "inbatch")))
+    assert calls == ["inbatch"]
+    assert resumed["arms"]["corrector"]["0"]["metrics"] == run["metrics"]
+
+
+def test_same_start_and_data_order_across_arms(toy_beir, tiny_st_path, tmp_path):
+    # With the same seed, the in-batch arm and the stale arm see identical batches: their first logged infonce
+    # differs only through the extra negatives, while two in-batch runs are identical.
+    results = run_experiment(_config(toy_beir, tiny_st_path, tmp_path / "a", arms=("inbatch",)))
+    again = run_experiment(_config(toy_beir, tiny_st_path, tmp_path / "b", arms=("inbatch",)))
+    assert results["arms"]["inbatch"]["0"]["metrics"] == again["arms"]["inbatch"]["0"]["metrics"]
+
+
+def test_fidelity_command(toy_beir, tiny_st_path, tmp_path, capsys):
+    code = main(
+        [
+            "fidelity",
+            "--data",
+            toy_beir,
+            "--model",
+            tiny_st_path,
+            "--steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--hidden-dim",
+            "32",
+            "--fit-epochs",
+            "2",
+            "--output",
+            str(tmp_path / "fid"),
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "stale" in printed and "fitted offline on touched rows (mse)" in printed
+    saved = json.loads((tmp_path / "fid" / "fidelity.json").read_text())
+    assert saved["touched_rows"] > 0 and saved["touched_rows"] + saved["unseen_rows"] == 120
+    assert 0.0 <= saved["online"]["corrected_overlap@10"] <= 1.0
+
+
+def test_build_cache_mine_and_evaluate_commands(toy_beir, tiny_st_path, tmp_path, capsys):
+    store_dir = tmp_path / "store"
+    assert main(["build-cache", "--data", toy_beir, "--model", tiny_st_path, "--output", str(store_dir)]) == 0
+    mined = tmp_path / "negatives.jsonl"
+    assert (
+        main(
+            [
+                "mine",
+                "--store",
+                str(store_dir),
+                "--data",
+                toy_beir,
+                "--model",
+                tiny_st_path,
+                "--output",
+                str(mined),
+                "--num-negatives",
+                "2",
+                "--range-max",
+                "10",
+            ]
+        )
+        == 0
+    )
+    rows = [json.loads(line) for line in mined.read_text().splitlines()]
+    assert rows and set(rows[0]) == {"anchor", "positive", "negative_1", "negative_2"}
+    assert all(r["positive"] not in (r["negative_1"], r["negative_2"]) for r in rows)
+    assert main(["evaluate", "--data", toy_beir, "--model", tiny_st_path]) == 0
+    assert main(["evaluate", "--data", toy_beir, "--model", tiny_st_path, "--store", str(store_dir)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("ndcg@10") == 2
+    # Identity corrector: the store gives the same numbers as encoding the corpus.
+    lines = [line for line in out.splitlines() if "ndcg@10" in line]
+    assert lines[0] == lines[1]
+
+
+def test_demo_command_runs_end_to_end_with_a_small_model(tiny_st_path, tmp_path, capsys):
+    assert main(["demo", "--model", tiny_st_path, "--steps", "1", "--output", str(tmp_path / "demo")]) == 0
+    out = capsys.readouterr().out
+    assert "corrector negatives" in out and "static negatives (mined once)" in out and "zero-shot" in out
+    assert (tmp_path / "demo" / "quality_vs_encodes.png").is_file()
+
+
+def test_cli_errors_are_clear(tmp_path, capsys):
+    assert main(["experiment", "--data", str(tmp_path / "missing")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    assert main(["experiment", "--data", str(tmp_path), "--arms", "bogus"]) == 2
+    assert "Unknown arm 'bogus'" in capsys.readouterr().err
+    assert main(["evaluate", "--data", str(tmp_path), "--model", str(tmp_path / "nope")]) == 2
+    assert "is not a BEIR folder: corpus.jsonl is missing" in capsys.readouterr().err
+
+
+def test_demo_data_is_shipped_with_its_licence():
+    from haystack_corrector.beir import load_beir
+    from haystack_corrector.experiments.demo import DEMO_DATA
+
+    corpus, queries, qrels = load_beir(DEMO_DATA, "test")
+    assert len(corpus) == 1700 and len(queries) == 300
+    assert all(doc in corpus for judged in qrels.values() for doc in judged)
+    assert "CC BY-NC 2.0" in (Path(DEMO_DATA) / "LICENSE-SCIFACT.md").read_text()
