@@ -33,14 +33,19 @@ from haystack_corrector.evaluation import overlap_at_k, relative_error, retrieva
 
 logger = logging.getLogger("index_upgrade")
 
-# name -> (hidden_dim, listwise_weight, selection)
+# name -> (hidden_dim, listwise_weight, selection, listwise_candidates)
+# listwise_candidates None: the listwise term compares each training query with the step's random rows;
+# an int M: with each query's own M best fitted rows by fresh score (its neighbourhood).
 VARIANTS = {
-    "mse-h768": (768, 0.0, "random"),
-    "mse-h1536": (1536, 0.0, "random"),
-    "mse+listwise0.1-h768": (768, 0.1, "random"),
-    "mse+listwise1-h768": (768, 1.0, "random"),
-    "mse+listwise1-h1536": (1536, 1.0, "random"),
-    "mse+listwise1-h768-hits": (768, 1.0, "hits"),
+    "mse-h768": (768, 0.0, "random", None),
+    "mse-h1536": (1536, 0.0, "random", None),
+    "mse+listwise0.1-h768": (768, 0.1, "random", None),
+    "mse+listwise1-h768": (768, 1.0, "random", None),
+    "mse+listwise1-h1536": (1536, 1.0, "random", None),
+    "mse+listwise1-h768-hits": (768, 1.0, "hits", None),
+    "mse+local-listwise1-h768": (768, 1.0, "random", 50),
+    "mse+local-listwise1-h1536": (1536, 1.0, "random", 50),
+    "mse+local-listwise1-h768-hits": (768, 1.0, "hits", 50),
 }
 
 
@@ -185,7 +190,7 @@ def main() -> None:
     hits_rows = torch.argsort(counts, descending=True)[:num_fit]
 
     for name in args.variants:
-        hidden, listwise, selection = VARIANTS[name]
+        hidden, listwise, selection, candidates = VARIANTS[name]
         rows = random_rows if selection == "random" else hits_rows
         torch.manual_seed(args.seed)
         store = CorrectedCacheStore(stale, ids=ids, corrector=Corrector(stale.shape[1], hidden_dim=hidden))
@@ -226,6 +231,13 @@ def main() -> None:
             "per_query_ndcg@10": {q: v["ndcg@10"] for q, v in b_per_query.items()},
         }
         logger.info("%s: %s", name, {k: v for k, v in results["variants"][name].items() if k != "per_query_ndcg@10"})
+    previous = out / "results.json"
+    if previous.exists():  # keep variants measured by earlier runs of this script
+        earlier = json.loads(previous.read_text()).get("variants", {})
+        results["variants"] = {
+            **{k: v for k, v in earlier.items() if k not in results["variants"]},
+            **results["variants"],
+        }
     results["total_seconds"] = time.perf_counter() - total_start
     results["a_per_query_ndcg@10"] = {q: v["ndcg@10"] for q, v in a_per_query.items()}
     results["c_per_query_ndcg@10"] = {q: v["ndcg@10"] for q, v in c_per_query.items()}

@@ -139,7 +139,13 @@ class CorrectorTrainer:
         rows, fresh, queries = self._inputs(indices, fresh_embeddings, query_embeddings)
         return self._step(rows, fresh, queries)
 
-    def _step(self, rows: torch.Tensor, fresh: torch.Tensor, queries: torch.Tensor | None) -> dict[str, float]:
+    def _step(
+        self,
+        rows: torch.Tensor,
+        fresh: torch.Tensor,
+        queries: torch.Tensor | None,
+        local: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    ) -> dict[str, float]:
         corrector = self.store.corrector
         device = next(corrector.parameters()).device
         stale = self.store.stale_embeddings(rows).to(device)
@@ -154,7 +160,11 @@ class CorrectorTrainer:
             "embedding_loss": float(embedding_loss.detach()),
         }
         normalize = self.store.similarity == "cosine"
-        if queries is not None and self.listwise_weight > 0:
+        if local is not None:
+            listwise = self._local_listwise(*local, device=device, normalize=normalize)
+            total = total + self.listwise_weight * listwise
+            metrics["listwise_loss"] = float(listwise.detach())
+        elif queries is not None and self.listwise_weight > 0:
             listwise = drift_losses.listwise_loss(
                 corrected, fresh, queries.to(device), temperature=self.temperature, normalize=normalize
             )
@@ -175,6 +185,23 @@ class CorrectorTrainer:
         metrics["drift_loss"] = float(total.detach())
         return metrics
 
+    def _local_listwise(
+        self, queries: torch.Tensor, candidates: torch.Tensor, candidate_fresh: torch.Tensor, *, device: torch.device,
+        normalize: bool,
+    ) -> torch.Tensor:
+        """KL(softmax(fresh scores / τ) || softmax(corrected scores / τ)) over each query's own candidate rows."""
+        unique, inverse = torch.unique(candidates.reshape(-1), return_inverse=True)
+        corrected = self.store.corrector(self.store.stale_embeddings(unique).to(device))[inverse]
+        corrected = corrected.reshape(*candidates.shape, -1)
+        queries, candidate_fresh = queries.to(device), candidate_fresh.to(device)
+        if normalize:
+            queries = torch.nn.functional.normalize(queries, dim=-1)
+            corrected = torch.nn.functional.normalize(corrected, dim=-1)
+            candidate_fresh = torch.nn.functional.normalize(candidate_fresh, dim=-1)
+        target = torch.log_softmax(torch.einsum("bd,bmd->bm", queries, candidate_fresh) / self.temperature, dim=-1)
+        predicted = torch.log_softmax(torch.einsum("bd,bmd->bm", queries, corrected) / self.temperature, dim=-1)
+        return torch.nn.functional.kl_div(predicted, target, log_target=True, reduction="batchmean")
+
     def fit(
         self,
         indices: ArrayLike | Sequence[int],
@@ -184,14 +211,28 @@ class CorrectorTrainer:
         query_embeddings: ArrayLike | None = None,
         seed: int | None = 0,
         show_progress_bar: bool | None = None,
+        listwise_candidates: int | None = None,
+        query_batch_size: int = 64,
     ) -> dict[str, float]:
         """Offline fit on a paired sample: ``epochs`` shuffled passes in mini-batches of ``batch_size`` rows.
 
-        ``query_embeddings`` (optional, (Q, d)) are queries for the ranking terms: each step uses them against the
-        step's rows. Returns ``staleness`` and ``corrected_error`` over all given rows after the fit, the last
-        step's ``drift_loss``, ``epochs`` and ``steps``.
+        ``query_embeddings`` (optional, (Q, d)) are queries for the ranking terms. By default each step scores them
+        against the step's rows (in-batch listwise / score terms). With ``listwise_candidates=M``, the listwise term
+        instead uses, each step, ``query_batch_size`` random queries and each query's own M best rows of the sample
+        by fresh score: it teaches the corrector the ranking *near* each query, where hard negatives come from.
+        Returns ``staleness`` and ``corrected_error`` over all given rows after the fit, the last step's
+        ``drift_loss``, ``epochs`` and ``steps``.
         """
         rows, fresh, queries = self._inputs(indices, fresh_embeddings, query_embeddings)
+        neighbourhoods = None
+        if listwise_candidates is not None:
+            listwise_candidates = check_positive_int(listwise_candidates, "listwise_candidates")
+            query_batch_size = check_positive_int(query_batch_size, "query_batch_size")
+            if queries is None:
+                raise ValueError("listwise_candidates needs query_embeddings")
+            if self.listwise_weight <= 0:
+                raise ValueError("listwise_candidates needs listwise_weight > 0")
+            neighbourhoods = self._neighbourhoods(queries, fresh, min(listwise_candidates, rows.numel()))
         epochs = check_positive_int(epochs, "epochs")
         batch_size = check_positive_int(batch_size, "batch_size")
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -203,7 +244,12 @@ class CorrectorTrainer:
                 order = torch.randperm(rows.numel(), generator=generator)
                 for start in range(0, rows.numel(), batch_size):
                     batch = order[start : start + batch_size]
-                    last = self._step(rows[batch], fresh[batch], queries)
+                    local = None
+                    if neighbourhoods is not None and queries is not None:
+                        picked = torch.randint(queries.shape[0], (query_batch_size,), generator=generator)
+                        positions = neighbourhoods[picked]
+                        local = (queries[picked], rows[positions], fresh[positions])
+                    last = self._step(rows[batch], fresh[batch], queries, local)
                     bar.update(1)
                     bar.set_postfix(drift_loss=f"{last['drift_loss']:.4g}")
         corrected = self.store.corrected_embeddings(rows)
@@ -222,6 +268,17 @@ class CorrectorTrainer:
             result["corrected_error"],
         )
         return result
+
+    def _neighbourhoods(self, queries: torch.Tensor, fresh: torch.Tensor, size: int) -> torch.Tensor:
+        """(Q, size) positions of each query's best rows of the sample by fresh score (blocked over queries)."""
+        targets = torch.nn.functional.normalize(fresh, dim=-1) if self.store.similarity == "cosine" else fresh
+        out = []
+        for start in range(0, queries.shape[0], 1024):
+            block = queries[start : start + 1024]
+            if self.store.similarity == "cosine":
+                block = torch.nn.functional.normalize(block, dim=-1)
+            out.append(torch.topk(block @ targets.T, size, dim=1).indices)
+        return torch.cat(out)
 
     # ------------------------------------------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict[str, Any]:

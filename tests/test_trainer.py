@@ -126,3 +126,23 @@ def test_bad_observe_input():
         trainer.fit([0], torch.randn(1, 4), epochs=0)
     with pytest.raises(TypeError, match="store must be"):
         CorrectorTrainer(torch.randn(3, 3))
+
+
+def test_neighbourhood_listwise_fit_learns_local_rankings():
+    drift = make_synthetic_drift(num_rows=2000, dim=16, num_queries=300, strength=0.5, seed=2)
+    rows = torch.arange(400)
+    store = CorrectedCacheStore(drift.stale, corrector=Corrector(16, hidden_dim=64))
+    trainer = CorrectorTrainer(store, lr=3e-3, listwise_weight=1.0)
+    # The neighbourhoods are each query's best sample rows by fresh score.
+    hoods = trainer._neighbourhoods(drift.queries[:5], drift.fresh[rows], 7)
+    expected = torch.topk(torch.nn.functional.normalize(drift.queries[:5], dim=-1) @ drift.fresh[rows].T, 7).indices
+    assert torch.equal(hoods, expected)
+    first = trainer.observe(rows[:64], drift.fresh[rows[:64]])
+    result = trainer.fit(rows, drift.fresh[rows], epochs=30, batch_size=64, query_embeddings=drift.queries,
+                         listwise_candidates=20)
+    assert result["corrected_error"] < 0.2 * first["staleness"]
+    with pytest.raises(ValueError, match="listwise_candidates needs query_embeddings"):
+        trainer.fit(rows, drift.fresh[rows], epochs=1, listwise_candidates=5)
+    with pytest.raises(ValueError, match="listwise_weight > 0"):
+        CorrectorTrainer(store).fit(rows, drift.fresh[rows], epochs=1, query_embeddings=drift.queries,
+                                    listwise_candidates=5)
