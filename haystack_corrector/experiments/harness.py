@@ -206,6 +206,14 @@ def arm_result_path(config: ExperimentConfig, arm: Arm, seed: int) -> Path:
     return Path(config.output) / "arms" / f"{arm.slug}__seed{seed}.json"
 
 
+def _warmup(ratio: float) -> dict[str, float]:
+    """transformers 5 takes a warm-up ratio as a float ``warmup_steps`` and deprecates ``warmup_ratio``; 4.x needs it."""
+    import transformers
+
+    major = int(transformers.__version__.split(".")[0])
+    return {"warmup_steps": ratio} if major >= 5 else {"warmup_ratio": ratio}
+
+
 @dataclass
 class TrainedArm:
     model: Any
