@@ -144,6 +144,7 @@ class CorrectedCacheStore:
         self._view: torch.Tensor | None = None
         self._view_key: tuple[int, int] | None = None
         self._texts: list[str] | None = None
+        self.pool: Any = None  # a FaissPool once build_pool() ran (pool mode)
 
     @staticmethod
     def _check_ids(ids: Sequence[str] | None, num_rows: int) -> Sequence[str]:
@@ -307,6 +308,21 @@ class CorrectedCacheStore:
         self._storage = storage
         self._view, self._view_key = None, None
 
+    def build_pool(self, index_type: str = "flat", **options: Any) -> None:
+        """Build a FAISS index over the stale vectors for pool-mode search (``search(..., pool_size=L)``).
+
+        ``index_type`` is ``"flat"``, ``"ivf"`` or ``"hnsw"``; ``options`` go to :class:`~haystack_corrector.faiss_pool.FaissPool`.
+        The index is saved and loaded with the store.
+        """
+        from haystack_corrector.faiss_pool import FaissPool
+
+        pool = FaissPool(index_type, **options)
+        vectors = torch.cat([self._stale_block(s, e) for s, e in self._blocks()])
+        if self.similarity == "cosine":
+            vectors = F.normalize(vectors, dim=-1)
+        pool.build(vectors.numpy())
+        self.pool = pool
+
     def materialize(self) -> None:
         """Compute h(g') for all rows once and keep it (in the storage dtype); searches read it while it is current.
 
@@ -326,6 +342,7 @@ class CorrectedCacheStore:
         top_k: int,
         exclude: Iterable[Iterable[int]] | None = None,
         corrected: bool = True,
+        pool_size: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact top-k rows for each query by corrected (default) or stale similarity.
 
@@ -334,6 +351,8 @@ class CorrectedCacheStore:
             top_k: rows to return per query.
             exclude: optional per-query collections of row indices never to return (e.g. the query's positives).
             corrected: score against h(g') (True) or the raw stale cache g' (False).
+            pool_size: pool mode (after :meth:`build_pool`): re-rank only each query's ``pool_size`` best rows by
+                stale score from the FAISS index; exact when ``pool_size >= len(store)`` with a flat index.
 
         Returns:
             ``(scores, indices)``: (B, top_k) float32 scores and int64 row indices on CPU, best first.
@@ -347,6 +366,16 @@ class CorrectedCacheStore:
                 f"top_k={top_k} is larger than the number of rows left to return ({available} of {self._num_rows} "
                 f"after exclusions)"
             )
+        if pool_size is not None:
+            pool_size = check_positive_int(pool_size, "pool_size")
+            if self.pool is None:
+                raise ValueError("pool_size needs a FAISS pool: call store.build_pool() first")
+            if pool_size < top_k:
+                raise ValueError(f"pool_size={pool_size} must be >= top_k={top_k}")
+            from haystack_corrector.faiss_pool import pool_search
+
+            with torch.no_grad():
+                return pool_search(self, queries, top_k, excluded, pool_size, corrected)
         return self._search(queries, top_k, excluded, corrected)
 
     @torch.no_grad()
@@ -410,6 +439,9 @@ class CorrectedCacheStore:
             if self._texts is not None:
                 (tmp / TEXTS_FILE).write_text(json.dumps(self._texts))
                 saved.append(TEXTS_FILE)
+            if self.pool is not None:
+                self.pool.save(tmp / "index.faiss")
+                saved.append("index.faiss")
             (tmp / CORRECTOR_DIR).mkdir()
             self._corrector.save_to(tmp / CORRECTOR_DIR)
             files = {
@@ -428,6 +460,7 @@ class CorrectedCacheStore:
                 "dtype": self.dtype,
                 "similarity": self.similarity,
                 "block_size": self.block_size,
+                "pool": self.pool.get_config_dict() if self.pool is not None else None,
                 "files": files,
             }
             (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
@@ -481,6 +514,11 @@ class CorrectedCacheStore:
         store._init_storage(storage, ids, corrector)
         if (directory / TEXTS_FILE).is_file() and TEXTS_FILE in config["files"]:
             store.texts = json.loads((directory / TEXTS_FILE).read_text())
+        if config.get("pool"):
+            from haystack_corrector.faiss_pool import FaissPool
+
+            store.pool = FaissPool(**config["pool"])
+            store.pool.load(directory / "index.faiss")
         return store
 
     @staticmethod

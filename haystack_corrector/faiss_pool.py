@@ -1,0 +1,119 @@
+"""Pool mode: take candidates from a FAISS index over the stale vectors, then correct and re-rank them exactly.
+
+Applying the corrector to every row costs N x (a few matrix products) per search. Pool mode instead asks an ANN
+index over the *stale* vectors for the L best rows by stale score, applies the corrector to those L rows only and
+re-ranks them by corrected score. With L = N it is exact; as L shrinks it trades exactness for speed — measure how
+often pool mode's top-k equals the exact corrected top-k for your L (``benchmarks`` / the tests do).
+
+Needs ``faiss`` (``pip install "haystack-corrector[faiss]"``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import torch
+
+from haystack_corrector._validation import check_choice, check_positive_int
+
+INDEX_TYPES = ("flat", "ivf", "hnsw")
+INDEX_FILE = "index.faiss"
+
+
+def _faiss() -> Any:
+    try:
+        import faiss
+    except ImportError as exc:
+        raise ImportError('Pool mode needs faiss: pip install "haystack-corrector[faiss]"') from exc
+    return faiss
+
+
+class FaissPool:
+    """A FAISS inner-product index over a store's stale vectors (L2-normalised first for cosine stores).
+
+    Args:
+        index_type: ``"flat"`` (``IndexFlatIP``, exact), ``"ivf"`` (``IndexIVFFlat``) or ``"hnsw"`` (``IndexHNSWFlat``).
+        nlist: IVF lists (default about 4·sqrt(N)); ``nprobe``: IVF lists visited per query.
+        hnsw_m: HNSW graph degree; ``ef_search``: HNSW search depth (raised to at least the pool size).
+    """
+
+    def __init__(
+        self,
+        index_type: str = "flat",
+        nlist: int | None = None,
+        nprobe: int = 16,
+        hnsw_m: int = 32,
+        ef_search: int = 128,
+    ) -> None:
+        self.index_type = check_choice(index_type, "index_type", INDEX_TYPES)
+        self.nlist = None if nlist is None else check_positive_int(nlist, "nlist")
+        self.nprobe = check_positive_int(nprobe, "nprobe")
+        self.hnsw_m = check_positive_int(hnsw_m, "hnsw_m")
+        self.ef_search = check_positive_int(ef_search, "ef_search")
+        self.index: Any = None
+
+    def get_config_dict(self) -> dict[str, Any]:
+        return {"index_type": self.index_type, "nlist": self.nlist, "nprobe": self.nprobe, "hnsw_m": self.hnsw_m,
+                "ef_search": self.ef_search}
+
+    def build(self, vectors: np.ndarray) -> None:
+        """Index (N, d) float32 vectors (already normalised for cosine)."""
+        faiss = _faiss()
+        num_rows, dim = vectors.shape
+        if self.index_type == "flat":
+            index = faiss.IndexFlatIP(dim)
+        elif self.index_type == "ivf":
+            nlist = self.nlist or max(1, min(num_rows // 39, int(4 * num_rows**0.5)))
+            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+            index.train(vectors)
+        else:
+            index = faiss.IndexHNSWFlat(dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.add(vectors)
+        self.index = index
+
+    def candidates(self, queries: np.ndarray, size: int) -> np.ndarray:
+        """(B, size) row indices by stale score, best first; -1 where the index found fewer."""
+        if self.index is None:
+            raise RuntimeError("The pool has no index: call build() first")
+        faiss = _faiss()
+        if self.index_type == "ivf":
+            faiss.extract_index_ivf(self.index).nprobe = self.nprobe
+        if self.index_type == "hnsw":
+            self.index.hnsw.efSearch = max(self.ef_search, size)
+        _, rows = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), size)
+        return rows
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        _faiss().write_index(self.index, str(path))
+
+    def load(self, path: str | os.PathLike[str]) -> None:
+        self.index = _faiss().read_index(str(path))
+
+
+def pool_search(
+    store: Any, queries: torch.Tensor, top_k: int, excluded: list[set[int]], pool_size: int, corrected: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k by corrected score among each query's ``pool_size`` best rows by stale score (from ``store.pool``)."""
+    pool: FaissPool = store.pool
+    normalized = torch.nn.functional.normalize(queries, dim=-1) if store.similarity == "cosine" else queries
+    widest = max((len(rows) for rows in excluded), default=0)
+    raw = pool.candidates(normalized.numpy(), min(len(store), pool_size + widest))
+    scores_out = torch.full((queries.shape[0], top_k), -torch.inf)
+    rows_out = torch.full((queries.shape[0], top_k), -1, dtype=torch.int64)
+    for query, (found, banned) in enumerate(zip(raw.tolist(), excluded)):
+        keep = [row for row in found if row >= 0 and row not in banned][:pool_size]
+        if len(keep) < top_k:
+            raise ValueError(
+                f"The pool returned only {len(keep)} candidates for query {query}, fewer than top_k={top_k}: raise "
+                "pool_size (or the index's nprobe/ef_search)"
+            )
+        candidates = torch.tensor(keep, dtype=torch.int64)
+        targets = store.corrected_embeddings(candidates) if corrected else store.stale_embeddings(candidates)
+        if store.similarity == "cosine":
+            targets = torch.nn.functional.normalize(targets, dim=-1)
+        scores = targets @ normalized[query]
+        best_scores, order = torch.topk(scores, top_k)
+        scores_out[query], rows_out[query] = best_scores, candidates[order]
+    return scores_out, rows_out
