@@ -380,8 +380,9 @@ class CorrectedCacheStore:
 
     @torch.no_grad()
     def _search(
-        self, queries: torch.Tensor, top_k: int, excluded: list[set[int]], corrected: bool
+        self, queries: torch.Tensor, top_k: int, excluded: list[set[int]], corrected: bool, partial: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Blocked exact scan. ``partial=True`` (shards): fewer allowed rows than top_k give -inf scores, row -1."""
         device = self._device
         queries = queries.to(device)
         if self.similarity == "cosine":
@@ -413,7 +414,12 @@ class CorrectedCacheStore:
             keep = min(top_k, merged_scores.shape[1])
             best_scores, position = torch.topk(merged_scores, keep, dim=1)
             best_rows = torch.gather(merged_rows, 1, position)
-        if not torch.isfinite(best_scores).all():
+        if partial:
+            missing = best_scores == -torch.inf
+            best_rows[missing] = -1
+            if torch.isnan(best_scores).any() or (best_scores == torch.inf).any():
+                raise ValueError("The corrector produced non-finite scores; it has diverged (check its learning rate)")
+        elif not torch.isfinite(best_scores).all():
             raise ValueError(
                 "The corrector produced non-finite scores; it has diverged (check its learning rate) or the queries "
                 "are degenerate"

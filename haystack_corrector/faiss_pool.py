@@ -55,8 +55,13 @@ class FaissPool:
         self.index: Any = None
 
     def get_config_dict(self) -> dict[str, Any]:
-        return {"index_type": self.index_type, "nlist": self.nlist, "nprobe": self.nprobe, "hnsw_m": self.hnsw_m,
-                "ef_search": self.ef_search}
+        return {
+            "index_type": self.index_type,
+            "nlist": self.nlist,
+            "nprobe": self.nprobe,
+            "hnsw_m": self.hnsw_m,
+            "ef_search": self.ef_search,
+        }
 
     def build(self, vectors: np.ndarray) -> None:
         """Index (N, d) float32 vectors (already normalised for cosine)."""

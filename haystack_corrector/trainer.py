@@ -186,7 +186,12 @@ class CorrectorTrainer:
         return metrics
 
     def _local_listwise(
-        self, queries: torch.Tensor, candidates: torch.Tensor, candidate_fresh: torch.Tensor, *, device: torch.device,
+        self,
+        queries: torch.Tensor,
+        candidates: torch.Tensor,
+        candidate_fresh: torch.Tensor,
+        *,
+        device: torch.device,
         normalize: bool,
     ) -> torch.Tensor:
         """KL(softmax(fresh scores / τ) || softmax(corrected scores / τ)) over each query's own candidate rows."""

@@ -138,11 +138,13 @@ def test_neighbourhood_listwise_fit_learns_local_rankings():
     expected = torch.topk(torch.nn.functional.normalize(drift.queries[:5], dim=-1) @ drift.fresh[rows].T, 7).indices
     assert torch.equal(hoods, expected)
     first = trainer.observe(rows[:64], drift.fresh[rows[:64]])
-    result = trainer.fit(rows, drift.fresh[rows], epochs=30, batch_size=64, query_embeddings=drift.queries,
-                         listwise_candidates=20)
+    result = trainer.fit(
+        rows, drift.fresh[rows], epochs=30, batch_size=64, query_embeddings=drift.queries, listwise_candidates=20
+    )
     assert result["corrected_error"] < 0.2 * first["staleness"]
     with pytest.raises(ValueError, match="listwise_candidates needs query_embeddings"):
         trainer.fit(rows, drift.fresh[rows], epochs=1, listwise_candidates=5)
     with pytest.raises(ValueError, match="listwise_weight > 0"):
-        CorrectorTrainer(store).fit(rows, drift.fresh[rows], epochs=1, query_embeddings=drift.queries,
-                                    listwise_candidates=5)
+        CorrectorTrainer(store).fit(
+            rows, drift.fresh[rows], epochs=1, query_embeddings=drift.queries, listwise_candidates=5
+        )
