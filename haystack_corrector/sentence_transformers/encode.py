@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,11 +28,18 @@ def encode_corpus(
     dtype: str = "float32",
     hidden_dim: int | None = None,
     prompt: str | None = None,
+    shard_dir: str | os.PathLike[str] | None = None,
+    shard_size: int = 10000,
 ) -> CorrectedCacheStore:
     """Encode ``corpus_texts`` with ``model`` into a :class:`CorrectedCacheStore` (texts kept for re-encoding).
 
     The store's similarity follows the model's (``cosine`` or ``dot``); its corrector is a fresh identity
     ``Corrector(dim, hidden_dim)``.
+
+    With ``shard_dir``, the corpus is encoded ``shard_size`` texts at a time and each finished shard is written to
+    ``shard_dir`` (atomically) as it completes: a killed encode, run again with the same arguments, resumes at the
+    first unfinished shard. Under ``torchrun`` (an initialised ``torch.distributed`` group), each rank encodes every
+    world_size-th shard and all ranks wait for the others before assembling the store.
 
     Example:
         >>> store = encode_corpus(model, ["doc one", "doc two"], ids=["d1", "d2"])  # doctest: +SKIP
@@ -51,16 +62,23 @@ def encode_corpus(
     kwargs: dict[str, Any] = {}
     if prompt is not None:
         kwargs["prompt"] = prompt
-    with torch.no_grad():
-        embeddings = model.encode(
-            texts,
-            batch_size=batch_size,
-            show_progress_bar=show_progress_bar,
-            convert_to_numpy=True,
-            normalize_embeddings=False,
-            **kwargs,
-        )
-    embeddings = np.asarray(embeddings, dtype=np.float32)
+
+    def run(chunk: list[str], progress: bool) -> np.ndarray:
+        with torch.no_grad():
+            out = model.encode(
+                chunk,
+                batch_size=batch_size,
+                show_progress_bar=progress,
+                convert_to_numpy=True,
+                normalize_embeddings=False,
+                **kwargs,
+            )
+        return np.asarray(out, dtype=np.float32)
+
+    if shard_dir is None:
+        embeddings = run(texts, show_progress_bar)
+    else:
+        embeddings = _encode_in_shards(run, texts, Path(shard_dir), shard_size, show_progress_bar)
     logger.info("Encoded %d texts into a %s cache of dimension %d", len(texts), similarity, embeddings.shape[1])
     return CorrectedCacheStore(
         embeddings,
@@ -70,3 +88,48 @@ def encode_corpus(
         dtype=dtype,
         texts=texts,
     )
+
+
+def _encode_in_shards(
+    run: Callable[[list[str], bool], np.ndarray], texts: list[str], folder: Path, shard_size: int, progress: bool
+) -> np.ndarray:
+    from tqdm.auto import tqdm
+
+    if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size <= 0:
+        raise ValueError(f"shard_size must be an int > 0, got {shard_size!r}")
+    folder.mkdir(parents=True, exist_ok=True)
+    # A manifest ties the shards to these exact texts and shard size, so a resumed run never mixes corpora.
+    fingerprint = hashlib.sha256("\x00".join(texts).encode("utf-8")).hexdigest()
+    manifest = {"num_texts": len(texts), "shard_size": shard_size, "texts_sha256": fingerprint}
+    manifest_path = folder / "manifest.json"
+    if manifest_path.exists():
+        found = json.loads(manifest_path.read_text())
+        if found != manifest:
+            raise ValueError(
+                f"{folder} holds shards of another encode ({found}); use an empty shard_dir for this corpus"
+            )
+    rank, world = 0, 1
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+    if rank == 0 and not manifest_path.exists():
+        tmp = manifest_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(manifest))
+        os.replace(tmp, manifest_path)
+    starts = list(range(0, len(texts), shard_size))
+    mine = [i for i in range(len(starts)) if i % world == rank]
+    todo = [i for i in mine if not (folder / f"shard-{i:06d}.npy").exists()]
+    if len(todo) < len(mine):
+        logger.info(
+            "Resuming: %d of %d shards of this rank are already encoded in %s", len(mine) - len(todo), len(mine), folder
+        )
+    for index in tqdm(todo, desc="Encoding shards", unit="shard", disable=not progress):
+        start = starts[index]
+        block = run(texts[start : start + shard_size], False)
+        tmp = folder / f"shard-{index:06d}.tmp.npy"
+        np.save(tmp, block)
+        os.replace(tmp, folder / f"shard-{index:06d}.npy")
+    if world > 1:
+        dist.barrier()
+    return np.concatenate([np.load(folder / f"shard-{i:06d}.npy", allow_pickle=False) for i in range(len(starts))])
