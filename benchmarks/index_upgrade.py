@@ -214,7 +214,7 @@ def main() -> None:
         patched[rows] = fresh[rows]
         b_store = CorrectedCacheStore(patched, ids=ids)
         b, b_per_query, b_rows = evaluate(b_store, corrected=False)
-        corrected_only, _, _ = evaluate(store, corrected=True)
+        corrected_only, corrected_only_per_query, corrected_only_rows = evaluate(store, corrected=True)
         results["variants"][name] = {
             "hidden_dim": hidden,
             "listwise_weight": listwise,
@@ -226,11 +226,18 @@ def main() -> None:
             "overlap@10": overlap_at_k(b_rows, c_rows, 10),
             "overlap@100": overlap_at_k(b_rows, c_rows, 100),
             "ndcg@10_all_rows_corrected": corrected_only["ndcg@10"],
+            "gap_recovered_all_rows_corrected": (corrected_only["ndcg@10"] - a["ndcg@10"]) / gap
+            if gap
+            else float("nan"),
+            "overlap@10_all_rows_corrected": overlap_at_k(corrected_only_rows, c_rows, 10),
+            "per_query_ndcg@10_all_rows_corrected": {q: v["ndcg@10"] for q, v in corrected_only_per_query.items()},
             "corrected_error_unseen": relative_error(store.corrected_embeddings(unseen_rows), fresh[unseen_rows]),
             "staleness_unseen": relative_error(stale[unseen_rows], fresh[unseen_rows]),
             "per_query_ndcg@10": {q: v["ndcg@10"] for q, v in b_per_query.items()},
         }
-        logger.info("%s: %s", name, {k: v for k, v in results["variants"][name].items() if k != "per_query_ndcg@10"})
+        logger.info(
+            "%s: %s", name, {k: v for k, v in results["variants"][name].items() if not k.startswith("per_query")}
+        )
     previous = out / "results.json"
     if previous.exists():  # keep variants measured by earlier runs of this script
         earlier = json.loads(previous.read_text()).get("variants", {})

@@ -42,8 +42,10 @@ def main() -> None:
     args = parser.parse_args()
     import faiss
 
-    print(f"# {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-          f"faiss {faiss.__version__}; rows={args.rows} dim={args.dim} queries={args.queries} top_k={args.top_k}")
+    print(
+        f"# {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"faiss {faiss.__version__}; rows={args.rows} dim={args.dim} queries={args.queries} top_k={args.top_k}"
+    )
     generator = torch.Generator().manual_seed(0)
     storage = torch.empty((args.rows, args.dim), dtype=torch.float16)
     for start in range(0, args.rows, 100_000):
@@ -63,12 +65,22 @@ def main() -> None:
     q = queries.numpy().astype(np.float32)
     baseline = timed(lambda: index.search(q, args.top_k), args.repeats)
     rows = [("faiss IndexFlatIP, float32 (baseline)", baseline)]
-    rows.append(("blocked scan of the stale float16 cache", timed(lambda: store.search(queries, args.top_k, corrected=False), args.repeats)))
+    rows.append(
+        (
+            "blocked scan of the stale float16 cache",
+            timed(lambda: store.search(queries, args.top_k, corrected=False), args.repeats),
+        )
+    )
     rows.append(("fused scan: corrector applied block by block", timed(lambda: store.search(queries, args.top_k), 1)))
     start = time.perf_counter()
     store.materialize()
     materialise = time.perf_counter() - start
-    rows.append(("scan of the materialised corrected view (float16)", timed(lambda: store.search(queries, args.top_k), args.repeats)))
+    rows.append(
+        (
+            "scan of the materialised corrected view (float16)",
+            timed(lambda: store.search(queries, args.top_k), args.repeats),
+        )
+    )
     rows.append(("materialise the view once (one-off)", materialise))
     print("| search | seconds | ratio to faiss |")
     print("|---|---|---|")
