@@ -83,18 +83,19 @@ def sharded_search(
     stacked = torch.cat(all_queries).cpu()
     if stacked.shape[0] == 0:
         return torch.empty((0, top_k)), torch.empty((0, top_k), dtype=torch.int64)
-    local_excluded = []
+    # Widths differ across ranks (each pads its own exclusions), so read the blocks one by one.
+    local_excluded: list[set[int]] = []
+    end = row_offset + len(local_store)
     for block in all_exclusions:
-        for row in block.cpu().tolist():
-            local_excluded.append({r - row_offset for r in row if row_offset <= r < row_offset + len(local_store)})
-    for query, rows in enumerate(torch.cat(all_exclusions).cpu().tolist()):
-        if int(total) - sum(1 for r in rows if r >= 0) < top_k:
-            raise ValueError(f"top_k={top_k} is larger than the rows left for query {query} after exclusions")
+        for query_rows in block.cpu().tolist():
+            if int(total) - sum(1 for r in query_rows if r >= 0) < top_k:
+                raise ValueError(f"top_k={top_k} is larger than the rows left after exclusions for a query")
+            local_excluded.append({r - row_offset for r in query_rows if row_offset <= r < end})
     k_local = min(top_k, len(local_store))
-    scores, rows = local_store._search(stacked, k_local, local_excluded, corrected, partial=True)
-    rows = torch.where(rows >= 0, rows + row_offset, rows)
+    scores, local_rows = local_store._search(stacked, k_local, local_excluded, corrected, partial=True)
+    global_rows = torch.where(local_rows >= 0, local_rows + row_offset, local_rows)
     gathered_scores = _gather_padded(scores.to(device), group, -float("inf"))
-    gathered_rows = _gather_padded(rows.to(device), group, -1)
+    gathered_rows = _gather_padded(global_rows.to(device), group, -1)
     merged_scores = torch.cat([s.cpu() for s in gathered_scores], dim=1)
     merged_rows = torch.cat([r.cpu() for r in gathered_rows], dim=1)
     best, order = torch.topk(merged_scores, top_k, dim=1)

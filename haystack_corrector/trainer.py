@@ -29,14 +29,9 @@ from haystack_corrector._validation import (
     describe,
 )
 from haystack_corrector.cache_store import CorrectedCacheStore
+from haystack_corrector.evaluation import relative_error
 
 logger = logging.getLogger(__name__)
-
-
-def _relative_error(estimate: torch.Tensor, fresh: torch.Tensor) -> float:
-    """Mean over rows of ||estimate - fresh||² / ||fresh||²."""
-    denominator = fresh.pow(2).sum(dim=-1).clamp_min(1e-12)
-    return float(((estimate - fresh).pow(2).sum(dim=-1) / denominator).mean())
 
 
 def _non_negative_float(value: Any, name: str) -> float:
@@ -155,8 +150,8 @@ class CorrectorTrainer:
         embedding_loss = drift_losses.drift_loss(self.loss, corrected, fresh)
         total = embedding_loss
         metrics = {
-            "staleness": _relative_error(stale, fresh),
-            "corrected_error": _relative_error(corrected.detach(), fresh),
+            "staleness": relative_error(stale, fresh),
+            "corrected_error": relative_error(corrected.detach(), fresh),
             "embedding_loss": float(embedding_loss.detach()),
         }
         normalize = self.store.similarity == "cosine"
@@ -260,8 +255,8 @@ class CorrectorTrainer:
         corrected = self.store.corrected_embeddings(rows)
         stale = self.store.stale_embeddings(rows)
         result = {
-            "staleness": _relative_error(stale, fresh),
-            "corrected_error": _relative_error(corrected, fresh),
+            "staleness": relative_error(stale, fresh),
+            "corrected_error": relative_error(corrected, fresh),
             "drift_loss": last["drift_loss"],
             "epochs": float(epochs),
             "steps": float(epochs * steps_per_epoch),

@@ -22,7 +22,7 @@ def _data():
             p.copy_(torch.randn(p.shape, generator=generator) * 0.3)
     embeddings = torch.randn(101, 8, generator=generator)
     queries = [torch.randn(5, 8, generator=generator), torch.randn(3, 8, generator=generator)]  # uneven batches
-    exclude = [[[0, 50, 100], [], [7], [60, 61], []], [[99], [], [1, 2, 3]]]
+    exclude = [[[0, 50, 100], [], [7], [60, 61], []], [[99], [], [1, 2, 3, 4, 5]]]  # different widths per rank
     return corrector, embeddings, queries, exclude
 
 

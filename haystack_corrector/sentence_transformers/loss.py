@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from haystack_corrector import drift_losses
 from haystack_corrector.cache_store import CorrectedCacheStore
+from haystack_corrector.evaluation import relative_error
 from haystack_corrector.sampler import HardNegativeSampler
 from haystack_corrector.sentence_transformers import _compat
 from haystack_corrector.sentence_transformers.training_data import COLUMNS, decode_label
@@ -412,8 +413,8 @@ class CorrectedMultipleNegativesRankingLoss(nn.Module):
                 fresh = fresh.to(device)
                 metrics = {
                     "drift_loss": float(drift_losses.drift_loss(self.corrector_trainer.loss, corrected, fresh)),
-                    "staleness": _relative(stale, fresh),
-                    "corrected_error": _relative(corrected, fresh),
+                    "staleness": relative_error(stale, fresh),
+                    "corrected_error": relative_error(corrected, fresh),
                 }
             return metrics["drift_loss"]
         for key in ("drift_loss", "staleness", "corrected_error"):
@@ -462,9 +463,3 @@ class CorrectedMultipleNegativesRankingLoss(nn.Module):
     @property
     def citation(self) -> str:
         return CITATION
-
-
-def _relative(estimate: Tensor, fresh: Tensor) -> float:
-    from haystack_corrector.evaluation import relative_error
-
-    return relative_error(estimate, fresh)
