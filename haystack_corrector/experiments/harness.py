@@ -259,7 +259,7 @@ def train_arm(config: ExperimentConfig, arm: Arm, seed: int, prepared: Prepared)
         max_steps=config.steps or -1,
         per_device_train_batch_size=config.batch_size,
         learning_rate=config.lr,
-        warmup_ratio=config.warmup_ratio,
+        **_warmup(config.warmup_ratio),
         batch_sampler="no_duplicates",
         seed=seed,
         data_seed=seed,
