@@ -83,9 +83,8 @@ def test_two_step_two_arm_smoke_run_and_resume(toy_beir, tiny_st_path, tmp_path,
     assert resumed["arms"]["corrector"]["0"]["metrics"] == run["metrics"]
 
 
-def test_same_start_and_data_order_across_arms(toy_beir, tiny_st_path, tmp_path):
-    # With the same seed, the in-batch arm and the stale arm see identical batches: their first logged infonce
-    # differs only through the extra negatives, while two in-batch runs are identical.
+def test_same_seed_gives_the_same_start_and_data_order(toy_beir, tiny_st_path, tmp_path):
+    # Same seed => same initial weights and same data order: two runs of one arm give identical results.
     results = run_experiment(_config(toy_beir, tiny_st_path, tmp_path / "a", arms=("inbatch",)))
     again = run_experiment(_config(toy_beir, tiny_st_path, tmp_path / "b", arms=("inbatch",)))
     assert results["arms"]["inbatch"]["0"]["metrics"] == again["arms"]["inbatch"]["0"]["metrics"]
