@@ -298,7 +298,8 @@ class CorrectedCacheStore:
     def replace_embeddings(self, embeddings: ArrayLike) -> None:
         """Swap in a newly encoded cache (same rows, same order), e.g. for a periodic full re-encode.
 
-        Ids, texts and the corrector are kept; a materialised view is dropped.
+        Ids, texts and the corrector are kept; a materialised view and a FAISS pool (built on the old vectors) are
+        dropped — call :meth:`build_pool` again if you use pool mode.
         """
         matrix = as_float_matrix(embeddings, "embeddings", dim=self._dim)
         if matrix.shape[0] != self._num_rows:
@@ -307,6 +308,9 @@ class CorrectedCacheStore:
         check_finite(storage, f"embeddings (after conversion to {self.dtype})")
         self._storage = storage
         self._view, self._view_key = None, None
+        if self.pool is not None:
+            logger.info("replace_embeddings dropped the FAISS pool built on the old vectors; call build_pool() again")
+            self.pool = None
 
     def build_pool(self, index_type: str = "flat", **options: Any) -> None:
         """Build a FAISS index over the stale vectors for pool-mode search (``search(..., pool_size=L)``).

@@ -58,3 +58,11 @@ def test_pool_errors():
         store.search(torch.randn(1, 16), 5, pool_size=3)
     with pytest.raises(ValueError, match="Unknown index_type 'lsh'"):
         store.build_pool("lsh")
+
+
+def test_replacing_embeddings_drops_the_pool_built_on_them():
+    store = _store()
+    store.build_pool("flat")
+    store.replace_embeddings(torch.randn(300, 16))
+    with pytest.raises(ValueError, match="call store.build_pool"):
+        store.search(torch.randn(1, 16), 5, pool_size=10)
