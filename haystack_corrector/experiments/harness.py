@@ -161,27 +161,6 @@ def prepare(config: ExperimentConfig) -> Prepared:
     model_path = resolve_model_path(config.model)
     cache_path = output / "initial-cache"
     zero_shot_path = output / "zero_shot.json"
-    if cache_path.is_dir() and zero_shot_path.is_file():
-        logger.info("Reusing the initial cache and zero-shot results in %s", output)
-        return Prepared(
-            corpus,
-            corpus_ids,
-            corpus_texts,
-            train_queries,
-            train_qrels,
-            eval_queries,
-            eval_qrels,
-            cache_path,
-            json.loads(zero_shot_path.read_text()),
-            model_path,
-        )
-    model = load_model(model_path, config.max_seq_length)
-    start = time.perf_counter()
-    docs = encode(model, corpus_texts, config.encode_batch_size, "initial cache")
-    encode_seconds = time.perf_counter() - start
-    similarity = "dot" if getattr(model, "similarity_fn_name", "cosine") == "dot" else "cosine"
-    store = CorrectedCacheStore(docs, ids=corpus_ids, texts=corpus_texts, similarity=similarity)
-    store.save(cache_path)
     prepared = Prepared(
         corpus,
         corpus_ids,
@@ -194,6 +173,18 @@ def prepare(config: ExperimentConfig) -> Prepared:
         {},
         model_path,
     )
+    if cache_path.is_dir() and zero_shot_path.is_file():
+        logger.info("Reusing the initial cache and zero-shot results in %s", output)
+        prepared.zero_shot = json.loads(zero_shot_path.read_text())
+        return prepared
+    from haystack_corrector.sentence_transformers import encode_corpus
+
+    model = load_model(model_path, config.max_seq_length)
+    start = time.perf_counter()
+    store = encode_corpus(model, corpus_texts, ids=corpus_ids, batch_size=config.encode_batch_size)
+    encode_seconds = time.perf_counter() - start
+    store.save(cache_path)
+    docs, similarity = store.stale_embeddings(), store.similarity
     queries = encode(model, [eval_queries[q] for q in eval_queries], config.encode_batch_size, "evaluation queries")
     means, per_query, _ = evaluate_rankings(docs, queries, prepared, similarity)
     prepared.zero_shot = {"metrics": means, "per_query": per_query, "corpus_encode_seconds": encode_seconds}
@@ -206,7 +197,7 @@ def arm_result_path(config: ExperimentConfig, arm: Arm, seed: int) -> Path:
     return Path(config.output) / "arms" / f"{arm.slug}__seed{seed}.json"
 
 
-def _warmup(ratio: float) -> dict[str, float]:
+def _warmup(ratio: float) -> dict[str, Any]:
     """transformers 5 takes a warm-up ratio as a float ``warmup_steps`` and deprecates ``warmup_ratio``; 4.x needs it."""
     import transformers
 

@@ -143,3 +143,32 @@ def output_document(document: Document, score: float | None, return_embedding: b
     """A copy of a stored document for output: score set, embedding kept (as plain floats) or dropped."""
     embedding = [float(x) for x in document.embedding] if return_embedding and document.embedding is not None else None
     return dataclasses.replace(document, score=score, embedding=embedding)
+
+
+class SnapshotComponent:
+    """Warm-up and refresh shared by the components that search a DocumentStore snapshot.
+
+    Subclasses set ``document_store``, ``corrector_path``, ``_similarity`` and ``_snapshot = None`` in ``__init__``.
+    """
+
+    document_store: Any
+    corrector_path: str | None
+    _similarity: str
+    _snapshot: DocumentSnapshot | None
+
+    def warm_up(self) -> None:
+        """Load the corrector (once; later calls do nothing)."""
+        if self._snapshot is None:
+            self._snapshot = DocumentSnapshot(
+                self.document_store, load_corrector(self.corrector_path), self._similarity
+            )
+
+    def refresh(self) -> None:
+        """Re-read the document store now (e.g. after documents were overwritten in place)."""
+        self._ready_snapshot().refresh()
+
+    def _ready_snapshot(self) -> DocumentSnapshot:
+        self.warm_up()
+        if self._snapshot is None:
+            raise RuntimeError("warm_up() did not initialise the component")
+        return self._snapshot

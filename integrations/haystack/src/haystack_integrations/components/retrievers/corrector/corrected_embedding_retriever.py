@@ -8,8 +8,8 @@ from typing import Any
 from haystack import Document, component, default_from_dict, default_to_dict
 from haystack_integrations.components.retrievers.corrector._document_snapshot import (
     DocumentSnapshot,
+    SnapshotComponent,
     check_document_store,
-    load_corrector,
     output_document,
     query_matrix,
     store_similarity,
@@ -17,7 +17,7 @@ from haystack_integrations.components.retrievers.corrector._document_snapshot im
 
 
 @component
-class CorrectedEmbeddingRetriever:
+class CorrectedEmbeddingRetriever(SnapshotComponent):
     """Retrieves the documents closest to a query embedding, scoring ``h(stored embedding)`` instead of the stored one.
 
     Use it when the stored (stale) document embeddings come from an older encoder than the query embeddings: the
@@ -73,19 +73,6 @@ class CorrectedEmbeddingRetriever:
         self._similarity = store_similarity(document_store, similarity)
         self._snapshot: DocumentSnapshot | None = None
 
-    def warm_up(self) -> None:
-        """Load the corrector (once; later calls do nothing)."""
-        if self._snapshot is None:
-            self._snapshot = DocumentSnapshot(
-                self.document_store, load_corrector(self.corrector_path), self._similarity
-            )
-
-    def refresh(self) -> None:
-        """Re-read the document store now (e.g. after documents were overwritten in place)."""
-        self.warm_up()
-        if self._snapshot is not None:
-            self._snapshot.refresh()
-
     def to_dict(self) -> dict[str, Any]:
         return default_to_dict(
             self,
@@ -117,17 +104,15 @@ class CorrectedEmbeddingRetriever:
         :param filters: Haystack filters; replace the init filters when given.
         :param top_k: overrides the init ``top_k``; 0 returns no documents.
         """
-        self.warm_up()
-        if self._snapshot is None:
-            raise RuntimeError("warm_up() did not initialise the retriever")
+        snapshot = self._ready_snapshot()
         top_k = self.top_k if top_k is None else top_k
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
             raise ValueError(f"top_k must be an int >= 0, got {top_k!r}")
         scale_score = self.scale_score if scale_score is None else scale_score
         return_embedding = self.return_embedding if return_embedding is None else return_embedding
-        cache = self._snapshot.ensure_current()
+        cache = snapshot.ensure_current()
         query = query_matrix([query_embedding], cache.dim, "query_embedding")
-        allowed = self._snapshot.allowed_rows(filters if filters is not None else self.filters)
+        allowed = snapshot.allowed_rows(filters if filters is not None else self.filters)
         available = len(cache) if allowed is None else len(allowed)
         top_k = min(top_k, available)
         if top_k == 0:
@@ -138,5 +123,5 @@ class CorrectedEmbeddingRetriever:
         for score, row in zip(scores[0].tolist(), rows[0].tolist()):
             if scale_score:
                 score = (score + 1) / 2 if self._similarity == "cosine" else 1 / (1 + math.exp(-score / 100))
-            documents.append(output_document(self._snapshot.documents[row], score, return_embedding))
+            documents.append(output_document(snapshot.documents[row], score, return_embedding))
         return {"documents": documents}

@@ -7,8 +7,8 @@ from typing import Any
 from haystack import Document, component, default_from_dict, default_to_dict
 from haystack_integrations.components.retrievers.corrector._document_snapshot import (
     DocumentSnapshot,
+    SnapshotComponent,
     check_document_store,
-    load_corrector,
     output_document,
     query_matrix,
     store_similarity,
@@ -18,7 +18,7 @@ from haystack_corrector import HardNegativeSampler
 
 
 @component
-class CorrectedHardNegativeMiner:
+class CorrectedHardNegativeMiner(SnapshotComponent):
     """Mines hard negatives for a batch of queries from a DocumentStore, scored through a corrector.
 
     The arguments mirror sentence-transformers' ``mine_hard_negatives`` (``sampling_strategy`` ``"top"``,
@@ -96,19 +96,6 @@ class CorrectedHardNegativeMiner:
         self._snapshot: DocumentSnapshot | None = None
         self._sampler: HardNegativeSampler | None = None
 
-    def warm_up(self) -> None:
-        """Load the corrector (once; later calls do nothing)."""
-        if self._snapshot is None:
-            self._snapshot = DocumentSnapshot(
-                self.document_store, load_corrector(self.corrector_path), self._similarity
-            )
-
-    def refresh(self) -> None:
-        """Re-read the document store now (e.g. after documents were overwritten in place)."""
-        self.warm_up()
-        if self._snapshot is not None:
-            self._snapshot.refresh()
-
     def to_dict(self) -> dict[str, Any]:
         return default_to_dict(
             self,
@@ -139,10 +126,8 @@ class CorrectedHardNegativeMiner:
         :param query_embeddings: one embedding per query (from the current query encoder).
         :param positive_document_ids: per query, the ids of its relevant documents.
         """
-        self.warm_up()
-        if self._snapshot is None:
-            raise RuntimeError("warm_up() did not initialise the miner")
-        cache = self._snapshot.ensure_current()
+        snapshot = self._ready_snapshot()
+        cache = snapshot.ensure_current()
         if self._sampler is None or self._sampler.store is not cache:
             self._sampler = HardNegativeSampler(cache, **self._sampler_kwargs)  # type: ignore[arg-type]
         queries = query_matrix(query_embeddings, cache.dim, "query_embeddings")
@@ -163,7 +148,7 @@ class CorrectedHardNegativeMiner:
             except KeyError as exc:
                 raise ValueError(f"positive_document_ids[{position}]: {exc.args[0]}") from None
         rows = self._sampler.sample(queries, positives)
-        documents = self._snapshot.documents
+        documents = snapshot.documents
         return {
             "negatives": [
                 [output_document(documents[r], None, False) for r in query_rows] for query_rows in rows.tolist()
