@@ -118,6 +118,14 @@ def check_positive_int(value: Any, name: str) -> int:
     return int(value)
 
 
+def check_non_negative_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {describe(value)}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return int(value)
+
+
 def check_choice(value: Any, name: str, choices: Sequence[str]) -> str:
     if value not in choices:
         raise ValueError(f"Unknown {name} {value!r}; expected one of {', '.join(repr(c) for c in choices)}")

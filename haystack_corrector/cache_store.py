@@ -2,7 +2,9 @@
 
 Search is exact and blocked: rows are scanned ``block_size`` at a time, the corrector is applied to each block on the
 fly (or a materialised corrected view is read), and a running top-k is merged, so memory is bounded by the block size
-and the batch of queries, never by the number of rows.
+and the batch of queries, never by the number of rows. For a memory-mapped cache (or view), the pages of each block are
+released from the process once the block is copied, so resident memory stays bounded too (the operating system's page
+cache still keeps what it can).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import mmap
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -27,6 +30,7 @@ from haystack_corrector._validation import (
     as_row_sets,
     check_choice,
     check_finite,
+    check_non_negative_int,
     check_positive_int,
     describe,
 )
@@ -81,6 +85,36 @@ class DefaultIds(Sequence[str]):
         if value.isdigit() and str(int(value)) == value and int(value) < self._length:
             return int(value)
         return None
+
+
+def _release_pages(array: np.ndarray, start: int, end: int) -> None:
+    """Drop the pages of rows [start, end) of a memory-mapped array from this process (they stay in the OS cache).
+
+    Without this, every page a scan reads stays mapped, so the resident memory of a full scan grows to the file size.
+    A no-op for in-memory arrays and on platforms without ``madvise``.
+    """
+    handle = getattr(array, "_mmap", None)
+    if handle is None or not hasattr(handle, "madvise") or end <= start:
+        return
+    # The array's byte offset inside the mapping (valid for slices of the memmap too).
+    base = np.frombuffer(handle, dtype=np.uint8).ctypes.data
+    row_bytes = array.strides[0]
+    first = array.ctypes.data - base + start * row_bytes
+    last = min(first + (end - start) * row_bytes, len(handle))
+    first -= first % mmap.PAGESIZE
+    try:
+        handle.madvise(mmap.MADV_DONTNEED, first, last - first)
+    except (OSError, ValueError):  # e.g. an unusual mapping: releasing pages is an optimisation only
+        pass
+
+
+def _read_rows(storage: torch.Tensor | np.ndarray, start: int, end: int) -> torch.Tensor:
+    """Rows [start, end) of an in-memory tensor or a memory-mapped array, as a float32 tensor (a copy for arrays)."""
+    if isinstance(storage, np.ndarray):
+        block = torch.from_numpy(np.array(storage[start:end], dtype=np.float32))
+        _release_pages(storage, start, end)
+        return block
+    return storage[start:end].to(torch.float32)
 
 
 def _sha256(path: Path, chunk: int = 1 << 24) -> str:
@@ -141,8 +175,10 @@ class CorrectedCacheStore:
         self._ids = self._check_ids(ids, num_rows)
         self._id_to_row: dict[str, int] | None = None
         self._corrector = self._check_corrector(corrector if corrector is not None else Corrector(dim), dim)
-        self._view: torch.Tensor | None = None
+        self._view: torch.Tensor | np.ndarray | None = None
         self._view_key: tuple[int, int] | None = None
+        self._view_updates = 0  # corrector.updates when the view was computed
+        self._view_path: Path | None = None  # where materialize(path) keeps the view, if on disk
         self._texts: list[str] | None = None
         self.pool: Any = None  # a FaissPool once build_pool() ran (pool mode)
 
@@ -235,6 +271,13 @@ class CorrectedCacheStore:
         """True when a corrected view exists and was computed with the corrector's current weights."""
         return self._view is not None and self._view_key == self._corrector_key()
 
+    @property
+    def view_age(self) -> int | None:
+        """Corrector updates (``CorrectorTrainer`` steps) since the view was computed; None without a view."""
+        if self._view is None or self._view_key is None or self._view_key[0] != id(self._corrector):
+            return None
+        return self._corrector.updates - self._view_updates
+
     def _corrector_key(self) -> tuple[int, int]:
         return (id(self._corrector), self._corrector.version)
 
@@ -265,9 +308,7 @@ class CorrectedCacheStore:
 
     # ------------------------------------------------------------------------------------------------- embeddings
     def _stale_block(self, start: int, end: int) -> torch.Tensor:
-        if isinstance(self._storage, np.ndarray):
-            return torch.from_numpy(np.array(self._storage[start:end], dtype=np.float32))
-        return self._storage[start:end].to(torch.float32)
+        return _read_rows(self._storage, start, end)
 
     def _stale_rows(self, rows: torch.Tensor) -> torch.Tensor:
         if isinstance(self._storage, np.ndarray):
@@ -327,17 +368,68 @@ class CorrectedCacheStore:
         pool.build(vectors.numpy())
         self.pool = pool
 
-    def materialize(self) -> None:
+    def materialize(self, path: str | os.PathLike[str] | None = None) -> None:
         """Compute h(g') for all rows once and keep it (in the storage dtype); searches read it while it is current.
 
-        Any update of the corrector's weights makes the view stale; searches then fall back to applying the corrector
-        block by block, so results are always exact for the current corrector. Call again to refresh.
+        Args:
+            path: write the view to this ``.npy`` file and memory-map it (for caches larger than memory; the
+                file is written atomically, and later refreshes reuse the same path). Default: keep it in memory,
+                or in the file of the previous ``materialize(path)`` call. The view is a cache: :meth:`save` does
+                not store it.
+
+        Any update of the corrector's weights makes the view out of date; searches then fall back to applying the
+        corrector block by block, so results are exact for the current corrector, unless the search tolerates an
+        older view (``search(..., max_view_age=K)``). Call again to refresh.
         """
-        view = torch.empty((self._num_rows, self._dim), dtype=DTYPES[self.dtype])
-        for start, end in self._blocks():
-            view[start:end] = self._correct(self._stale_block(start, end)).cpu().to(view.dtype)
-        check_finite(view, "the corrected view (the corrector produced non-finite values)")
-        self._view, self._view_key = view, self._corrector_key()
+        if path is not None:
+            self._view_path = Path(path)
+        key, updates = self._corrector_key(), self._corrector.updates
+        if self._view_path is None:
+            view: torch.Tensor | np.ndarray = torch.empty((self._num_rows, self._dim), dtype=DTYPES[self.dtype])
+            for start, end in self._blocks():
+                view[start:end] = self._correct(self._stale_block(start, end)).cpu().to(DTYPES[self.dtype])
+            check_finite(view, "the corrected view (the corrector produced non-finite values)")  # type: ignore[arg-type]
+        else:
+            view = self._write_view(self._view_path)
+        self._view, self._view_key, self._view_updates = view, key, updates
+
+    def _write_view(self, path: Path) -> np.ndarray:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
+        out = np.lib.format.open_memmap(
+            partial, mode="w+", dtype=_NUMPY_DTYPES[self.dtype], shape=(self._num_rows, self._dim)
+        )
+        try:
+            for start, end in self._blocks():
+                block = self._correct(self._stale_block(start, end)).cpu()
+                check_finite(block, "the corrected view (the corrector produced non-finite values)")
+                out[start:end] = block.numpy().astype(out.dtype)
+                _release_pages(out, start, end)  # written pages go to the OS cache, not this process's memory
+            out.flush()
+        except BaseException:
+            del out
+            partial.unlink(missing_ok=True)
+            raise
+        del out
+        os.replace(partial, path)
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+
+    def shard(self, start: int, end: int) -> CorrectedCacheStore:
+        """A store over rows [start, end) that shares this store's memory (or memory map) and its corrector object.
+
+        Ids (``"0"``.. local when this store has default ids) and texts are sliced; no rows are copied.
+        """
+        if isinstance(start, bool) or isinstance(end, bool) or not isinstance(start, int) or not isinstance(end, int):
+            raise TypeError(f"start and end must be ints, got {describe(start)} and {describe(end)}")
+        if not 0 <= start < end <= self._num_rows:
+            raise ValueError(f"shard needs 0 <= start < end <= {self._num_rows}, got start={start}, end={end}")
+        part = CorrectedCacheStore.__new__(CorrectedCacheStore)
+        part.similarity, part.dtype, part.block_size = self.similarity, self.dtype, self.block_size
+        ids = None if isinstance(self._ids, DefaultIds) else list(self._ids[start:end])
+        part._init_storage(self._storage[start:end], ids, self._corrector)
+        if self._texts is not None:
+            part._texts = self._texts[start:end]
+        return part
 
     # ----------------------------------------------------------------------------------------------------- search
     def search(
@@ -347,6 +439,7 @@ class CorrectedCacheStore:
         exclude: Iterable[Iterable[int]] | None = None,
         corrected: bool = True,
         pool_size: int | None = None,
+        max_view_age: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact top-k rows for each query by corrected (default) or stale similarity.
 
@@ -357,6 +450,10 @@ class CorrectedCacheStore:
             corrected: score against h(g') (True) or the raw stale cache g' (False).
             pool_size: pool mode (after :meth:`build_pool`): re-rank only each query's ``pool_size`` best rows by
                 stale score from the FAISS index; exact when ``pool_size >= len(store)`` with a flat index.
+            max_view_age: tolerate a materialised view up to this many corrector updates old: search it, and
+                re-materialise (to the same place, memory or file) only when it is older. Trades exactness for
+                speed while the corrector trains (``benchmarks/view_age.py`` measures the cost). None (default):
+                read the view only while it matches the corrector exactly, else apply the corrector block by block.
 
         Returns:
             ``(scores, indices)``: (B, top_k) float32 scores and int64 row indices on CPU, best first.
@@ -380,18 +477,35 @@ class CorrectedCacheStore:
 
             with torch.no_grad():
                 return pool_search(self, queries, top_k, excluded, pool_size, corrected)
-        return self._search(queries, top_k, excluded, corrected)
+        return self._search(queries, top_k, excluded, corrected, max_view_age=max_view_age)
+
+    def _view_for_search(self, corrected: bool, max_view_age: int | None) -> torch.Tensor | np.ndarray | None:
+        if not corrected:
+            return None
+        if max_view_age is None:
+            return self._view if self.is_materialized else None
+        max_view_age = check_non_negative_int(max_view_age, "max_view_age")
+        age = self.view_age
+        if age is None or age > max_view_age:
+            self.materialize()
+        return self._view
 
     @torch.no_grad()
     def _search(
-        self, queries: torch.Tensor, top_k: int, excluded: list[set[int]], corrected: bool, partial: bool = False
+        self,
+        queries: torch.Tensor,
+        top_k: int,
+        excluded: list[set[int]],
+        corrected: bool,
+        partial: bool = False,
+        max_view_age: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Blocked exact scan. ``partial=True`` (shards): fewer allowed rows than top_k give -inf scores, row -1."""
         device = self._device
         queries = queries.to(device)
         if self.similarity == "cosine":
             queries = F.normalize(queries, dim=-1)
-        view = self._view if corrected and self.is_materialized else None
+        view = self._view_for_search(corrected, max_view_age)
         pairs = sorted((row, query) for query, rows in enumerate(excluded) for row in rows)
         pair_rows = torch.tensor([row for row, _ in pairs], dtype=torch.int64)
         pair_queries = torch.tensor([query for _, query in pairs], dtype=torch.int64)
@@ -399,7 +513,7 @@ class CorrectedCacheStore:
         best_rows = torch.empty((queries.shape[0], 0), dtype=torch.int64, device=device)
         for start, end in self._blocks():
             if view is not None:
-                block = view[start:end].to(device=device, dtype=torch.float32)
+                block = _read_rows(view, start, end).to(device)
             else:
                 block = self._stale_block(start, end).to(device)
                 if corrected:

@@ -60,6 +60,8 @@ class Corrector(nn.Module):
         nn.init.zeros_(last.bias)
         layers.append(last)
         self.residual = nn.Sequential(*layers)
+        # Optimiser steps taken by CorrectorTrainer: the age of a materialised view is counted in these.
+        self.updates = 0
 
     def forward(self, stale: torch.Tensor) -> torch.Tensor:
         if stale.ndim == 0 or stale.shape[-1] != self.dim:

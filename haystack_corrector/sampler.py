@@ -29,6 +29,7 @@ from haystack_corrector._validation import (
     as_float_matrix,
     as_row_sets,
     check_choice,
+    check_non_negative_int,
     check_positive_int,
     describe,
 )
@@ -65,6 +66,10 @@ class HardNegativeSampler:
         absolute_margin, relative_margin, max_score: score filters (module docstring).
         corrected: score against the corrected cache h(g') (True) or the stale cache g' (False, the ablation).
         seed: seed of the sampler's own random generator (``None``: non-deterministic).
+        max_view_age: for corrected sampling, tolerate a materialised corrected view up to this many corrector
+            updates old and re-materialise it only then (``CorrectedCacheStore.search(max_view_age=...)``); call
+            ``store.materialize(path)`` first to keep the view in a memory-mapped file. None (default): every search
+            is exact for the current corrector.
 
     Example:
         >>> import torch
@@ -88,6 +93,7 @@ class HardNegativeSampler:
         max_score: float | None = None,
         corrected: bool = True,
         seed: int | None = None,
+        max_view_age: int | None = None,
     ) -> None:
         if not isinstance(store, CorrectedCacheStore):
             raise TypeError(f"store must be a CorrectedCacheStore, got {type(store).__name__}")
@@ -123,6 +129,7 @@ class HardNegativeSampler:
             raise TypeError(f"corrected must be a bool, got {describe(corrected)}")
         self.corrected = corrected
         self.seed = seed
+        self.max_view_age = None if max_view_age is None else check_non_negative_int(max_view_age, "max_view_age")
         self.generator = torch.Generator()
         if seed is None:
             self.generator.seed()
@@ -163,6 +170,7 @@ class HardNegativeSampler:
             "max_score": self.max_score,
             "corrected": self.corrected,
             "seed": self.seed,
+            "max_view_age": self.max_view_age,
         }
 
     def sample(self, query_embeddings: ArrayLike, positives: Iterable[Iterable[int]]) -> torch.Tensor:
@@ -177,7 +185,9 @@ class HardNegativeSampler:
                 f"({len(store) - most_positives} of {len(store)} for the query with the most positives)"
             )
         depth = min(self.window, len(store) - most_positives)
-        scores, rows = store.search(queries, depth, exclude=positive_sets, corrected=self.corrected)
+        scores, rows = store.search(
+            queries, depth, exclude=positive_sets, corrected=self.corrected, max_view_age=self.max_view_age
+        )
         valid = self._apply_filters(queries, positive_sets, scores)
         if self.range_min:
             valid &= valid.cumsum(dim=1) > self.range_min

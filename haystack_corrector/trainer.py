@@ -29,6 +29,7 @@ from haystack_corrector._validation import (
     describe,
 )
 from haystack_corrector.cache_store import CorrectedCacheStore
+from haystack_corrector.distributed import ShardedCacheStore
 from haystack_corrector.evaluation import relative_error
 
 logger = logging.getLogger(__name__)
@@ -175,7 +176,11 @@ class CorrectorTrainer:
             )
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
+        if isinstance(self.store, ShardedCacheStore):
+            # Every rank takes the same step (the mean of all ranks' gradients), so the correctors stay identical.
+            self.store.all_reduce_gradients()
         self.optimizer.step()
+        corrector.updates += 1
         self.steps += 1
         metrics["drift_loss"] = float(total.detach())
         return metrics
@@ -223,6 +228,11 @@ class CorrectorTrainer:
         Returns ``staleness`` and ``corrected_error`` over all given rows after the fit, the last step's
         ``drift_loss``, ``epochs`` and ``steps``.
         """
+        if isinstance(self.store, ShardedCacheStore):
+            raise ValueError(
+                "CorrectorTrainer.fit is not collective, so it cannot train a ShardedCacheStore's corrector: fit on "
+                "the plain CorrectedCacheStore in one process, save the corrector, and load it on every rank"
+            )
         rows, fresh, queries = self._inputs(indices, fresh_embeddings, query_embeddings)
         neighbourhoods = None
         if listwise_candidates is not None:

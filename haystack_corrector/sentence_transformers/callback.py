@@ -31,21 +31,14 @@ class CorrectorCallback(_TrainerCallback):  # type: ignore[misc, valid-type]
       (``corrector/staleness``, ``corrector/corrected_error``, ``corrector/drift_loss``) and the sampler's fallback
       counts (``corrector/filled_negatives``, ``corrector/filled_queries``) to the log record (so they are in
       ``trainer.state.log_history`` and ``trainer_state.json``) and to the ``haystack_corrector`` logger.
-    - **Materialised view**: if ``materialize_every`` is set and the store holds a materialised corrected view, the
-      view is recomputed every ``materialize_every`` optimiser steps. Between refreshes the corrector keeps learning,
-      so searches fall back to the exact fused scan (the view is only read while it matches the corrector's weights);
-      a view therefore pays off when the corrector is frozen or updated rarely.
+
+    A materialised corrected view refreshed every K corrector steps is the loss's ``max_view_age=K`` option.
     """
 
-    def __init__(self, loss: CorrectedMultipleNegativesRankingLoss, materialize_every: int | None = None) -> None:
+    def __init__(self, loss: CorrectedMultipleNegativesRankingLoss) -> None:
         if not isinstance(loss, CorrectedMultipleNegativesRankingLoss):
             raise TypeError(f"loss must be a CorrectedMultipleNegativesRankingLoss, got {type(loss).__name__}")
-        if materialize_every is not None and (
-            isinstance(materialize_every, bool) or not isinstance(materialize_every, int) or materialize_every <= 0
-        ):
-            raise ValueError(f"materialize_every must be a positive int or None, got {materialize_every!r}")
         self.loss = loss
-        self.materialize_every = materialize_every
         self._restored_step: int | None = None
 
     # -------------------------------------------------------------------------------------------- save/restore
@@ -116,11 +109,6 @@ class CorrectorCallback(_TrainerCallback):  # type: ignore[misc, valid-type]
         checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if checkpoint.is_dir():
             self.save_state(checkpoint)
-
-    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        store = self.loss.store
-        if self.materialize_every and state.global_step % self.materialize_every == 0 and store.has_view:
-            store.materialize()
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
         if logs is None or "loss" not in logs:

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from haystack_corrector import drift_losses
 from haystack_corrector.cache_store import CorrectedCacheStore
+from haystack_corrector.distributed import ShardedCacheStore, is_distributed
 from haystack_corrector.evaluation import relative_error
 from haystack_corrector.sampler import HardNegativeSampler
 from haystack_corrector.sentence_transformers import _compat
@@ -60,8 +61,9 @@ class CorrectedMultipleNegativesRankingLoss(nn.Module):
             In every mode the corrector keeps learning from the targets embedded each step, so drift is measured.
         scale: inverse temperature of the InfoNCE softmax (as in MNRL).
         similarity_fct: similarity of the InfoNCE; default follows the store (``cos_sim`` or ``dot_score``).
-        strategy, temperature, range_min, range_max, absolute_margin, relative_margin, max_score, seed: passed to
-            :class:`~haystack_corrector.HardNegativeSampler` under the same names.
+        strategy, temperature, range_min, range_max, absolute_margin, relative_margin, max_score, seed,
+            max_view_age: passed to :class:`~haystack_corrector.HardNegativeSampler` under the same names
+            (``max_view_age=K`` samples from a materialised corrected view refreshed every K corrector steps).
         corrector_lr: learning rate of the corrector's own optimiser.
         drift_loss: ``"mse"`` (the paper's) or ``"cosine"``.
         listwise_weight, score_weight, drift_temperature: ranking-aware drift terms using the batch's anchors
@@ -72,6 +74,11 @@ class CorrectedMultipleNegativesRankingLoss(nn.Module):
         refresh_every: for ``negatives="refresh"``, training steps between full corpus re-encodes.
         rerank_depth: for ``negatives="rerank"``, candidates re-scored with the current model per anchor.
         encode_batch_size: batch size of the no-gradient encodes (static mining, refreshes, re-ranking).
+        sharded: under DDP (``torchrun``; an initialised torch.distributed group of several processes), sample from
+            the global cache through :class:`~haystack_corrector.distributed.ShardedCacheStore`: each rank scans
+            only its shard, every rank keeps the same corrector (gradients averaged over ranks). ``None`` (default):
+            switch to it at the first forward pass when a group of several processes is running; ``False``: each
+            rank searches its own full copy with its own corrector.
 
     References:
         Monath et al., "A Fresh Take on Stale Embeddings: Improving Dense Retriever Training with Corrector Networks",
@@ -128,6 +135,7 @@ class CorrectedMultipleNegativesRankingLoss(nn.Module):
         relative_margin: float | None = None,
         max_score: float | None = None,
         seed: int | None = None,
+        max_view_age: int | None = None,
         corrector_lr: float = 1e-3,
         drift_loss: str = "mse",
         listwise_weight: float = 0.0,
@@ -138,6 +146,7 @@ class CorrectedMultipleNegativesRankingLoss(nn.Module):
         refresh_every: int | None = None,
         rerank_depth: int = 100,
         encode_batch_size: int = 64,
+        sharded: bool | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(store, CorrectedCacheStore):
@@ -167,6 +176,9 @@ class CorrectedMultipleNegativesRankingLoss(nn.Module):
             raise ValueError(f"rerank_depth must be an int >= num_negatives ({num_negatives}), got {rerank_depth!r}")
         self.refresh_every = refresh_every
         self.rerank_depth = rerank_depth
+        if sharded is not None and not isinstance(sharded, bool):
+            raise TypeError(f"sharded must be a bool or None, got {sharded!r}")
+        self.sharded = sharded
         self.encode_batch_size = encode_batch_size
         # Cost accounting for comparisons between negative strategies.
         self.corpus_encodes = 0  # full passes over the corpus after the initial cache
@@ -200,6 +212,7 @@ class CorrectedMultipleNegativesRankingLoss(nn.Module):
             max_score=max_score,
             corrected=negatives == "corrected",
             seed=seed,
+            max_view_age=max_view_age,
         )
         self._static_table: dict[int, list[int]] | None = None
         self.corrector_trainer = CorrectorTrainer(
@@ -280,7 +293,21 @@ class CorrectedMultipleNegativesRankingLoss(nn.Module):
     def sampling_corrected(self) -> bool:
         return self.negatives == "corrected" and self.training_steps >= self.corrector_warmup_steps
 
+    def _distribute(self) -> None:
+        """Switch to sharded sampling under DDP (once, at the first forward pass, when every rank is running)."""
+        if isinstance(self.store, ShardedCacheStore) or self.sharded is False:
+            return
+        if not is_distributed():
+            if self.sharded:
+                raise RuntimeError("sharded=True needs an initialised torch.distributed group of several processes")
+            return
+        self.store = ShardedCacheStore(self.store)
+        self.sampler.store = self.store
+        self.corrector_trainer.store = self.store
+        logger.info("Sampling through sharded search: %r", self.store)
+
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None) -> dict[str, Tensor]:
+        self._distribute()
         features = list(sentence_features)
         if len(features) != 2:
             raise ValueError(
@@ -327,6 +354,11 @@ class CorrectedMultipleNegativesRankingLoss(nn.Module):
         with torch.no_grad():
             return self.sampler.sample(anchors, relevant)
 
+    @property
+    def _unwrapped_model(self) -> Any:
+        """The SentenceTransformer itself (the trainer swaps in its DDP wrapper, which has no ``encode``)."""
+        return getattr(self.model, "module", self.model)
+
     def _is_training(self) -> bool:
         return bool(self.model.training) and torch.is_grad_enabled()
 
@@ -341,7 +373,7 @@ class CorrectedMultipleNegativesRankingLoss(nn.Module):
             kwargs["prompt"] = self.negative_prompt
         try:
             with torch.no_grad():
-                embeddings = self.model.encode(texts, **kwargs)
+                embeddings = self._unwrapped_model.encode(texts, **kwargs)
         finally:
             self.model.train(was_training)
         return embeddings.detach().float().cpu()
@@ -380,7 +412,7 @@ class CorrectedMultipleNegativesRankingLoss(nn.Module):
         try:
             with torch.no_grad():
                 embeddings = (
-                    self.model.encode(
+                    self._unwrapped_model.encode(
                         anchors, batch_size=self.encode_batch_size, convert_to_tensor=True, show_progress_bar=False
                     )
                     .detach()
@@ -458,6 +490,7 @@ class CorrectedMultipleNegativesRankingLoss(nn.Module):
             "corrector_warmup_steps": self.corrector_warmup_steps,
             "refresh_every": self.refresh_every,
             "rerank_depth": self.rerank_depth,
+            "sharded": self.sharded,
         }
 
     @property
