@@ -162,3 +162,74 @@ def test_replace_embeddings_keeps_ids_and_texts():
         store.replace_embeddings(torch.randn(4, 3))
     with pytest.raises(ValueError, match="dimension 2"):
         store.replace_embeddings(torch.randn(5, 2))
+
+
+def test_materialize_to_a_file_is_memory_mapped_and_matches_the_in_memory_view(tmp_path):
+    torch.manual_seed(2)
+    for dtype in ("float32", "float16"):
+        in_memory = CorrectedCacheStore(
+            torch.randn(50, 8), corrector=_perturbed_corrector(8), dtype=dtype, block_size=9
+        )
+        on_disk = CorrectedCacheStore(
+            in_memory.stale_embeddings(), corrector=in_memory.corrector, dtype=dtype, block_size=9
+        )
+        in_memory.materialize()
+        on_disk.materialize(tmp_path / f"view-{dtype}.npy")
+        assert isinstance(on_disk._view, np.memmap) and on_disk.is_materialized
+        assert not list(tmp_path.glob("*.partial"))
+        view = np.load(tmp_path / f"view-{dtype}.npy")
+        assert view.dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(view, in_memory._view.numpy())
+        q = torch.randn(4, 8)
+        for a, b in zip(
+            in_memory.search(q, 6, exclude=[[0], [], [1, 2], []]), on_disk.search(q, 6, exclude=[[0], [], [1, 2], []])
+        ):
+            assert torch.equal(a, b)
+
+
+def test_view_tolerated_up_to_max_view_age_corrector_updates():
+    from haystack_corrector import CorrectorTrainer
+
+    torch.manual_seed(3)
+    stale = torch.randn(60, 8)
+    store = CorrectedCacheStore(stale, corrector=_perturbed_corrector(8), block_size=16)
+    trainer = CorrectorTrainer(store, lr=0.05)
+    q = torch.randn(5, 8)
+    assert store.view_age is None
+    store.search(q, 10, max_view_age=2)  # no view yet: materialised now
+    assert store.view_age == 0
+    snapshot = Corrector(8, hidden_dim=16)
+    snapshot.load_state_dict(store.corrector.state_dict())
+    for step in range(1, 4):
+        trainer.observe(torch.arange(10), torch.randn(10, 8))
+        scores, rows = store.search(q, 10, max_view_age=2)
+        if step <= 2:
+            # The view is `step` updates old and tolerated: results follow the corrector it was computed with.
+            assert store.view_age == step
+            oracle = naive_scores(q, snapshot(stale).detach(), "cosine")
+        else:
+            # Older than 2 updates: re-materialised, so exact for the current corrector again.
+            assert store.view_age == 0 and store.is_materialized
+            oracle = naive_scores(q, store.corrector(stale).detach(), "cosine")
+        assert_topk_matches(scores, rows, oracle, 10)
+    with pytest.raises(ValueError, match="max_view_age must be >= 0"):
+        store.search(q, 3, max_view_age=-1)
+    with pytest.raises(TypeError, match="max_view_age must be an int"):
+        store.search(q, 3, max_view_age=1.5)
+
+
+def test_shard_shares_rows_and_corrector_without_copying():
+    torch.manual_seed(4)
+    store = CorrectedCacheStore(
+        torch.randn(20, 4), ids=[f"d{i}" for i in range(20)], texts=[f"t{i}" for i in range(20)]
+    )
+    part = store.shard(5, 12)
+    assert (
+        len(part) == 7 and part.ids == [f"d{i}" for i in range(5, 12)] and part.texts == [f"t{i}" for i in range(5, 12)]
+    )
+    assert part.corrector is store.corrector
+    assert part._storage.data_ptr() == store._storage[5].data_ptr()  # a view, not a copy
+    torch.testing.assert_close(part.stale_embeddings(), store.stale_embeddings(list(range(5, 12))))
+    for bad in [(5, 5), (-1, 3), (3, 21)]:
+        with pytest.raises(ValueError, match="shard needs 0 <= start < end <= 20"):
+            store.shard(*bad)
