@@ -227,3 +227,33 @@ def test_loss_under_ddp_samples_from_the_global_cache_like_one_process(tiny_mode
             torch.testing.assert_close(out[rank]["corrector"][key], value, atol=1e-6, rtol=1e-5)
     assert outside_own_shard > 0  # the ranks really sampled from each other's shards
     assert any((value != 0).any() for key, value in store.corrector.state_dict().items() if "2" in key)
+
+
+def test_sentence_transformers_trainer_under_torchrun_samples_through_the_sharded_store(tiny_model_folder, tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={_free_port()}",
+        str(repo / "tests" / "ddp_training_script.py"),
+        str(tiny_model_folder),
+        str(tmp_path),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=repo, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    for seen in ranks:
+        assert seen["world_size"] == 2 and seen["sharded"] and seen["corrector_steps"] == 4
+        assert seen["logged_staleness"] and all(value > 0 for value in seen["logged_staleness"])
+    # Both ranks end with the same corrector (trained on both ranks' targets), and it did learn.
+    for a, b in zip(ranks[0]["corrector"], ranks[1]["corrector"]):
+        torch.testing.assert_close(torch.tensor(a), torch.tensor(b), atol=1e-6, rtol=1e-5)
+    assert any(value != 0.0 for value in ranks[0]["corrector"][-1])
