@@ -590,6 +590,36 @@ class CorrectedCacheStore:
             (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
 
     @classmethod
+    def from_npy(
+        cls,
+        file: str | os.PathLike[str],
+        ids: Sequence[str] | None = None,
+        corrector: Corrector | None = None,
+        similarity: str = "cosine",
+        texts: Sequence[str] | None = None,
+        block_size: int = 16384,
+    ) -> CorrectedCacheStore:
+        """Memory-map an existing (N, d) float16/float32 ``.npy`` file of embeddings as the stale cache, without copying.
+
+        For caches written by another pipeline (or by ``numpy.lib.format.open_memmap``); the storage dtype is the
+        file's. The file must not change while the store uses it. :meth:`save` writes a regular store directory.
+        """
+        file = Path(file)
+        if not file.is_file():
+            raise FileNotFoundError(f"{file} does not exist")
+        array = cls._load_array(file, mmap=True)
+        names = {np.dtype(np.float16): "float16", np.dtype(np.float32): "float32"}
+        if array.ndim != 2 or array.dtype not in names or 0 in array.shape:
+            raise ValueError(f"{file} must hold a non-empty 2-D float16 or float32 array, got {describe(array)}")
+        store = cls.__new__(cls)
+        store.similarity = check_choice(similarity, "similarity", SIMILARITIES)
+        store.dtype = names[array.dtype]
+        store.block_size = check_positive_int(block_size, "block_size")
+        store._init_storage(array, ids, corrector)
+        store.texts = texts  # type: ignore[assignment]
+        return store
+
+    @classmethod
     def load(cls, path: str | os.PathLike[str], mmap: bool = True, verify: bool | None = None) -> CorrectedCacheStore:
         """Load a store saved with :meth:`save`.
 

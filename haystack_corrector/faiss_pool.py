@@ -20,6 +20,7 @@ from haystack_corrector._validation import check_choice, check_positive_int
 
 INDEX_TYPES = ("flat", "ivf", "hnsw")
 INDEX_FILE = "index.faiss"
+_QUERY_CHUNK = 64
 
 
 def _faiss() -> Any:
@@ -105,8 +106,7 @@ def pool_search(
     normalized = torch.nn.functional.normalize(queries, dim=-1) if store.similarity == "cosine" else queries
     widest = max((len(rows) for rows in excluded), default=0)
     raw = pool.candidates(normalized.numpy(), min(len(store), pool_size + widest))
-    scores_out = torch.full((queries.shape[0], top_k), -torch.inf)
-    rows_out = torch.full((queries.shape[0], top_k), -1, dtype=torch.int64)
+    kept: list[list[int]] = []
     for query, (found, banned) in enumerate(zip(raw.tolist(), excluded)):
         keep = [row for row in found if row >= 0 and row not in banned][:pool_size]
         if len(keep) < top_k:
@@ -114,11 +114,29 @@ def pool_search(
                 f"The pool returned only {len(keep)} candidates for query {query}, fewer than top_k={top_k}: raise "
                 "pool_size (or the index's nprobe/ef_search)"
             )
-        candidates = torch.tensor(keep, dtype=torch.int64)
-        targets = store.corrected_embeddings(candidates) if corrected else store.stale_embeddings(candidates)
-        if store.similarity == "cosine":
-            targets = torch.nn.functional.normalize(targets, dim=-1)
-        scores = targets @ normalized[query]
-        best_scores, order = torch.topk(scores, top_k)
-        scores_out[query], rows_out[query] = best_scores, candidates[order]
-    return scores_out, rows_out
+        kept.append(keep)
+    scores_out, rows_out = [], []
+    for first in range(0, len(kept), _QUERY_CHUNK):  # bounds memory at chunk x L x d floats
+        chunk_scores, chunk_rows = _rerank(
+            store, normalized[first : first + _QUERY_CHUNK], kept[first : first + _QUERY_CHUNK], top_k, corrected
+        )
+        scores_out.append(chunk_scores)
+        rows_out.append(chunk_rows)
+    return torch.cat(scores_out), torch.cat(rows_out)
+
+
+def _rerank(
+    store: Any, queries: torch.Tensor, kept: list[list[int]], top_k: int, corrected: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Correct each candidate row once for the chunk, then score every query against its own pool."""
+    width = max(len(keep) for keep in kept)
+    candidates = torch.tensor([keep + [keep[0]] * (width - len(keep)) for keep in kept], dtype=torch.int64)
+    unique, inverse = torch.unique(candidates, return_inverse=True)
+    targets = store.corrected_embeddings(unique) if corrected else store.stale_embeddings(unique)
+    if store.similarity == "cosine":
+        targets = torch.nn.functional.normalize(targets, dim=-1)
+    scores = torch.einsum("bd,bld->bl", queries, targets[inverse])
+    for query, keep in enumerate(kept):
+        scores[query, len(keep) :] = -torch.inf  # the padding repeats a row: never pick it twice
+    best_scores, order = torch.topk(scores, top_k, dim=1)
+    return best_scores, torch.gather(candidates, 1, order)

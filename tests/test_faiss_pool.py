@@ -22,8 +22,8 @@ def _store(n=300, d=16, similarity="cosine"):
 def test_pool_with_all_rows_equals_exact_search(similarity):
     store = _store(similarity=similarity)
     store.build_pool("flat")
-    queries = torch.randn(5, 16)
-    exclude = [[0, 1], [], [5], [], list(range(20))]
+    queries = torch.randn(150, 16)  # more than one chunk of re-ranked queries
+    exclude = [[0, 1], [], [5], [], list(range(20))] * 30
     scores, rows = store.search(queries, 10, exclude=exclude, pool_size=len(store))
     oracle = naive_scores(queries, store.corrected_embeddings(), similarity)
     assert_topk_matches(scores, rows, oracle, 10, exclude)

@@ -239,3 +239,32 @@ def test_texts_round_trip_and_validation(tmp_path):
     with pytest.raises(TypeError, match=r"texts\[1\]"):
         store.texts = ["a", 3, "c"]
     assert CorrectedCacheStore(torch.randn(2, 3), texts=["x", "y"]).texts == ["x", "y"]
+
+
+def test_from_npy_memory_maps_an_existing_file_and_searches_like_memory(tmp_path):
+    generator = torch.Generator().manual_seed(7)
+    embeddings = torch.randn(40, 6, generator=generator)
+    for dtype in (np.float16, np.float32):
+        file = tmp_path / f"emb-{np.dtype(dtype).name}.npy"
+        np.save(file, embeddings.numpy().astype(dtype))
+        store = CorrectedCacheStore.from_npy(file, ids=[f"d{i}" for i in range(40)], block_size=7)
+        assert store.is_memory_mapped and store.dtype == np.dtype(dtype).name and store.rows_of(["d3"]) == [3]
+        reference = CorrectedCacheStore(embeddings, dtype=np.dtype(dtype).name, block_size=7)
+        q = torch.randn(3, 6, generator=generator)
+        for a, b in zip(store.search(q, 5, exclude=[[1], [], [2]]), reference.search(q, 5, exclude=[[1], [], [2]])):
+            assert torch.equal(a, b)
+        store.save(tmp_path / f"saved-{np.dtype(dtype).name}")
+        assert torch.equal(
+            CorrectedCacheStore.load(tmp_path / f"saved-{np.dtype(dtype).name}").stale_embeddings(),
+            store.stale_embeddings(),
+        )
+    np.save(tmp_path / "ints.npy", np.arange(12).reshape(3, 4))
+    with pytest.raises(ValueError, match="2-D float16 or float32"):
+        CorrectedCacheStore.from_npy(tmp_path / "ints.npy")
+    np.save(tmp_path / "flat.npy", np.zeros(5, dtype=np.float32))
+    with pytest.raises(ValueError, match="2-D float16 or float32"):
+        CorrectedCacheStore.from_npy(tmp_path / "flat.npy")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        CorrectedCacheStore.from_npy(tmp_path / "missing.npy")
+    with pytest.raises(ValueError, match="ids has 2 entries"):
+        CorrectedCacheStore.from_npy(tmp_path / "emb-float32.npy", ids=["a", "b"])
