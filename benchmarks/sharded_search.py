@@ -116,7 +116,6 @@ def main() -> None:
         baseline[corrected] = timed(
             lambda corrected=corrected: single.search(queries, args.top_k, corrected=corrected), args.repeats
         )
-    del single
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
