@@ -33,19 +33,25 @@ from haystack_corrector.evaluation import overlap_at_k, relative_error, retrieva
 
 logger = logging.getLogger("index_upgrade")
 
-# name -> (hidden_dim, listwise_weight, selection, listwise_candidates)
+# name -> (hidden_dim, listwise_weight, selection, listwise_candidates, query_pairs)
 # listwise_candidates None: the listwise term compares each training query with the step's random rows;
 # an int M: with each query's own M best fitted rows by fresh score (its neighbourhood).
+# query_pairs: also fit the corrector on the training queries' (old encoder, new encoder) embedding pairs. The
+# encoder is shared by queries and documents, so its drift on queries is free extra supervision: no document is
+# re-embedded for it (the training queries are short and were embedded by both encoders anyway).
 VARIANTS = {
-    "mse-h768": (768, 0.0, "random", None),
-    "mse-h1536": (1536, 0.0, "random", None),
-    "mse+listwise0.1-h768": (768, 0.1, "random", None),
-    "mse+listwise1-h768": (768, 1.0, "random", None),
-    "mse+listwise1-h1536": (1536, 1.0, "random", None),
-    "mse+listwise1-h768-hits": (768, 1.0, "hits", None),
-    "mse+local-listwise1-h768": (768, 1.0, "random", 50),
-    "mse+local-listwise1-h1536": (1536, 1.0, "random", 50),
-    "mse+local-listwise1-h768-hits": (768, 1.0, "hits", 50),
+    "mse-h768": (768, 0.0, "random", None, False),
+    "mse-h1536": (1536, 0.0, "random", None, False),
+    "mse+listwise0.1-h768": (768, 0.1, "random", None, False),
+    "mse+listwise1-h768": (768, 1.0, "random", None, False),
+    "mse+listwise1-h1536": (1536, 1.0, "random", None, False),
+    "mse+listwise1-h768-hits": (768, 1.0, "hits", None, False),
+    "mse+local-listwise1-h768": (768, 1.0, "random", 50, False),
+    "mse+local-listwise1-h1536": (1536, 1.0, "random", 50, False),
+    "mse+local-listwise1-h768-hits": (768, 1.0, "hits", 50, False),
+    "mse+qpairs-h768": (768, 0.0, "random", None, True),
+    "mse+qpairs+listwise0.1-h768": (768, 0.1, "random", None, True),
+    "mse+qpairs+listwise1-h1536": (1536, 1.0, "random", None, True),
 }
 
 
@@ -75,6 +81,12 @@ def main() -> None:
     parser.add_argument("--max-seq-length", type=int, default=128)
     parser.add_argument("--train-epochs", type=float, default=1.0, help="epochs of the new encoder's fine-tuning")
     parser.add_argument("--train-lr", type=float, default=2e-5)
+    parser.add_argument(
+        "--train-warmup-ratio",
+        type=float,
+        default=0.0,
+        help="LR warm-up of the new encoder's fine-tuning (0.0: the trainer's default, the issue's recipe)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -121,7 +133,7 @@ def main() -> None:
             num_train_epochs=args.train_epochs,
             per_device_train_batch_size=32,
             learning_rate=args.train_lr,
-            warmup_ratio=0.1,
+            warmup_ratio=args.train_warmup_ratio,
             seed=args.seed,
             save_strategy="no",
             logging_steps=20,
@@ -190,15 +202,21 @@ def main() -> None:
     hits_rows = torch.argsort(counts, descending=True)[:num_fit]
 
     for name in args.variants:
-        hidden, listwise, selection, candidates = VARIANTS[name]
+        hidden, listwise, selection, candidates, query_pairs = VARIANTS[name]
         rows = random_rows if selection == "random" else hits_rows
         torch.manual_seed(args.seed)
         store = CorrectedCacheStore(stale, ids=ids, corrector=Corrector(stale.shape[1], hidden_dim=hidden))
-        trainer = CorrectorTrainer(store, lr=1e-3, listwise_weight=listwise)
+        fit_store, fit_rows, fit_fresh = store, rows, fresh[rows]
+        if query_pairs:
+            # Fit on a store whose extra rows are the training queries' old embeddings (same corrector object).
+            fit_store = CorrectedCacheStore(torch.cat([stale, old_train_q]), corrector=store.corrector)
+            query_rows = torch.arange(len(ids), len(ids) + old_train_q.shape[0])
+            fit_rows, fit_fresh = torch.cat([rows, query_rows]), torch.cat([fresh[rows], train_q])
+        trainer = CorrectorTrainer(fit_store, lr=1e-3, listwise_weight=listwise)
         start = time.perf_counter()
         trainer.fit(
-            rows,
-            fresh[rows],
+            fit_rows,
+            fit_fresh,
             epochs=args.epochs,
             batch_size=256,
             seed=args.seed,
@@ -221,6 +239,7 @@ def main() -> None:
             "listwise_weight": listwise,
             "selection": selection,
             "listwise_candidates": candidates,
+            "query_pairs": old_train_q.shape[0] if query_pairs else 0,
             "fit_rows": num_fit,
             "fit_seconds": fit_seconds,
             **b,

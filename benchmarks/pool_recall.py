@@ -10,7 +10,11 @@ With ``--embeddings DIR`` (the cache ``benchmarks/index_upgrade.py`` writes: ``o
 corrector is fitted on a random 10% of the documents (MSE, as in the index-upgrade measurement); otherwise a synthetic
 nonlinear drift is used (``make_synthetic_drift``) with the same fit. For each FAISS index type over the stale vectors
 and each pool size L: the share of queries whose pool-mode top-k is exactly the exact corrected top-k (as a set), the
-mean overlap@k, and the seconds per query batch; the exact blocked scan is the baseline, timed in the same run.
+tie-aware recall@k, and the seconds per query batch; the exact blocked scan is the baseline, timed in the same run.
+
+Tie-aware, because real corpora hold duplicate documents (CoSQA does): rows with equal scores may be returned in any
+order, so a query's pool-mode answer is exact when its k scores equal the exact search's, and a returned row counts
+as a hit when its corrected score reaches the exact k-th best score.
 """
 
 from __future__ import annotations
@@ -38,6 +42,17 @@ def load(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, torch.Te
         return stale, fresh, queries, f"real drift from {folder}"
     drift = make_synthetic_drift(args.rows, args.dim, args.queries, strength=args.strength, seed=args.seed)
     return drift.stale, drift.fresh, drift.queries, f"synthetic drift, strength {args.strength}"
+
+
+def tie_aware(store: CorrectedCacheStore, queries: torch.Tensor, rows: torch.Tensor, exact_scores: torch.Tensor):
+    """(share of queries whose k scores equal the exact ones, mean share of returned rows scoring >= exact k-th)."""
+    targets = torch.nn.functional.normalize(store.corrected_embeddings(rows.reshape(-1)), dim=-1)
+    scores = torch.einsum(
+        "bd,bkd->bk", torch.nn.functional.normalize(queries, dim=-1), targets.reshape(*rows.shape, -1)
+    )
+    kth = exact_scores[:, -1:]
+    same = (scores.sort(dim=1, descending=True).values - exact_scores).abs().amax(dim=1) <= 1e-5
+    return float(same.float().mean()), float((scores >= kth - 1e-5).float().mean())
 
 
 def main() -> None:
@@ -71,18 +86,18 @@ def main() -> None:
         f"{args.hidden_dim} fitted on {fit_rows.numel()} rows ({args.fit_fraction:.0%}) in {fit_seconds:.0f} s"
     )
     start = time.perf_counter()
-    _, exact = store.search(queries, args.top_k)
+    exact_scores, exact = store.search(queries, args.top_k)
     exact_seconds = time.perf_counter() - start
     _, fresh_top = CorrectedCacheStore(fresh).search(queries, args.top_k, corrected=False)
     _, stale_top = store.search(queries, args.top_k, corrected=False)
     print(
         f"# exact corrected scan: {exact_seconds:.3f} s for the batch; overlap@{args.top_k} with the fresh ranking: "
         f"stale {overlap_at_k(stale_top, fresh_top, args.top_k):.3f}, corrected {overlap_at_k(exact, fresh_top, args.top_k):.3f}; "
-        f"stale top-{args.top_k} equal to corrected top-{args.top_k} for "
-        f"{float(np.mean([set(a) == set(b) for a, b in zip(stale_top.tolist(), exact.tolist())])):.1%} of queries"
+        f"the stale top-{args.top_k} is an exact corrected top-{args.top_k} (tie-aware) for "
+        f"{tie_aware(store, queries, stale_top, exact_scores)[0]:.1%} of queries"
     )
     print(
-        f"| index | L | queries with top-{args.top_k} = exact | mean overlap@{args.top_k} with exact | "
+        f"| index | L | queries whose top-{args.top_k} is exact | recall@{args.top_k} of the exact top-{args.top_k} | "
         f"seconds (batch) | ratio to exact scan |"
     )
     print("|---|---|---|---|---|---|")
@@ -94,9 +109,9 @@ def main() -> None:
             start = time.perf_counter()
             _, pooled = store.search(queries, args.top_k, pool_size=size)
             seconds = time.perf_counter() - start
-            same = float(np.mean([set(a) == set(b) for a, b in zip(pooled.tolist(), exact.tolist())]))
+            same, recall = tie_aware(store, queries, pooled, exact_scores)
             print(
-                f"| {index_type} | {size} | {same:.1%} | {overlap_at_k(pooled, exact, args.top_k):.3f} | "
+                f"| {index_type} | {size} | {same:.1%} | {recall:.3f} | "
                 f"{seconds:.3f} | {seconds / exact_seconds:.2f}x |"
             )
 

@@ -78,7 +78,8 @@ class CorrectedMultipleNegativesRankingLoss(nn.Module):
             the global cache through :class:`~haystack_corrector.distributed.ShardedCacheStore`: each rank scans
             only its shard, every rank keeps the same corrector (gradients averaged over ranks). ``None`` (default):
             switch to it at the first forward pass when a group of several processes is running; ``False``: each
-            rank searches its own full copy with its own corrector.
+            rank searches its own full copy with its own corrector. (The ``refresh`` baseline then re-encodes the
+            whole corpus on every rank.)
 
     References:
         Monath et al., "A Fresh Take on Stale Embeddings: Improving Dense Retriever Training with Corrector Networks",
