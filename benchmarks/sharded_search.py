@@ -47,10 +47,8 @@ def build(start: int, end: int, dim: int, rows: int, hidden: int, block_size: in
     with torch.no_grad():
         for p in corrector.parameters():
             p.copy_(torch.randn(p.shape, generator=generator) * 0.02)
-    store = CorrectedCacheStore.__new__(CorrectedCacheStore)
-    store.similarity, store.dtype, store.block_size = "dot", "float16", block_size
-    store._init_storage(storage, None, corrector)
-    return store
+    # float16 storage as built, without the float32 round trip of the public constructor
+    return CorrectedCacheStore._from_storage(storage, None, corrector, "dot", "float16", block_size)
 
 
 def queries_for(count: int, dim: int) -> torch.Tensor:

@@ -166,6 +166,24 @@ class CorrectedCacheStore:
         self.texts = texts  # type: ignore[assignment]
 
     # ----------------------------------------------------------------------------------------------- construction
+    @classmethod
+    def _from_storage(
+        cls,
+        storage: torch.Tensor | np.ndarray,
+        ids: Sequence[str] | None,
+        corrector: Corrector | None,
+        similarity: str,
+        dtype: str,
+        block_size: int,
+    ) -> CorrectedCacheStore:
+        """A store around storage already in its final dtype (a tensor or a memory map), without converting or copying."""
+        store = cls.__new__(cls)
+        store.similarity = check_choice(similarity, "similarity", SIMILARITIES)
+        store.dtype = check_choice(dtype, "dtype", tuple(DTYPES))
+        store.block_size = check_positive_int(block_size, "block_size")
+        store._init_storage(storage, ids, corrector)
+        return store
+
     def _init_storage(
         self, storage: torch.Tensor | np.ndarray, ids: Sequence[str] | None, corrector: Corrector | None
     ) -> None:
@@ -384,14 +402,21 @@ class CorrectedCacheStore:
         if path is not None:
             self._view_path = Path(path)
         key, updates = self._corrector_key(), self._corrector.updates
+        view: torch.Tensor | np.ndarray
         if self._view_path is None:
-            view: torch.Tensor | np.ndarray = torch.empty((self._num_rows, self._dim), dtype=DTYPES[self.dtype])
-            for start, end in self._blocks():
-                view[start:end] = self._correct(self._stale_block(start, end)).cpu().to(DTYPES[self.dtype])
-            check_finite(view, "the corrected view (the corrector produced non-finite values)")  # type: ignore[arg-type]
+            view = torch.empty((self._num_rows, self._dim), dtype=DTYPES[self.dtype])
+            self._fill_view(view.numpy())
         else:
             view = self._write_view(self._view_path)
         self._view, self._view_key, self._view_updates = view, key, updates
+
+    def _fill_view(self, out: np.ndarray) -> None:
+        """Write h(g') into ``out`` (an array, or a memory map whose written pages are released) block by block."""
+        for start, end in self._blocks():
+            block = self._correct(self._stale_block(start, end)).cpu()
+            check_finite(block, "the corrected view (the corrector produced non-finite values)")
+            out[start:end] = block.numpy().astype(out.dtype)
+            _release_pages(out, start, end)
 
     def _write_view(self, path: Path) -> np.ndarray:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -400,11 +425,7 @@ class CorrectedCacheStore:
             partial, mode="w+", dtype=_NUMPY_DTYPES[self.dtype], shape=(self._num_rows, self._dim)
         )
         try:
-            for start, end in self._blocks():
-                block = self._correct(self._stale_block(start, end)).cpu()
-                check_finite(block, "the corrected view (the corrector produced non-finite values)")
-                out[start:end] = block.numpy().astype(out.dtype)
-                _release_pages(out, start, end)  # written pages go to the OS cache, not this process's memory
+            self._fill_view(out)
             out.flush()
         except BaseException:
             del out
@@ -423,10 +444,10 @@ class CorrectedCacheStore:
             raise TypeError(f"start and end must be ints, got {describe(start)} and {describe(end)}")
         if not 0 <= start < end <= self._num_rows:
             raise ValueError(f"shard needs 0 <= start < end <= {self._num_rows}, got start={start}, end={end}")
-        part = CorrectedCacheStore.__new__(CorrectedCacheStore)
-        part.similarity, part.dtype, part.block_size = self.similarity, self.dtype, self.block_size
         ids = None if isinstance(self._ids, DefaultIds) else list(self._ids[start:end])
-        part._init_storage(self._storage[start:end], ids, self._corrector)
+        part = CorrectedCacheStore._from_storage(
+            self._storage[start:end], ids, self._corrector, self.similarity, self.dtype, self.block_size
+        )
         if self._texts is not None:
             part._texts = self._texts[start:end]
         return part
@@ -611,11 +632,7 @@ class CorrectedCacheStore:
         names = {np.dtype(np.float16): "float16", np.dtype(np.float32): "float32"}
         if array.ndim != 2 or array.dtype not in names or 0 in array.shape:
             raise ValueError(f"{file} must hold a non-empty 2-D float16 or float32 array, got {describe(array)}")
-        store = cls.__new__(cls)
-        store.similarity = check_choice(similarity, "similarity", SIMILARITIES)
-        store.dtype = names[array.dtype]
-        store.block_size = check_positive_int(block_size, "block_size")
-        store._init_storage(array, ids, corrector)
+        store = cls._from_storage(array, ids, corrector, similarity, names[array.dtype], block_size)
         store.texts = texts  # type: ignore[assignment]
         return store
 
@@ -660,12 +677,10 @@ class CorrectedCacheStore:
             )
         ids = json.loads((directory / IDS_FILE).read_text())
         corrector = Corrector.load(directory / CORRECTOR_DIR)
-        store = cls.__new__(cls)
-        store.similarity = check_choice(config["similarity"], "similarity", SIMILARITIES)
-        store.dtype = check_choice(dtype, "dtype", tuple(DTYPES))
-        store.block_size = int(config.get("block_size", 16384))
         storage: torch.Tensor | np.ndarray = array if mmap else torch.from_numpy(array)
-        store._init_storage(storage, ids, corrector)
+        store = cls._from_storage(
+            storage, ids, corrector, config["similarity"], dtype, int(config.get("block_size", 16384))
+        )
         if (directory / TEXTS_FILE).is_file() and TEXTS_FILE in config["files"]:
             store.texts = json.loads((directory / TEXTS_FILE).read_text())
         if config.get("pool"):

@@ -15,7 +15,6 @@ Memory per rank: rows_per_rank x dim x bytes per value (2 for float16) for the s
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -27,8 +26,6 @@ import torch.distributed as dist
 from haystack_corrector._validation import ArrayLike, as_float_matrix, check_positive_int
 from haystack_corrector.cache_store import CorrectedCacheStore
 from haystack_corrector.corrector import Corrector
-
-logger = logging.getLogger(__name__)
 
 
 def is_distributed(group: Any = None) -> bool:
@@ -157,7 +154,8 @@ class ShardedCacheStore(CorrectedCacheStore):
         if isinstance(store, ShardedCacheStore) or not isinstance(store, CorrectedCacheStore):
             raise TypeError(f"store must be a plain CorrectedCacheStore, got {type(store).__name__}")
         self.similarity, self.dtype, self.block_size = store.similarity, store.dtype, store.block_size
-        self._init_storage(store._storage, store._ids, store._corrector)
+        self._init_storage(store._storage, None, store._corrector)
+        self._ids = store._ids  # already validated by ``store``: shared, not re-checked or copied
         self._texts = store._texts
         self.group = group
         self.world_size, self.rank = dist.get_world_size(group), dist.get_rank(group)
