@@ -38,7 +38,13 @@ def _experiment_arguments(parser: argparse.ArgumentParser, *, arms: bool = True)
             default=["inbatch", "static", "stale", "refresh:50", "rerank:30", "corrector"],
             help=f"arms to compare: {ARM_HELP}",
         )
-        parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+        parser.add_argument(
+            "--seeds",
+            nargs="+",
+            type=int,
+            default=[0],
+            help="seeds to run; the report covers every seed of the named arms finished in --output",
+        )
     length = parser.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=float, default=1.0)
     length.add_argument("--steps", type=int, default=None, help="training steps (overrides --epochs)")
@@ -53,6 +59,12 @@ def _experiment_arguments(parser: argparse.ArgumentParser, *, arms: bool = True)
     parser.add_argument("--hidden-dim", type=int, default=768)
     parser.add_argument("--listwise-weight", type=float, default=0.0)
     parser.add_argument("--train-split", default="train")
+    parser.add_argument(
+        "--max-train-queries",
+        type=int,
+        default=None,
+        help="train on a seeded random subset of this many train queries (the corpus stays whole)",
+    )
     parser.add_argument("--eval-split", default="test")
     parser.add_argument("--output", default="runs/experiment", help="folder for results (resumable)")
 
@@ -79,6 +91,7 @@ def _config(args: argparse.Namespace, arms: Sequence[str], seeds: Sequence[int])
         hidden_dim=args.hidden_dim,
         listwise_weight=args.listwise_weight,
         train_split=args.train_split,
+        max_train_queries=args.max_train_queries,
         eval_split=args.eval_split,
     )
 

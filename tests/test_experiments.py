@@ -82,6 +82,24 @@ def test_two_step_two_arm_smoke_run_and_resume(toy_beir, tiny_st_path, tmp_path,
     assert calls == ["inbatch"]
     assert resumed["arms"]["corrector"]["0"]["metrics"] == run["metrics"]
 
+    # More seeds for some arms only; a later report of all arms includes every finished seed, retraining nothing.
+    calls.clear()
+    run_experiment(_config(toy_beir, tiny_st_path, output, arms=("corrector",), seeds=(1,)))
+    assert calls == ["corrector"]
+    calls.clear()
+    combined = run_experiment(_config(toy_beir, tiny_st_path, output, arms=("static", "corrector")))
+    assert calls == []
+    assert set(combined["arms"]["corrector"]) == {"0", "1"} and set(combined["arms"]["static"]) == {"0"}
+    table = (output / "results.md").read_text()
+    assert "| corrector | 0, 1 |" in table and "| static | 0 |" in table
+
+    # Settings that define the comparison cannot change under finished arms.
+    changed = _config(toy_beir, tiny_st_path, output, arms=("stale",))
+    changed.lr = 1e-3
+    with pytest.raises(ValueError, match=r"other settings \(lr: 2e-05 there, 0.001 now\)"):
+        run_experiment(changed)
+    assert calls == []
+
 
 def test_same_seed_gives_the_same_start_and_data_order(toy_beir, tiny_st_path, tmp_path):
     # Same seed => same initial weights and same data order: two runs of one arm give identical results.
@@ -178,3 +196,23 @@ def test_demo_data_is_shipped_with_its_licence():
     assert len(corpus) == 1700 and len(queries) == 300
     assert all(doc in corpus for judged in qrels.values() for doc in judged)
     assert "CC BY-NC 2.0" in (Path(DEMO_DATA) / "LICENSE-SCIFACT.md").read_text()
+
+
+def test_subset_of_train_queries_is_seeded_ordered_and_keeps_their_qrels():
+    queries = {f"q{i}": f"text {i}" for i in range(50)}
+    qrels = {f"q{i}": {f"d{i}": 1} for i in range(50)}
+    chosen, chosen_qrels = harness.subset_queries(queries, qrels, 10)
+    assert len(chosen) == 10 and list(chosen) == [q for q in queries if q in chosen]
+    assert chosen_qrels == {q: qrels[q] for q in chosen}
+    assert harness.subset_queries(queries, qrels, 10) == (chosen, chosen_qrels)
+    assert harness.subset_queries(queries, qrels, 10, seed=1)[0] != chosen
+
+
+def test_max_train_queries_limits_the_training_rows(toy_beir, tiny_st_path, tmp_path):
+    config = _config(toy_beir, tiny_st_path, tmp_path / "sub", arms=("inbatch",))
+    config.max_train_queries = 5
+    prepared = harness.prepare(config)
+    assert len(prepared.train_queries) == 5 and set(prepared.train_qrels) <= set(prepared.train_queries)
+    config.max_train_queries = 0
+    with pytest.raises(ValueError, match="max_train_queries must be > 0"):
+        config.validate()

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from haystack_corrector.beir import document_text, load_beir
@@ -53,6 +54,7 @@ class ExperimentConfig:
     hidden_dim: int | None = 768
     listwise_weight: float = 0.0
     train_split: str = "train"
+    max_train_queries: int | None = None  # a seeded random subset of the train queries (same for every arm and seed)
     eval_split: str = "test"
     encode_batch_size: int = 64
     warmup_ratio: float = 0.1
@@ -78,6 +80,8 @@ class ExperimentConfig:
             raise ValueError(f"epochs must be > 0, got {self.epochs}")
         if not self.seeds:
             raise ValueError("seeds is empty")
+        if self.max_train_queries is not None and self.max_train_queries <= 0:
+            raise ValueError(f"max_train_queries must be > 0, got {self.max_train_queries}")
         if not Path(self.data).is_dir():
             raise FileNotFoundError(f"--data {self.data} is not a folder (expected a BEIR folder)")
         return arms
@@ -150,11 +154,23 @@ def evaluate_rankings(
     return means, per_query, rows
 
 
+def subset_queries(
+    queries: dict[str, str], qrels: dict[str, dict[str, int]], count: int, seed: int = 0
+) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
+    """``count`` queries drawn at random (fixed seed, independent of the arm's seed), in their original order."""
+    ids = list(queries)
+    keep = set(np.random.default_rng(seed).choice(len(ids), size=count, replace=False).tolist())
+    chosen = [q for i, q in enumerate(ids) if i in keep]
+    return {q: queries[q] for q in chosen}, {q: qrels[q] for q in chosen if q in qrels}
+
+
 def prepare(config: ExperimentConfig) -> Prepared:
     """Load the data; build (or reuse) the one initial cache; evaluate the initial model (zero-shot)."""
     output = Path(config.output)
     output.mkdir(parents=True, exist_ok=True)
     corpus, train_queries, train_qrels = load_beir(config.data, config.train_split)
+    if config.max_train_queries is not None and config.max_train_queries < len(train_queries):
+        train_queries, train_qrels = subset_queries(train_queries, train_qrels, config.max_train_queries)
     _, eval_queries, eval_qrels = load_beir(config.data, config.eval_split)
     corpus_ids = list(corpus)
     corpus_texts = [document_text(corpus[i]) for i in corpus_ids]
@@ -340,13 +356,52 @@ def run_arm(config: ExperimentConfig, arm: Arm, seed: int, prepared: Prepared) -
     return result
 
 
+# Settings that may change between two runs into one output folder: what is run, and how it is logged or batched
+# for encoding. Everything else defines the comparison, and mixing arms trained under different values would be wrong.
+RESUMABLE_SETTINGS = frozenset({"arms", "seeds", "output", "logging_steps", "encode_batch_size"})
+
+
+def check_resumable(config: ExperimentConfig) -> None:
+    """Refuse to add arms to an output folder whose finished arms were trained with other settings."""
+    path = Path(config.output) / "config.json"
+    if not path.is_file():
+        return
+    saved = json.loads(path.read_text())
+    current = json.loads(json.dumps(asdict(config)))  # tuples -> lists, as saved
+    changed = sorted(
+        key for key in current if key not in RESUMABLE_SETTINGS and key in saved and saved[key] != current[key]
+    )
+    if changed:
+        details = ", ".join(f"{key}: {saved[key]!r} there, {current[key]!r} now" for key in changed)
+        raise ValueError(
+            f"{config.output} holds arms trained with other settings ({details}). "
+            "Use the same settings to resume, or a new --output folder."
+        )
+
+
+def finished_seeds(config: ExperimentConfig, arm: Arm) -> list[int]:
+    """Seeds of ``arm`` already finished in the output folder (resumed runs may have run other seeds)."""
+    folder = Path(config.output) / "arms"
+    seeds = []
+    for path in folder.glob(f"{arm.slug}__seed*.json"):
+        suffix = path.stem.rpartition("__seed")[2]
+        if suffix.lstrip("-").isdigit():
+            seeds.append(int(suffix))
+    return sorted(seeds)
+
+
 def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
-    """Run every (arm, seed) not done yet; write results.json, results.md and the plots; return the results."""
+    """Run every (arm, seed) not done yet; write results.json, results.md and the plots; return the results.
+
+    The results cover the named arms with every seed finished in the output folder, not only ``config.seeds``:
+    a comparison may run more seeds for some arms (e.g. ``--seeds 1`` for a subset of arms) and report them together.
+    """
     from tqdm.auto import tqdm
 
     from haystack_corrector.experiments import report
 
     arms = config.validate()
+    check_resumable(config)
     total_start = time.perf_counter()
     prepared = prepare(config)
     output = Path(config.output)
@@ -354,7 +409,10 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     runs: dict[str, dict[str, Any]] = {arm.name: {} for arm in arms}
     jobs = [(arm, seed) for seed in config.seeds for arm in arms]
     for arm, seed in tqdm(jobs, desc="Arms", unit="arm"):
-        runs[arm.name][str(seed)] = run_arm(config, arm, seed, prepared)
+        run_arm(config, arm, seed, prepared)
+    for arm in arms:
+        for seed in finished_seeds(config, arm):
+            runs[arm.name][str(seed)] = run_arm(config, arm, seed, prepared)  # read back; nothing is retrained
     results = {
         "config": asdict(config) | {"arms": list(config.arms), "seeds": list(config.seeds)},
         "machine": machine(),

@@ -38,17 +38,19 @@ def markdown(results: dict[str, Any], reference: str = "corrector") -> str:
     lines = [
         f"# Results: {Path(config['data']).name}",
         "",
-        f"Machine: {results['machine']}. Seeds: {config['seeds']}. Batch {config['batch_size']}, "
+        f"Machine: {results['machine']}. Batch {config['batch_size']}, "
         f"{config['num_negatives']} negative(s) per query, max_seq_length {config['max_seq_length']}, lr {config['lr']}, "
         + (f"{config['steps']} steps" if config.get("steps") else f"{config['epochs']} epoch(s)")
         + f", window range_min={config['range_min']} range_max={config['range_max']}, strategy {config['strategy']}.",
         "",
-        "| arm | nDCG@10 | Recall@100 | MRR@10 | corpus encodes after the initial cache | target-encoder forward passes | train s | final staleness | corrected error |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "Metrics are mean ± standard deviation over the arm's seeds; the other columns are means.",
+        "",
+        "| arm | seeds | nDCG@10 | Recall@100 | MRR@10 | corpus encodes after the initial cache | target-encoder forward passes | train s | final staleness | corrected error |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     zero = results["zero_shot"]["metrics"]
     lines.append(
-        f"| zero-shot | {zero['ndcg@10']:.4f} | {zero['recall@100']:.4f} | {zero['mrr@10']:.4f} | 0 | 0 | 0 | | |"
+        f"| zero-shot | | {zero['ndcg@10']:.4f} | {zero['recall@100']:.4f} | {zero['mrr@10']:.4f} | 0 | 0 | 0 | | |"
     )
     for arm, runs in results["arms"].items():
         seeds = list(runs.values())
@@ -62,7 +64,7 @@ def markdown(results: dict[str, Any], reference: str = "corrector") -> str:
         staleness = np.mean([s["final_drift"]["staleness"] for s in seeds])
         corrected = np.mean([s["final_drift"]["corrected_error"] for s in seeds])
         lines.append(
-            f"| {arm} | {' | '.join(cells)} | {encodes:g} | {passes:,.0f} | {seconds:.0f} | {staleness:.4f} | {corrected:.4f} |"
+            f"| {arm} | {', '.join(runs)} | {' | '.join(cells)} | {encodes:g} | {passes:,.0f} | {seconds:.0f} | {staleness:.4f} | {corrected:.4f} |"
         )
     if reference in results["arms"]:
         ref = per_query_mean(results["arms"][reference])
