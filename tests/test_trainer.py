@@ -148,3 +148,37 @@ def test_neighbourhood_listwise_fit_learns_local_rankings():
         CorrectorTrainer(store).fit(
             rows, drift.fresh[rows], epochs=1, query_embeddings=drift.queries, listwise_candidates=5
         )
+
+
+def test_listwise_over_the_whole_sample_equals_neighbourhoods_as_large_as_the_sample():
+    # "all" ranks every sample row for each query with one matrix product; neighbourhoods of size N hold the same
+    # rows in another order (a KL over a set does not depend on the order), gathered per query: same steps.
+    drift = make_synthetic_drift(num_rows=300, dim=16, num_queries=40, strength=0.5, seed=3)
+    rows = torch.arange(0, 300, 3)
+    fitted = []
+    for candidates in ("all", rows.numel()):
+        torch.manual_seed(0)
+        store = CorrectedCacheStore(drift.stale, corrector=Corrector(16, hidden_dim=32))
+        trainer = CorrectorTrainer(store, lr=1e-2, listwise_weight=1.0)
+        result = trainer.fit(
+            rows,
+            drift.fresh[rows],
+            epochs=2,
+            batch_size=32,
+            query_embeddings=drift.queries,
+            listwise_candidates=candidates,
+            query_batch_size=8,
+        )
+        fitted.append((result, store.corrected_embeddings()))
+    assert fitted[0][0]["drift_loss"] == pytest.approx(fitted[1][0]["drift_loss"], rel=1e-4)
+    assert torch.allclose(fitted[0][1], fitted[1][1], atol=1e-4)
+    # ... and the ranking term really acts: without it the corrector ends elsewhere.
+    torch.manual_seed(0)
+    plain = CorrectedCacheStore(drift.stale, corrector=Corrector(16, hidden_dim=32))
+    CorrectorTrainer(plain, lr=1e-2).fit(rows, drift.fresh[rows], epochs=2, batch_size=32)
+    assert not torch.allclose(plain.corrected_embeddings(), fitted[0][1], atol=1e-3)
+    store = CorrectedCacheStore(drift.stale, corrector=Corrector(16, hidden_dim=32))
+    with pytest.raises(ValueError, match="positive int, 'all' or None"):
+        CorrectorTrainer(store, listwise_weight=1.0).fit(
+            rows, drift.fresh[rows], query_embeddings=drift.queries, listwise_candidates="every"
+        )

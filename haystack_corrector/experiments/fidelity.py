@@ -39,7 +39,14 @@ def run_fidelity(
     seed: int = 0,
     fit_epochs: int = 50,
     listwise_weights: tuple[float, ...] = (0.0, 0.1),
+    sample_listwise_weight: float = 1.0,
 ) -> dict[str, Any]:
+    """Train one arm, re-encode, and compare stale and corrected rankings with the fresh one (see the module doc).
+
+    Offline correctors: MSE plus ``w`` × the in-batch listwise term for each ``w`` in ``listwise_weights``, and (if
+    ``sample_listwise_weight`` > 0) MSE plus that weight × a listwise term in which the training queries rank every
+    touched row (``CorrectorTrainer.fit(listwise_candidates="all")``).
+    """
     config.validate()
     start_all = time.perf_counter()
     prepared = prepare(config)
@@ -67,7 +74,10 @@ def run_fidelity(
         "offline": {},
     }
     initial = CorrectedCacheStore.load(prepared.cache_path, mmap=False).stale_embeddings()
-    for weight in listwise_weights:
+    variants = [(weight, None) for weight in listwise_weights]
+    if sample_listwise_weight > 0:
+        variants.append((sample_listwise_weight, "all"))
+    for weight, candidates in variants:
         torch.manual_seed(seed)
         store = CorrectedCacheStore(
             initial, corrector=Corrector(initial.shape[1], hidden_dim=config.hidden_dim), similarity=similarity
@@ -81,8 +91,12 @@ def run_fidelity(
             batch_size=256,
             seed=seed,
             query_embeddings=train_queries if weight > 0 else None,
+            listwise_candidates=candidates,
+            query_batch_size=256,
         )
         name = "mse" if weight == 0 else f"mse+{weight:g}*listwise"
+        if candidates == "all":
+            name += " over all touched rows"
         results["offline"][name] = {
             **fidelity_of(store, fresh_docs, queries, fresh_rows, rows=unseen),
             "fit_seconds": time.perf_counter() - start,
