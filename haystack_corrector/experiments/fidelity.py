@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -74,7 +74,7 @@ def run_fidelity(
         "offline": {},
     }
     initial = CorrectedCacheStore.load(prepared.cache_path, mmap=False).stale_embeddings()
-    variants = [(weight, None) for weight in listwise_weights]
+    variants: list[tuple[float, Literal["all"] | None]] = [(weight, None) for weight in listwise_weights]
     if sample_listwise_weight > 0:
         variants.append((sample_listwise_weight, "all"))
     for weight, candidates in variants:
