@@ -30,9 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from haystack_corrector import CorrectedCacheStore, Corrector, CorrectorTrainer
+from haystack_corrector import CorrectedCacheStore
 from haystack_corrector.beir import load_beir
 from haystack_corrector.evaluation import overlap_at_k, relative_error
+from haystack_corrector.experiments.fidelity import fit_offline_corrector
 
 
 def main() -> None:
@@ -83,19 +84,18 @@ def main() -> None:
     report("stale, touched rows swapped for fresh", "–", CorrectedCacheStore(swapped), False, None)
 
     def fitted(rows: torch.Tensor, hidden: int, epochs: int, listwise: bool) -> tuple[CorrectedCacheStore, float]:
-        torch.manual_seed(args.seed)
-        store = CorrectedCacheStore(stale, corrector=Corrector(stale.shape[1], hidden_dim=hidden))
-        trainer = CorrectorTrainer(store, lr=1e-3, listwise_weight=1.0 if listwise else 0.0)
         start = time.perf_counter()
-        trainer.fit(
+        store = fit_offline_corrector(
+            stale,
             rows,
             fresh[rows],
+            hidden_dim=hidden,
+            lr=1e-3,
             epochs=epochs,
-            batch_size=256,
             seed=args.seed,
-            query_embeddings=train_queries if listwise else None,
+            listwise_weight=1.0 if listwise else 0.0,
             listwise_candidates="all" if listwise else None,
-            query_batch_size=256,
+            queries=train_queries,
         )
         return store, time.perf_counter() - start
 

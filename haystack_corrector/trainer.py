@@ -257,15 +257,14 @@ class CorrectorTrainer:
                 raise ValueError(
                     f"listwise_candidates must be a positive int, 'all' or None, got {listwise_candidates!r}"
                 )
-            if listwise_candidates != "all":
-                listwise_candidates = check_positive_int(listwise_candidates, "listwise_candidates")
             query_batch_size = check_positive_int(query_batch_size, "query_batch_size")
             if queries is None:
                 raise ValueError("listwise_candidates needs query_embeddings")
             if self.listwise_weight <= 0:
                 raise ValueError("listwise_candidates needs listwise_weight > 0")
-            if listwise_candidates != "all":
-                neighbourhoods = self._neighbourhoods(queries, fresh, min(listwise_candidates, rows.numel()))
+            if listwise_candidates != "all":  # "all" needs no neighbourhoods: every query ranks the whole sample
+                size = check_positive_int(listwise_candidates, "listwise_candidates")
+                neighbourhoods = self._neighbourhoods(queries, fresh, min(size, rows.numel()))
         epochs = check_positive_int(epochs, "epochs")
         batch_size = check_positive_int(batch_size, "batch_size")
         generator = torch.Generator().manual_seed(seed) if seed is not None else None

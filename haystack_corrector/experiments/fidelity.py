@@ -33,6 +33,39 @@ from haystack_corrector.trainer import CorrectorTrainer
 logger = logging.getLogger(__name__)
 
 
+def fit_offline_corrector(
+    stale: torch.Tensor,
+    rows: torch.Tensor,
+    fresh: torch.Tensor,
+    *,
+    hidden_dim: int | None,
+    lr: float,
+    epochs: int,
+    seed: int,
+    listwise_weight: float = 0.0,
+    listwise_candidates: int | Literal["all"] | None = None,
+    queries: torch.Tensor | None = None,
+    similarity: str = "cosine",
+) -> CorrectedCacheStore:
+    """A store over ``stale`` whose new corrector is fitted on (``rows``, ``fresh``): MSE, plus the listwise term
+    (with ``queries``) when ``listwise_weight`` > 0; seeded, batches of 256 rows and of 256 queries."""
+    torch.manual_seed(seed)
+    store = CorrectedCacheStore(
+        stale, corrector=Corrector(stale.shape[1], hidden_dim=hidden_dim), similarity=similarity
+    )
+    CorrectorTrainer(store, lr=lr, listwise_weight=listwise_weight).fit(
+        rows,
+        fresh,
+        epochs=epochs,
+        batch_size=256,
+        seed=seed,
+        query_embeddings=queries if listwise_weight > 0 else None,
+        listwise_candidates=listwise_candidates,
+        query_batch_size=256,
+    )
+    return store
+
+
 def run_fidelity(
     config: ExperimentConfig,
     arm: str = "inbatch",
@@ -78,21 +111,19 @@ def run_fidelity(
     if sample_listwise_weight > 0:
         variants.append((sample_listwise_weight, "all"))
     for weight, candidates in variants:
-        torch.manual_seed(seed)
-        store = CorrectedCacheStore(
-            initial, corrector=Corrector(initial.shape[1], hidden_dim=config.hidden_dim), similarity=similarity
-        )
-        trainer = CorrectorTrainer(store, lr=config.corrector_lr, listwise_weight=weight)
         start = time.perf_counter()
-        trainer.fit(
+        store = fit_offline_corrector(
+            initial,
             touched,
             fresh_docs[touched],
+            hidden_dim=config.hidden_dim,
+            lr=config.corrector_lr,
             epochs=fit_epochs,
-            batch_size=256,
             seed=seed,
-            query_embeddings=train_queries if weight > 0 else None,
+            listwise_weight=weight,
             listwise_candidates=candidates,
-            query_batch_size=256,
+            queries=train_queries,
+            similarity=similarity,
         )
         name = "mse" if weight == 0 else f"mse+{weight:g}*listwise"
         if candidates == "all":
