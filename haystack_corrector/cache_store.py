@@ -198,6 +198,7 @@ class CorrectedCacheStore:
         self._view_updates = 0  # corrector.updates when the view was computed
         self._view_path: Path | None = None  # where materialize(path) keeps the view, if on disk
         self._texts: list[str] | None = None
+        self._text_copies: dict[int, tuple[int, ...]] | None = None  # built on first use
         self.pool: Any = None  # a FaissPool once build_pool() ran (pool mode)
 
     @staticmethod
@@ -253,6 +254,7 @@ class CorrectedCacheStore:
 
     @texts.setter
     def texts(self, texts: Sequence[str] | None) -> None:
+        self._text_copies = None
         if texts is None:
             self._texts = None
             return
@@ -323,6 +325,24 @@ class CorrectedCacheStore:
             except KeyError:
                 raise KeyError(f"id {value!r} is not in this store") from None
         return rows
+
+    def with_text_copies(self, rows: Iterable[int]) -> set[int]:
+        """``rows`` plus every row whose text is identical to one of theirs (just ``rows`` when there are no texts).
+
+        Corpora often hold the same text under several ids (CoSQA: 6,267 distinct texts in 20,604 documents). A copy of
+        a query's positive scores like the positive itself, so a hard-negative sampler that excludes only the positive's
+        own row samples its copies first: false negatives. Samplers exclude ``with_text_copies(positives)`` instead.
+        """
+        rows = set(rows)
+        if self._texts is None:
+            return rows
+        if self._text_copies is None:
+            by_text: dict[str, list[int]] = {}
+            for row, text in enumerate(self._texts):
+                by_text.setdefault(text, []).append(row)
+            self._text_copies = {row: tuple(group) for group in by_text.values() if len(group) > 1 for row in group}
+        copies = self._text_copies
+        return rows.union(*(copies[row] for row in rows if row in copies))
 
     # ------------------------------------------------------------------------------------------------- embeddings
     def _stale_block(self, start: int, end: int) -> torch.Tensor:

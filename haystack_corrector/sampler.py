@@ -70,6 +70,9 @@ class HardNegativeSampler:
             updates old and re-materialise it only then (``CorrectedCacheStore.search(max_view_age=...)``); call
             ``store.materialize(path)`` first to keep the view in a memory-mapped file. None (default): every search
             is exact for the current corrector.
+        exclude_text_copies: also never sample a row whose text is identical to a positive's
+            (:meth:`CorrectedCacheStore.with_text_copies`; needs ``store.texts``): a copy of the positive is a false
+            negative. Default True.
 
     Example:
         >>> import torch
@@ -94,6 +97,7 @@ class HardNegativeSampler:
         corrected: bool = True,
         seed: int | None = None,
         max_view_age: int | None = None,
+        exclude_text_copies: bool = True,
     ) -> None:
         if not isinstance(store, CorrectedCacheStore):
             raise TypeError(f"store must be a CorrectedCacheStore, got {type(store).__name__}")
@@ -128,6 +132,9 @@ class HardNegativeSampler:
         if not isinstance(corrected, bool):
             raise TypeError(f"corrected must be a bool, got {describe(corrected)}")
         self.corrected = corrected
+        if not isinstance(exclude_text_copies, bool):
+            raise TypeError(f"exclude_text_copies must be a bool, got {describe(exclude_text_copies)}")
+        self.exclude_text_copies = exclude_text_copies
         self.seed = seed
         self.max_view_age = None if max_view_age is None else check_non_negative_int(max_view_age, "max_view_age")
         self.generator = torch.Generator()
@@ -171,13 +178,19 @@ class HardNegativeSampler:
             "corrected": self.corrected,
             "seed": self.seed,
             "max_view_age": self.max_view_age,
+            "exclude_text_copies": self.exclude_text_copies,
         }
 
     def sample(self, query_embeddings: ArrayLike, positives: Iterable[Iterable[int]]) -> torch.Tensor:
-        """``num_negatives`` distinct non-positive row indices per query, as an int64 tensor (B, num_negatives)."""
+        """``num_negatives`` distinct non-positive row indices per query, as an int64 tensor (B, num_negatives).
+
+        With ``exclude_text_copies`` (default), rows whose text equals a positive's count as positives too.
+        """
         store = self.store
         queries = as_float_matrix(query_embeddings, "query_embeddings", dim=store.dim)
         positive_sets = as_row_sets(positives, "positives", num_queries=queries.shape[0], num_rows=len(store))
+        if self.exclude_text_copies:
+            positive_sets = [store.with_text_copies(rows) for rows in positive_sets]
         most_positives = max(len(rows) for rows in positive_sets)
         if self.num_negatives > len(store) - most_positives:
             raise ValueError(

@@ -233,3 +233,16 @@ def test_shard_shares_rows_and_corrector_without_copying():
     for bad in [(5, 5), (-1, 3), (3, 21)]:
         with pytest.raises(ValueError, match="shard needs 0 <= start < end <= 20"):
             store.shard(*bad)
+
+
+def test_with_text_copies_matches_brute_force():
+    texts = ["a", "b", "a", "c", "b", "a", "d"]
+    store = CorrectedCacheStore(torch.randn(len(texts), 4), texts=texts)
+    for rows in ([], [0], [1, 3], [6], [2, 4]):
+        expected = {r for r in range(len(texts)) if any(texts[r] == texts[p] for p in rows)}
+        assert store.with_text_copies(rows) == expected
+    store.texts = ["x"] * 6 + ["y"]  # a new text list rebuilds the index
+    assert store.with_text_copies([0]) == set(range(6))
+    assert CorrectedCacheStore(torch.randn(3, 4)).with_text_copies([1]) == {1}  # no texts: the rows themselves
+    part = store.shard(5, 7)  # shard texts are local: row 0 of the shard is row 5 of the store
+    assert part.with_text_copies([0]) == {0}

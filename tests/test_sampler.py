@@ -183,3 +183,22 @@ def test_bad_sample_input():
         sampler.sample(torch.randn(1, 8), [list(range(7))])
     with pytest.raises(TypeError, match="store must be"):
         HardNegativeSampler(torch.randn(3, 3))
+
+
+def test_copies_of_a_positive_are_never_sampled():
+    # Row 7 holds the same text (hence the same embedding) as positive row 0: the hardest "negative" of a query
+    # that points at row 0 is row 7, a false negative, unless copies are excluded.
+    generator = torch.Generator().manual_seed(1)
+    embeddings = torch.randn(40, 8, generator=generator)
+    embeddings[7] = embeddings[0]
+    texts = [f"text {i}" for i in range(40)]
+    texts[7] = texts[0]
+    store = CorrectedCacheStore(embeddings, texts=texts)
+    query = embeddings[0:1] + 0.01 * torch.randn(1, 8, generator=generator)
+    kept = HardNegativeSampler(store, num_negatives=3, corrected=False, exclude_text_copies=False)
+    assert kept.sample(query, [[0]])[0, 0].item() == 7
+    sampler = HardNegativeSampler(store, num_negatives=3, corrected=False)
+    assert sampler.exclude_text_copies and sampler.get_config_dict()["exclude_text_copies"] is True
+    assert sampler.sample(query, [[0]])[0].tolist() == oracle_window(store, query[0], {0, 7}, sampler)[:3]
+    with pytest.raises(TypeError, match="exclude_text_copies must be a bool"):
+        HardNegativeSampler(store, exclude_text_copies="yes")

@@ -242,3 +242,32 @@ def test_sharded_encoding_resumes_without_re_encoding_finished_shards(tiny_model
     torch.testing.assert_close(store.stale_embeddings(), torch.as_tensor(real_encode(texts)), atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="holds shards of another encode"):
         encode_corpus(tiny_model, texts[:5], shard_dir=tmp_path / "shards", shard_size=10, show_progress_bar=False)
+
+
+@pytest.mark.parametrize("negatives", ["static", "rerank"])
+def test_copies_of_a_positive_are_relevant_too(tiny_model, negatives):
+    corpus, queries, qrels = toy_corpus()
+    positives = sorted({d for judged in qrels.values() for d, g in judged.items() if g > 0})
+    for doc in positives[:10]:
+        corpus[f"copy-of-{doc}"] = dict(corpus[doc])  # same text under another id, as in CoSQA
+    ids = list(corpus)
+    store = encode_corpus(tiny_model, [document_text(corpus[i]) for i in ids], ids=ids, show_progress_bar=False)
+    dataset = build_training_dataset(queries, corpus, qrels, store)
+    loss = CorrectedMultipleNegativesRankingLoss(
+        tiny_model, store, dataset, num_negatives=3, negatives=negatives, rerank_depth=10
+    )
+    texts = store.texts
+    labels = dataset["label"]
+    query_of_text = {text: query_id for query_id, text in queries.items()}
+    assert len(query_of_text) == len(queries)
+    for anchor, label in zip(dataset["anchor"], labels):
+        judged = qrels[query_of_text[anchor]]
+        positive_texts = {document_text(corpus[d]) for d, grade in judged.items() if grade > 0}
+        assert loss._relevant[label // len(store)] == {r for r, text in enumerate(texts) if text in positive_texts}
+    assert any(len(rows) > 1 and len({texts[r] for r in rows}) < len(rows) for rows in loss._relevant.values())
+    anchors = tiny_model.encode(dataset["anchor"], convert_to_tensor=True).cpu()
+    relevant = [loss._relevant[label // len(store)] for label in labels]
+    rows = loss._negative_rows(anchors, relevant, torch.tensor(labels), {})
+    for query_rows, label in zip(rows.tolist(), labels):
+        query_positive_texts = {texts[r] for r in loss._relevant[label // len(store)]}
+        assert not {texts[r] for r in query_rows} & query_positive_texts

@@ -64,6 +64,9 @@ class CorrectedMultipleNegativesRankingLoss(nn.Module):
         strategy, temperature, range_min, range_max, absolute_margin, relative_margin, max_score, seed,
             max_view_age: passed to :class:`~haystack_corrector.HardNegativeSampler` under the same names
             (``max_view_age=K`` samples from a materialised corrected view refreshed every K corrector steps).
+        exclude_text_copies: never sample a row whose text is identical to one of the query's positives (default
+            True): corpora with duplicate documents otherwise yield copies of the positive as its hardest
+            "negatives". Applies to every mode that samples (static, stale, corrected, refresh, rerank).
         corrector_lr: learning rate of the corrector's own optimiser.
         drift_loss: ``"mse"`` (the paper's) or ``"cosine"``.
         listwise_weight, score_weight, drift_temperature: ranking-aware drift terms using the batch's anchors
@@ -137,6 +140,7 @@ class CorrectedMultipleNegativesRankingLoss(nn.Module):
         max_score: float | None = None,
         seed: int | None = None,
         max_view_age: int | None = None,
+        exclude_text_copies: bool = True,
         corrector_lr: float = 1e-3,
         drift_loss: str = "mse",
         listwise_weight: float = 0.0,
@@ -214,6 +218,7 @@ class CorrectedMultipleNegativesRankingLoss(nn.Module):
             corrected=negatives == "corrected",
             seed=seed,
             max_view_age=max_view_age,
+            exclude_text_copies=exclude_text_copies,
         )
         self._static_table: dict[int, list[int]] | None = None
         self.corrector_trainer = CorrectorTrainer(
@@ -225,6 +230,9 @@ class CorrectedMultipleNegativesRankingLoss(nn.Module):
             temperature=drift_temperature,
         )
         self._relevant = self._read_dataset(train_dataset, store)
+        if exclude_text_copies:
+            # A copy of a positive (same text, another id) is relevant too: it must never be a hard negative.
+            self._relevant = {query: store.with_text_copies(rows) for query, rows in self._relevant.items()}
         most_relevant = max(len(rows) for rows in self._relevant.values())
         if negatives != "none" and num_negatives > len(store) - most_relevant:
             raise ValueError(
