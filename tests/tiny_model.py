@@ -28,7 +28,7 @@ def build_tiny_model_folder(folder: Path) -> Path:
     return folder
 
 
-def load_tiny_model(folder: Path, normalize: bool = True):
+def load_tiny_model(folder: Path, normalize: bool = True, device: str = "cpu"):
     from sentence_transformers import SentenceTransformer
 
     from haystack_corrector.sentence_transformers._compat import _first_attribute
@@ -51,7 +51,7 @@ def load_tiny_model(folder: Path, normalize: bool = True):
     modules = [Transformer(str(folder), max_seq_length=64), Pooling(64, "mean")]
     if normalize:
         modules.append(Normalize())
-    return SentenceTransformer(modules=modules, device="cpu")
+    return SentenceTransformer(modules=modules, device=device)
 
 
 WORDS = (
