@@ -332,6 +332,7 @@ class CorrectedCacheStore:
         Corpora often hold the same text under several ids (CoSQA: 6,267 distinct texts in 20,604 documents). A copy of
         a query's positive scores like the positive itself, so a hard-negative sampler that excludes only the positive's
         own row samples its copies first: false negatives. Samplers exclude ``with_text_copies(positives)`` instead.
+        Empty texts (documents without text) are nobody's copies.
         """
         rows = set(rows)
         if self._texts is None:
@@ -339,7 +340,8 @@ class CorrectedCacheStore:
         if self._text_copies is None:
             by_text: dict[str, list[int]] = {}
             for row, text in enumerate(self._texts):
-                by_text.setdefault(text, []).append(row)
+                if text:
+                    by_text.setdefault(text, []).append(row)
             self._text_copies = {row: tuple(group) for group in by_text.values() if len(group) > 1 for row in group}
         copies = self._text_copies
         return rows.union(*(copies[row] for row in rows if row in copies))

@@ -244,5 +244,7 @@ def test_with_text_copies_matches_brute_force():
     store.texts = ["x"] * 6 + ["y"]  # a new text list rebuilds the index
     assert store.with_text_copies([0]) == set(range(6))
     assert CorrectedCacheStore(torch.randn(3, 4)).with_text_copies([1]) == {1}  # no texts: the rows themselves
+    store.texts = ["", "", "z", "z", "", "w", "w"]  # empty texts are nobody's copies
+    assert store.with_text_copies([0]) == {0} and store.with_text_copies([0, 2]) == {0, 2, 3}
     part = store.shard(5, 7)  # shard texts are local: row 0 of the shard is row 5 of the store
-    assert part.with_text_copies([0]) == {0}
+    assert part.with_text_copies([0]) == {0, 1}

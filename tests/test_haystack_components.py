@@ -228,6 +228,22 @@ class TestCorrectedHardNegativeMiner:
             ids = [d.id for d in negatives["negatives"][0]]
             assert len(set(ids)) == 5 and not {"doc2", "doc3"} & set(ids)
 
+    def test_copies_of_a_positive_are_never_negatives(self):
+        # doc20 is doc0's content under another id (other meta), with the same embedding: the nearest "negative".
+        documents = _documents()
+        twin = documents[0]
+        documents.append(Document(id="doc20", content=twin.content, meta={"group": 9}, embedding=twin.embedding))
+        store = InMemoryDocumentStore(embedding_similarity_function="cosine")
+        store.write_documents(documents)
+        miner = CorrectedHardNegativeMiner(store, num_negatives=3)
+        query = [[v + 0.01 for v in twin.embedding]]
+        ids = [d.id for d in miner.run(query_embeddings=query, positive_document_ids=[["doc0"]])["negatives"][0]]
+        docs = store.filter_documents()
+        scores = torch.nn.functional.cosine_similarity(torch.tensor(query), torch.tensor([d.embedding for d in docs]))
+        ranked = [docs[i].id for i in torch.argsort(scores, descending=True).tolist()]
+        assert ranked[:2] == ["doc0", "doc20"] or ranked[:2] == ["doc20", "doc0"]
+        assert ids == [i for i in ranked if i not in ("doc0", "doc20")][:3]
+
     def test_wrong_input(self, document_store):
         with pytest.raises(ValueError, match="Unknown strategy 'best'"):
             CorrectedHardNegativeMiner(document_store, sampling_strategy="best")

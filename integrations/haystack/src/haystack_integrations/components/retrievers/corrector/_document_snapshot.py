@@ -104,7 +104,12 @@ class DocumentSnapshot:
                 f"The corrector has dimension {corrector.dim} but the stored embeddings have dimension {matrix.shape[1]}"
             )
         self.cache = CorrectedCacheStore(
-            matrix, ids=[doc.id for doc in documents], corrector=corrector, similarity=self.similarity
+            matrix,
+            ids=[doc.id for doc in documents],
+            corrector=corrector,
+            similarity=self.similarity,
+            # Contents let the miner treat a copy of a positive (same content, other id) as a positive.
+            texts=[doc.content or "" for doc in documents],
         )
         self.documents = documents
         self.count = len(documents)
