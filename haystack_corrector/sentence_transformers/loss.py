@@ -164,6 +164,8 @@ class CorrectedMultipleNegativesRankingLoss(nn.Module):
             or corrector_warmup_steps < 0
         ):
             raise ValueError(f"corrector_warmup_steps must be an int >= 0, got {corrector_warmup_steps!r}")
+        if not isinstance(exclude_text_copies, bool):
+            raise TypeError(f"exclude_text_copies must be a bool, got {exclude_text_copies!r}")
         self.model = model
         # The store is a plain object, so its corrector is NOT a registered submodule: the trainer's optimiser must
         # not see the corrector's parameters, which only the drift loss trains, through their own optimiser.
@@ -218,8 +220,11 @@ class CorrectedMultipleNegativesRankingLoss(nn.Module):
             corrected=negatives == "corrected",
             seed=seed,
             max_view_age=max_view_age,
-            exclude_text_copies=exclude_text_copies,
+            # The loss expands each query's relevant rows with their copies once, below, and hands the sampler
+            # the expanded sets: the sampler need not look the copies up again at every step.
+            exclude_text_copies=False,
         )
+        self.exclude_text_copies = exclude_text_copies
         self._static_table: dict[int, list[int]] | None = None
         self.corrector_trainer = CorrectorTrainer(
             store,
@@ -490,6 +495,7 @@ class CorrectedMultipleNegativesRankingLoss(nn.Module):
             "scale": self.scale,
             "similarity_fct": getattr(self.similarity_fct, "__name__", str(self.similarity_fct)),
             **{k: v for k, v in self.sampler.get_config_dict().items() if k not in ("num_negatives", "corrected")},
+            "exclude_text_copies": self.exclude_text_copies,
             "corrector_lr": self.corrector_trainer.lr,
             "drift_loss": self.corrector_trainer.loss,
             "listwise_weight": self.corrector_trainer.listwise_weight,
