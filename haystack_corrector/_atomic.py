@@ -1,74 +1,213 @@
-"""Atomic directory saves: a process killed mid-save never destroys the previous save.
+"""Safe saves: a save is atomic, and it never deletes or replaces a file that haystack-corrector did not write.
 
-``atomic_directory(path)`` yields a temporary sibling directory; when the block finishes, the files are flushed to
-disk and the directory is swapped into place with two renames:
+``atomic_directory(path, kind=..., config_file=..., owned=...)`` checks the target folder *before* any work is done:
 
-1. ``path`` -> ``path.previous`` (only if ``path`` exists),
-2. ``path.tmp-<pid>`` -> ``path``,
-3. ``path.previous`` is deleted.
+- it does not exist, or is empty: the save writes a hidden sibling ``.<name>.tmp-XXXX`` and renames it into place;
+- it holds a previous save of the same kind (recognised by its config file's ``format``) and nothing else: the save
+  is swapped in with two renames and the previous save's files are removed;
+- it holds anything else (a *foreign* entry): the save refuses with :class:`FileExistsError` naming the folder and
+  the first foreign entry, unless ``overwrite=True``; then only the entries the save owns are replaced and every
+  foreign entry is moved, untouched, into the new folder.
 
-A kill before step 2 leaves ``path`` untouched; a kill between steps 1 and 2 leaves the previous save complete under
-``path.previous``, which :func:`resolve_saved_directory` finds (with a warning) when ``path`` is missing.
+The swap, for a target that exists:
+
+1. ``path`` -> ``.<name>.haystack-corrector-previous``,
+2. ``.<name>.tmp-XXXX`` -> ``path``,
+3. foreign entries of the previous folder move back into ``path`` (only with ``overwrite=True``),
+4. the previous folder's own entries are removed, then the (now empty) folder.
+
+A process killed before step 2 leaves the previous save loadable through :func:`resolve_saved_directory` (which
+falls back to the previous folder while ``path`` is missing); after step 2 the new save is complete. The next save
+to the same path first finishes an interrupted swap (:func:`recover_interrupted_save`): foreign entries return to
+``path``, nothing foreign is ever deleted. ``tests/test_safe_saves.py`` kills a save between every pair of
+filesystem operations and checks both properties.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-PREVIOUS_SUFFIX = ".previous"
+PREVIOUS_SUFFIX = ".haystack-corrector-previous"
+
+# Fault injection for the tests: called with a label before every filesystem operation of a save.
+_fault_hook: Callable[[str], None] | None = None
 
 
-def _fsync_directory(directory: Path) -> None:
-    for child in directory.iterdir():
-        if child.is_file():
-            with open(child, "rb+") as handle:
-                os.fsync(handle.fileno())
-    fd = os.open(directory, os.O_RDONLY)
+def step(label: str) -> None:
+    """Mark one filesystem operation of a save (the tests kill the process at each of these points)."""
+    if _fault_hook is not None:
+        _fault_hook(label)
+
+
+def previous_directory(target: Path) -> Path:
+    return target.with_name(f".{target.name}{PREVIOUS_SUFFIX}")
+
+
+def is_saved_directory(directory: Path, config_file: str, kind: str) -> bool:
+    """True when ``directory`` holds ``config_file`` whose JSON ``format`` is ``kind`` (a save of that kind)."""
+    config = directory / config_file
+    if not config.is_file():
+        return False
+    try:
+        data = json.loads(config.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(data, dict) and data.get("format") == kind
+
+
+def foreign_entries(directory: Path, config_file: str, kind: str, owned: Collection[str]) -> list[str]:
+    """Entries of an existing ``directory`` that a save of ``kind`` did not write, sorted.
+
+    In a folder recognised as a save of ``kind``, the ``owned`` names are ours; in any other folder, every entry is
+    foreign (a user's ``ids.json`` is not ours just because of its name).
+    """
+    entries = sorted(os.listdir(directory))
+    if is_saved_directory(directory, config_file, kind):
+        return [name for name in entries if name not in owned]
+    return entries
+
+
+def _remove(entry: Path) -> None:
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry)
+    else:
+        entry.unlink()
+
+
+def _fsync(path: Path) -> None:
+    """Flush ``path`` (a file or a directory) to disk; directories only where the platform allows it."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
     try:
         os.fsync(fd)
+    except OSError:  # e.g. directories on some filesystems
+        pass
     finally:
         os.close(fd)
 
 
+def _fsync_tree(directory: Path) -> None:
+    for root, _, files in os.walk(directory):
+        for name in files:
+            _fsync(Path(root) / name)
+        _fsync(Path(root))
+
+
+def recover_interrupted_save(target: Path, config_file: str, kind: str, owned: Collection[str]) -> None:
+    """Finish a swap that a killed process left half done (see the module docstring); never deletes foreign files."""
+    previous = previous_directory(target)
+    if not previous.is_dir():
+        return
+    # The folder's name (hidden, with our suffix) is what marks it as ours: after step 1 of an overwrite=True save
+    # into a foreign folder it holds the user's files and no config of ours.
+    if not target.exists():
+        logger.warning("A save to %s was interrupted; restoring the previous save from %s", target, previous)
+        step(f"restore {previous.name}")
+        os.rename(previous, target)
+        return
+    logger.warning("A save to %s was interrupted after it completed; finishing its clean-up of %s", target, previous)
+    for name in sorted(os.listdir(previous)):
+        source = previous / name
+        if name in owned:
+            step(f"remove previous {name}")
+            _remove(source)
+        elif not (target / name).exists():
+            step(f"move back {name}")
+            os.rename(source, target / name)
+    with contextlib.suppress(OSError):  # left in place if anything unexpected is still in it
+        step(f"rmdir {previous.name}")
+        previous.rmdir()
+
+
 @contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_directory(
+    path: str | os.PathLike[str],
+    *,
+    kind: str,
+    config_file: str,
+    owned: Collection[str],
+    overwrite: bool = False,
+) -> Iterator[Path]:
+    """Yield an empty temporary folder to write a save into; swap it into ``path`` when the block succeeds.
+
+    Args:
+        path: the folder to save to.
+        kind: the ``format`` string of this kind of save (in ``config_file``).
+        config_file: the file that identifies a save of this kind; write it into the temporary folder.
+        owned: every top-level name a save of this kind writes. The temporary folder must hold only these.
+        overwrite: save into a folder that holds foreign entries too, replacing only the ``owned`` ones.
+
+    Raises:
+        FileExistsError: ``path`` is a file, or holds foreign entries and ``overwrite`` is False.
+    """
+    if not isinstance(overwrite, bool):
+        raise TypeError(f"overwrite must be a bool, got {type(overwrite).__name__}")
     target = Path(path)
     if target.exists() and not target.is_dir():
         raise FileExistsError(f"Cannot save to {target}: it exists and is not a directory")
+    recover_interrupted_save(target, config_file, kind, owned)
+    foreign: list[str] = []
+    if target.is_dir():
+        foreign = foreign_entries(target, config_file, kind, owned)
+        if foreign and not overwrite:
+            raise FileExistsError(
+                f"Refusing to save into {target}: it holds {foreign[0]!r}, which is not part of a saved "
+                f"{kind.rpartition('/')[2]} ({len(foreign)} such entries). Save into a new or empty folder, or pass "
+                "overwrite=True to replace only haystack-corrector's own files and keep the rest"
+            )
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    step("mkdtemp")
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
     try:
         yield tmp
-        _fsync_directory(tmp)
+        unexpected = sorted(set(os.listdir(tmp)) - set(owned))
+        if unexpected:
+            raise RuntimeError(f"internal error: a {kind} save wrote unregistered entries {unexpected}")
+        step("fsync")
+        _fsync_tree(tmp)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # our own, uniquely named folder
         raise
-    previous = target.with_name(target.name + PREVIOUS_SUFFIX)
-    if target.exists():
-        if previous.exists():
-            shutil.rmtree(previous)
-        os.rename(target, previous)
+    if not target.exists():
+        step("rename tmp -> target")
+        os.rename(tmp, target)
+        _fsync(target.parent)
+        return
+    previous = previous_directory(target)
+    step("rename target -> previous")
+    os.rename(target, previous)
+    step("rename tmp -> target")
     os.rename(tmp, target)
-    if previous.exists():
-        shutil.rmtree(previous)
+    for name in sorted(os.listdir(previous)):
+        source = previous / name
+        if name in owned:  # replaced by the new save
+            step(f"remove previous {name}")
+            _remove(source)
+        else:
+            step(f"move back {name}")
+            os.rename(source, target / name)
+    step("rmdir previous")
+    previous.rmdir()
+    _fsync(target.parent)
 
 
 def resolve_saved_directory(path: str | os.PathLike[str]) -> Path:
-    """The directory to load from: ``path``, or its ``.previous`` twin left by a save interrupted mid-swap."""
+    """The directory to load from: ``path``, or the previous save left by a save interrupted mid-swap."""
     target = Path(path)
     if target.is_dir():
         return target
-    previous = target.with_name(target.name + PREVIOUS_SUFFIX)
+    previous = previous_directory(target)
     if not target.exists() and previous.is_dir():
         logger.warning(
             "%s is missing but %s exists (a save was interrupted); loading the previous save", target, previous

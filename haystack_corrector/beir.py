@@ -34,6 +34,12 @@ def _read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
+def _row_id(row: object, path: Path, number: int) -> str:
+    if not isinstance(row, dict) or "_id" not in row:
+        raise ValueError(f"{path}: record {number} has no '_id' field (BEIR rows look like {{\"_id\": ..., \"text\": ...}})")
+    return str(row["_id"])
+
+
 def load_qrels(path: str | os.PathLike[str]) -> dict[str, dict[str, int]]:
     """``{query_id: {doc_id: grade}}`` from a BEIR qrels TSV (header ``query-id corpus-id score``)."""
     qrels: dict[str, dict[str, int]] = {}
@@ -75,11 +81,18 @@ def load_beir(
         available = sorted(p.stem for p in (folder / "qrels").glob("*.tsv")) if (folder / "qrels").is_dir() else []
         raise FileNotFoundError(f"No qrels for split {split!r} in {folder}; available splits: {available}")
     corpus = {
-        str(row["_id"]): {"title": row.get("title") or "", "text": row.get("text") or ""}
-        for row in _read_jsonl(corpus_path)
+        _row_id(row, corpus_path, number): {"title": str(row.get("title") or ""), "text": str(row.get("text") or "")}
+        for number, row in enumerate(_read_jsonl(corpus_path), 1)
     }
+    if not corpus:
+        raise ValueError(f"{corpus_path} holds no documents")
     qrels = load_qrels(qrels_path)
-    all_queries = {str(row["_id"]): row.get("text") or "" for row in _read_jsonl(folder / "queries.jsonl")}
+    if not qrels:
+        raise ValueError(f"{qrels_path} holds no judgements")
+    all_queries = {
+        _row_id(row, folder / "queries.jsonl", number): str(row.get("text") or "")
+        for number, row in enumerate(_read_jsonl(folder / "queries.jsonl"), 1)
+    }
     missing = [qid for qid in qrels if qid not in all_queries]
     if missing:
         raise ValueError(f"{len(missing)} judged queries are missing from queries.jsonl (first: {missing[0]!r})")

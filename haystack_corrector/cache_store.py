@@ -14,6 +14,7 @@ import json
 import logging
 import mmap
 import os
+import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from haystack_corrector._atomic import atomic_directory, resolve_saved_directory
+from haystack_corrector._atomic import atomic_directory, resolve_saved_directory, step
 from haystack_corrector._validation import (
     ArrayLike,
     as_float_matrix,
@@ -48,6 +49,8 @@ IDS_FILE = "ids.json"
 TEXTS_FILE = "texts.json"
 CONFIG_FILE = "store_config.json"
 CORRECTOR_DIR = "corrector"
+INDEX_FILE = "index.faiss"
+OWNED_FILES = frozenset({EMBEDDINGS_FILE, IDS_FILE, TEXTS_FILE, CONFIG_FILE, CORRECTOR_DIR, INDEX_FILE})
 
 
 class DefaultIds(Sequence[str]):
@@ -194,7 +197,9 @@ class CorrectedCacheStore:
         self._id_to_row: dict[str, int] | None = None
         self._corrector = self._check_corrector(corrector if corrector is not None else Corrector(dim), dim)
         self._view: torch.Tensor | np.ndarray | None = None
-        self._view_key: tuple[int, int] | None = None
+        # (corrector object, copy of its weights) when the view was computed: the view is current only while the
+        # same corrector holds exactly those weights (optimiser steps, load_state_dict, .data edits all show).
+        self._view_snapshot: tuple[Corrector, list[tuple[str, torch.Tensor]]] | None = None
         self._view_updates = 0  # corrector.updates when the view was computed
         self._view_path: Path | None = None  # where materialize(path) keeps the view, if on disk
         self._texts: list[str] | None = None
@@ -275,7 +280,7 @@ class CorrectedCacheStore:
     @corrector.setter
     def corrector(self, corrector: Corrector) -> None:
         self._corrector = self._check_corrector(corrector, self._dim)
-        self._view, self._view_key = None, None
+        self._view, self._view_snapshot = None, None
 
     @property
     def is_memory_mapped(self) -> bool:
@@ -289,17 +294,17 @@ class CorrectedCacheStore:
     @property
     def is_materialized(self) -> bool:
         """True when a corrected view exists and was computed with the corrector's current weights."""
-        return self._view is not None and self._view_key == self._corrector_key()
+        if self._view is None or self._view_snapshot is None:
+            return False
+        owner, weights = self._view_snapshot
+        return owner is self._corrector and self._corrector.matches_snapshot(weights)
 
     @property
     def view_age(self) -> int | None:
         """Corrector updates (``CorrectorTrainer`` steps) since the view was computed; None without a view."""
-        if self._view is None or self._view_key is None or self._view_key[0] != id(self._corrector):
+        if self._view is None or self._view_snapshot is None or self._view_snapshot[0] is not self._corrector:
             return None
         return self._corrector.updates - self._view_updates
-
-    def _corrector_key(self) -> tuple[int, int]:
-        return (id(self._corrector), self._corrector.version)
 
     @property
     def _device(self) -> torch.device:
@@ -388,7 +393,7 @@ class CorrectedCacheStore:
         storage = matrix.to(DTYPES[self.dtype]).cpu().contiguous()
         check_finite(storage, f"embeddings (after conversion to {self.dtype})")
         self._storage = storage
-        self._view, self._view_key = None, None
+        self._view, self._view_snapshot = None, None
         if self.pool is not None:
             logger.info("replace_embeddings dropped the FAISS pool built on the old vectors; call build_pool() again")
             self.pool = None
@@ -408,29 +413,42 @@ class CorrectedCacheStore:
         pool.build(vectors.numpy())
         self.pool = pool
 
-    def materialize(self, path: str | os.PathLike[str] | None = None) -> None:
+    def materialize(self, path: str | os.PathLike[str] | None = None, overwrite: bool = False) -> None:
         """Compute h(g') for all rows once and keep it (in the storage dtype); searches read it while it is current.
 
         Args:
             path: write the view to this ``.npy`` file and memory-map it (for caches larger than memory; the
                 file is written atomically, and later refreshes reuse the same path). Default: keep it in memory,
                 or in the file of the previous ``materialize(path)`` call. The view is a cache: :meth:`save` does
-                not store it.
+                not store it. An existing file that is not this store's view is refused (:class:`FileExistsError`)
+                unless ``overwrite=True``.
+            overwrite: replace an existing file at ``path`` that this store did not write.
 
         Any update of the corrector's weights makes the view out of date; searches then fall back to applying the
         corrector block by block, so results are exact for the current corrector, unless the search tolerates an
         older view (``search(..., max_view_age=K)``). Call again to refresh.
         """
+        if not isinstance(overwrite, bool):
+            raise TypeError(f"overwrite must be a bool, got {describe(overwrite)}")
         if path is not None:
-            self._view_path = Path(path)
-        key, updates = self._corrector_key(), self._corrector.updates
+            path = Path(path)
+            if path.is_dir():
+                raise IsADirectoryError(f"materialize(path={str(path)!r}) needs a file path; that is a directory")
+            ours = self._view_path is not None and path.resolve() == self._view_path.resolve()
+            if path.exists() and not ours and not overwrite:
+                raise FileExistsError(
+                    f"Refusing to write the corrected view to {path}: the file exists and was not written by this "
+                    "store. Choose another path, or pass overwrite=True to replace it"
+                )
+            self._view_path = path
+        snapshot, updates = (self._corrector, self._corrector.weights_snapshot()), self._corrector.updates
         view: torch.Tensor | np.ndarray
         if self._view_path is None:
             view = torch.empty((self._num_rows, self._dim), dtype=DTYPES[self.dtype])
             self._fill_view(view.numpy())
         else:
             view = self._write_view(self._view_path)
-        self._view, self._view_key, self._view_updates = view, key, updates
+        self._view, self._view_snapshot, self._view_updates = view, snapshot, updates
 
     def _fill_view(self, out: np.ndarray) -> None:
         """Write h(g') into ``out`` (an array, or a memory map whose written pages are released) block by block."""
@@ -442,7 +460,10 @@ class CorrectedCacheStore:
 
     def _write_view(self, path: Path) -> np.ndarray:
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".partial")
+        step("mkstemp view")
+        handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-", suffix=".npy")
+        os.close(handle)
+        partial = Path(name)
         out = np.lib.format.open_memmap(
             partial, mode="w+", dtype=_NUMPY_DTYPES[self.dtype], shape=(self._num_rows, self._dim)
         )
@@ -454,6 +475,7 @@ class CorrectedCacheStore:
             partial.unlink(missing_ok=True)
             raise
         del out
+        step("replace view")
         os.replace(partial, path)
         return np.load(path, mmap_mode="r", allow_pickle=False)
 
@@ -588,9 +610,17 @@ class CorrectedCacheStore:
         return best_scores.cpu(), best_rows.cpu()
 
     # ------------------------------------------------------------------------------------------------ persistence
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Save ids, stale embeddings (``.npy``), config and corrector into the directory ``path``, atomically."""
-        with atomic_directory(path) as tmp:
+    def save(self, path: str | os.PathLike[str], overwrite: bool = False) -> None:
+        """Save ids, stale embeddings (``.npy``), config and corrector into the directory ``path``, atomically.
+
+        ``path`` may be new, empty, or a previous store save. A folder holding anything else is refused
+        (:class:`FileExistsError`) unless ``overwrite=True``, which replaces only the store's own files
+        (``embeddings.npy``, ``ids.json``, ``texts.json``, ``store_config.json``, ``corrector/``, ``index.faiss``) and
+        keeps every other entry.
+        """
+        with atomic_directory(
+            path, kind=_FORMAT, config_file=CONFIG_FILE, owned=OWNED_FILES, overwrite=overwrite
+        ) as tmp:
             array_path = tmp / EMBEDDINGS_FILE
             out = np.lib.format.open_memmap(
                 array_path, mode="w+", dtype=_NUMPY_DTYPES[self.dtype], shape=(self._num_rows, self._dim)
@@ -600,15 +630,19 @@ class CorrectedCacheStore:
                 out[start:end] = block.numpy() if isinstance(block, torch.Tensor) else block
             out.flush()
             del out
+            step(f"wrote {EMBEDDINGS_FILE}")
             # Default ids are saved as null: a million "0".."N-1" strings would cost memory on every load.
             (tmp / IDS_FILE).write_text(json.dumps(None if isinstance(self._ids, DefaultIds) else list(self._ids)))
+            step(f"wrote {IDS_FILE}")
             saved = [EMBEDDINGS_FILE, IDS_FILE]
             if self._texts is not None:
                 (tmp / TEXTS_FILE).write_text(json.dumps(self._texts))
+                step(f"wrote {TEXTS_FILE}")
                 saved.append(TEXTS_FILE)
             if self.pool is not None:
-                self.pool.save(tmp / "index.faiss")
-                saved.append("index.faiss")
+                self.pool.save(tmp / INDEX_FILE)
+                step(f"wrote {INDEX_FILE}")
+                saved.append(INDEX_FILE)
             (tmp / CORRECTOR_DIR).mkdir()
             self._corrector.save_to(tmp / CORRECTOR_DIR)
             files = {
@@ -631,6 +665,7 @@ class CorrectedCacheStore:
                 "files": files,
             }
             (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+            step(f"wrote {CONFIG_FILE}")
 
     @classmethod
     def from_npy(
@@ -709,7 +744,7 @@ class CorrectedCacheStore:
             from haystack_corrector.faiss_pool import FaissPool
 
             store.pool = FaissPool(**config["pool"])
-            store.pool.load(directory / "index.faiss")
+            store.pool.load(directory / INDEX_FILE)
         return store
 
     @staticmethod

@@ -158,7 +158,7 @@ def cmd_build_cache(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         hidden_dim=args.hidden_dim,
     )
-    store.save(args.output)
+    store.save(args.output, overwrite=args.overwrite)
     print(f"Encoded {len(store)} documents in {time.perf_counter() - start:.0f} s; saved the store to {args.output}")
     return 0
 
@@ -170,6 +170,11 @@ def cmd_mine(args: argparse.Namespace) -> int:
     from haystack_corrector.beir import load_beir
     from haystack_corrector.experiments.harness import load_model, resolve_model_path
 
+    output = Path(args.output)
+    if output.is_dir():
+        raise IsADirectoryError(f"--output {output} is a folder; give the path of a JSONL file")
+    if output.exists() and not args.overwrite:
+        raise FileExistsError(f"--output {output} exists; choose a new file or pass --overwrite to replace it")
     store = CorrectedCacheStore.load(args.store)
     if store.texts is None:
         raise ValueError(f"The store {args.store} has no texts; build it with `haystack-corrector build-cache`")
@@ -188,16 +193,16 @@ def cmd_mine(args: argparse.Namespace) -> int:
         corrected=not args.stale,
         seed=args.seed,
     )
-    pairs = []
-    for query_id, judged in qrels.items():
-        rows = [
-            row for doc, grade in judged.items() if grade > 0 and doc in set(store.ids) for row in store.rows_of([doc])
-        ]
-        if rows and query_id in queries:
-            pairs.append((query_id, rows))
+    pairs = query_positive_rows(store, queries, qrels)
+    if not pairs:
+        raise ValueError(
+            f"None of the {sum(len(j) for j in qrels.values())} judged documents of {args.data} [{args.split}] is in "
+            f"the store {args.store}: were they built from the same corpus?"
+        )
     written = 0
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.output, "w", encoding="utf-8") as handle:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_name(f".{output.name}.partial-{os.getpid()}")
+    with open(partial, "w", encoding="utf-8") as handle:
         for start in tqdm(range(0, len(pairs), 256), desc="Mining", unit="batch"):
             chunk = pairs[start : start + 256]
             embeddings = model.encode([queries[q] for q, _ in chunk], convert_to_tensor=True).float().cpu()
@@ -208,6 +213,7 @@ def cmd_mine(args: argparse.Namespace) -> int:
                     record.update({f"negative_{i + 1}": store.texts[n] for i, n in enumerate(negative_rows)})
                     handle.write(json.dumps(record) + "\n")
                     written += 1
+    os.replace(partial, output)  # a killed run leaves no half-written file under the name asked for
     stats = sampler.stats
     print(
         f"Wrote {written} rows (anchor, positive, negative_1..{args.num_negatives}) to {args.output} "
@@ -223,6 +229,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from haystack_corrector.beir import document_text, load_beir
     from haystack_corrector.evaluation import retrieval_metrics, run_from_search
     from haystack_corrector.experiments.harness import load_model, resolve_model_path
+    from haystack_corrector.sentence_transformers.encode import model_similarity
 
     corpus, queries, qrels = load_beir(args.data, args.split)
     model = load_model(resolve_model_path(args.model), args.max_seq_length)
@@ -241,8 +248,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             .float()
             .cpu()
         )
-        store = CorrectedCacheStore(docs, ids=ids)
-        source = "documents encoded with the model"
+        store = CorrectedCacheStore(docs, ids=ids, similarity=model_similarity(model))
+        source = f"documents encoded with the model ({store.similarity} similarity)"
+    known = set(store.ids)
+    if not any(doc in known for judged in qrels.values() for doc in judged):
+        raise ValueError(
+            f"None of the judged documents of {args.data} [{args.split}] is in the store {args.store}: were they built "
+            "from the same corpus?"
+        )
     query_ids = list(queries)
     embeddings = (
         model.encode([queries[q] for q in query_ids], batch_size=args.batch_size, convert_to_tensor=True).float().cpu()
@@ -252,6 +265,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"{args.data} [{args.split}], {len(query_ids)} queries, {source}:")
     print("  " + "  ".join(f"{name} {value:.4f}" for name, value in means.items()))
     return 0
+
+
+def query_positive_rows(store, queries, qrels):  # type: ignore[no-untyped-def]
+    """(query id, rows of its positive documents in ``store``) for every judged query; one id lookup per pair."""
+    known = set(store.ids)  # built once: a membership test per (query, document) pair stays O(1)
+    pairs = []
+    for query_id, judged in qrels.items():
+        docs = [doc for doc, grade in judged.items() if grade > 0 and doc in known]
+        if docs and query_id in queries:
+            pairs.append((query_id, store.rows_of(docs)))
+    return pairs
 
 
 # ------------------------------------------------------------------------------------------------------ parser
@@ -313,6 +337,11 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--batch-size", type=int, default=64)
     build.add_argument("--dtype", default="float32", choices=["float32", "float16"])
     build.add_argument("--hidden-dim", type=int, default=None)
+    build.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="save into a folder that holds other files too (only the store's own files are replaced)",
+    )
     build.set_defaults(handler=cmd_build_cache)
 
     mine = commands.add_parser("mine", help="write hard negatives (sentence-transformers n-tuple JSONL) from a store")
@@ -320,7 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     mine.add_argument("--data", required=True)
     mine.add_argument("--split", default="train")
     mine.add_argument("--model", default=None, help="query encoder (default all-MiniLM-L6-v2)")
-    mine.add_argument("--output", required=True, help="JSONL file")
+    mine.add_argument("--output", required=True, help="JSONL file (refused if it exists, unless --overwrite)")
+    mine.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     mine.add_argument("--num-negatives", type=int, default=3)
     mine.add_argument("--strategy", default="top", choices=["top", "gumbel", "random"])
     mine.add_argument("--temperature", type=float, default=0.05)
@@ -361,7 +391,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return int(args.handler(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, ImportError, KeyError) as exc:
+    except KeyError as exc:  # str(KeyError) is the repr of its message
+        print(f"haystack-corrector: error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        return 2
+    except (ValueError, TypeError, OSError, ImportError) as exc:
         print(f"haystack-corrector: error: {exc}", file=sys.stderr)
         return 2
 

@@ -12,13 +12,14 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from haystack_corrector._atomic import atomic_directory
+from haystack_corrector._atomic import atomic_directory, step
 from haystack_corrector._validation import check_positive_int, describe
 
 CONFIG_FILE = "corrector_config.json"
 WEIGHTS_FILE = "corrector.safetensors"
 _FORMAT = "haystack-corrector/corrector"
 _FORMAT_VERSION = 1
+OWNED_FILES = frozenset({CONFIG_FILE, WEIGHTS_FILE})
 
 
 class Corrector(nn.Module):
@@ -73,12 +74,34 @@ class Corrector(nn.Module):
 
     @property
     def version(self) -> int:
-        """A counter that grows on every in-place update of the weights (optimiser steps, ``load_state_dict``).
+        """Sum of torch's per-tensor version counters: grows on optimiser steps and ``load_state_dict``.
 
-        Stores compare it to know whether a materialised corrected view is still current. It sums torch's
-        per-tensor version counters, which every in-place operation bumps.
+        Not a complete change detector: edits through ``.data`` and ``vector_to_parameters`` do not bump it. Stores
+        therefore compare a snapshot of the weights (:meth:`weights_snapshot`) to decide whether a materialised view
+        is current, never this counter.
         """
         return sum(p._version for p in self.parameters())
+
+    def weights_snapshot(self) -> list[tuple[str, torch.Tensor]]:
+        """A detached copy of every parameter and buffer, for exact "has anything changed?" comparisons."""
+        return [(name, tensor.detach().clone()) for name, tensor in self.state_dict(keep_vars=True).items()]
+
+    def matches_snapshot(self, snapshot: list[tuple[str, torch.Tensor]]) -> bool:
+        """True when the weights equal ``snapshot`` exactly (same names, shapes, dtypes, devices and values)."""
+        current = self.state_dict(keep_vars=True)
+        if len(current) != len(snapshot):
+            return False
+        for name, saved in snapshot:
+            tensor = current.get(name)
+            if (
+                tensor is None
+                or tensor.shape != saved.shape
+                or tensor.dtype != saved.dtype
+                or tensor.device != saved.device
+                or not torch.equal(tensor.detach(), saved)
+            ):
+                return False
+        return True
 
     def get_config_dict(self) -> dict[str, Any]:
         return {
@@ -88,17 +111,25 @@ class Corrector(nn.Module):
             "normalize": self.normalize,
         }
 
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write ``corrector_config.json`` and ``corrector.safetensors`` into the directory ``path``, atomically."""
-        with atomic_directory(path) as tmp:
+    def save(self, path: str | os.PathLike[str], overwrite: bool = False) -> None:
+        """Write ``corrector_config.json`` and ``corrector.safetensors`` into the directory ``path``, atomically.
+
+        ``path`` may be new, empty, or a previous corrector save. A folder holding anything else is refused
+        (:class:`FileExistsError`) unless ``overwrite=True``, which replaces only the two files and keeps the rest.
+        """
+        with atomic_directory(
+            path, kind=_FORMAT, config_file=CONFIG_FILE, owned=OWNED_FILES, overwrite=overwrite
+        ) as tmp:
             self.save_to(tmp)
 
     def save_to(self, directory: Path) -> None:
         """Write the two files into an existing directory (no atomicity; used inside other atomic saves)."""
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": _FORMAT})
+        step(f"wrote {WEIGHTS_FILE}")
         config = {"format": _FORMAT, "format_version": _FORMAT_VERSION, **self.get_config_dict()}
         (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+        step(f"wrote {CONFIG_FILE}")
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Corrector:

@@ -10,8 +10,11 @@ Argument names and filter semantics follow sentence-transformers' ``mine_hard_ne
 4. ``strategy`` picks ``num_negatives`` of the rest: ``"top"`` the best, ``"gumbel"`` a sample without replacement from
    softmax(score / temperature) (Gumbel-top-k), ``"random"`` a uniform sample.
 
-When the filters leave fewer than ``num_negatives`` candidates, the gap is filled with uniformly random non-positive
-rows, counted in :attr:`HardNegativeSampler.stats` and logged once per call.
+When the filters leave fewer than ``num_negatives`` candidates, the gap is filled with uniformly random rows from
+outside the window that are not positives and pass the score filters (a row the window rejected, by a filter or as
+one of the ``range_min`` likely false negatives, never comes back through the fill); fills are counted in
+:attr:`HardNegativeSampler.stats` and logged once per call. When not even that is enough, :meth:`sample` raises
+``ValueError`` and counts the query in ``stats["unfillable_queries"]``.
 """
 
 from __future__ import annotations
@@ -150,6 +153,7 @@ class HardNegativeSampler:
             "skipped_absolute_margin": 0,
             "skipped_relative_margin": 0,
             "skipped_max_score": 0,
+            "unfillable_queries": 0,
         }
 
     @property
@@ -201,33 +205,45 @@ class HardNegativeSampler:
         scores, rows = store.search(
             queries, depth, exclude=positive_sets, corrected=self.corrected, max_view_age=self.max_view_age
         )
-        valid = self._apply_filters(queries, positive_sets, scores)
+        lowest = self._lowest_positive_scores(queries, positive_sets) if self._needs_lowest else None
+        valid = self._apply_filters(scores, lowest)
         if self.range_min:
             valid &= valid.cumsum(dim=1) > self.range_min
         chosen, chosen_valid = self._choose(scores, valid)
         negatives = torch.gather(rows, 1, chosen)
-        return self._fill(negatives, chosen_valid, positive_sets)
+        return self._fill(queries, negatives, chosen_valid, rows, positive_sets, lowest)
 
     # ---------------------------------------------------------------------------------------------------- steps
-    def _apply_filters(
-        self, queries: torch.Tensor, positive_sets: list[set[int]], scores: torch.Tensor
-    ) -> torch.Tensor:
-        valid = torch.ones_like(scores, dtype=torch.bool)
-        if self.absolute_margin is not None or self.relative_margin is not None:
-            lowest = self._lowest_positive_scores(queries, positive_sets).unsqueeze(1)
-            if self.absolute_margin is not None:
-                removed = valid & (scores + self.absolute_margin > lowest)
-                self.stats["skipped_absolute_margin"] += int(removed.sum())
-                valid &= ~removed
-            if self.relative_margin is not None:
-                removed = valid & (scores > lowest - lowest.abs() * self.relative_margin)
-                self.stats["skipped_relative_margin"] += int(removed.sum())
-                valid &= ~removed
+    @property
+    def _needs_lowest(self) -> bool:
+        return self.absolute_margin is not None or self.relative_margin is not None
+
+    def _filter_masks(self, scores: torch.Tensor, lowest: torch.Tensor | None) -> list[tuple[str, torch.Tensor]]:
+        """(stats key, rejected mask) of each score filter, in the order they apply. ``lowest``: (B, 1) or None."""
+        masks = []
+        if lowest is not None and self.absolute_margin is not None:
+            masks.append(("skipped_absolute_margin", scores + self.absolute_margin > lowest))
+        if lowest is not None and self.relative_margin is not None:
+            masks.append(("skipped_relative_margin", scores > lowest - lowest.abs() * self.relative_margin))
         if self.max_score is not None:
-            removed = valid & (scores > self.max_score)
-            self.stats["skipped_max_score"] += int(removed.sum())
+            masks.append(("skipped_max_score", scores > self.max_score))
+        return masks
+
+    def _apply_filters(self, scores: torch.Tensor, lowest: torch.Tensor | None) -> torch.Tensor:
+        valid = torch.ones_like(scores, dtype=torch.bool)
+        for key, rejected in self._filter_masks(scores, None if lowest is None else lowest.unsqueeze(1)):
+            removed = valid & rejected
+            self.stats[key] += int(removed.sum())
             valid &= ~removed
         return valid
+
+    def _score_rows(self, queries: torch.Tensor, rows: list[int]) -> torch.Tensor:
+        """(B, len(rows)) scores of these rows for each query, by the sampler's (corrected or stale) embeddings."""
+        getter = self.store.corrected_embeddings if self.corrected else self.store.stale_embeddings
+        targets = getter(rows)
+        if self.store.similarity == "cosine":
+            queries, targets = F.normalize(queries, dim=-1), F.normalize(targets, dim=-1)
+        return queries @ targets.T
 
     def _lowest_positive_scores(self, queries: torch.Tensor, positive_sets: list[set[int]]) -> torch.Tensor:
         """Per query, the score of its lowest-scoring positive (+inf when it has none: no margin applies)."""
@@ -235,11 +251,7 @@ class HardNegativeSampler:
         flat = sorted({row for rows in positive_sets for row in rows})
         if not flat:
             return lowest
-        getter = self.store.corrected_embeddings if self.corrected else self.store.stale_embeddings
-        targets = getter(flat)
-        if self.store.similarity == "cosine":
-            queries, targets = F.normalize(queries, dim=-1), F.normalize(targets, dim=-1)
-        all_scores = queries @ targets.T
+        all_scores = self._score_rows(queries, flat)
         column = {row: position for position, row in enumerate(flat)}
         for query, rows in enumerate(positive_sets):
             if rows:
@@ -260,16 +272,29 @@ class HardNegativeSampler:
         _, chosen = torch.topk(keys, k, dim=1)
         return chosen, torch.gather(valid, 1, chosen)
 
-    def _fill(self, negatives: torch.Tensor, chosen_valid: torch.Tensor, positive_sets: list[set[int]]) -> torch.Tensor:
+    def _fill(
+        self,
+        queries: torch.Tensor,
+        negatives: torch.Tensor,
+        chosen_valid: torch.Tensor,
+        window_rows: torch.Tensor,
+        positive_sets: list[set[int]],
+        lowest: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Complete each query's negatives with random rows that are neither positives nor rejected.
+
+        Every row of the query's window that was not chosen was rejected (by a score filter, or by ``range_min`` as a
+        likely false negative), so fill rows come from outside the window, and must pass the same score filters.
+        """
         result = torch.empty((negatives.shape[0], self.num_negatives), dtype=torch.int64)
         filled_queries = filled = 0
-        num_rows = len(self.store)
         for query in range(negatives.shape[0]):
             kept = negatives[query][chosen_valid[query]].tolist()
             missing = self.num_negatives - len(kept)
             if missing:
-                forbidden = positive_sets[query] | set(kept)
-                kept += self._random_rows(missing, forbidden, num_rows)
+                forbidden = positive_sets[query] | set(window_rows[query].tolist())
+                query_lowest = None if lowest is None else lowest[query : query + 1].view(1, 1)
+                kept += self._fill_rows(queries[query : query + 1], missing, forbidden, query_lowest, query)
                 filled_queries += 1
                 filled += missing
             result[query] = torch.tensor(kept, dtype=torch.int64)
@@ -279,9 +304,9 @@ class HardNegativeSampler:
         self.stats["filled_negatives"] += filled
         if filled:
             logger.info(
-                "Filled %d of %d negatives (%.1f%%) for %d of %d queries with random non-positive rows: the window "
-                "(range_min=%d, range_max=%d) and filters left too few candidates. Consider widening range_max or "
-                "loosening absolute_margin/relative_margin/max_score.",
+                "Filled %d of %d negatives (%.1f%%) for %d of %d queries with random rows outside the window that "
+                "pass the filters: the window (range_min=%d, range_max=%d) and filters left too few candidates. "
+                "Consider widening range_max or loosening absolute_margin/relative_margin/max_score.",
                 filled,
                 negatives.shape[0] * self.num_negatives,
                 100.0 * filled / (negatives.shape[0] * self.num_negatives),
@@ -292,22 +317,41 @@ class HardNegativeSampler:
             )
         return result
 
-    def _random_rows(self, count: int, forbidden: set[int], num_rows: int) -> list[int]:
+    def _passing(self, query: torch.Tensor, rows: list[int], lowest: torch.Tensor | None) -> list[int]:
+        """The rows that no score filter rejects for this query (all of them without filters)."""
+        if not rows or not self.has_filters:
+            return rows
+        scores = self._score_rows(query, rows)
+        rejected = torch.zeros_like(scores, dtype=torch.bool)
+        for _, mask in self._filter_masks(scores, lowest):
+            rejected |= mask
+        return [row for row, bad in zip(rows, rejected[0].tolist()) if not bad]
+
+    def _fill_rows(
+        self, query: torch.Tensor, count: int, forbidden: set[int], lowest: torch.Tensor | None, position: int
+    ) -> list[int]:
+        num_rows = len(self.store)
         picked: list[int] = []
         taken = set(forbidden)
-        # Rejection sampling is cheap while most rows are allowed; fall back to a permutation otherwise.
+        # Rejection sampling is cheap while most rows are allowed; fall back to a full permutation otherwise.
         for _ in range(8):
-            draws = torch.randint(num_rows, (2 * count + 8,), generator=self.generator).tolist()
-            for row in draws:
+            draws = []
+            for row in torch.randint(num_rows, (2 * count + 8,), generator=self.generator).tolist():
                 if row not in taken:
                     taken.add(row)
-                    picked.append(row)
-                    if len(picked) == count:
-                        return picked
-        for row in torch.randperm(num_rows, generator=self.generator).tolist():
-            if row not in taken:
-                taken.add(row)
-                picked.append(row)
-                if len(picked) == count:
-                    return picked
-        raise ValueError(f"Cannot find {count} more non-positive rows among {num_rows}")  # guarded by sample()
+                    draws.append(row)
+            picked += self._passing(query, draws, lowest)[: count - len(picked)]
+            if len(picked) == count:
+                return picked
+        order = [row for row in torch.randperm(num_rows, generator=self.generator).tolist() if row not in taken]
+        for start in range(0, len(order), 4096):
+            picked += self._passing(query, order[start : start + 4096], lowest)[: count - len(picked)]
+            if len(picked) == count:
+                return picked
+        self.stats["unfillable_queries"] += 1
+        raise ValueError(
+            f"Cannot sample {self.num_negatives} negatives for query {position}: only {self.num_negatives - count + len(picked)} "
+            f"rows of {num_rows} are neither positives nor rejected by range_min={self.range_min} and the score "
+            f"filters (absolute_margin={self.absolute_margin}, relative_margin={self.relative_margin}, "
+            f"max_score={self.max_score}). Loosen the filters or lower num_negatives"
+        )

@@ -90,8 +90,33 @@ class CorrectorTrainer:
         self.temperature = _non_negative_float(temperature, "temperature")
         if self.temperature == 0:
             raise ValueError("temperature must be > 0, got 0")
-        self.optimizer = torch.optim.AdamW(store.corrector.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        self._bind(store.corrector)
         self.steps = 0
+
+    def _bind(self, corrector: torch.nn.Module) -> None:
+        self._corrector = corrector
+        self.optimizer = torch.optim.AdamW(corrector.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+    @property
+    def corrector(self) -> torch.nn.Module:
+        """The corrector this trainer's optimiser updates: always ``store.corrector`` (see :meth:`_rebind_if_replaced`)."""
+        self._rebind_if_replaced()
+        return self._corrector
+
+    def _rebind_if_replaced(self) -> None:
+        """After ``store.corrector = other``, train ``other``: a fresh optimiser over its parameters.
+
+        Without this the optimiser would keep stepping the old module while the store searched with the new one, and
+        training would silently stop. The optimiser's moments belong to the old weights, so they start again.
+        """
+        current = self.store.corrector
+        if current is not self._corrector:
+            logger.warning(
+                "store.corrector was replaced after this CorrectorTrainer was created; rebinding its optimiser to "
+                "the new corrector (optimiser state starts again, step count %d kept)",
+                self.steps,
+            )
+            self._bind(current)
 
     def get_config_dict(self) -> dict[str, Any]:
         return {
@@ -142,7 +167,7 @@ class CorrectorTrainer:
         queries: torch.Tensor | None,
         local: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> dict[str, float]:
-        corrector = self.store.corrector
+        corrector = self.corrector
         device = next(corrector.parameters()).device
         stale = self.store.stale_embeddings(rows).to(device)
         fresh = fresh.to(device)
@@ -320,13 +345,13 @@ class CorrectorTrainer:
         """Corrector weights, optimiser state and step count, for checkpoints (a deep copy, not live tensors)."""
         return copy.deepcopy(
             {
-                "corrector": self.store.corrector.state_dict(),
+                "corrector": self.corrector.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "steps": self.steps,
             }
         )
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.store.corrector.load_state_dict(state["corrector"])
+        self.corrector.load_state_dict(state["corrector"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.steps = int(state["steps"])

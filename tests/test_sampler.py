@@ -41,6 +41,25 @@ def oracle_window(store, query, positives, sampler):
     return kept[sampler.range_min :]
 
 
+def oracle_fill_pool(store, query, positives, sampler):
+    """Brute force: rows a fill may use: outside the window, not positives, passing every score filter."""
+    targets = store.corrected_embeddings() if sampler.corrected else store.stale_embeddings()
+    scores = naive_scores(query.unsqueeze(0), targets, store.similarity)[0]
+    ranked = sorted((r for r in range(len(store)) if r not in positives), key=lambda r: -scores[r])
+    lowest = min((scores[p] for p in positives), default=math.inf)
+    pool = []
+    for row in ranked[sampler.window :]:
+        s = scores[row]
+        if sampler.absolute_margin is not None and s + sampler.absolute_margin > lowest:
+            continue
+        if sampler.relative_margin is not None and s > lowest - abs(lowest) * sampler.relative_margin:
+            continue
+        if sampler.max_score is not None and s > sampler.max_score:
+            continue
+        pool.append(row)
+    return pool
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     num_negatives=st.integers(1, 6),
@@ -67,12 +86,21 @@ def test_sampler_invariants(num_negatives, strategy, range_min, extra, margin, m
         seed=seed,
     )
     queries = torch.randn(len(positives), store.dim, generator=torch.Generator().manual_seed(seed))
+    windows = [oracle_window(store, queries[q], positives[q], sampler) for q in range(len(positives))]
+    pools = [oracle_fill_pool(store, queries[q], positives[q], sampler) for q in range(len(positives))]
+    if any(len(w) + len(p) < num_negatives for w, p in zip(windows, pools)):
+        with pytest.raises(ValueError, match="Cannot sample"):
+            sampler.sample(queries, positives)
+        assert sampler.stats["unfillable_queries"] == 1
+        return
     negatives = sampler.sample(queries, positives)
     assert negatives.shape == (len(positives), num_negatives) and negatives.dtype == torch.int64
     for query, rows in enumerate(negatives.tolist()):
         assert len(set(rows)) == num_negatives, "duplicate negatives"
         assert not set(rows) & positives[query], "a positive was returned as a negative"
-        window = oracle_window(store, queries[query], positives[query], sampler)
+        window = windows[query]
+        # The fill never brings back a row the window rejected (a filter or range_min) or one a filter rejects.
+        assert set(rows) <= set(window) | set(pools[query]), "a rejected row was returned"
         if len(window) >= num_negatives:
             assert set(rows) <= set(window), "negative outside the candidate window"
             if strategy == "top":
@@ -91,17 +119,44 @@ def test_top_matches_oracle_with_relative_margin():
             assert negatives[query].tolist() == window[:3]
 
 
+def _ranked_store(n=30):
+    """Dot-product rows whose score for the query e0 is 1.0, 0.97, 0.94, ... by row: row order = rank order."""
+    embeddings = torch.zeros(n, 2)
+    embeddings[:, 0] = 1.0 - 0.03 * torch.arange(n, dtype=torch.float32)
+    return CorrectedCacheStore(embeddings, similarity="dot"), torch.tensor([[1.0, 0.0]])
+
+
 def test_fill_is_counted_and_logged(caplog):
-    store = _store(n=30)
-    # max_score below every possible score leaves no candidate: everything is filled at random.
-    sampler = HardNegativeSampler(store, num_negatives=4, max_score=-2.0, range_max=10, seed=0)
+    store, query = _ranked_store()
+    # max_score=0.5 rejects the whole window (rows 0-9 score 1.0..0.73) and rows 10-16 beyond it (0.70..0.52).
+    sampler = HardNegativeSampler(store, num_negatives=4, max_score=0.5, range_max=10, seed=0)
     with caplog.at_level(logging.INFO, logger="haystack_corrector.sampler"):
-        negatives = sampler.sample(torch.randn(3, 8), [[0, 1], [2], []])
+        negatives = sampler.sample(query.expand(3, -1), [[0, 1], [2], []])
     assert sampler.stats["filled_queries"] == 3 and sampler.stats["filled_negatives"] == 12
     assert sampler.stats["skipped_max_score"] == 30
     assert sum("Filled 12 of 12 negatives" in r.getMessage() for r in caplog.records) == 1
     for rows, pos in zip(negatives.tolist(), [{0, 1}, {2}, set()]):
         assert len(set(rows)) == 4 and not set(rows) & pos
+        assert min(rows) >= 17, f"the fill returned a row above max_score: {rows}"
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_fill_never_returns_rows_skipped_by_range_min(seed):
+    store, query = _ranked_store(n=12)
+    # Window = rows 0-5 (1.0..0.85); max_score=0.87 rejects rows 0-4; range_min=2 then skips the one valid row, 5
+    # (a likely false negative). All 3 negatives come from the fill, which may use only rows 6-11.
+    sampler = HardNegativeSampler(store, num_negatives=3, range_min=2, range_max=6, max_score=0.87, seed=seed)
+    rows = sampler.sample(query, [[]])[0].tolist()
+    assert set(rows) <= set(range(6, 12)), f"a row the window rejected came back through the fill: {rows}"
+
+
+def test_fill_raises_and_counts_when_too_few_rows_pass():
+    store, query = _ranked_store(n=12)
+    # max_score=0.69 rejects rows 0-10 (scores 1.0..0.70): only row 11 (0.67) is left for 3 negatives.
+    sampler = HardNegativeSampler(store, num_negatives=3, max_score=0.69, range_max=5, seed=0)
+    with pytest.raises(ValueError, match="Cannot sample 3 negatives for query 0: only 1 rows"):
+        sampler.sample(query, [[]])
+    assert sampler.stats["unfillable_queries"] == 1
 
 
 def test_fill_when_window_is_all_positives_but_one():

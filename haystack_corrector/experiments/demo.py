@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
 from haystack_corrector.experiments.harness import ExperimentConfig, run_experiment
+from haystack_corrector.experiments.output_folder import clear_output_folder
 
 DEMO_DATA = Path(__file__).resolve().parents[1] / "data" / "scifact_demo"
 
@@ -32,8 +32,8 @@ def demo_config(output: str, steps: int = 24, model: str | None = None) -> Exper
 def run_demo(
     output: str = "haystack-corrector-demo", steps: int = 24, fresh: bool = False, model: str | None = None
 ) -> dict[str, Any]:
-    if fresh and Path(output).exists():
-        shutil.rmtree(output)
+    if fresh:
+        clear_output_folder(output)  # only the files the demo writes; refuses a folder that is not ours
     return run_experiment(demo_config(output, steps, model))
 
 

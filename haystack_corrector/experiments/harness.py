@@ -26,6 +26,7 @@ from haystack_corrector.cache_store import CorrectedCacheStore
 from haystack_corrector.corrector import Corrector
 from haystack_corrector.evaluation import overlap_at_k, relative_error, retrieval_metrics, run_from_search
 from haystack_corrector.experiments.arms import Arm, parse_arm
+from haystack_corrector.experiments.output_folder import claim_output_folder
 
 logger = logging.getLogger(__name__)
 
@@ -166,8 +167,7 @@ def subset_queries(
 
 def prepare(config: ExperimentConfig) -> Prepared:
     """Load the data; build (or reuse) the one initial cache; evaluate the initial model (zero-shot)."""
-    output = Path(config.output)
-    output.mkdir(parents=True, exist_ok=True)
+    output = claim_output_folder(config.output)
     corpus, train_queries, train_qrels = load_beir(config.data, config.train_split)
     if config.max_train_queries is not None and config.max_train_queries < len(train_queries):
         train_queries, train_qrels = subset_queries(train_queries, train_qrels, config.max_train_queries)
@@ -401,6 +401,7 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     from haystack_corrector.experiments import report
 
     arms = config.validate()
+    claim_output_folder(config.output)  # before anything is read from or written to it
     check_resumable(config)
     total_start = time.perf_counter()
     prepared = prepare(config)

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from haystack_corrector._atomic import atomic_directory, step
 from haystack_corrector.corrector import Corrector
 from haystack_corrector.sentence_transformers import _compat
 from haystack_corrector.sentence_transformers.loss import CorrectedMultipleNegativesRankingLoss
@@ -17,6 +18,9 @@ from haystack_corrector.sentence_transformers.loss import CorrectedMultipleNegat
 logger = logging.getLogger(__name__)
 
 STATE_DIR = "corrector_state"
+STATE_FILE = "state.json"
+STATE_FORMAT = "haystack-corrector/trainer-state"
+STATE_FILES = frozenset({"corrector", "corrector_optimizer.pt", STATE_FILE})
 _TrainerCallback = _compat.trainer_callback_base()
 
 
@@ -43,23 +47,29 @@ class CorrectorCallback(_TrainerCallback):  # type: ignore[misc, valid-type]
 
     # -------------------------------------------------------------------------------------------- save/restore
     def save_state(self, directory: str | os.PathLike[str]) -> None:
-        target = Path(directory) / STATE_DIR
-        target.mkdir(parents=True, exist_ok=True)
-        self.loss.store.corrector.save(target / "corrector")
-        trainer_state = self.loss.corrector_trainer.state_dict()
-        torch.save(
-            {
-                "optimizer": trainer_state["optimizer"],
-                "generator": self.loss.sampler.generator.get_state(),
-            },
-            target / "corrector_optimizer.pt",
-        )
-        meta = {
-            "corrector_steps": trainer_state["steps"],
-            "loss_training_steps": self.loss.training_steps,
-            "sampler_stats": self.loss.sampler.stats,
-        }
-        (target / "state.json").write_text(json.dumps(meta, indent=2))
+        """Write ``corrector_state/`` into ``directory`` atomically: a kill mid-save leaves the previous state whole."""
+        with atomic_directory(
+            Path(directory) / STATE_DIR, kind=STATE_FORMAT, config_file=STATE_FILE, owned=STATE_FILES
+        ) as target:
+            (target / "corrector").mkdir()
+            self.loss.store.corrector.save_to(target / "corrector")
+            trainer_state = self.loss.corrector_trainer.state_dict()
+            torch.save(
+                {
+                    "optimizer": trainer_state["optimizer"],
+                    "generator": self.loss.sampler.generator.get_state(),
+                },
+                target / "corrector_optimizer.pt",
+            )
+            step("wrote corrector_optimizer.pt")
+            meta = {
+                "format": STATE_FORMAT,
+                "corrector_steps": trainer_state["steps"],
+                "loss_training_steps": self.loss.training_steps,
+                "sampler_stats": self.loss.sampler.stats,
+            }
+            (target / STATE_FILE).write_text(json.dumps(meta, indent=2))
+            step(f"wrote {STATE_FILE}")
 
     def load_state(self, directory: str | os.PathLike[str]) -> None:
         source = Path(directory) / STATE_DIR

@@ -52,13 +52,7 @@ def encode_corpus(
     for position, text in enumerate(texts):
         if not isinstance(text, str):
             raise TypeError(f"corpus_texts[{position}] must be a string, got {type(text).__name__}")
-    similarity = getattr(model, "similarity_fn_name", None) or "cosine"
-    if similarity == "dot_product":  # sentence-transformers' name
-        similarity = "dot"
-    if similarity not in ("cosine", "dot"):
-        raise ValueError(
-            f"The model compares embeddings with {similarity!r}; the corrector cache supports 'cosine' and 'dot'"
-        )
+    similarity = model_similarity(model)
     kwargs: dict[str, Any] = {}
     if prompt is not None:
         kwargs["prompt"] = prompt
@@ -90,6 +84,18 @@ def encode_corpus(
     )
 
 
+def model_similarity(model: Any) -> str:
+    """The store similarity (``"cosine"`` or ``"dot"``) matching a SentenceTransformer's ``similarity_fn_name``."""
+    similarity = getattr(model, "similarity_fn_name", None) or "cosine"
+    if similarity == "dot_product":  # sentence-transformers' name
+        similarity = "dot"
+    if similarity not in ("cosine", "dot"):
+        raise ValueError(
+            f"The model compares embeddings with {similarity!r}; the corrector cache supports 'cosine' and 'dot'"
+        )
+    return similarity
+
+
 def _encode_in_shards(
     run: Callable[[list[str], bool], np.ndarray], texts: list[str], folder: Path, shard_size: int, progress: bool
 ) -> np.ndarray:
@@ -102,6 +108,12 @@ def _encode_in_shards(
     fingerprint = hashlib.sha256("\x00".join(texts).encode("utf-8")).hexdigest()
     manifest = {"num_texts": len(texts), "shard_size": shard_size, "texts_sha256": fingerprint}
     manifest_path = folder / "manifest.json"
+    if not manifest_path.exists() and any(folder.iterdir()):
+        first = sorted(os.listdir(folder))[0]
+        raise FileExistsError(
+            f"Refusing to write shards into {folder}: it holds {first!r} and no manifest of an earlier encode. "
+            "Use a new or empty shard_dir"
+        )
     if manifest_path.exists():
         found = json.loads(manifest_path.read_text())
         if found != manifest:
