@@ -104,6 +104,30 @@ def _fsync_tree(directory: Path) -> None:
         _fsync(Path(root))
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process: alive
+        return True
+    return True
+
+
+def _remove_dead_temporaries(target: Path) -> None:
+    """Delete temporary folders of saves to ``target`` whose process is gone (killed mid-save); ours by name."""
+    prefix = f".{target.name}.tmp-"
+    if not target.parent.is_dir():
+        return
+    for entry in target.parent.iterdir():
+        if not entry.name.startswith(prefix) or not entry.is_dir():
+            continue
+        pid = entry.name[len(prefix) :].partition("-")[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            logger.info("Removing %s, left by a save that was killed", entry)
+            shutil.rmtree(entry, ignore_errors=True)
+
+
 def recover_interrupted_save(target: Path, config_file: str, kind: str, owned: Collection[str]) -> None:
     """Finish a swap that a killed process left half done (see the module docstring); never deletes foreign files."""
     previous = previous_directory(target)
@@ -130,6 +154,25 @@ def recover_interrupted_save(target: Path, config_file: str, kind: str, owned: C
         previous.rmdir()
 
 
+def check_save_target(
+    path: str | os.PathLike[str], *, kind: str, config_file: str, owned: Collection[str], overwrite: bool = False
+) -> None:
+    """Raise the error a save to ``path`` would raise, before any expensive work (see :func:`atomic_directory`)."""
+    if not isinstance(overwrite, bool):
+        raise TypeError(f"overwrite must be a bool, got {type(overwrite).__name__}")
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise FileExistsError(f"Cannot save to {target}: it exists and is not a directory")
+    if target.is_dir():
+        foreign = foreign_entries(target, config_file, kind, owned)
+        if foreign and not overwrite:
+            raise FileExistsError(
+                f"Refusing to save into {target}: it holds {foreign[0]!r}, which is not part of a saved "
+                f"{kind.rpartition('/')[2]} ({len(foreign)} such entries). Save into a new or empty folder, or pass "
+                "overwrite=True to replace only haystack-corrector's own files and keep the rest"
+            )
+
+
 @contextlib.contextmanager
 def atomic_directory(
     path: str | os.PathLike[str],
@@ -151,24 +194,13 @@ def atomic_directory(
     Raises:
         FileExistsError: ``path`` is a file, or holds foreign entries and ``overwrite`` is False.
     """
-    if not isinstance(overwrite, bool):
-        raise TypeError(f"overwrite must be a bool, got {type(overwrite).__name__}")
     target = Path(path)
-    if target.exists() and not target.is_dir():
-        raise FileExistsError(f"Cannot save to {target}: it exists and is not a directory")
+    check_save_target(target, kind=kind, config_file=config_file, owned=owned, overwrite=overwrite)
     recover_interrupted_save(target, config_file, kind, owned)
-    foreign: list[str] = []
-    if target.is_dir():
-        foreign = foreign_entries(target, config_file, kind, owned)
-        if foreign and not overwrite:
-            raise FileExistsError(
-                f"Refusing to save into {target}: it holds {foreign[0]!r}, which is not part of a saved "
-                f"{kind.rpartition('/')[2]} ({len(foreign)} such entries). Save into a new or empty folder, or pass "
-                "overwrite=True to replace only haystack-corrector's own files and keep the rest"
-            )
     target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_dead_temporaries(target)
     step("mkdtemp")
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-{os.getpid()}-"))
     try:
         yield tmp
         unexpected = sorted(set(os.listdir(tmp)) - set(owned))

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from haystack_corrector._atomic import atomic_directory, resolve_saved_directory, step
+from haystack_corrector._atomic import atomic_directory, check_save_target, resolve_saved_directory, step
 from haystack_corrector._validation import (
     ArrayLike,
     as_float_matrix,
@@ -666,6 +666,11 @@ class CorrectedCacheStore:
             }
             (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
             step(f"wrote {CONFIG_FILE}")
+
+    @staticmethod
+    def check_save_path(path: str | os.PathLike[str], overwrite: bool = False) -> None:
+        """Raise the error :meth:`save` would raise for ``path`` (call it before encoding a corpus to save)."""
+        check_save_target(path, kind=_FORMAT, config_file=CONFIG_FILE, owned=OWNED_FILES, overwrite=overwrite)
 
     @classmethod
     def from_npy(

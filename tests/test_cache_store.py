@@ -248,3 +248,68 @@ def test_with_text_copies_matches_brute_force():
     assert store.with_text_copies([0]) == {0} and store.with_text_copies([0, 2]) == {0, 2, 3}
     part = store.shard(5, 7)  # shard texts are local: row 0 of the shard is row 5 of the store
     assert part.with_text_copies([0]) == {0, 1}
+
+
+# ------------------------------------------------------------------------- a stale view is never searched
+def _edit_optimizer_step(store):
+    optimizer = torch.optim.SGD(store.corrector.parameters(), lr=0.1)
+    store.corrector(torch.randn(3, store.dim)).sum().backward()
+    optimizer.step()
+
+
+def _edit_load_state_dict(store):
+    other = Corrector(store.dim)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.normal_()
+    store.corrector.load_state_dict(other.state_dict())
+
+
+def _edit_data(store):
+    store.corrector.residual[-1].weight.data.add_(0.3)  # .data edits do not bump torch's version counters
+
+
+def _edit_vector_to_parameters(store):
+    vector = torch.nn.utils.parameters_to_vector(store.corrector.parameters())
+    torch.nn.utils.vector_to_parameters(vector + 0.1, store.corrector.parameters())
+
+
+def _edit_replace_corrector(store):
+    other = Corrector(store.dim)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.normal_()
+    store.corrector = other
+
+
+def _edit_replace_submodule(store):
+    layer = torch.nn.Linear(store.dim, store.dim)
+    store.corrector.residual[-1] = layer
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        _edit_optimizer_step,
+        _edit_load_state_dict,
+        _edit_data,
+        _edit_vector_to_parameters,
+        _edit_replace_corrector,
+        _edit_replace_submodule,
+    ],
+)
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_view_is_never_used_after_the_corrector_changed(edit, on_disk, tmp_path):
+    torch.manual_seed(0)
+    store = CorrectedCacheStore(torch.randn(50, 8), similarity="dot")
+    store.materialize(tmp_path / "view.npy" if on_disk else None)
+    assert store.is_materialized
+    queries = torch.randn(4, 8)
+    before = store.search(queries, 5)
+    edit(store)
+    assert not store.is_materialized
+    fused = CorrectedCacheStore(store.stale_embeddings(), corrector=store.corrector, similarity="dot")
+    scores, rows = store.search(queries, 5)
+    expected_scores, expected_rows = fused.search(queries, 5)  # no view: the corrector applied block by block
+    assert torch.equal(rows, expected_rows) and torch.allclose(scores, expected_scores, atol=1e-6)
+    assert not torch.equal(scores, before[0]), "the edit must change the corrected scores for this test to mean anything"

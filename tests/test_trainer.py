@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -182,3 +184,21 @@ def test_listwise_over_the_whole_sample_equals_neighbourhoods_as_large_as_the_sa
         CorrectorTrainer(store, listwise_weight=1.0).fit(
             rows, drift.fresh[rows], query_embeddings=drift.queries, listwise_candidates="every"
         )
+
+
+def test_replacing_store_corrector_rebinds_the_trainer(caplog):
+    torch.manual_seed(0)
+    stale = torch.randn(40, 8)
+    store = CorrectedCacheStore(stale, similarity="dot")
+    trainer = CorrectorTrainer(store, lr=1e-2)
+    trainer.observe(torch.arange(10), stale[:10] * 1.2)
+    replacement = Corrector(8)
+    store.corrector = replacement
+    before = [p.detach().clone() for p in replacement.parameters()]
+    with caplog.at_level(logging.WARNING, logger="haystack_corrector.trainer"):
+        trainer.observe(torch.arange(10), stale[:10] * 1.2)
+    moved = [not torch.equal(a, b) for a, b in zip(before, replacement.parameters())]
+    assert any(moved), "the new corrector must be the one trained"
+    assert trainer.corrector is replacement and replacement.updates == 1
+    assert sum("rebinding its optimiser" in r.getMessage() for r in caplog.records) == 1
+    assert trainer.state_dict()["corrector"].keys() == replacement.state_dict().keys()

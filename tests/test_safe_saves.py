@@ -1,0 +1,320 @@
+"""Saves never delete a user's file, and a process killed between any two filesystem operations loses nothing.
+
+The kill tests fork a child that runs the save with a fault hook which ends the process with ``os._exit`` (no
+``finally``, no clean-up: what SIGKILL does) at operation i, for every i the save performs.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from haystack_corrector import CorrectedCacheStore, Corrector, _atomic
+
+
+def _store(seed: int, n: int = 20, d: int = 6) -> CorrectedCacheStore:
+    generator = torch.Generator().manual_seed(seed)
+    store = CorrectedCacheStore(
+        torch.randn(n, d, generator=generator), ids=[f"d{i}" for i in range(n)], texts=[f"t{seed}-{i}" for i in range(n)]
+    )
+    with torch.no_grad():
+        for p in store.corrector.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * 0.1)
+    return store
+
+
+def _corrector(seed: int) -> Corrector:
+    corrector = Corrector(6)
+    with torch.no_grad():
+        for p in corrector.parameters():
+            p.fill_(float(seed))
+    return corrector
+
+
+def _same_store(a: CorrectedCacheStore, b: CorrectedCacheStore) -> bool:
+    return (
+        torch.equal(a.stale_embeddings(), b.stale_embeddings())
+        and list(a.ids) == list(b.ids)
+        and a.texts == b.texts
+        and torch.equal(a.corrected_embeddings(), b.corrected_embeddings())
+    )
+
+
+def _same_corrector(a: Corrector, b: Corrector) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+# ------------------------------------------------------------------------------------------- user files survive
+SAVERS = {
+    "store.save": lambda path, **kw: _store(0).save(path, **kw),
+    "corrector.save": lambda path, **kw: _corrector(1).save(path, **kw),
+}
+
+
+@pytest.mark.parametrize("saver", sorted(SAVERS))
+def test_refuses_a_folder_with_foreign_files_and_keeps_them(tmp_path, saver):
+    folder = tmp_path / "userdir"
+    folder.mkdir()
+    (folder / "important.txt").write_text("my notes")
+    with pytest.raises(FileExistsError, match=r"userdir.*'important.txt'.*overwrite=True"):
+        SAVERS[saver](folder)
+    assert sorted(os.listdir(folder)) == ["important.txt"] and (folder / "important.txt").read_text() == "my notes"
+    assert sorted(os.listdir(tmp_path)) == ["userdir"], "no temporary folder may be left behind"
+
+
+@pytest.mark.parametrize("saver", sorted(SAVERS))
+def test_overwrite_replaces_only_our_files(tmp_path, saver):
+    folder = tmp_path / "userdir"
+    folder.mkdir()
+    (folder / "important.txt").write_text("my notes")
+    (folder / "sub").mkdir()
+    (folder / "sub" / "data.bin").write_bytes(b"\x00\x01")
+    SAVERS[saver](folder, overwrite=True)
+    SAVERS[saver](folder, overwrite=True)  # a second save over our own files keeps the user's too
+    assert (folder / "important.txt").read_text() == "my notes"
+    assert (folder / "sub" / "data.bin").read_bytes() == b"\x00\x01"
+    if saver == "store.save":
+        assert _same_store(CorrectedCacheStore.load(folder), _store(0))
+    else:
+        assert _same_corrector(Corrector.load(folder), _corrector(1))
+
+
+def test_resave_over_a_previous_save_needs_no_overwrite(tmp_path):
+    _store(0).save(tmp_path / "s")
+    _store(1).save(tmp_path / "s")
+    assert _same_store(CorrectedCacheStore.load(tmp_path / "s"), _store(1))
+    _corrector(1).save(tmp_path / "c")
+    _corrector(2).save(tmp_path / "c")
+    assert _same_corrector(Corrector.load(tmp_path / "c"), _corrector(2))
+    assert sorted(os.listdir(tmp_path)) == ["c", "s"]
+
+
+def test_a_file_named_like_ours_in_a_foreign_folder_is_foreign(tmp_path):
+    folder = tmp_path / "userdir"
+    folder.mkdir()
+    (folder / "ids.json").write_text('["the user\'s own ids"]')  # our file name, but no store config: not ours
+    with pytest.raises(FileExistsError, match="'ids.json'"):
+        _store(0).save(folder)
+    assert (folder / "ids.json").read_text() == '["the user\'s own ids"]'
+
+
+def test_corrector_save_into_a_store_folder_is_refused(tmp_path):
+    _store(0).save(tmp_path / "s")
+    with pytest.raises(FileExistsError, match="'corrector'"):
+        _corrector(1).save(tmp_path / "s")
+    assert _same_store(CorrectedCacheStore.load(tmp_path / "s"), _store(0))
+
+
+def test_materialize_refuses_a_foreign_file(tmp_path):
+    store = _store(0)
+    user_file = tmp_path / "view.npy"
+    user_file.write_bytes(b"the user's array")
+    with pytest.raises(FileExistsError, match="view.npy.*overwrite=True"):
+        store.materialize(user_file)
+    assert user_file.read_bytes() == b"the user's array"
+    assert not store.has_view
+    store.materialize(tmp_path / "mine.npy")
+    store.corrector.residual[-1].bias.data.add_(0.5)
+    store.materialize()  # refreshes its own file without asking
+    store.materialize(tmp_path / "mine.npy")
+    assert sorted(os.listdir(tmp_path)) == ["mine.npy", "view.npy"]
+    store.materialize(user_file, overwrite=True)
+    assert torch.allclose(torch.from_numpy(np.load(user_file)), store.corrected_embeddings(), atol=1e-6)
+
+
+def test_shard_dir_with_foreign_files_is_refused(tmp_path):
+    from haystack_corrector.sentence_transformers.encode import _encode_in_shards
+
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="'notes.txt'"):
+        _encode_in_shards(lambda texts, _: np.zeros((len(texts), 2), np.float32), ["a", "b"], tmp_path, 1, False)
+    assert sorted(os.listdir(tmp_path)) == ["notes.txt"]
+
+
+def test_full_disk_mid_save_keeps_the_previous_save(tmp_path, monkeypatch):
+    _store(0).save(tmp_path / "s")
+    from haystack_corrector import cache_store
+
+    real = cache_store.json.dumps
+
+    def dumps(obj, *args, **kwargs):
+        if isinstance(obj, list) and obj and obj[0] == "t1-0":  # the texts of the second save
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(obj, *args, **kwargs)
+
+    monkeypatch.setattr(cache_store.json, "dumps", dumps)
+    with pytest.raises(OSError, match="No space left on device"):
+        _store(1).save(tmp_path / "s")
+    monkeypatch.undo()
+    assert _same_store(CorrectedCacheStore.load(tmp_path / "s"), _store(0))
+    assert sorted(os.listdir(tmp_path)) == ["s"], "the partial save must be cleaned up"
+
+
+# --------------------------------------------------------------------------------------------- kill at every step
+def _count_steps(save) -> list[str]:
+    labels: list[str] = []
+    _atomic._fault_hook = labels.append
+    try:
+        save()
+    finally:
+        _atomic._fault_hook = None
+    return labels
+
+
+def _killed_at(step_index: int, save) -> int:
+    """Run ``save`` in a forked child that dies abruptly before filesystem operation ``step_index``."""
+    pid = os.fork()
+    if pid == 0:  # child: no pytest, no clean-up on the way out
+        counter = iter(range(10**6))
+
+        def hook(label: str) -> None:
+            if next(counter) == step_index:
+                os._exit(137)
+
+        _atomic._fault_hook = hook
+        try:
+            save()
+        except BaseException:
+            os._exit(1)
+        os._exit(0)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    raise AssertionError(f"the save child hung at step {step_index}")
+
+
+SCENARIOS = ["store over store", "store over nothing", "store overwrite=True", "corrector over corrector"]
+
+
+def _scenario(name: str, folder):
+    """(prepare the folder, the save to kill, load, old value or None, new value, same)."""
+    if name == "corrector over corrector":
+        return (
+            lambda: _corrector(1).save(folder),
+            lambda: _corrector(2).save(folder),
+            lambda: Corrector.load(folder),
+            _corrector(1),
+            _corrector(2),
+            _same_corrector,
+        )
+
+    def prepare():
+        if name == "store over nothing":
+            return
+        folder.mkdir()
+        if name == "store overwrite=True":
+            (folder / "important.txt").write_text("my notes")
+            _store(0).save(folder, overwrite=True)
+        else:
+            _store(0).save(folder)
+
+    overwrite = name == "store overwrite=True"
+    old = None if name == "store over nothing" else _store(0)
+    return (
+        prepare,
+        lambda: _store(1).save(folder, overwrite=overwrite),
+        lambda: CorrectedCacheStore.load(folder),
+        old,
+        _store(1),
+        _same_store,
+    )
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_kill_between_any_two_operations_leaves_old_or_new_save(tmp_path, scenario):
+    probe = tmp_path / "probe" / "target"
+    probe.parent.mkdir()
+    prepare, save, _, _, _, _ = _scenario(scenario, probe)
+    prepare()
+    labels = _count_steps(save)
+    assert len(labels) >= 5, labels
+    assert any(label.startswith("rename") for label in labels)
+    for index, label in enumerate(labels):
+        folder = tmp_path / f"kill{index}" / "target"
+        folder.parent.mkdir()
+        prepare, save, load, old, new, same = _scenario(scenario, folder)
+        prepare()
+        assert _killed_at(index, save) == 137, f"the child did not die at step {index} ({label})"
+        # Right after the kill: the old or the new save loads (the loader falls back to the previous folder).
+        if old is None and not folder.exists() and not _atomic.previous_directory(folder).exists():
+            pass  # killed before the first save existed: nothing to load, nothing lost
+        else:
+            loaded = load()
+            assert same(loaded, old) or same(loaded, new), f"neither old nor new save after a kill at {label}"
+        # The next save finishes the interrupted one; the user's file is back in place, untouched.
+        save()
+        assert same(load(), new)
+        if scenario == "store overwrite=True":
+            assert (folder / "important.txt").read_text() == "my notes", f"user file lost after a kill at {label}"
+        leftovers = [n for n in os.listdir(folder.parent) if n != "target"]  # the killed save's temporaries too
+        assert leftovers == [], f"after a kill at {label}: {leftovers}"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_kill_during_sharded_encode_resumes_to_the_same_cache(tmp_path):
+    from haystack_corrector.sentence_transformers.encode import _encode_in_shards
+
+    texts = [f"text {i}" for i in range(7)]
+
+    def run(batch, _progress):
+        return np.array([[float(t.split()[1]), 1.0] for t in batch], dtype=np.float32)
+
+    expected = _encode_in_shards(run, texts, tmp_path / "reference", 2, False)
+    labels = _count_steps(lambda: _encode_in_shards(run, texts, tmp_path / "probe", 2, False))
+    assert len(labels) == 8  # 4 shards, written then renamed
+    for index, label in enumerate(labels):
+        folder = tmp_path / f"kill{index}"
+        assert _killed_at(index, lambda folder=folder: _encode_in_shards(run, texts, folder, 2, False)) == 137, label
+        assert np.array_equal(_encode_in_shards(run, texts, folder, 2, False), expected), f"after a kill at {label}"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_kill_during_a_training_checkpoint_leaves_old_or_new_corrector_state(tmp_path, tiny_model):
+    from haystack_corrector.beir import document_text
+    from haystack_corrector.sentence_transformers import (
+        CorrectedMultipleNegativesRankingLoss,
+        CorrectorCallback,
+        build_training_dataset,
+        encode_corpus,
+    )
+    from tests.tiny_model import toy_corpus
+
+    corpus, queries, qrels = toy_corpus()
+    ids = list(corpus)
+    store = encode_corpus(tiny_model, [document_text(corpus[i]) for i in ids], ids=ids, show_progress_bar=False)
+    dataset = build_training_dataset(queries, corpus, qrels, store)
+    callback = CorrectorCallback(CorrectedMultipleNegativesRankingLoss(tiny_model, store, dataset, num_negatives=1))
+
+    def set_weights(value):
+        with torch.no_grad():
+            for p in store.corrector.parameters():
+                p.fill_(value)
+
+    def weights_in(checkpoint):
+        callback.load_state(checkpoint)
+        return float(next(store.corrector.parameters()).detach().flatten()[0])
+
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    labels = _count_steps(lambda: callback.save_state(probe))
+    assert len(labels) >= 5
+    for index, label in enumerate(labels):
+        checkpoint = tmp_path / f"checkpoint-{index}"
+        checkpoint.mkdir()
+        set_weights(1.0)
+        callback.save_state(checkpoint)
+        set_weights(2.0)
+        assert _killed_at(index, lambda checkpoint=checkpoint: callback.save_state(checkpoint)) == 137, label
+        assert weights_in(checkpoint) in (1.0, 2.0), f"corrector state unreadable after a kill at {label}"
