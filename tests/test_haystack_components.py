@@ -266,7 +266,7 @@ class TestEmbeddingCorrector:
         data = EmbeddingCorrector(corrector_path, batch_size=7).to_dict()
         assert data == {
             "type": "haystack_integrations.components.embedders.corrector.embedding_corrector.EmbeddingCorrector",
-            "init_parameters": {"corrector_path": corrector_path, "batch_size": 7},
+            "init_parameters": {"corrector_path": corrector_path, "batch_size": 7, "force": False},
         }
         assert EmbeddingCorrector.from_dict(data).batch_size == 7
 
@@ -302,8 +302,40 @@ class TestEmbeddingCorrector:
         assert component_.run([]) == {"documents": []}
 
 
+    def test_refuses_to_correct_twice_unless_forced(self, corrector_path, tmp_path):
+        other = tmp_path / "other-corrector"
+        Corrector(4, hidden_dim=8).save(other)
+        once = EmbeddingCorrector(corrector_path).run(_documents(n=3))["documents"]
+        for path in (corrector_path, str(other)):  # the same corrector or any other one
+            with pytest.raises(ValueError, match="3 of 3 documents were already corrected"):
+                EmbeddingCorrector(path).run(once)
+        mixed = [*_documents(n=2), once[0]]
+        with pytest.raises(ValueError, match="1 of 3 documents were already corrected"):
+            EmbeddingCorrector(corrector_path).run(mixed)
+        twice = EmbeddingCorrector(corrector_path, force=True).run(once)["documents"]
+        expected = Corrector.load(corrector_path)(torch.tensor([d.embedding for d in once])).detach()
+        torch.testing.assert_close(torch.tensor([d.embedding for d in twice]), expected)
+        with pytest.raises(ValueError, match="force must be a bool"):
+            EmbeddingCorrector(corrector_path, force="yes")
+
+
 # ---------------------------------------------------------------------------------------------- CorrectorFitter
 class TestCorrectorFitter:
+    def test_seeds_locally_and_leaves_the_global_rng_alone(self, tmp_path):
+        torch.manual_seed(123)
+        expected_next = torch.rand(3)
+        torch.manual_seed(123)
+        CorrectorFitter(str(tmp_path / "a"), epochs=2, seed=5).run(
+            stale_documents=_documents(n=8), fresh_documents=_documents(n=8, seed=1)
+        )
+        assert torch.equal(torch.rand(3), expected_next), "the fitter changed the global RNG"
+        torch.manual_seed(999)  # another global state: the fit must not depend on it
+        CorrectorFitter(str(tmp_path / "b"), epochs=2, seed=5).run(
+            stale_documents=_documents(n=8), fresh_documents=_documents(n=8, seed=1)
+        )
+        a, b = Corrector.load(tmp_path / "a"), Corrector.load(tmp_path / "b")
+        assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
     def test_init_to_dict_from_dict(self, tmp_path):
         fitter = CorrectorFitter(str(tmp_path / "h"))
         assert fitter.epochs == 50 and fitter.hidden_dim is None
@@ -369,7 +401,11 @@ def test_pipeline_round_trip_under_default_allowlist_then_runs(
     store.write_documents(
         [Document(id=f"d{i}", content=t, embedding=e) for i, (t, e) in enumerate(zip(texts, embeddings))]
     )
-    Corrector(64, hidden_dim=32).save(tmp_path / "h64")
+    corrector = Corrector(64, hidden_dim=32)
+    with torch.no_grad():  # far from the identity: a pipeline that lost corrector_path would rank differently
+        for p in corrector.parameters():
+            p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(3)))
+    corrector.save(tmp_path / "h64")
     model.save(str(tmp_path / "tiny-st"))
 
     pipeline = Pipeline()
@@ -385,12 +421,16 @@ def test_pipeline_round_trip_under_default_allowlist_then_runs(
     restored = Pipeline.loads(yaml_text)  # default deserialisation allowlist
     result = restored.run({"embedder": {"text": "document number 4 about topic 1"}})
     assert len(result["retriever"]["documents"]) == 3
-    # The identity corrector makes the corrected retriever equal the plain in-memory one.
+    # Oracle: cosine of the query against the corrector applied to every stored embedding, ranked by hand.
     from haystack.components.retrievers.in_memory import InMemoryEmbeddingRetriever
 
-    query = model.encode(["document number 4 about topic 1"])[0].tolist()
-    plain = InMemoryEmbeddingRetriever(store, top_k=3).run(query_embedding=query)["documents"]
-    assert [d.id for d in result["retriever"]["documents"]] == [d.id for d in plain]
+    query = torch.tensor(model.encode(["document number 4 about topic 1"])[0])
+    with torch.no_grad():
+        corrected = torch.nn.functional.normalize(corrector(torch.tensor(embeddings)), dim=-1)
+    expected = [f"d{i}" for i in torch.topk(corrected @ torch.nn.functional.normalize(query, dim=0), 3).indices]
+    assert [d.id for d in result["retriever"]["documents"]] == expected
+    plain = InMemoryEmbeddingRetriever(store, top_k=3).run(query_embedding=query.tolist())["documents"]
+    assert [d.id for d in plain] != expected, "the corrector must change the ranking for this test to mean anything"
 
 
 def test_all_components_round_trip_in_one_pipeline_yaml(document_store, corrector_path, tmp_path):

@@ -194,6 +194,9 @@ def test_stale_vs_corrected_scores_differ():
     stale = HardNegativeSampler(store, 5, corrected=False).sample(q, [[]] * 4)
     assert torch.equal(corrected, store.search(q, 5)[1])
     assert torch.equal(stale, store.search(q, 5, corrected=False)[1])
+    # The store's corrector is far from the identity: the two rankings must differ, or corrected= is ignored.
+    assert not torch.equal(corrected, stale)
+    assert not torch.equal(store.search(q, 5)[0], store.search(q, 5, corrected=False)[0])
 
 
 def test_default_window():

@@ -110,6 +110,9 @@ def test_sampled_negative_is_never_relevant(setup, negatives):
 
 def test_only_the_corrector_is_trained_by_the_drift_loss(setup):
     model, store, dataset, _ = setup
+    # Make the cache stale (fresh != stale), so the drift loss is non-zero and the corrector has to move.
+    noise = torch.randn(len(store), store.dim, generator=torch.Generator().manual_seed(0)) * 0.05
+    store.replace_embeddings(store.stale_embeddings() + noise)
     loss = CorrectedMultipleNegativesRankingLoss(model, store, dataset, num_negatives=2, corrector_lr=1e-2)
     assert not any(p is q for p in loss.parameters() for q in store.corrector.parameters())
     before = [p.detach().clone() for p in store.corrector.parameters()]
@@ -117,12 +120,10 @@ def test_only_the_corrector_is_trained_by_the_drift_loss(setup):
     model.train()
     loss([_features(model, batch["anchor"]), _features(model, batch["positive"])], torch.tensor(batch["label"]))
     assert all(p.grad is None for p in model.parameters())  # the drift step does not touch the encoder
-    # The corrector moved only if the encoder's embeddings differ from the cache; here the model is unchanged, so
-    # fresh == stale exactly and the identity corrector has zero drift loss and zero gradient.
     after = list(store.corrector.parameters())
-    assert all(torch.equal(a, b) for a, b in zip(before, after))
+    assert any(not torch.equal(a, b) for a, b in zip(before, after)), "the drift step must train the corrector"
     metrics = loss.pop_metrics()
-    assert metrics["corrector/staleness"] == pytest.approx(0.0, abs=1e-10)
+    assert metrics["corrector/staleness"] > 1e-4 and metrics["corrector/drift_loss"] > 0
 
 
 def test_config_and_citation(setup):

@@ -66,6 +66,10 @@ def test_listwise_term_is_zero_when_corrected_equals_fresh():
     g = torch.randn(10, 8)
     q = torch.randn(3, 8)
     assert float(drift_losses.listwise_loss(g, g, q)) == pytest.approx(0.0, abs=1e-6)
+    # ... and only then: a ranking that differs gives a positive KL (a loss that is always 0 fails here).
+    shuffled = g[torch.randperm(10, generator=torch.Generator().manual_seed(0))]
+    assert float(drift_losses.listwise_loss(shuffled, g, q)) > 1e-3
+    assert float(drift_losses.score_loss(shuffled, g, q)) > 1e-3
     assert float(drift_losses.score_loss(g, g, q)) == 0.0
     assert float(drift_losses.mse(g, g)) == 0.0
     assert float(drift_losses.cosine(g, g)) == pytest.approx(0.0, abs=1e-6)

@@ -107,10 +107,12 @@ class CorrectorFitter:
                 f"stale embeddings have dimension {stale.shape[1]} but fresh ones {fresh.shape[1]}: a corrector maps "
                 "between spaces of the same dimension"
             )
-        torch.manual_seed(self.seed)
-        store = CorrectedCacheStore(
-            stale, corrector=Corrector(stale.shape[1], hidden_dim=self.hidden_dim), similarity="dot"
-        )
+        # The corrector's initialisation is seeded without touching the caller's global RNG: a pipeline component
+        # must not change what the rest of the program draws.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            corrector = Corrector(stale.shape[1], hidden_dim=self.hidden_dim)
+        store = CorrectedCacheStore(stale, corrector=corrector, similarity="dot")
         trainer = CorrectorTrainer(store, lr=self.lr, loss=self.loss)
         metrics = trainer.fit(
             torch.arange(len(pairs)), fresh, epochs=self.epochs, batch_size=self.batch_size, seed=self.seed

@@ -35,17 +35,23 @@ class EmbeddingCorrector:
     ```
     """
 
-    def __init__(self, corrector_path: str, batch_size: int = 1024) -> None:
+    def __init__(self, corrector_path: str, batch_size: int = 1024, force: bool = False) -> None:
         """
         :param corrector_path: directory of a saved ``haystack_corrector.Corrector``.
         :param batch_size: documents corrected per forward pass.
+        :param force: also correct documents whose ``meta["corrector"]`` says a corrector (any) was already applied.
+            By default they are refused: a corrector maps old-encoder embeddings, and applying it to its own output
+            (a re-run of an upgrade pipeline) corrects twice.
         """
         if not isinstance(corrector_path, str) or not corrector_path:
             raise ValueError(f"corrector_path must be a non-empty path string, got {corrector_path!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
             raise ValueError(f"batch_size must be an int > 0, got {batch_size!r}")
+        if not isinstance(force, bool):
+            raise ValueError(f"force must be a bool, got {force!r}")
         self.corrector_path = corrector_path
         self.batch_size = batch_size
+        self.force = force
         self._corrector = None
         self._fingerprint: str | None = None
 
@@ -56,7 +62,9 @@ class EmbeddingCorrector:
             self._fingerprint = corrector_fingerprint(self.corrector_path)
 
     def to_dict(self) -> dict[str, Any]:
-        return default_to_dict(self, corrector_path=self.corrector_path, batch_size=self.batch_size)
+        return default_to_dict(
+            self, corrector_path=self.corrector_path, batch_size=self.batch_size, force=self.force
+        )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EmbeddingCorrector:
@@ -72,6 +80,14 @@ class EmbeddingCorrector:
             raise TypeError("EmbeddingCorrector expects a list of Documents")
         if not documents:
             return {"documents": []}
+        corrected_already = [doc for doc in documents if (doc.meta or {}).get("corrector")]
+        if corrected_already and not self.force:
+            first = corrected_already[0]
+            raise ValueError(
+                f"{len(corrected_already)} of {len(documents)} documents were already corrected (first: id "
+                f"{first.id!r}, meta['corrector'] = {first.meta['corrector']!r}); correcting them again would apply a "
+                "corrector to its own output. Pass only old-encoder embeddings, or EmbeddingCorrector(force=True)"
+            )
         self.warm_up()
         corrector = self._corrector
         if corrector is None:
