@@ -6,7 +6,10 @@ stack trace from deep inside torch for a mistake in their own input.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,6 +18,44 @@ import torch
 ArrayLike = Any  # numpy array or torch tensor
 
 _FLOAT_DTYPES = {torch.float16, torch.bfloat16, torch.float32, torch.float64}
+_NUMPY_FLOATS = (np.float16, np.float32, np.float64)
+
+
+class RowIndexError(IndexError, ValueError):
+    """A row index out of range: an ``IndexError`` and, being bad user input, a ``ValueError`` too."""
+
+
+CONFIG_CHECKSUM_KEY = "config_sha256"
+
+
+def with_config_checksum(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` plus the SHA-256 of its canonical JSON, so that any change to a saved config file is detected."""
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode("utf-8")).hexdigest()
+    return {**config, CONFIG_CHECKSUM_KEY: digest}
+
+
+def check_config_checksum(config: dict[str, Any], path: Any, keys: Iterable[str]) -> dict[str, Any]:
+    """The config without its checksum; ``ValueError`` naming ``path`` if it was changed.
+
+    ``keys`` are the keys a config of this kind may hold: an unknown key is damage too (a flipped bit in the
+    checksum's own key would otherwise pass for an older save without a checksum).
+    """
+    unknown = sorted(set(config) - set(keys) - {CONFIG_CHECKSUM_KEY})
+    if unknown:
+        raise ValueError(f"{path} is corrupted: unexpected key {unknown[0]!r}")
+    config = dict(config)
+    saved = config.pop(CONFIG_CHECKSUM_KEY, None)
+    if saved is not None and with_config_checksum(config)[CONFIG_CHECKSUM_KEY] != saved:
+        raise ValueError(f"{path} is corrupted: its content does not match the checksum saved in it")
+    return config
+
+
+def read_json(path: Any, what: str) -> Any:
+    """Parse a JSON file of a save; any damage becomes a ``ValueError`` that names the file."""
+    try:
+        return json.loads(Path(path).read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"Corrupted {what} {path}: {exc}") from exc
 
 
 def describe(value: Any) -> str:
@@ -32,6 +73,8 @@ def as_float_matrix(value: ArrayLike, name: str, *, dim: int | None = None, allo
     if isinstance(value, np.ndarray):
         if value.dtype == object or not np.issubdtype(value.dtype, np.floating):
             raise TypeError(f"{name} must hold floating-point numbers, got {describe(value)}")
+        if value.dtype.type not in _NUMPY_FLOATS:  # e.g. float128, which torch cannot wrap
+            value = value.astype(np.float64)
         tensor = torch.from_numpy(np.ascontiguousarray(value))
     elif isinstance(value, torch.Tensor):
         if value.dtype not in _FLOAT_DTYPES:
@@ -42,13 +85,15 @@ def as_float_matrix(value: ArrayLike, name: str, *, dim: int | None = None, allo
             array = np.asarray(value)
         except ValueError as exc:  # ragged nested lists
             raise ValueError(f"{name} must be a rectangular (n, d) matrix of floats, got a ragged sequence") from exc
-        if array.dtype == object or not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.integer):
+        if array.dtype == object or not np.issubdtype(array.dtype, np.floating):
             raise TypeError(f"{name} must hold floating-point numbers, got a sequence of dtype {array.dtype}")
         tensor = torch.from_numpy(array.astype(np.float32))
     else:
         raise TypeError(f"{name} must be a numpy array or torch tensor of shape (n, d), got {type(value).__name__}")
     if tensor.ndim != 2:
         raise ValueError(f"{name} must be 2-D with shape (n, d), got {describe(tensor)}")
+    if tensor.shape[1] == 0:
+        raise ValueError(f"{name} has dimension 0: got shape {tuple(tensor.shape)}, need at least one column")
     if tensor.shape[0] == 0 and not allow_empty:
         raise ValueError(f"{name} is empty: got shape {tuple(tensor.shape)}, need at least one row")
     if dim is not None and tensor.shape[1] != dim:
@@ -79,7 +124,7 @@ def as_index_tensor(value: Any, name: str, *, num_rows: int) -> torch.Tensor:
         low, high = int(tensor.min()), int(tensor.max())
         if low < 0 or high >= num_rows:
             bad = low if low < 0 else high
-            raise IndexError(f"{name} contains row index {bad}, out of range for a cache of {num_rows} rows")
+            raise RowIndexError(f"{name} contains row index {bad}, out of range for a cache of {num_rows} rows")
     return tensor
 
 
@@ -89,12 +134,19 @@ def as_row_sets(value: Iterable[Iterable[int]] | None, name: str, *, num_queries
         return [set() for _ in range(num_queries)]
     if isinstance(value, (str, bytes)):
         raise TypeError(f"{name} must be a sequence of per-query collections of row indices, got {describe(value)}")
-    rows = list(value)
+    try:
+        rows = list(value)
+    except TypeError:
+        raise TypeError(
+            f"{name} must be a sequence of per-query collections of row indices, got {describe(value)}"
+        ) from None
     if len(rows) != num_queries:
         raise ValueError(f"{name} must have one collection per query: got {len(rows)} for {num_queries} queries")
     result: list[set[int]] = []
     for position, collection in enumerate(rows):
         items: Iterable[Any] = [collection] if isinstance(collection, (int, np.integer)) else collection
+        if isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
+            raise TypeError(f"{name}[{position}] must be a collection of integer row indices, got {describe(items)}")
         members: set[int] = set()
         for item in items:
             if isinstance(item, torch.Tensor):
@@ -102,7 +154,7 @@ def as_row_sets(value: Iterable[Iterable[int]] | None, name: str, *, num_queries
             if isinstance(item, (bool, np.bool_)) or not isinstance(item, (int, np.integer)):
                 raise TypeError(f"{name}[{position}] must hold integer row indices, got {describe(item)}")
             if not 0 <= int(item) < num_rows:
-                raise IndexError(
+                raise RowIndexError(
                     f"{name}[{position}] contains row index {int(item)}, out of range for a cache of {num_rows} rows"
                 )
             members.add(int(item))
@@ -127,6 +179,8 @@ def check_non_negative_int(value: Any, name: str) -> int:
 
 
 def check_choice(value: Any, name: str, choices: Sequence[str]) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be one of {', '.join(repr(c) for c in choices)}, got {describe(value)}")
     if value not in choices:
         raise ValueError(f"Unknown {name} {value!r}; expected one of {', '.join(repr(c) for c in choices)}")
     return str(value)

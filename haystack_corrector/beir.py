@@ -36,7 +36,9 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 def _row_id(row: object, path: Path, number: int) -> str:
     if not isinstance(row, dict) or "_id" not in row:
-        raise ValueError(f"{path}: record {number} has no '_id' field (BEIR rows look like {{\"_id\": ..., \"text\": ...}})")
+        raise ValueError(
+            f'{path}: record {number} has no \'_id\' field (BEIR rows look like {{"_id": ..., "text": ...}})'
+        )
     return str(row["_id"])
 
 

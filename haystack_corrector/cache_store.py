@@ -30,10 +30,13 @@ from haystack_corrector._validation import (
     as_index_tensor,
     as_row_sets,
     check_choice,
+    check_config_checksum,
     check_finite,
     check_non_negative_int,
     check_positive_int,
     describe,
+    read_json,
+    with_config_checksum,
 )
 from haystack_corrector.corrector import Corrector
 
@@ -664,7 +667,7 @@ class CorrectedCacheStore:
                 "pool": self.pool.get_config_dict() if self.pool is not None else None,
                 "files": files,
             }
-            (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+            (tmp / CONFIG_FILE).write_text(json.dumps(with_config_checksum(config), indent=2))
             step(f"wrote {CONFIG_FILE}")
 
     @staticmethod
@@ -712,39 +715,58 @@ class CorrectedCacheStore:
         config_path = directory / CONFIG_FILE
         if not config_path.is_file():
             raise FileNotFoundError(f"{directory} is not a saved CorrectedCacheStore: {CONFIG_FILE} is missing")
-        try:
-            config = json.loads(config_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"Corrupted store config {config_path}: {exc}") from exc
+        config = read_json(config_path, "store config")
         if not isinstance(config, dict) or config.get("format") != _FORMAT:
             raise ValueError(f"{config_path} is not a haystack-corrector store config")
-        if config.get("format_version", 0) > _FORMAT_VERSION:
+        config = check_config_checksum(
+            config,
+            config_path,
+            ("format", "format_version", "num_rows", "dim", "dtype", "similarity", "block_size", "pool", "files"),
+        )
+        if not isinstance(config.get("format_version", 0), int) or config.get("format_version", 0) > _FORMAT_VERSION:
             raise ValueError(f"{directory} was written by a newer haystack-corrector; upgrade to load it")
+        try:
+            files = dict(config["files"])
+            for name, expected in files.items():
+                if not isinstance(name, str) or "/" in name.replace(f"{CORRECTOR_DIR}/", "", 1) or ".." in name:
+                    raise ValueError(f"unexpected file name {name!r}")
+                int(expected["size"]), str(expected["sha256"])
+            num_rows, dim, dtype = int(config["num_rows"]), int(config["dim"]), str(config["dtype"])
+            similarity = check_choice(config["similarity"], "similarity", SIMILARITIES)
+            block_size = check_positive_int(config.get("block_size", 16384), "block_size")
+            check_choice(dtype, "dtype", tuple(DTYPES))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"Corrupted store config {config_path}: {exc}") from exc
+        for required in (EMBEDDINGS_FILE, IDS_FILE, f"{CORRECTOR_DIR}/corrector.safetensors"):
+            if required not in files:
+                raise ValueError(f"Corrupted store config {config_path}: it does not list {required}")
         verify = (not mmap) if verify is None else verify
-        for name, expected in config["files"].items():
+        for name, expected in files.items():
             file = directory / name
             if not file.is_file():
                 raise FileNotFoundError(f"{directory} is incomplete: {name} is missing")
             size = file.stat().st_size
-            if size != expected["size"]:
+            if size != int(expected["size"]):
                 raise ValueError(f"{file} is truncated or corrupted: {size} bytes, expected {expected['size']}")
             if (name != EMBEDDINGS_FILE or verify) and _sha256(file) != expected["sha256"]:
                 raise ValueError(f"{file} is corrupted: its SHA-256 checksum does not match the one saved with it")
-        num_rows, dim, dtype = int(config["num_rows"]), int(config["dim"]), config["dtype"]
         array = cls._load_array(directory / EMBEDDINGS_FILE, mmap)
         if array.shape != (num_rows, dim) or array.dtype != _NUMPY_DTYPES[dtype]:
             raise ValueError(
                 f"{directory / EMBEDDINGS_FILE} holds {describe(array)}, but the config says shape "
                 f"({num_rows}, {dim}) and dtype {dtype}"
             )
-        ids = json.loads((directory / IDS_FILE).read_text())
+        ids = read_json(directory / IDS_FILE, "ids file")
+        if ids is not None and not isinstance(ids, list):
+            raise ValueError(f"Corrupted ids file {directory / IDS_FILE}: expected a list or null")
         corrector = Corrector.load(directory / CORRECTOR_DIR)
         storage: torch.Tensor | np.ndarray = array if mmap else torch.from_numpy(array)
-        store = cls._from_storage(
-            storage, ids, corrector, config["similarity"], dtype, int(config.get("block_size", 16384))
-        )
-        if (directory / TEXTS_FILE).is_file() and TEXTS_FILE in config["files"]:
-            store.texts = json.loads((directory / TEXTS_FILE).read_text())
+        try:
+            store = cls._from_storage(storage, ids, corrector, similarity, dtype, block_size)
+            if (directory / TEXTS_FILE).is_file() and TEXTS_FILE in files:
+                store.texts = read_json(directory / TEXTS_FILE, "texts file")
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"Corrupted store {directory}: {exc}") from exc
         if config.get("pool"):
             from haystack_corrector.faiss_pool import FaissPool
 
@@ -763,7 +785,7 @@ class CorrectedCacheStore:
                     shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
                 else:
                     raise ValueError(f"unsupported .npy format version {version}")
-            except ValueError as exc:
+            except Exception as exc:  # numpy's header parser raises ValueError, SyntaxError or tokenize errors
                 raise ValueError(f"{file} is not a valid .npy file: {exc}") from exc
             offset = handle.tell()
         expected = offset + int(np.prod(shape)) * np.dtype(dtype).itemsize

@@ -142,11 +142,10 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
 
 
 def cmd_build_cache(args: argparse.Namespace) -> int:
+    from haystack_corrector import CorrectedCacheStore
     from haystack_corrector.beir import document_text, load_beir
     from haystack_corrector.experiments.harness import load_model, resolve_model_path
     from haystack_corrector.sentence_transformers import encode_corpus
-
-    from haystack_corrector import CorrectedCacheStore
 
     CorrectedCacheStore.check_save_path(args.output, overwrite=args.overwrite)  # before the encode, not after
     corpus, _, _ = load_beir(args.data, args.split)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -13,7 +14,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from haystack_corrector._atomic import atomic_directory, step
-from haystack_corrector._validation import check_positive_int, describe
+from haystack_corrector._validation import (
+    check_config_checksum,
+    check_positive_int,
+    describe,
+    read_json,
+    with_config_checksum,
+)
 
 CONFIG_FILE = "corrector_config.json"
 WEIGHTS_FILE = "corrector.safetensors"
@@ -127,7 +134,14 @@ class Corrector(nn.Module):
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": _FORMAT})
         step(f"wrote {WEIGHTS_FILE}")
-        config = {"format": _FORMAT, "format_version": _FORMAT_VERSION, **self.get_config_dict()}
+        config = with_config_checksum(
+            {
+                "format": _FORMAT,
+                "format_version": _FORMAT_VERSION,
+                **self.get_config_dict(),
+                "weights_sha256": hashlib.sha256((directory / WEIGHTS_FILE).read_bytes()).hexdigest(),
+            }
+        )
         (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2))
         step(f"wrote {CONFIG_FILE}")
 
@@ -142,22 +156,32 @@ class Corrector(nn.Module):
             raise FileNotFoundError(
                 f"{directory} is not a saved Corrector: expected {CONFIG_FILE} and {WEIGHTS_FILE} in it"
             )
-        try:
-            config = json.loads(config_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"Corrupted corrector config {config_path}: {exc}") from exc
+        config = read_json(config_path, "corrector config")
         if not isinstance(config, dict) or config.get("format") != _FORMAT:
             raise ValueError(f"{config_path} is not a haystack-corrector Corrector config")
-        if config.get("format_version", 0) > _FORMAT_VERSION:
+        config = check_config_checksum(
+            config,
+            config_path,
+            ("format", "format_version", "dim", "hidden_dim", "num_layers", "normalize", "weights_sha256"),
+        )
+        if not isinstance(config.get("format_version", 0), int) or config.get("format_version", 0) > _FORMAT_VERSION:
             raise ValueError(
                 f"{config_path} was written by a newer haystack-corrector (format {config['format_version']}); upgrade"
             )
-        corrector = cls(
-            dim=config["dim"],
-            hidden_dim=config["hidden_dim"],
-            num_layers=config["num_layers"],
-            normalize=config["normalize"],
-        )
+        try:
+            corrector = cls(
+                dim=config["dim"],
+                hidden_dim=config["hidden_dim"],
+                num_layers=config["num_layers"],
+                normalize=config["normalize"],
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"Corrupted corrector config {config_path}: {exc}") from exc
+        checksum = config.get("weights_sha256")  # absent in saves of 0.1 and earlier
+        if checksum is not None and hashlib.sha256(weights_path.read_bytes()).hexdigest() != checksum:
+            raise ValueError(
+                f"Corrupted corrector weights {weights_path}: its SHA-256 checksum does not match {config_path}"
+            )
         try:
             state = load_file(str(weights_path), device=str(map_location))
         except Exception as exc:  # safetensors raises its own error types for truncated/corrupted headers
@@ -166,11 +190,13 @@ class Corrector(nn.Module):
         if set(state) != set(expected):
             raise ValueError(f"{weights_path} holds tensors {sorted(state)}, expected {sorted(expected)}")
         for key, tensor in state.items():
-            if tensor.shape != expected[key].shape:
+            if tensor.shape != expected[key].shape or tensor.dtype != expected[key].dtype:
                 raise ValueError(
-                    f"{weights_path}: tensor {key!r} has shape {tuple(tensor.shape)}, "
-                    f"config says {tuple(expected[key].shape)}"
+                    f"{weights_path}: tensor {key!r} has shape {tuple(tensor.shape)} and dtype {tensor.dtype}, "
+                    f"config says {tuple(expected[key].shape)} and {expected[key].dtype}"
                 )
+            if not bool(torch.isfinite(tensor).all()):
+                raise ValueError(f"{weights_path}: tensor {key!r} holds NaN or inf")
         corrector.load_state_dict(state)
         return corrector.to(map_location)
 

@@ -312,4 +312,6 @@ def test_view_is_never_used_after_the_corrector_changed(edit, on_disk, tmp_path)
     scores, rows = store.search(queries, 5)
     expected_scores, expected_rows = fused.search(queries, 5)  # no view: the corrector applied block by block
     assert torch.equal(rows, expected_rows) and torch.allclose(scores, expected_scores, atol=1e-6)
-    assert not torch.equal(scores, before[0]), "the edit must change the corrected scores for this test to mean anything"
+    assert not torch.equal(scores, before[0]), (
+        "the edit must change the corrected scores for this test to mean anything"
+    )

@@ -106,26 +106,64 @@ def test_bad_input_is_one_line_and_exit_code_2(case, match, capsys, tmp_path, to
     argv = {
         "build-cache missing data": ["build-cache", "--data", str(tmp_path / "nope"), *model, "--output", "x"],
         "build-cache empty corpus": [
-            "build-cache", "--data", str(_bad_beir(tmp_path, toy_beir, "empty-corpus")), *model, "--output", "x"
+            "build-cache",
+            "--data",
+            str(_bad_beir(tmp_path, toy_beir, "empty-corpus")),
+            *model,
+            "--output",
+            "x",
         ],
         "build-cache wrong columns": [
-            "build-cache", "--data", str(_bad_beir(tmp_path, toy_beir, "wrong-columns")), *model, "--output", "x"
+            "build-cache",
+            "--data",
+            str(_bad_beir(tmp_path, toy_beir, "wrong-columns")),
+            *model,
+            "--output",
+            "x",
         ],
         "build-cache foreign output": ["build-cache", "--data", str(toy_beir), *model, "--output", str(foreign)],
         "mine missing store": [
-            "mine", "--store", str(tmp_path / "nope"), "--data", str(toy_beir), *model, "--output", "n.jsonl"
+            "mine",
+            "--store",
+            str(tmp_path / "nope"),
+            "--data",
+            str(toy_beir),
+            *model,
+            "--output",
+            "n.jsonl",
         ],
         "mine unknown ids": [
-            "mine", "--store", str(other_store), "--data", str(toy_beir), *model, "--output", str(tmp_path / "n.jsonl")
+            "mine",
+            "--store",
+            str(other_store),
+            "--data",
+            str(toy_beir),
+            *model,
+            "--output",
+            str(tmp_path / "n.jsonl"),
         ],
         "mine existing output": [
-            "mine", "--store", str(built), "--data", str(toy_beir), *model, "--output", str(existing)
+            "mine",
+            "--store",
+            str(built),
+            "--data",
+            str(toy_beir),
+            *model,
+            "--output",
+            str(existing),
         ],
         "evaluate missing data": ["evaluate", "--data", str(tmp_path / "nope"), *model],
         "evaluate unknown ids": ["evaluate", "--data", str(toy_beir), *model, "--store", str(other_store)],
         "evaluate missing split": ["evaluate", "--data", str(toy_beir), "--split", "dev", *model],
         "experiment foreign output": [
-            "experiment", "--data", str(toy_beir), *model, "--output", str(foreign), "--steps", "1"
+            "experiment",
+            "--data",
+            str(toy_beir),
+            *model,
+            "--output",
+            str(foreign),
+            "--steps",
+            "1",
         ],
         "demo foreign output": ["demo", "--output", str(foreign), "--model", tiny_st_path, "--steps", "1"],
     }[case]

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -79,5 +81,13 @@ def test_load_errors(tmp_path):
     Corrector(4).save(tmp_path / "h2")
     config = tmp_path / "h2" / "corrector_config.json"
     config.write_text(config.read_text().replace('"dim": 4', '"dim": 6'))
+    with pytest.raises(ValueError, match="corrector_config.json is corrupted: its content does not match"):
+        Corrector.load(tmp_path / "h2")
+    # A consistent config (checksum recomputed) that disagrees with the weights is caught by the shape check.
+    from haystack_corrector._validation import CONFIG_CHECKSUM_KEY, with_config_checksum
+
+    edited = json.loads(config.read_text())
+    edited.pop(CONFIG_CHECKSUM_KEY)
+    config.write_text(json.dumps(with_config_checksum(edited)))
     with pytest.raises(ValueError, match="shape"):
         Corrector.load(tmp_path / "h2")

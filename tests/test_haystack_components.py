@@ -301,7 +301,6 @@ class TestEmbeddingCorrector:
             component_.run(["not a document"])
         assert component_.run([]) == {"documents": []}
 
-
     def test_refuses_to_correct_twice_unless_forced(self, corrector_path, tmp_path):
         other = tmp_path / "other-corrector"
         Corrector(4, hidden_dim=8).save(other)

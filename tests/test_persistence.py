@@ -83,7 +83,11 @@ def _corrupt(path: Path, how: str) -> None:
     elif how == "truncate-corrector":
         weights = path / "corrector" / "corrector.safetensors"
         weights.write_bytes(weights.read_bytes()[:-4])
-    elif how == "config-dim":
+    elif how == "config-dim":  # a consistent config (checksum recomputed) that disagrees with the array
+        config = json.loads((path / "store_config.json").read_text())
+        config["dim"] = 7
+        (path / "store_config.json").write_text(json.dumps(_rechecksummed(config)))
+    elif how == "config-edit":  # an edit without a new checksum
         config = json.loads((path / "store_config.json").read_text())
         config["dim"] = 7
         (path / "store_config.json").write_text(json.dumps(config))
@@ -95,7 +99,14 @@ def _corrupt(path: Path, how: str) -> None:
         np.save(path / "embeddings.npy", np.zeros((40, 5), np.float32))
         config = json.loads((path / "store_config.json").read_text())
         config["files"]["embeddings.npy"]["size"] = (path / "embeddings.npy").stat().st_size
-        (path / "store_config.json").write_text(json.dumps(config))
+        (path / "store_config.json").write_text(json.dumps(_rechecksummed(config)))
+
+
+def _rechecksummed(config):
+    from haystack_corrector._validation import CONFIG_CHECKSUM_KEY, with_config_checksum
+
+    config.pop(CONFIG_CHECKSUM_KEY, None)
+    return with_config_checksum(config)
 
 
 @pytest.mark.parametrize(
@@ -107,6 +118,7 @@ def _corrupt(path: Path, how: str) -> None:
         ("truncate-corrector", ValueError, "truncated or corrupted", False),
         ("config-dim", ValueError, "config says shape", False),
         ("config-garbage", ValueError, "Corrupted store config", False),
+        ("config-edit", ValueError, "store_config.json is corrupted: its content does not match", False),
         ("missing-ids", FileNotFoundError, "ids.json is missing", False),
         ("wrong-array", ValueError, "config says shape", False),
     ],

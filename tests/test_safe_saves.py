@@ -21,7 +21,9 @@ from haystack_corrector import CorrectedCacheStore, Corrector, _atomic
 def _store(seed: int, n: int = 20, d: int = 6) -> CorrectedCacheStore:
     generator = torch.Generator().manual_seed(seed)
     store = CorrectedCacheStore(
-        torch.randn(n, d, generator=generator), ids=[f"d{i}" for i in range(n)], texts=[f"t{seed}-{i}" for i in range(n)]
+        torch.randn(n, d, generator=generator),
+        ids=[f"d{i}" for i in range(n)],
+        texts=[f"t{seed}-{i}" for i in range(n)],
     )
     with torch.no_grad():
         for p in store.corrector.parameters():

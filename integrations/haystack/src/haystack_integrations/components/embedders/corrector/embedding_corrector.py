@@ -62,9 +62,7 @@ class EmbeddingCorrector:
             self._fingerprint = corrector_fingerprint(self.corrector_path)
 
     def to_dict(self) -> dict[str, Any]:
-        return default_to_dict(
-            self, corrector_path=self.corrector_path, batch_size=self.batch_size, force=self.force
-        )
+        return default_to_dict(self, corrector_path=self.corrector_path, batch_size=self.batch_size, force=self.force)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EmbeddingCorrector:
