@@ -211,26 +211,37 @@ def atomic_directory(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # our own, uniquely named folder
         raise
-    if not target.exists():
-        step("rename tmp -> target")
-        os.rename(tmp, target)
-        _fsync(target.parent)
-        return
     previous = previous_directory(target)
-    step("rename target -> previous")
-    os.rename(target, previous)
-    step("rename tmp -> target")
-    os.rename(tmp, target)
-    for name in sorted(os.listdir(previous)):
-        source = previous / name
-        if name in owned:  # replaced by the new save
-            step(f"remove previous {name}")
-            _remove(source)
+    swapped = False
+    try:
+        if target.exists():
+            step("rename target -> previous")
+            os.rename(target, previous)
+            try:
+                step("rename tmp -> target")
+                os.rename(tmp, target)
+            except BaseException:
+                os.rename(previous, target)  # the old save goes back where it was
+                raise
         else:
-            step(f"move back {name}")
-            os.rename(source, target / name)
-    step("rmdir previous")
-    previous.rmdir()
+            step("rename tmp -> target")
+            os.rename(tmp, target)
+        swapped = True
+    finally:
+        if not swapped:
+            shutil.rmtree(tmp, ignore_errors=True)
+    # The new save is in place. A failure from here on leaves the previous folder for the next save to finish.
+    if previous.is_dir():
+        for name in sorted(os.listdir(previous)):
+            source = previous / name
+            if name in owned:  # replaced by the new save
+                step(f"remove previous {name}")
+                _remove(source)
+            else:
+                step(f"move back {name}")
+                os.rename(source, target / name)
+        step("rmdir previous")
+        previous.rmdir()
     _fsync(target.parent)
 
 

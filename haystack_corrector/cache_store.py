@@ -467,19 +467,18 @@ class CorrectedCacheStore:
         handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-", suffix=".npy")
         os.close(handle)
         partial = Path(name)
-        out = np.lib.format.open_memmap(
-            partial, mode="w+", dtype=_NUMPY_DTYPES[self.dtype], shape=(self._num_rows, self._dim)
-        )
         try:
+            out = np.lib.format.open_memmap(
+                partial, mode="w+", dtype=_NUMPY_DTYPES[self.dtype], shape=(self._num_rows, self._dim)
+            )
             self._fill_view(out)
             out.flush()
-        except BaseException:
             del out
+            step("replace view")
+            os.replace(partial, path)
+        except BaseException:
             partial.unlink(missing_ok=True)
             raise
-        del out
-        step("replace view")
-        os.replace(partial, path)
         return np.load(path, mmap_mode="r", allow_pickle=False)
 
     def shard(self, start: int, end: int) -> CorrectedCacheStore:
@@ -709,7 +708,12 @@ class CorrectedCacheStore:
             path: the saved directory.
             mmap: memory-map the embeddings (read lazily, block by block) instead of reading them into memory.
             verify: check the embeddings' SHA-256 (reads the whole file). Default: only when ``mmap=False``, since
-                the file is read in full then anyway. Sizes, shapes, ids and the corrector are always checked.
+                the file is read in full then anyway. Every other file (config, ids, texts, corrector) is always
+                checked against its checksum, and the embeddings' size and header always.
+
+        A flipped bit inside the embeddings of a memory-mapped load (the default) is **not** detected: checking it
+        would read the whole file, which memory-mapping exists to avoid. Pass ``verify=True`` to check it (once,
+        at load), e.g. after copying a store between machines; ``docs/reliability.md`` counts what each mode detects.
         """
         directory = resolve_saved_directory(path)
         config_path = directory / CONFIG_FILE

@@ -8,49 +8,20 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
-import time
 
 import numpy as np
 import pytest
 import torch
 
 from haystack_corrector import CorrectedCacheStore, Corrector, _atomic
-
-
-def _store(seed: int, n: int = 20, d: int = 6) -> CorrectedCacheStore:
-    generator = torch.Generator().manual_seed(seed)
-    store = CorrectedCacheStore(
-        torch.randn(n, d, generator=generator),
-        ids=[f"d{i}" for i in range(n)],
-        texts=[f"t{seed}-{i}" for i in range(n)],
-    )
-    with torch.no_grad():
-        for p in store.corrector.parameters():
-            p.copy_(torch.randn(p.shape, generator=generator) * 0.1)
-    return store
-
-
-def _corrector(seed: int) -> Corrector:
-    corrector = Corrector(6)
-    with torch.no_grad():
-        for p in corrector.parameters():
-            p.fill_(float(seed))
-    return corrector
-
-
-def _same_store(a: CorrectedCacheStore, b: CorrectedCacheStore) -> bool:
-    return (
-        torch.equal(a.stale_embeddings(), b.stale_embeddings())
-        and list(a.ids) == list(b.ids)
-        and a.texts == b.texts
-        and torch.equal(a.corrected_embeddings(), b.corrected_embeddings())
-    )
-
-
-def _same_corrector(a: Corrector, b: Corrector) -> bool:
-    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
-
+from tests.faults import SCENARIOS
+from tests.faults import count_steps as _count_steps
+from tests.faults import killed_at as _killed_at
+from tests.faults import make_corrector as _corrector
+from tests.faults import make_store as _store
+from tests.faults import same_corrector as _same_corrector
+from tests.faults import same_store as _same_store
+from tests.faults import scenario as _scenario
 
 # ------------------------------------------------------------------------------------------- user files survive
 SAVERS = {
@@ -159,80 +130,6 @@ def test_full_disk_mid_save_keeps_the_previous_save(tmp_path, monkeypatch):
 
 
 # --------------------------------------------------------------------------------------------- kill at every step
-def _count_steps(save) -> list[str]:
-    labels: list[str] = []
-    _atomic._fault_hook = labels.append
-    try:
-        save()
-    finally:
-        _atomic._fault_hook = None
-    return labels
-
-
-def _killed_at(step_index: int, save) -> int:
-    """Run ``save`` in a forked child that dies abruptly before filesystem operation ``step_index``."""
-    pid = os.fork()
-    if pid == 0:  # child: no pytest, no clean-up on the way out
-        counter = iter(range(10**6))
-
-        def hook(label: str) -> None:
-            if next(counter) == step_index:
-                os._exit(137)
-
-        _atomic._fault_hook = hook
-        try:
-            save()
-        except BaseException:
-            os._exit(1)
-        os._exit(0)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.01)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    raise AssertionError(f"the save child hung at step {step_index}")
-
-
-SCENARIOS = ["store over store", "store over nothing", "store overwrite=True", "corrector over corrector"]
-
-
-def _scenario(name: str, folder):
-    """(prepare the folder, the save to kill, load, old value or None, new value, same)."""
-    if name == "corrector over corrector":
-        return (
-            lambda: _corrector(1).save(folder),
-            lambda: _corrector(2).save(folder),
-            lambda: Corrector.load(folder),
-            _corrector(1),
-            _corrector(2),
-            _same_corrector,
-        )
-
-    def prepare():
-        if name == "store over nothing":
-            return
-        folder.mkdir()
-        if name == "store overwrite=True":
-            (folder / "important.txt").write_text("my notes")
-            _store(0).save(folder, overwrite=True)
-        else:
-            _store(0).save(folder)
-
-    overwrite = name == "store overwrite=True"
-    old = None if name == "store over nothing" else _store(0)
-    return (
-        prepare,
-        lambda: _store(1).save(folder, overwrite=overwrite),
-        lambda: CorrectedCacheStore.load(folder),
-        old,
-        _store(1),
-        _same_store,
-    )
-
-
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_kill_between_any_two_operations_leaves_old_or_new_save(tmp_path, scenario):
@@ -310,8 +207,9 @@ def test_kill_during_a_training_checkpoint_leaves_old_or_new_corrector_state(tmp
 
     probe = tmp_path / "probe"
     probe.mkdir()
-    labels = _count_steps(lambda: callback.save_state(probe))
-    assert len(labels) >= 5
+    callback.save_state(probe)
+    labels = _count_steps(lambda: callback.save_state(probe))  # a save over an earlier state, as in the loop
+    assert len(labels) == 12 and "rename target -> previous" in labels, labels
     for index, label in enumerate(labels):
         checkpoint = tmp_path / f"checkpoint-{index}"
         checkpoint.mkdir()
@@ -320,3 +218,26 @@ def test_kill_during_a_training_checkpoint_leaves_old_or_new_corrector_state(tmp
         set_weights(2.0)
         assert _killed_at(index, lambda checkpoint=checkpoint: callback.save_state(checkpoint)) == 137, label
         assert weights_in(checkpoint) in (1.0, 2.0), f"corrector state unreadable after a kill at {label}"
+
+
+@pytest.mark.parametrize("scenario", ["store over store", "corrector over corrector"])
+def test_disk_full_at_any_operation_keeps_the_previous_save(tmp_path, scenario):
+    from tests.faults import disk_full_at
+
+    probe = tmp_path / "probe" / "target"
+    probe.parent.mkdir()
+    prepare, save, _, _, _, _ = _scenario(scenario, probe)
+    prepare()
+    labels = _count_steps(save)
+    for index, label in enumerate(labels):
+        folder = tmp_path / f"full{index}" / "target"
+        folder.parent.mkdir()
+        prepare, save, load, old, new, same = _scenario(scenario, folder)
+        prepare()
+        with disk_full_at(index), pytest.raises(OSError, match="No space left on device"):
+            save()
+        loaded = load()
+        # Before the swap the old save is untouched; during its clean-up the new one is already in place.
+        assert same(loaded, old) or (same(loaded, new) and label.startswith(("remove", "rmdir", "move")))
+        save()  # the next save succeeds and finishes any interrupted clean-up
+        assert same(load(), new) and sorted(os.listdir(folder.parent)) == ["target"], label

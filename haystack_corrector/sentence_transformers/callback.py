@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from haystack_corrector._atomic import atomic_directory, step
+from haystack_corrector._atomic import atomic_directory, previous_directory, resolve_saved_directory, step
 from haystack_corrector.corrector import Corrector
 from haystack_corrector.sentence_transformers import _compat
 from haystack_corrector.sentence_transformers.loss import CorrectedMultipleNegativesRankingLoss
@@ -22,6 +22,12 @@ STATE_FILE = "state.json"
 STATE_FORMAT = "haystack-corrector/trainer-state"
 STATE_FILES = frozenset({"corrector", "corrector_optimizer.pt", STATE_FILE})
 _TrainerCallback = _compat.trainer_callback_base()
+
+
+def has_state(checkpoint: str | os.PathLike[str]) -> bool:
+    """True when ``checkpoint`` holds a corrector state (or the previous one, left by a save killed mid-swap)."""
+    state = Path(checkpoint) / STATE_DIR
+    return state.is_dir() or previous_directory(state).is_dir()
 
 
 class CorrectorCallback(_TrainerCallback):  # type: ignore[misc, valid-type]
@@ -72,9 +78,10 @@ class CorrectorCallback(_TrainerCallback):  # type: ignore[misc, valid-type]
             step(f"wrote {STATE_FILE}")
 
     def load_state(self, directory: str | os.PathLike[str]) -> None:
-        source = Path(directory) / STATE_DIR
-        if not source.is_dir():
+        if not has_state(directory):
             raise FileNotFoundError(f"{directory} has no {STATE_DIR}/: it was not saved with a CorrectorCallback")
+        # A save killed mid-swap leaves the previous state under a hidden name; resolve_saved_directory finds it.
+        source = resolve_saved_directory(Path(directory) / STATE_DIR)
         corrector = Corrector.load(source / "corrector")
         store_corrector = self.loss.store.corrector
         if corrector.get_config_dict() != store_corrector.get_config_dict():
@@ -102,7 +109,7 @@ class CorrectorCallback(_TrainerCallback):  # type: ignore[misc, valid-type]
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if state.global_step > 0 and self._restored_step != state.global_step:
             checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if (checkpoint / STATE_DIR).is_dir():
+            if has_state(checkpoint):
                 self.load_state(checkpoint)
                 self._restored_step = state.global_step
             else:

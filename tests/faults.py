@@ -1,0 +1,145 @@
+"""Fault injection for the reliability tests and ``benchmarks/fault_figures.py``.
+
+Saves call ``haystack_corrector._atomic.step(label)`` before every filesystem operation; these helpers hook it to
+count the operations, to kill the process at one of them (``os._exit`` in a forked child: no ``finally`` blocks run,
+as under SIGKILL), or to make one of them fail like a full disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+
+import torch
+
+from haystack_corrector import CorrectedCacheStore, Corrector, _atomic
+
+
+def count_steps(save: Callable[[], object]) -> list[str]:
+    """Run ``save`` and return the labels of the filesystem operations it performed, in order."""
+    labels: list[str] = []
+    _atomic._fault_hook = labels.append
+    try:
+        save()
+    finally:
+        _atomic._fault_hook = None
+    return labels
+
+
+def killed_at(step_index: int, save: Callable[[], object], timeout: float = 60.0) -> int:
+    """Run ``save`` in a forked child that dies abruptly before operation ``step_index``; return its exit code."""
+    pid = os.fork()
+    if pid == 0:  # child: no pytest, no clean-up on the way out
+        counter = iter(range(10**6))
+
+        def hook(label: str) -> None:
+            if next(counter) == step_index:
+                os._exit(137)
+
+        _atomic._fault_hook = hook
+        try:
+            save()
+        except BaseException:
+            os._exit(1)
+        os._exit(0)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    raise AssertionError(f"the save child hung at step {step_index}")
+
+
+@contextlib.contextmanager
+def disk_full_at(step_index: int) -> Iterator[None]:
+    """Make operation ``step_index`` of the next save raise ``OSError(ENOSPC)``, as a full disk would."""
+    counter = iter(range(10**6))
+
+    def hook(label: str) -> None:
+        if next(counter) == step_index:
+            raise OSError(errno.ENOSPC, f"No space left on device (simulated before {label})")
+
+    _atomic._fault_hook = hook
+    try:
+        yield
+    finally:
+        _atomic._fault_hook = None
+
+
+# ------------------------------------------------------------------------------------- saves to break
+def make_store(seed: int, n: int = 20, d: int = 6) -> CorrectedCacheStore:
+    generator = torch.Generator().manual_seed(seed)
+    store = CorrectedCacheStore(
+        torch.randn(n, d, generator=generator),
+        ids=[f"d{i}" for i in range(n)],
+        texts=[f"t{seed}-{i}" for i in range(n)],
+    )
+    with torch.no_grad():
+        for p in store.corrector.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * 0.1)
+    return store
+
+
+def make_corrector(seed: int) -> Corrector:
+    corrector = Corrector(6)
+    with torch.no_grad():
+        for p in corrector.parameters():
+            p.fill_(float(seed))
+    return corrector
+
+
+def same_store(a: CorrectedCacheStore, b: CorrectedCacheStore) -> bool:
+    return (
+        torch.equal(a.stale_embeddings(), b.stale_embeddings())
+        and list(a.ids) == list(b.ids)
+        and a.texts == b.texts
+        and torch.equal(a.corrected_embeddings(), b.corrected_embeddings())
+    )
+
+
+def same_corrector(a: Corrector, b: Corrector) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+SCENARIOS = ["store over store", "store over nothing", "store overwrite=True", "corrector over corrector"]
+
+
+def scenario(name: str, folder):
+    """(prepare the folder, the save to kill, load, old value or None, new value, same)."""
+    if name == "corrector over corrector":
+        return (
+            lambda: make_corrector(1).save(folder),
+            lambda: make_corrector(2).save(folder),
+            lambda: Corrector.load(folder),
+            make_corrector(1),
+            make_corrector(2),
+            same_corrector,
+        )
+
+    def prepare():
+        if name == "store over nothing":
+            return
+        folder.mkdir()
+        if name == "store overwrite=True":
+            (folder / "important.txt").write_text("my notes")
+            make_store(0).save(folder, overwrite=True)
+        else:
+            make_store(0).save(folder)
+
+    overwrite = name == "store overwrite=True"
+    old = None if name == "store over nothing" else make_store(0)
+    return (
+        prepare,
+        lambda: make_store(1).save(folder, overwrite=overwrite),
+        lambda: CorrectedCacheStore.load(folder),
+        old,
+        make_store(1),
+        same_store,
+    )
