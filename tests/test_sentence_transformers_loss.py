@@ -272,3 +272,20 @@ def test_copies_of_a_positive_are_relevant_too(tiny_model, negatives):
     for query_rows, label in zip(rows.tolist(), labels):
         query_positive_texts = {texts[r] for r in loss._relevant[label // len(store)]}
         assert not {texts[r] for r in query_rows} & query_positive_texts
+
+
+def test_replacing_the_stores_corrector_keeps_the_loss_training_it(setup):
+    model, store, dataset, _ = setup
+    noise = torch.randn(len(store), store.dim, generator=torch.Generator().manual_seed(1)) * 0.05
+    store.replace_embeddings(store.stale_embeddings() + noise)  # stale, so the drift step has work to do
+    loss = CorrectedMultipleNegativesRankingLoss(model, store, dataset, num_negatives=1, corrector_lr=1e-2)
+    from haystack_corrector import Corrector
+
+    replacement = Corrector(store.dim)
+    store.corrector = replacement
+    before = [p.detach().clone() for p in replacement.parameters()]
+    batch = dataset.select(range(4))
+    model.train()
+    loss([_features(model, batch["anchor"]), _features(model, batch["positive"])], torch.tensor(batch["label"]))
+    assert any(not torch.equal(a, b) for a, b in zip(before, replacement.parameters()))
+    assert loss.corrector_trainer.corrector is replacement
