@@ -54,7 +54,7 @@ def main() -> None:
     parser.add_argument("--range-min", type=int, default=3)
     parser.add_argument("--range-max", type=int, default=30)
     parser.add_argument("--strategy", default="top")
-    parser.add_argument("--negatives", default="corrected", choices=["corrected", "stale", "none"])
+    parser.add_argument("--negatives", default="corrector", choices=["corrector", "stale", "inbatch"])
     parser.add_argument("--train-max-seq-length", type=int, default=128)
     parser.add_argument("--eval-max-seq-length", type=int, nargs="+", default=[128, 256])
     parser.add_argument("--corrector-lr", type=float, default=1e-3)

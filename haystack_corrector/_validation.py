@@ -50,6 +50,14 @@ def check_config_checksum(config: dict[str, Any], path: Any, keys: Iterable[str]
     return config
 
 
+def read_config(path: Any, kind: str, keys: Iterable[str], what: str) -> dict[str, Any]:
+    """A saved config file of ``kind`` (its ``format``), checked against its own checksum and allowed ``keys``."""
+    config = read_json(path, what)
+    if not isinstance(config, dict) or config.get("format") != kind:
+        raise ValueError(f"{path} is not a haystack-corrector {what}")
+    return check_config_checksum(config, path, keys)
+
+
 def read_json(path: Any, what: str) -> Any:
     """Parse a JSON file of a save; any damage becomes a ``ValueError`` that names the file."""
     try:
@@ -176,6 +184,41 @@ def check_non_negative_int(value: Any, name: str) -> int:
     if value < 0:
         raise ValueError(f"{name} must be >= 0, got {value}")
     return int(value)
+
+
+def check_float(
+    value: Any, name: str, *, minimum: float | None = None, strict: bool = False, optional: bool = False
+) -> float:
+    """A finite float, optionally ``> minimum`` (``strict``) or ``>= minimum``; None passes when ``optional``.
+
+    The messages say exactly which bound applies (``lr must be > 0, got -1``), generated here for every caller.
+    """
+    if value is None and optional:
+        return None  # type: ignore[return-value]
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        kind = "a float or None" if optional else "a float"
+        raise TypeError(f"{name} must be {kind}, got {describe(value)}")
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if minimum is not None and (value <= minimum if strict else value < minimum):
+        raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum:g}, got {value}")
+    return float(value)
+
+
+def check_bool(value: Any, name: str, *, optional: bool = False) -> bool:
+    """A bool (or None when ``optional``): TypeError otherwise, so ``"false"`` is never read as True."""
+    if value is None and optional:
+        return None  # type: ignore[return-value]
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool{' or None' if optional else ''}, got {describe(value)}")
+    return value
+
+
+def check_path_string(value: Any, name: str) -> str:
+    """A non-empty path string (components keep paths, not Path objects, so that they serialise to YAML)."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name} must be a non-empty path string, got {describe(value)}")
+    return value
 
 
 def check_choice(value: Any, name: str, choices: Sequence[str]) -> str:

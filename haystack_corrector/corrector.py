@@ -15,10 +15,9 @@ from torch import nn
 
 from haystack_corrector._atomic import atomic_directory, step
 from haystack_corrector._validation import (
-    check_config_checksum,
     check_positive_int,
     describe,
-    read_json,
+    read_config,
     with_config_checksum,
 )
 
@@ -68,8 +67,9 @@ class Corrector(nn.Module):
         nn.init.zeros_(last.bias)
         layers.append(last)
         self.residual = nn.Sequential(*layers)
-        # Optimiser steps taken by CorrectorTrainer: the age of a materialised view is counted in these.
-        self.updates = 0
+        # Optimiser steps taken on this corrector (by CorrectorTrainer): the one step counter of the package; a
+        # materialised view's age is counted in these.
+        self.steps = 0
 
     def forward(self, stale: torch.Tensor) -> torch.Tensor:
         if stale.ndim == 0 or stale.shape[-1] != self.dim:
@@ -78,16 +78,6 @@ class Corrector(nn.Module):
         if self.normalize:
             out = F.normalize(out, dim=-1)
         return out
-
-    @property
-    def version(self) -> int:
-        """Sum of torch's per-tensor version counters: grows on optimiser steps and ``load_state_dict``.
-
-        Not a complete change detector: edits through ``.data`` and ``vector_to_parameters`` do not bump it. Stores
-        therefore compare a snapshot of the weights (:meth:`weights_snapshot`) to decide whether a materialised view
-        is current, never this counter.
-        """
-        return sum(p._version for p in self.parameters())
 
     def weights_snapshot(self) -> list[tuple[str, torch.Tensor]]:
         """A detached copy of every parameter and buffer, for exact "has anything changed?" comparisons."""
@@ -156,14 +146,8 @@ class Corrector(nn.Module):
             raise FileNotFoundError(
                 f"{directory} is not a saved Corrector: expected {CONFIG_FILE} and {WEIGHTS_FILE} in it"
             )
-        config = read_json(config_path, "corrector config")
-        if not isinstance(config, dict) or config.get("format") != _FORMAT:
-            raise ValueError(f"{config_path} is not a haystack-corrector Corrector config")
-        config = check_config_checksum(
-            config,
-            config_path,
-            ("format", "format_version", "dim", "hidden_dim", "num_layers", "normalize", "weights_sha256"),
-        )
+        keys = ("format", "format_version", "dim", "hidden_dim", "num_layers", "normalize", "weights_sha256")
+        config = read_config(config_path, _FORMAT, keys, "corrector config")
         if not isinstance(config.get("format_version", 0), int) or config.get("format_version", 0) > _FORMAT_VERSION:
             raise ValueError(
                 f"{config_path} was written by a newer haystack-corrector (format {config['format_version']}); upgrade"

@@ -153,10 +153,7 @@ class ShardedCacheStore(CorrectedCacheStore):
             )
         if isinstance(store, ShardedCacheStore) or not isinstance(store, CorrectedCacheStore):
             raise TypeError(f"store must be a plain CorrectedCacheStore, got {type(store).__name__}")
-        self.similarity, self.dtype, self.block_size = store.similarity, store.dtype, store.block_size
-        self._init_storage(store._storage, None, store._corrector)
-        self._ids = store._ids  # already validated by ``store``: shared, not re-checked or copied
-        self._texts = store._texts
+        self._share_rows_of(store)
         self.group = group
         self.world_size, self.rank = dist.get_world_size(group), dist.get_rank(group)
         self._check_same_cache()
@@ -188,7 +185,9 @@ class ShardedCacheStore(CorrectedCacheStore):
                 dist.broadcast(data, src=source, group=self.group)
                 tensor.copy_(data.to(tensor.device))
 
-    def all_reduce_gradients(self) -> None:
+    is_collective = True  # every rank must call search(), materialize() and each corrector step together
+
+    def reduce_corrector_gradients(self) -> None:
         """Replace the corrector's gradients by their mean over the ranks (collective; called by CorrectorTrainer)."""
         parameters = list(self._corrector.parameters())
         device = _collective_device(self.group)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from haystack_corrector.scoring import similarity_scores
+
 DRIFT_LOSSES = ("mse", "cosine")
 
 
@@ -36,10 +38,7 @@ def drift_loss(name: str, corrected: torch.Tensor, fresh: torch.Tensor) -> torch
 
 
 def _scores(queries: torch.Tensor, targets: torch.Tensor, normalize: bool) -> torch.Tensor:
-    if normalize:
-        queries = F.normalize(queries, dim=-1)
-        targets = F.normalize(targets, dim=-1)
-    return queries @ targets.T
+    return similarity_scores(queries, targets, normalize=normalize)
 
 
 def score_loss(
@@ -57,7 +56,10 @@ def listwise_loss(
     temperature: float = 0.05,
     normalize: bool = False,
 ) -> torch.Tensor:
-    """Mean over queries of KL(softmax(fresh scores / τ) || softmax(corrected scores / τ)) over the batch's rows."""
+    """Mean over queries of KL(softmax(fresh scores / τ) || softmax(corrected scores / τ)) over the batch's rows.
+
+    ``corrected`` and ``fresh`` are (n, d) rows shared by every query, or (Q, m, d): each query's own rows.
+    """
     target = F.log_softmax(_scores(queries, fresh, normalize) / temperature, dim=-1)
     predicted = F.log_softmax(_scores(queries, corrected, normalize) / temperature, dim=-1)
     return F.kl_div(predicted, target, log_target=True, reduction="batchmean")

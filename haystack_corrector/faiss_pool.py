@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from haystack_corrector._validation import check_choice, check_positive_int
+from haystack_corrector.scoring import dot_scores, normalize_rows
 
 INDEX_TYPES = ("flat", "ivf", "hnsw")
 INDEX_FILE = "index.faiss"
@@ -98,12 +99,18 @@ class FaissPool:
         self.index = _faiss().read_index(str(path))
 
 
+@torch.no_grad()
 def pool_search(
     store: Any, queries: torch.Tensor, top_k: int, excluded: list[set[int]], pool_size: int, corrected: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k by corrected score among each query's ``pool_size`` best rows by stale score (from ``store.pool``)."""
+    pool_size = check_positive_int(pool_size, "pool_size")
+    if store.pool is None:
+        raise ValueError("pool_size needs a FAISS pool: call store.build_pool() first")
+    if pool_size < top_k:
+        raise ValueError(f"pool_size={pool_size} must be >= top_k={top_k}")
     pool: FaissPool = store.pool
-    normalized = torch.nn.functional.normalize(queries, dim=-1) if store.similarity == "cosine" else queries
+    normalized = normalize_rows(queries, store.similarity == "cosine")
     widest = max((len(rows) for rows in excluded), default=0)
     raw = pool.candidates(normalized.numpy(), min(len(store), pool_size + widest))
     kept: list[list[int]] = []
@@ -133,9 +140,7 @@ def _rerank(
     candidates = torch.tensor([keep + [keep[0]] * (width - len(keep)) for keep in kept], dtype=torch.int64)
     unique, inverse = torch.unique(candidates, return_inverse=True)
     targets = store.corrected_embeddings(unique) if corrected else store.stale_embeddings(unique)
-    if store.similarity == "cosine":
-        targets = torch.nn.functional.normalize(targets, dim=-1)
-    scores = torch.einsum("bd,bld->bl", queries, targets[inverse])
+    scores = dot_scores(queries, normalize_rows(targets, store.similarity == "cosine")[inverse])
     for query, keep in enumerate(kept):
         scores[query, len(keep) :] = -torch.inf  # the padding repeats a row: never pick it twice
     best_scores, order = torch.topk(scores, top_k, dim=1)

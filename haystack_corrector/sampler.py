@@ -20,38 +20,28 @@ one of the ``range_min`` likely false negatives, never comes back through the fi
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from haystack_corrector._validation import (
     ArrayLike,
     as_float_matrix,
     as_row_sets,
     check_choice,
+    check_float,
     check_non_negative_int,
     check_positive_int,
     describe,
 )
 from haystack_corrector.cache_store import CorrectedCacheStore
+from haystack_corrector.scoring import similarity_scores
 
 logger = logging.getLogger(__name__)
 
 STRATEGIES = ("top", "gumbel", "random")
 _DEFAULT_WINDOW_FACTOR = 10
-
-
-def _optional_float(value: Any, name: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a float or None, got {describe(value)}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    return float(value)
 
 
 class HardNegativeSampler:
@@ -107,15 +97,8 @@ class HardNegativeSampler:
         self.store = store
         self.num_negatives = check_positive_int(num_negatives, "num_negatives")
         self.strategy = check_choice(strategy, "strategy", STRATEGIES)
-        temperature_value = _optional_float(temperature, "temperature")
-        if temperature_value is None or temperature_value <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.temperature = temperature_value
-        if isinstance(range_min, bool) or not isinstance(range_min, int):
-            raise TypeError(f"range_min must be an int, got {describe(range_min)}")
-        if range_min < 0:
-            raise ValueError(f"range_min must be >= 0, got {range_min}")
-        self.range_min = range_min
+        self.temperature = check_float(temperature, "temperature", minimum=0.0, strict=True)
+        self.range_min = range_min = check_non_negative_int(range_min, "range_min")
         if range_max is not None:
             if isinstance(range_max, bool) or not isinstance(range_max, int):
                 raise TypeError(f"range_max must be an int or None, got {describe(range_max)}")
@@ -129,9 +112,9 @@ class HardNegativeSampler:
                     f"candidates remain between range_min={range_min} and range_max={range_max}"
                 )
         self.range_max = range_max
-        self.absolute_margin = _optional_float(absolute_margin, "absolute_margin")
-        self.relative_margin = _optional_float(relative_margin, "relative_margin")
-        self.max_score = _optional_float(max_score, "max_score")
+        self.absolute_margin = check_float(absolute_margin, "absolute_margin", optional=True)
+        self.relative_margin = check_float(relative_margin, "relative_margin", optional=True)
+        self.max_score = check_float(max_score, "max_score", optional=True)
         if not isinstance(corrected, bool):
             raise TypeError(f"corrected must be a bool, got {describe(corrected)}")
         self.corrected = corrected
@@ -240,10 +223,7 @@ class HardNegativeSampler:
     def _score_rows(self, queries: torch.Tensor, rows: list[int]) -> torch.Tensor:
         """(B, len(rows)) scores of these rows for each query, by the sampler's (corrected or stale) embeddings."""
         getter = self.store.corrected_embeddings if self.corrected else self.store.stale_embeddings
-        targets = getter(rows)
-        if self.store.similarity == "cosine":
-            queries, targets = F.normalize(queries, dim=-1), F.normalize(targets, dim=-1)
-        return queries @ targets.T
+        return similarity_scores(queries, getter(rows), normalize=self.store.similarity == "cosine")
 
     def _lowest_positive_scores(self, queries: torch.Tensor, positive_sets: list[set[int]]) -> torch.Tensor:
         """Per query, the score of its lowest-scoring positive (+inf when it has none: no margin applies)."""

@@ -25,22 +25,14 @@ from haystack_corrector._validation import (
     as_float_matrix,
     as_index_tensor,
     check_choice,
+    check_float,
     check_positive_int,
-    describe,
 )
 from haystack_corrector.cache_store import CorrectedCacheStore
-from haystack_corrector.distributed import ShardedCacheStore
 from haystack_corrector.evaluation import relative_error
+from haystack_corrector.scoring import dot_scores, normalize_rows
 
 logger = logging.getLogger(__name__)
-
-
-def _non_negative_float(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise TypeError(f"{name} must be a finite float, got {describe(value)}")
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    return float(value)
 
 
 class CorrectorTrainer:
@@ -80,22 +72,22 @@ class CorrectorTrainer:
         if not isinstance(store, CorrectedCacheStore):
             raise TypeError(f"store must be a CorrectedCacheStore, got {type(store).__name__}")
         self.store = store
-        self.lr = _non_negative_float(lr, "lr")
-        if self.lr == 0:
-            raise ValueError("lr must be > 0, got 0")
+        self.lr = check_float(lr, "lr", minimum=0.0, strict=True)
         self.loss = check_choice(loss, "loss", drift_losses.DRIFT_LOSSES)
-        self.weight_decay = _non_negative_float(weight_decay, "weight_decay")
-        self.listwise_weight = _non_negative_float(listwise_weight, "listwise_weight")
-        self.score_weight = _non_negative_float(score_weight, "score_weight")
-        self.temperature = _non_negative_float(temperature, "temperature")
-        if self.temperature == 0:
-            raise ValueError("temperature must be > 0, got 0")
+        self.weight_decay = check_float(weight_decay, "weight_decay", minimum=0.0)
+        self.listwise_weight = check_float(listwise_weight, "listwise_weight", minimum=0.0)
+        self.score_weight = check_float(score_weight, "score_weight", minimum=0.0)
+        self.temperature = check_float(temperature, "temperature", minimum=0.0, strict=True)
         self._bind(store.corrector)
-        self.steps = 0
 
     def _bind(self, corrector: torch.nn.Module) -> None:
         self._corrector = corrector
         self.optimizer = torch.optim.AdamW(corrector.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+    @property
+    def steps(self) -> int:
+        """Optimiser steps taken on the bound corrector (``corrector.steps``: one counter, not two)."""
+        return self.corrector.steps
 
     @property
     def corrector(self) -> torch.nn.Module:
@@ -113,8 +105,8 @@ class CorrectorTrainer:
         if current is not self._corrector:
             logger.warning(
                 "store.corrector was replaced after this CorrectorTrainer was created; rebinding its optimiser to "
-                "the new corrector (optimiser state starts again, step count %d kept)",
-                self.steps,
+                "the new corrector (optimiser state starts again; steps counts the new corrector's, %d)",
+                current.steps,
             )
             self._bind(current)
 
@@ -201,12 +193,10 @@ class CorrectorTrainer:
             )
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
-        if isinstance(self.store, ShardedCacheStore):
-            # Every rank takes the same step (the mean of all ranks' gradients), so the correctors stay identical.
-            self.store.all_reduce_gradients()
+        # A sharded store averages the gradients over its ranks, so every rank takes the same step; a no-op otherwise.
+        self.store.reduce_corrector_gradients()
         self.optimizer.step()
-        corrector.updates += 1
-        self.steps += 1
+        corrector.steps += 1
         metrics["drift_loss"] = float(total.detach())
         return metrics
 
@@ -226,24 +216,13 @@ class CorrectorTrainer:
         """
         if candidates.dim() == 1:
             corrected = self.store.corrector(self.store.stale_embeddings(candidates).to(device))
-            return drift_losses.listwise_loss(
-                corrected,
-                candidate_fresh.to(device),
-                queries.to(device),
-                temperature=self.temperature,
-                normalize=normalize,
-            )
-        unique, inverse = torch.unique(candidates.reshape(-1), return_inverse=True)
-        corrected = self.store.corrector(self.store.stale_embeddings(unique).to(device))[inverse]
-        corrected = corrected.reshape(*candidates.shape, -1)
-        queries, candidate_fresh = queries.to(device), candidate_fresh.to(device)
-        if normalize:
-            queries = torch.nn.functional.normalize(queries, dim=-1)
-            corrected = torch.nn.functional.normalize(corrected, dim=-1)
-            candidate_fresh = torch.nn.functional.normalize(candidate_fresh, dim=-1)
-        target = torch.log_softmax(torch.einsum("bd,bmd->bm", queries, candidate_fresh) / self.temperature, dim=-1)
-        predicted = torch.log_softmax(torch.einsum("bd,bmd->bm", queries, corrected) / self.temperature, dim=-1)
-        return torch.nn.functional.kl_div(predicted, target, log_target=True, reduction="batchmean")
+        else:  # (Q, M, d): each query ranks its own rows; each distinct row is corrected once
+            unique, inverse = torch.unique(candidates.reshape(-1), return_inverse=True)
+            corrected = self.store.corrector(self.store.stale_embeddings(unique).to(device))[inverse]
+            corrected = corrected.reshape(*candidates.shape, -1)
+        return drift_losses.listwise_loss(
+            corrected, candidate_fresh.to(device), queries.to(device), temperature=self.temperature, normalize=normalize
+        )
 
     def fit(
         self,
@@ -270,7 +249,7 @@ class CorrectorTrainer:
         Returns ``staleness`` and ``corrected_error`` over all given rows after the fit, the last step's
         ``drift_loss``, ``epochs`` and ``steps``.
         """
-        if isinstance(self.store, ShardedCacheStore):
+        if self.store.is_collective:
             raise ValueError(
                 "CorrectorTrainer.fit is not collective, so it cannot train a ShardedCacheStore's corrector: fit on "
                 "the plain CorrectedCacheStore in one process, save the corrector, and load it on every rank"
@@ -331,13 +310,12 @@ class CorrectorTrainer:
 
     def _neighbourhoods(self, queries: torch.Tensor, fresh: torch.Tensor, size: int) -> torch.Tensor:
         """(Q, size) positions of each query's best rows of the sample by fresh score (blocked over queries)."""
-        targets = torch.nn.functional.normalize(fresh, dim=-1) if self.store.similarity == "cosine" else fresh
+        normalize = self.store.similarity == "cosine"
+        targets = normalize_rows(fresh, normalize)
         out = []
         for start in range(0, queries.shape[0], 1024):
-            block = queries[start : start + 1024]
-            if self.store.similarity == "cosine":
-                block = torch.nn.functional.normalize(block, dim=-1)
-            out.append(torch.topk(block @ targets.T, size, dim=1).indices)
+            block = normalize_rows(queries[start : start + 1024], normalize)
+            out.append(torch.topk(dot_scores(block, targets), size, dim=1).indices)
         return torch.cat(out)
 
     # ------------------------------------------------------------------------------------------------ checkpoint
@@ -354,4 +332,4 @@ class CorrectorTrainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.corrector.load_state_dict(state["corrector"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.steps = int(state["steps"])
+        self.corrector.steps = int(state["steps"])

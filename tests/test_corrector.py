@@ -27,15 +27,19 @@ def test_hidden_dim_defaults_to_dim_and_config():
     assert corrector.get_config_dict() == {"dim": 12, "hidden_dim": 12, "num_layers": 2, "normalize": False}
 
 
-def test_version_bumps_on_update_and_load():
+def test_snapshot_sees_every_kind_of_weight_change():
     corrector = Corrector(4)
-    v0 = corrector.version
+    snapshot = corrector.weights_snapshot()
+    assert corrector.matches_snapshot(snapshot)
     with torch.no_grad():
         corrector.residual[-1].bias.add_(1.0)
-    v1 = corrector.version
-    assert v1 > v0
+    assert not corrector.matches_snapshot(snapshot)
+    snapshot = corrector.weights_snapshot()
     corrector.load_state_dict(Corrector(4).state_dict())
-    assert corrector.version > v1
+    assert not corrector.matches_snapshot(snapshot)
+    snapshot = corrector.weights_snapshot()
+    corrector.residual[0].weight.data.mul_(2.0)  # invisible to torch's version counters
+    assert not corrector.matches_snapshot(snapshot)
 
 
 def test_save_load_round_trip(tmp_path):

@@ -52,7 +52,7 @@ def test_loss_without_negatives_equals_mnrl_on_cuda(tiny_model_folder):
     ids = list(corpus)
     store = encode_corpus(model, [document_text(corpus[i]) for i in ids], ids=ids, show_progress_bar=False)
     dataset = build_training_dataset(queries, corpus, qrels, store).select(range(8))
-    ours = CorrectedMultipleNegativesRankingLoss(model, store, dataset, negatives="none")
+    ours = CorrectedMultipleNegativesRankingLoss(model, store, dataset, negatives="inbatch")
     reference = multiple_negatives_ranking_loss()(model)
     features = [model.preprocess(dataset["anchor"]), model.preprocess(dataset["positive"])]
     features = [{k: v.to("cuda") if isinstance(v, torch.Tensor) else v for k, v in f.items()} for f in features]
@@ -94,7 +94,7 @@ def test_corrected_training_runs_on_cuda(tiny_model_folder, tmp_path, corrector_
     trainer.train()
     assert next(model.parameters()).device.type == "cuda"
     assert all(p.device.type == corrector_device for p in store.corrector.parameters())
-    assert store.corrector.updates == 6
+    assert store.corrector.steps == 6
     assert any(not torch.equal(a, b) for a, b in zip(before, store.corrector.parameters()))
     logged = [entry for entry in trainer.state.log_history if "corrector/staleness" in entry]
     assert logged and logged[-1]["corrector/staleness"] > 0

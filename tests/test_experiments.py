@@ -18,10 +18,10 @@ from haystack_corrector.experiments.harness import ExperimentConfig, run_experim
 
 
 def test_parse_arm_names_are_the_contract():
-    assert parse_arm("inbatch").negatives == "none"
+    assert parse_arm("inbatch").negatives == "inbatch"
     assert parse_arm("static").negatives == "static"
     assert parse_arm("stale").negatives == "stale"
-    assert parse_arm("corrector").negatives == "corrected"
+    assert parse_arm("corrector").negatives == "corrector"
     assert parse_arm("refresh:50").loss_kwargs() == {"negatives": "refresh", "refresh_every": 50}
     assert parse_arm("rerank:30").loss_kwargs() == {"negatives": "rerank", "rerank_depth": 30}
     assert parse_arm("refresh:50").slug == "refresh-50"

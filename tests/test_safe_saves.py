@@ -112,16 +112,16 @@ def test_shard_dir_with_foreign_files_is_refused(tmp_path):
 
 def test_full_disk_mid_save_keeps_the_previous_save(tmp_path, monkeypatch):
     _store(0).save(tmp_path / "s")
-    from haystack_corrector import cache_store
+    from haystack_corrector import persistence
 
-    real = cache_store.json.dumps
+    real = persistence.json.dumps
 
     def dumps(obj, *args, **kwargs):
         if isinstance(obj, list) and obj and obj[0] == "t1-0":  # the texts of the second save
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(obj, *args, **kwargs)
 
-    monkeypatch.setattr(cache_store.json, "dumps", dumps)
+    monkeypatch.setattr(persistence.json, "dumps", dumps)
     with pytest.raises(OSError, match="No space left on device"):
         _store(1).save(tmp_path / "s")
     monkeypatch.undo()

@@ -71,7 +71,7 @@ def test_loss_with_fixed_negatives_equals_mnrl_value_and_gradients(setup):
 def test_negatives_none_equals_mnrl(setup):
     model, store, dataset, _ = setup
     batch = dataset.select(range(8))
-    loss = CorrectedMultipleNegativesRankingLoss(model, store, dataset, negatives="none")
+    loss = CorrectedMultipleNegativesRankingLoss(model, store, dataset, negatives="inbatch")
     features = [_features(model, batch["anchor"]), _features(model, batch["positive"])]
     ours = loss(features, torch.tensor(batch["label"]))
     reference = multiple_negatives_ranking_loss()(model)(features, None)
@@ -79,7 +79,7 @@ def test_negatives_none_equals_mnrl(setup):
     assert set(ours) == {"infonce", "drift"}
 
 
-@pytest.mark.parametrize("negatives", ["corrected", "stale"])
+@pytest.mark.parametrize("negatives", ["corrector", "stale"])
 def test_sampled_negative_is_never_relevant(setup, negatives):
     model, store, dataset, qrels = setup
     loss = CorrectedMultipleNegativesRankingLoss(
@@ -132,7 +132,7 @@ def test_config_and_citation(setup):
         model, store, dataset, num_negatives=2, strategy="gumbel", range_max=10
     )
     config = loss.get_config_dict()
-    assert config["num_negatives"] == 2 and config["negatives"] == "corrected" and config["strategy"] == "gumbel"
+    assert config["num_negatives"] == 2 and config["negatives"] == "corrector" and config["strategy"] == "gumbel"
     assert config["similarity_fct"] == "cos_sim" and config["corrector"]["dim"] == 64
     assert "monath2024fresh" in loss.citation and "2409.01890" in loss.citation
 

@@ -106,8 +106,9 @@ def test_state_dict_round_trip_continues_identically():
     [
         ({"loss": "l1"}, ValueError, "Unknown loss 'l1'"),
         ({"lr": 0}, ValueError, "lr must be > 0"),
-        ({"lr": -1.0}, ValueError, "lr must be >= 0"),
-        ({"weight_decay": "x"}, TypeError, "weight_decay must be a finite float"),
+        ({"lr": -1.0}, ValueError, "lr must be > 0, got -1.0"),  # was ">= 0", although 0 is rejected too
+        ({"weight_decay": "x"}, TypeError, "weight_decay must be a float"),
+        ({"weight_decay": float("nan")}, ValueError, "weight_decay must be finite"),
         ({"temperature": 0.0}, ValueError, "temperature must be > 0"),
     ],
 )
@@ -203,6 +204,6 @@ def test_replacing_store_corrector_rebinds_the_trainer(caplog):
         trainer.observe(torch.arange(10), stale[:10] * 1.2)
     moved = [not torch.equal(a, b) for a, b in zip(before, replacement.parameters())]
     assert any(moved), "the new corrector must be the one trained"
-    assert trainer.corrector is replacement and replacement.updates == 1
+    assert trainer.corrector is replacement and replacement.steps == 1
     assert sum("rebinding its optimiser" in r.getMessage() for r in caplog.records) == 1
     assert trainer.state_dict()["corrector"].keys() == replacement.state_dict().keys()

@@ -15,7 +15,7 @@ ARM_HELP = (
 @dataclass(frozen=True)
 class Arm:
     name: str  # as written by the user, e.g. "refresh:50"
-    negatives: str  # the loss's `negatives` mode
+    negatives: str  # the loss's `negatives` mode (the arm's name without its parameter)
     refresh_every: int | None = None
     rerank_depth: int | None = None
 
@@ -35,7 +35,7 @@ class Arm:
 def parse_arm(text: str) -> Arm:
     """``"inbatch"``, ``"static"``, ``"stale"``, ``"refresh:N"``, ``"rerank:L"`` or ``"corrector"``."""
     name, _, value = text.strip().partition(":")
-    simple = {"inbatch": "none", "static": "static", "stale": "stale", "corrector": "corrected"}
+    simple = {"inbatch": "inbatch", "static": "static", "stale": "stale", "corrector": "corrector"}
     if name in simple and not value:
         return Arm(text.strip(), simple[name])
     if name in ("refresh", "rerank"):

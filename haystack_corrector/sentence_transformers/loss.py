@@ -10,17 +10,19 @@ import torch
 from torch import Tensor, nn
 
 from haystack_corrector import drift_losses
+from haystack_corrector._validation import check_bool, check_choice, check_non_negative_int, check_positive_int
 from haystack_corrector.cache_store import CorrectedCacheStore
 from haystack_corrector.distributed import ShardedCacheStore, is_distributed
 from haystack_corrector.evaluation import relative_error
 from haystack_corrector.sampler import HardNegativeSampler
+from haystack_corrector.scoring import similarity_scores
 from haystack_corrector.sentence_transformers import _compat
 from haystack_corrector.sentence_transformers.training_data import COLUMNS, decode_label
 from haystack_corrector.trainer import CorrectorTrainer
 
 logger = logging.getLogger(__name__)
 
-NEGATIVE_MODES = ("corrected", "stale", "none", "static", "refresh", "rerank")
+NEGATIVE_MODES = ("corrector", "stale", "inbatch", "static", "refresh", "rerank")  # the arm names of the harness
 
 CITATION = """
 @inproceedings{monath2024fresh,
@@ -49,9 +51,9 @@ class CorrectedMultipleNegativesRankingLoss(nn.Module):
         train_dataset: the dataset from :func:`build_training_dataset` (its labels identify rows and queries).
         num_negatives: hard negatives sampled per anchor.
         negatives: where the hard negatives come from —
-            ``"corrected"`` (the paper: sampled from the corrected cache every step);
+            ``"corrector"`` (the paper: sampled from the corrected cache every step);
             ``"stale"`` (same sampling from the raw cache, the ablation);
-            ``"none"`` (in-batch negatives only: equals ``MultipleNegativesRankingLoss``);
+            ``"inbatch"`` (in-batch negatives only: equals ``MultipleNegativesRankingLoss``);
             ``"static"`` (mined once from the initial cache with the initial model, before training, and reused:
             the ``mine_hard_negatives`` baseline);
             ``"refresh"`` (sampled from the raw cache, which is re-encoded with the current model every
@@ -72,7 +74,7 @@ class CorrectedMultipleNegativesRankingLoss(nn.Module):
         listwise_weight, score_weight, drift_temperature: ranking-aware drift terms using the batch's anchors
             (see :class:`~haystack_corrector.CorrectorTrainer`).
         corrector_warmup_steps: for this many first training steps, sample from the stale cache while the corrector
-            learns (the warm-up DESIGN.md allows); ``"corrected"`` sampling starts afterwards.
+            learns (the warm-up DESIGN.md allows); ``"corrector"`` sampling starts afterwards.
         negative_prompt: prompt to prepend to sampled negative texts, if the positive column is trained with one.
         refresh_every: for ``negatives="refresh"``, training steps between full corpus re-encodes.
         rerank_depth: for ``negatives="rerank"``, candidates re-scored with the current model per anchor.
@@ -104,7 +106,7 @@ class CorrectedMultipleNegativesRankingLoss(nn.Module):
         - Use ``BatchSamplers.NO_DUPLICATES`` so a query does not meet its own other positives as in-batch negatives.
 
     Relations:
-        - ``negatives="none"`` is ``MultipleNegativesRankingLoss`` on the same pairs.
+        - ``negatives="inbatch"`` is ``MultipleNegativesRankingLoss`` on the same pairs.
         - ``MultipleNegativesRankingLoss`` on (anchor, positive, negative_1..k) columns mined once with
           ``mine_hard_negatives`` is the static-negatives baseline; this loss re-samples them every step.
 
@@ -128,7 +130,7 @@ class CorrectedMultipleNegativesRankingLoss(nn.Module):
         store: CorrectedCacheStore,
         train_dataset: Any,
         num_negatives: int = 4,
-        negatives: str = "corrected",
+        negatives: str = "corrector",
         scale: float = 20.0,
         similarity_fct: Callable[[Tensor, Tensor], Tensor] | None = None,
         strategy: str = "top",
@@ -156,16 +158,9 @@ class CorrectedMultipleNegativesRankingLoss(nn.Module):
         super().__init__()
         if not isinstance(store, CorrectedCacheStore):
             raise TypeError(f"store must be a CorrectedCacheStore, got {type(store).__name__}")
-        if negatives not in NEGATIVE_MODES:
-            raise ValueError(f"Unknown negatives {negatives!r}; expected one of {', '.join(map(repr, NEGATIVE_MODES))}")
-        if (
-            isinstance(corrector_warmup_steps, bool)
-            or not isinstance(corrector_warmup_steps, int)
-            or corrector_warmup_steps < 0
-        ):
-            raise ValueError(f"corrector_warmup_steps must be an int >= 0, got {corrector_warmup_steps!r}")
-        if not isinstance(exclude_text_copies, bool):
-            raise TypeError(f"exclude_text_copies must be a bool, got {exclude_text_copies!r}")
+        check_choice(negatives, "negatives", NEGATIVE_MODES)
+        check_non_negative_int(corrector_warmup_steps, "corrector_warmup_steps")
+        check_bool(exclude_text_copies, "exclude_text_copies")
         self.model = model
         # The store is a plain object, so its corrector is NOT a registered submodule: the trainer's optimiser must
         # not see the corrector's parameters, which only the drift loss trains, through their own optimiser.
@@ -175,16 +170,15 @@ class CorrectedMultipleNegativesRankingLoss(nn.Module):
         self.scale = scale
         self.corrector_warmup_steps = corrector_warmup_steps
         self.negative_prompt = negative_prompt
-        if negatives == "refresh" and (
-            isinstance(refresh_every, bool) or not isinstance(refresh_every, int) or refresh_every <= 0
-        ):
-            raise ValueError(f"negatives='refresh' needs refresh_every > 0 (training steps), got {refresh_every!r}")
-        if isinstance(rerank_depth, bool) or not isinstance(rerank_depth, int) or rerank_depth < num_negatives:
-            raise ValueError(f"rerank_depth must be an int >= num_negatives ({num_negatives}), got {rerank_depth!r}")
+        if negatives == "refresh" and refresh_every is None:
+            raise ValueError("negatives='refresh' needs refresh_every (training steps between corpus re-encodes)")
+        if refresh_every is not None:
+            check_positive_int(refresh_every, "refresh_every")
+        if check_positive_int(rerank_depth, "rerank_depth") < num_negatives:
+            raise ValueError(f"rerank_depth must be >= num_negatives ({num_negatives}), got {rerank_depth!r}")
         self.refresh_every = refresh_every
         self.rerank_depth = rerank_depth
-        if sharded is not None and not isinstance(sharded, bool):
-            raise TypeError(f"sharded must be a bool or None, got {sharded!r}")
+        check_bool(sharded, "sharded", optional=True)
         self.sharded = sharded
         self.encode_batch_size = encode_batch_size
         # Cost accounting for comparisons between negative strategies.
@@ -217,7 +211,7 @@ class CorrectedMultipleNegativesRankingLoss(nn.Module):
             absolute_margin=absolute_margin,
             relative_margin=relative_margin,
             max_score=max_score,
-            corrected=negatives == "corrected",
+            corrected=negatives == "corrector",
             seed=seed,
             max_view_age=max_view_age,
             # The loss expands each query's relevant rows with their copies once, below, and hands the sampler
@@ -239,7 +233,7 @@ class CorrectedMultipleNegativesRankingLoss(nn.Module):
             # A copy of a positive (same text, another id) is relevant too: it must never be a hard negative.
             self._relevant = {query: store.with_text_copies(rows) for query, rows in self._relevant.items()}
         most_relevant = max(len(rows) for rows in self._relevant.values())
-        if negatives != "none" and num_negatives > len(store) - most_relevant:
+        if negatives != "inbatch" and num_negatives > len(store) - most_relevant:
             raise ValueError(
                 f"num_negatives={num_negatives} is larger than the corpus minus the positives "
                 f"({len(store)} rows, up to {most_relevant} relevant to one query)"
@@ -305,7 +299,7 @@ class CorrectedMultipleNegativesRankingLoss(nn.Module):
 
     @property
     def sampling_corrected(self) -> bool:
-        return self.negatives == "corrected" and self.training_steps >= self.corrector_warmup_steps
+        return self.negatives == "corrector" and self.training_steps >= self.corrector_warmup_steps
 
     def _distribute(self) -> None:
         """Switch to sharded sampling under DDP (once, at the first forward pass, when every rank is running)."""
@@ -333,7 +327,7 @@ class CorrectedMultipleNegativesRankingLoss(nn.Module):
         embeddings = [anchors, positives]
         target_rows = torch.tensor(positive_rows, dtype=torch.int64)
         fresh_targets = positives
-        if self.negatives != "none":
+        if self.negatives != "inbatch":
             negative_rows = self._negative_rows(anchors.detach().float().cpu(), relevant, labels, features[1])
             texts = self.store.texts or []
             # Column-major (all first negatives, then all second negatives, ...) as MNRL's negative_i columns.
@@ -406,11 +400,7 @@ class CorrectedMultipleNegativesRankingLoss(nn.Module):
         flat = candidates.reshape(-1)
         fresh = self._encode_no_grad([texts[row] for row in flat.tolist()]).reshape(candidates.shape[0], depth, -1)
         self.target_forward_passes += flat.numel()
-        queries = anchors
-        if self.store.similarity == "cosine":
-            queries = torch.nn.functional.normalize(queries, dim=-1)
-            fresh = torch.nn.functional.normalize(fresh, dim=-1)
-        scores = torch.einsum("bd,bkd->bk", queries, fresh)
+        scores = similarity_scores(anchors, fresh, normalize=self.store.similarity == "cosine")
         order = torch.argsort(scores, dim=1, descending=True)[
             :, self.sampler.range_min : self.sampler.range_min + self.num_negatives
         ]

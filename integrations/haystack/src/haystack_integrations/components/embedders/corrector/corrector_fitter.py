@@ -7,9 +7,11 @@ from typing import Any
 
 import torch
 from haystack import Document, component, default_from_dict, default_to_dict
-from haystack_integrations.components.retrievers.corrector._document_snapshot import embedding_matrix
+from haystack_integrations.common.corrector.documents import embedding_matrix
 
 from haystack_corrector import CorrectedCacheStore, Corrector, CorrectorTrainer
+from haystack_corrector._validation import check_choice, check_path_string, check_positive_int
+from haystack_corrector.drift_losses import DRIFT_LOSSES
 
 logger = logging.getLogger(__name__)
 
@@ -54,15 +56,10 @@ class CorrectorFitter:
         :param loss: drift loss, ``"mse"`` or ``"cosine"``.
         :param seed: seed of the corrector's initialisation and of the batch order.
         """
-        if not isinstance(output_path, str) or not output_path:
-            raise ValueError(f"output_path must be a non-empty path string, got {output_path!r}")
-        for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be an int > 0, got {value!r}")
-        if loss not in ("mse", "cosine"):
-            raise ValueError(f"Unknown loss {loss!r}; expected 'mse' or 'cosine'")
-        self.output_path = output_path
-        self.epochs = epochs
+        self.output_path = check_path_string(output_path, "output_path")
+        self.epochs = check_positive_int(epochs, "epochs")
+        check_positive_int(batch_size, "batch_size")
+        check_choice(loss, "loss", DRIFT_LOSSES)
         self.hidden_dim = hidden_dim
         self.lr = lr
         self.batch_size = batch_size

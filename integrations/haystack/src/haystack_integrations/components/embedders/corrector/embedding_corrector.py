@@ -7,11 +7,10 @@ from typing import Any
 
 import torch
 from haystack import Document, component, default_from_dict, default_to_dict
-from haystack_integrations.components.retrievers.corrector._document_snapshot import (
-    corrector_fingerprint,
-    embedding_matrix,
-    load_corrector,
-)
+from haystack_integrations.common.corrector.correctors import corrector_fingerprint, load_corrector
+from haystack_integrations.common.corrector.documents import embedding_matrix
+
+from haystack_corrector._validation import check_bool, check_path_string, check_positive_int
 
 
 @component
@@ -43,15 +42,9 @@ class EmbeddingCorrector:
             By default they are refused: a corrector maps old-encoder embeddings, and applying it to its own output
             (a re-run of an upgrade pipeline) corrects twice.
         """
-        if not isinstance(corrector_path, str) or not corrector_path:
-            raise ValueError(f"corrector_path must be a non-empty path string, got {corrector_path!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-            raise ValueError(f"batch_size must be an int > 0, got {batch_size!r}")
-        if not isinstance(force, bool):
-            raise ValueError(f"force must be a bool, got {force!r}")
-        self.corrector_path = corrector_path
-        self.batch_size = batch_size
-        self.force = force
+        self.corrector_path = check_path_string(corrector_path, "corrector_path")
+        self.batch_size = check_positive_int(batch_size, "batch_size")
+        self.force = check_bool(force, "force")
         self._corrector = None
         self._fingerprint: str | None = None
 

@@ -1,5 +1,5 @@
 # The snapshot module is imported first: it raises a clear ImportError naming the extra when haystack is missing.
-from haystack_integrations.components.retrievers.corrector import _document_snapshot  # noqa: F401  # isort: skip
+import haystack_integrations.common.corrector  # noqa: F401  # isort: skip  (the haystack-ai import guard)
 from haystack_integrations.components.retrievers.corrector.corrected_embedding_retriever import (
     CorrectedEmbeddingRetriever,
 )

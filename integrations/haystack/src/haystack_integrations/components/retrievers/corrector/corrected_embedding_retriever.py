@@ -6,14 +6,15 @@ import math
 from typing import Any
 
 from haystack import Document, component, default_from_dict, default_to_dict
-from haystack_integrations.components.retrievers.corrector._document_snapshot import (
-    DocumentSnapshot,
-    SnapshotComponent,
+from haystack_integrations.common.corrector.documents import (
     check_document_store,
     output_document,
     query_matrix,
     store_similarity,
 )
+from haystack_integrations.common.corrector.snapshot import DocumentSnapshot, SnapshotComponent
+
+from haystack_corrector._validation import check_non_negative_int, check_positive_int
 
 
 @component
@@ -61,8 +62,7 @@ class CorrectedEmbeddingRetriever(SnapshotComponent):
             else dot product.
         """
         check_document_store(document_store)
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k <= 0:
-            raise ValueError(f"top_k must be an int > 0, got {top_k!r}")
+        check_positive_int(top_k, "top_k")
         self.document_store = document_store
         self.corrector_path = corrector_path
         self.top_k = top_k
@@ -106,8 +106,7 @@ class CorrectedEmbeddingRetriever(SnapshotComponent):
         """
         snapshot = self._ready_snapshot()
         top_k = self.top_k if top_k is None else top_k
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
-            raise ValueError(f"top_k must be an int >= 0, got {top_k!r}")
+        check_non_negative_int(top_k, "top_k")
         scale_score = self.scale_score if scale_score is None else scale_score
         return_embedding = self.return_embedding if return_embedding is None else return_embedding
         cache = snapshot.ensure_current()

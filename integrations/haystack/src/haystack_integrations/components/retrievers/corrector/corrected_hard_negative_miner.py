@@ -5,14 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from haystack import Document, component, default_from_dict, default_to_dict
-from haystack_integrations.components.retrievers.corrector._document_snapshot import (
-    DocumentSnapshot,
-    SnapshotComponent,
+from haystack_integrations.common.corrector.documents import (
     check_document_store,
     output_document,
     query_matrix,
     store_similarity,
 )
+from haystack_integrations.common.corrector.snapshot import DocumentSnapshot, SnapshotComponent
 
 from haystack_corrector import HardNegativeSampler
 

@@ -1,4 +1,4 @@
-"""Shared by the corrector components: import guard, corrector loading, and a snapshot of a DocumentStore as a cache.
+"""A snapshot of a DocumentStore as a corrected cache, and the component base class that keeps it current.
 
 Snapshot semantics: a component reads every document of its DocumentStore once (``filter_documents()``) into a
 :class:`~haystack_corrector.CorrectedCacheStore` and searches that snapshot. Before each run it compares
@@ -8,70 +8,16 @@ Documents overwritten in place with the same count are not noticed: call ``refre
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import logging
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
+from haystack import Document
+from haystack_integrations.common.corrector.correctors import load_corrector
+from haystack_integrations.common.corrector.documents import embedding_matrix
 
 from haystack_corrector import CorrectedCacheStore, Corrector
 
-INSTALL_HINT = 'pip install "haystack-corrector[haystack]"'
-
-try:
-    from haystack import Document
-except ImportError as exc:  # exercised in a subprocess test
-    raise ImportError(f"The haystack-corrector components need haystack-ai. Install it with: {INSTALL_HINT}") from exc
-
 logger = logging.getLogger(__name__)
-
-SIMILARITIES = {"cosine": "cosine", "dot_product": "dot", "dot": "dot"}
-
-
-def load_corrector(corrector_path: str | None) -> Corrector | None:
-    if corrector_path is None:
-        return None
-    return Corrector.load(corrector_path)
-
-
-def corrector_fingerprint(corrector_path: str) -> str:
-    """Short SHA-256 of a saved corrector's weights, recorded in document meta."""
-    weights = Path(corrector_path) / "corrector.safetensors"
-    return hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
-
-
-def store_similarity(document_store: Any, similarity: str | None) -> str:
-    """The similarity to score with: explicit, else the store's ``embedding_similarity_function``, else dot."""
-    name = similarity or getattr(document_store, "embedding_similarity_function", None) or "dot_product"
-    if name not in SIMILARITIES:
-        raise ValueError(f"Unknown similarity {name!r}; expected one of {sorted(SIMILARITIES)}")
-    return SIMILARITIES[name]
-
-
-def check_document_store(document_store: Any) -> None:
-    for method in ("filter_documents", "count_documents", "to_dict"):
-        if not callable(getattr(document_store, method, None)):
-            raise TypeError(
-                f"document_store must be a Haystack DocumentStore (with {method}()), got {type(document_store).__name__}"
-            )
-
-
-def embedding_matrix(documents: list[Document], what: str) -> np.ndarray:
-    """Stack document embeddings, with a clear error for documents that have none."""
-    missing = [doc.id for doc in documents if doc.embedding is None]
-    if missing:
-        raise ValueError(
-            f"{len(missing)} of {len(documents)} {what} have no embedding (first id: {missing[0]!r}). Embed them "
-            "first (e.g. with a DocumentEmbedder), and if your document store leaves embeddings out of "
-            "filter_documents() by default, switch that on (e.g. return_embedding=True where the store offers it)."
-        )
-    dims = {len(doc.embedding) for doc in documents}  # type: ignore[arg-type]
-    if len(dims) > 1:
-        raise ValueError(f"{what} have embeddings of different dimensions: {sorted(dims)}")
-    return np.asarray([doc.embedding for doc in documents], dtype=np.float32)
 
 
 class DocumentSnapshot:
@@ -130,24 +76,6 @@ class DocumentSnapshot:
             except KeyError:
                 continue
         return set(known)
-
-
-def query_matrix(query_embeddings: Any, dim: int, name: str) -> torch.Tensor:
-    if not isinstance(query_embeddings, (list, tuple)) or not query_embeddings:
-        raise ValueError(f"{name} must be a non-empty list of floats, got {type(query_embeddings).__name__}")
-    try:
-        matrix = torch.tensor(query_embeddings, dtype=torch.float32)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} must hold numbers only, with equal lengths: {exc}") from exc
-    if matrix.shape[-1] != dim:
-        raise ValueError(f"{name} has dimension {matrix.shape[-1]} but the stored embeddings have dimension {dim}")
-    return matrix
-
-
-def output_document(document: Document, score: float | None, return_embedding: bool) -> Document:
-    """A copy of a stored document for output: score set, embedding kept (as plain floats) or dropped."""
-    embedding = [float(x) for x in document.embedding] if return_embedding and document.embedding is not None else None
-    return dataclasses.replace(document, score=score, embedding=embedding)
 
 
 class SnapshotComponent:

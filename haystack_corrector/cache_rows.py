@@ -1,0 +1,232 @@
+"""The stale rows of a cache: ids, text copies, and reading blocks of rows out of memory or a memory map.
+
+Row storage is a float16/float32 torch tensor in memory or a numpy memory map of a ``.npy`` file; every reader returns
+float32 torch blocks, and a memory map's pages are released once a block is copied, so a full scan keeps resident
+memory bounded by one block.
+"""
+
+from __future__ import annotations
+
+import mmap
+from collections.abc import Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from haystack_corrector._validation import ArrayLike, as_index_tensor, describe
+
+
+class DefaultIds(Sequence[str]):
+    """The default ids ``"0"`` .. ``"N-1"``, without holding N Python strings in memory."""
+
+    def __init__(self, length: int) -> None:
+        self._length = length
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, position):  # type: ignore[no-untyped-def]
+        if isinstance(position, slice):
+            return [str(i) for i in range(*position.indices(self._length))]
+        if position < 0:
+            position += self._length
+        if not 0 <= position < self._length:
+            raise IndexError(f"id position {position} out of range for {self._length} ids")
+        return str(position)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, DefaultIds):
+            return other._length == self._length
+        if isinstance(other, Sequence) and not isinstance(other, str):
+            return len(other) == self._length and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(("DefaultIds", self._length))
+
+    def __repr__(self) -> str:
+        return f"DefaultIds({self._length})"
+
+    def row_of(self, value: str) -> int | None:
+        if value.isdigit() and str(int(value)) == value and int(value) < self._length:
+            return int(value)
+        return None
+
+
+def _strings(values: Sequence[str], name: str, num_rows: int, rows_name: str) -> list[str]:
+    """``values`` as a list of ``num_rows`` strings (TypeError/ValueError naming the first bad entry)."""
+    if isinstance(values, (str, bytes)):
+        raise TypeError(f"{name} must be a sequence of strings, got {describe(values)}")
+    values = list(values)
+    if len(values) != num_rows:
+        raise ValueError(f"{name} has {len(values)} entries but {rows_name} has {num_rows} rows")
+    for position, value in enumerate(values):
+        if not isinstance(value, str):
+            raise TypeError(f"{name} must be strings; {name}[{position}] is {describe(value)}")
+    return values
+
+
+def check_ids(ids: Sequence[str] | None, num_rows: int) -> Sequence[str]:
+    """Unique string ids, one per row; None gives the default ids ``"0"`` .. ``"N-1"``."""
+    if ids is None or isinstance(ids, DefaultIds):
+        return DefaultIds(num_rows)
+    ids = _strings(ids, "ids", num_rows, "embeddings")
+    if len(set(ids)) != len(ids):
+        seen: set[str] = set()
+        duplicate = next(v for v in ids if v in seen or seen.add(v))  # type: ignore[func-returns-value]
+        raise ValueError(f"ids must be unique; {duplicate!r} appears more than once")
+    return ids
+
+
+def check_texts(texts: Sequence[str], num_rows: int) -> list[str]:
+    """``texts`` as a list of ``num_rows`` strings, one per row."""
+    return _strings(texts, "texts", num_rows, "the cache")
+
+
+class IdIndex:
+    """id -> row lookups: a dict over explicit ids, arithmetic for the default ids (no N strings in memory)."""
+
+    def __init__(self, ids: Sequence[str]) -> None:
+        self._default = ids if isinstance(ids, DefaultIds) else None
+        self._rows = None if self._default is not None else {value: row for row, value in enumerate(ids)}
+
+    def rows_of(self, ids: Iterable[str]) -> list[int]:
+        """Row indices of the given ids (KeyError naming the first unknown id)."""
+        rows = []
+        for value in ids:
+            if self._default is not None:
+                row = self._default.row_of(value) if isinstance(value, str) else None
+            else:
+                row = self._rows.get(value) if isinstance(value, str) else None  # type: ignore[union-attr]
+            if row is None:
+                raise KeyError(f"id {value!r} is not in this store")
+            rows.append(row)
+        return rows
+
+
+def text_copy_groups(texts: Sequence[str]) -> dict[int, tuple[int, ...]]:
+    """Row -> every row with the identical text, for rows whose text occurs more than once (empty texts excluded)."""
+    by_text: dict[str, list[int]] = {}
+    for row, text in enumerate(texts):
+        if text:
+            by_text.setdefault(text, []).append(row)
+    return {row: tuple(group) for group in by_text.values() if len(group) > 1 for row in group}
+
+
+def release_pages(array: np.ndarray, start: int, end: int) -> None:
+    """Drop the pages of rows [start, end) of a memory-mapped array from this process (they stay in the OS cache).
+
+    Without this, every page a scan reads stays mapped, so the resident memory of a full scan grows to the file size.
+    A no-op for in-memory arrays and on platforms without ``madvise``.
+    """
+    handle = getattr(array, "_mmap", None)
+    if handle is None or not hasattr(handle, "madvise") or end <= start:
+        return
+    # The array's byte offset inside the mapping (valid for slices of the memmap too).
+    base = np.frombuffer(handle, dtype=np.uint8).ctypes.data
+    row_bytes = array.strides[0]
+    first = array.ctypes.data - base + start * row_bytes
+    last = min(first + (end - start) * row_bytes, len(handle))
+    first -= first % mmap.PAGESIZE
+    try:
+        handle.madvise(mmap.MADV_DONTNEED, first, last - first)
+    except (OSError, ValueError):  # e.g. an unusual mapping: releasing pages is an optimisation only
+        pass
+
+
+def read_rows(storage: torch.Tensor | np.ndarray, start: int, end: int) -> torch.Tensor:
+    """Rows [start, end) of an in-memory tensor or a memory-mapped array, as a float32 tensor (a copy for arrays)."""
+    if isinstance(storage, np.ndarray):
+        block = torch.from_numpy(np.array(storage[start:end], dtype=np.float32))
+        release_pages(storage, start, end)
+        return block
+    return storage[start:end].to(torch.float32)
+
+
+class CacheRows:
+    """The stale rows of a cache and what identifies them: storage, ids, texts, copies, and row access.
+
+    The base of :class:`~haystack_corrector.CorrectedCacheStore`, which adds the corrector, its view, search and
+    persistence. ``block_size`` (set by the subclass) is the number of rows read at a time.
+    """
+
+    block_size: int
+
+    def _init_rows(self, storage: torch.Tensor | np.ndarray, ids: Sequence[str] | None) -> None:
+        self._storage = storage
+        self._num_rows, self._dim = int(storage.shape[0]), int(storage.shape[1])
+        self._ids = self._check_ids(ids, self._num_rows)
+        self._id_to_row: IdIndex | None = None  # built on first lookup
+        self._texts: list[str] | None = None
+        self._text_copies: dict[int, tuple[int, ...]] | None = None  # built on first use
+
+    @staticmethod
+    def _check_ids(ids: Sequence[str] | None, num_rows: int) -> Sequence[str]:
+        return check_ids(ids, num_rows)
+
+    def __len__(self) -> int:
+        return self._num_rows
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def ids(self) -> Sequence[str]:
+        """The row ids (a list, or a lightweight sequence of ``"0"`` .. ``"N-1"`` when none were given)."""
+        return self._ids
+
+    @property
+    def texts(self) -> list[str] | None:
+        """The target texts row by row, when known (``encode_corpus`` and ``build_training_dataset`` set them)."""
+        return self._texts
+
+    @texts.setter
+    def texts(self, texts: Sequence[str] | None) -> None:
+        self._text_copies = None
+        self._texts = None if texts is None else check_texts(texts, self._num_rows)
+
+    @property
+    def is_memory_mapped(self) -> bool:
+        return isinstance(self._storage, np.ndarray)
+
+    def rows_of(self, ids: Iterable[str]) -> list[int]:
+        """Row indices of the given ids (KeyError naming the first unknown id)."""
+        if self._id_to_row is None:
+            self._id_to_row = IdIndex(self._ids)
+        return self._id_to_row.rows_of(ids)
+
+    def with_text_copies(self, rows: Iterable[int]) -> set[int]:
+        """``rows`` plus every row whose text is identical to one of theirs (just ``rows`` when there are no texts).
+
+        Corpora often hold the same text under several ids (CoSQA: 6,267 distinct texts in 20,604 documents). A copy of
+        a query's positive scores like the positive itself, so a hard-negative sampler that excludes only the positive's
+        own row samples its copies first: false negatives. Samplers exclude ``with_text_copies(positives)`` instead.
+        Empty texts (documents without text) are nobody's copies.
+        """
+        rows = set(rows)
+        if self._texts is None:
+            return rows
+        if self._text_copies is None:
+            self._text_copies = text_copy_groups(self._texts)
+        copies = self._text_copies
+        return rows.union(*(copies[row] for row in rows if row in copies))
+
+    # ------------------------------------------------------------------------------------------------- embeddings
+    def _stale_block(self, start: int, end: int) -> torch.Tensor:
+        return read_rows(self._storage, start, end)
+
+    def _stale_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        if isinstance(self._storage, np.ndarray):
+            return torch.from_numpy(np.array(self._storage[rows.numpy()], dtype=np.float32))
+        return self._storage[rows].to(torch.float32)
+
+    def _blocks(self) -> Iterator[tuple[int, int]]:
+        for start in range(0, self._num_rows, self.block_size):
+            yield start, min(start + self.block_size, self._num_rows)
+
+    def stale_embeddings(self, indices: ArrayLike | Sequence[int] | None = None) -> torch.Tensor:
+        """The stale cached embeddings g' of these rows (all rows if None), float32 on CPU."""
+        if indices is None:
+            return torch.cat([self._stale_block(s, e) for s, e in self._blocks()])
+        return self._stale_rows(as_index_tensor(indices, "indices", num_rows=self._num_rows))
