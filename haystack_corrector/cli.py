@@ -1,4 +1,8 @@
-"""The ``haystack-corrector`` command line: demo, experiment, fidelity, build-cache, mine, evaluate."""
+"""The ``haystack-corrector`` command line: the parser, the corpus commands (build-cache, mine, evaluate), and errors.
+
+The experiment commands (demo, experiment, fidelity) live in ``experiments/commands.py``. Every command answers bad
+input with one line on stderr and exit code 2.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from haystack_corrector.__about__ import __version__
+from haystack_corrector.experiments.commands import add_experiment_commands
 
 # The CLI never downloads weights or datasets: everything it needs is local (see the README).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -24,123 +29,7 @@ DESCRIPTION = (
 )
 
 
-def _experiment_arguments(parser: argparse.ArgumentParser, *, arms: bool = True) -> None:
-    from haystack_corrector.experiments.arms import ARM_HELP
-
-    parser.add_argument("--data", required=True, help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv)")
-    parser.add_argument(
-        "--model", default=None, help="local SentenceTransformer folder (default: all-MiniLM-L6-v2 from the demo extra)"
-    )
-    if arms:
-        parser.add_argument(
-            "--arms",
-            nargs="+",
-            default=["inbatch", "static", "stale", "refresh:50", "rerank:30", "corrector"],
-            help=f"arms to compare: {ARM_HELP}",
-        )
-        parser.add_argument(
-            "--seeds",
-            nargs="+",
-            type=int,
-            default=[0],
-            help="seeds to run; the report covers every seed of the named arms finished in --output",
-        )
-    length = parser.add_mutually_exclusive_group()
-    length.add_argument("--epochs", type=float, default=1.0)
-    length.add_argument("--steps", type=int, default=None, help="training steps (overrides --epochs)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--num-negatives", type=int, default=1)
-    parser.add_argument("--max-seq-length", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=2e-5)
-    parser.add_argument("--strategy", default="top", choices=["top", "gumbel", "random"])
-    parser.add_argument("--range-min", type=int, default=0)
-    parser.add_argument("--range-max", type=int, default=30)
-    parser.add_argument("--corrector-lr", type=float, default=1e-3)
-    parser.add_argument("--hidden-dim", type=int, default=768)
-    parser.add_argument("--listwise-weight", type=float, default=0.0)
-    parser.add_argument("--train-split", default="train")
-    parser.add_argument(
-        "--max-train-queries",
-        type=int,
-        default=None,
-        help="train on a seeded random subset of this many train queries (the corpus stays whole)",
-    )
-    parser.add_argument("--eval-split", default="test")
-    parser.add_argument("--output", default="runs/experiment", help="folder for results (resumable)")
-
-
-def _config(args: argparse.Namespace, arms: Sequence[str], seeds: Sequence[int]):  # type: ignore[no-untyped-def]
-    from haystack_corrector.experiments.harness import ExperimentConfig
-
-    return ExperimentConfig(
-        data=args.data,
-        model=args.model,
-        arms=tuple(arms),
-        seeds=tuple(seeds),
-        epochs=args.epochs,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        num_negatives=args.num_negatives,
-        max_seq_length=args.max_seq_length,
-        lr=args.lr,
-        output=args.output,
-        strategy=args.strategy,
-        range_min=args.range_min,
-        range_max=args.range_max,
-        corrector_lr=args.corrector_lr,
-        hidden_dim=args.hidden_dim,
-        listwise_weight=args.listwise_weight,
-        train_split=args.train_split,
-        max_train_queries=args.max_train_queries,
-        eval_split=args.eval_split,
-    )
-
-
 # ----------------------------------------------------------------------------------------------------- commands
-def cmd_demo(args: argparse.Namespace) -> int:
-    from haystack_corrector.experiments.demo import run_demo, summary
-
-    start = time.perf_counter()
-    print("haystack-corrector demo: all-MiniLM-L6-v2 on a 1,700-document SciFact subset (CC BY-NC 2.0), offline.")
-    print("Fine-tunes twice from the same start: static negatives (mined once) vs corrector negatives.\n")
-    results = run_demo(output=args.output, steps=args.steps, fresh=args.fresh, model=args.model)
-    print()
-    print(summary(results))
-    print(f"\nTotal wall time {time.perf_counter() - start:.0f} s on {results['machine']}.")
-    print(
-        f"Files: {Path(args.output) / 'results.md'}, {Path(args.output) / 'quality_vs_encodes.png'}, "
-        f"{Path(args.output) / 'drift.png'}, {Path(args.output) / 'results.json'}"
-    )
-    return 0
-
-
-def cmd_experiment(args: argparse.Namespace) -> int:
-    from haystack_corrector.experiments.harness import run_experiment
-
-    results = run_experiment(_config(args, args.arms, args.seeds))
-    print((Path(args.output) / "results.md").read_text())
-    print(
-        f"Wrote {args.output}/results.json, results.md, quality_vs_encodes.png, drift.png "
-        f"({results['session_seconds']:.0f} s this session)"
-    )
-    return 0
-
-
-def cmd_fidelity(args: argparse.Namespace) -> int:
-    from haystack_corrector.experiments.fidelity import markdown, run_fidelity
-
-    results = run_fidelity(
-        _config(args, [args.arm], [args.seed]),
-        arm=args.arm,
-        seed=args.seed,
-        fit_epochs=args.fit_epochs,
-        listwise_weights=tuple(args.fit_listwise_weights),
-        sample_listwise_weight=args.fit_sample_listwise_weight,
-    )
-    print(markdown(results))
-    return 0
-
-
 def cmd_build_cache(args: argparse.Namespace) -> int:
     from haystack_corrector import CorrectedCacheStore
     from haystack_corrector.beir import document_text, load_beir
@@ -286,49 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"haystack-corrector {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     commands = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
-
-    demo = commands.add_parser(
-        "demo",
-        help="short offline run on the shipped SciFact subset (about 6-8 minutes on 2 cores)",
-        description="Fine-tune all-MiniLM-L6-v2 briefly with static and with corrector negatives "
-        "on a shipped SciFact subset; print a table and write plots.",
-    )
-    demo.add_argument("--output", default="haystack-corrector-demo", help="folder for the demo's files")
-    demo.add_argument("--steps", type=int, default=24, help="training steps per run")
-    demo.add_argument("--model", default=None, help=argparse.SUPPRESS)
-    demo.add_argument("--fresh", action="store_true", help="discard results of an earlier demo in --output")
-    demo.set_defaults(handler=cmd_demo)
-
-    experiment = commands.add_parser(
-        "experiment",
-        help="compare negative strategies (arms) on a BEIR dataset",
-        description="Train the same encoder with each arm and seed; resumable.",
-    )
-    _experiment_arguments(experiment)
-    experiment.set_defaults(handler=cmd_experiment)
-
-    fidelity = commands.add_parser(
-        "fidelity", help="measure how well the corrector recovers fresh rankings after drift"
-    )
-    _experiment_arguments(fidelity, arms=False)
-    fidelity.add_argument("--arm", default="inbatch", help="arm to train with (default inbatch)")
-    fidelity.add_argument("--seed", type=int, default=0)
-    fidelity.add_argument("--fit-epochs", type=int, default=50)
-    fidelity.add_argument(
-        "--fit-listwise-weights",
-        type=float,
-        nargs="+",
-        default=[0.0, 0.1],
-        help="one offline corrector per weight: MSE + weight x listwise over each step's rows",
-    )
-    fidelity.add_argument(
-        "--fit-sample-listwise-weight",
-        type=float,
-        default=1.0,
-        help="one more offline corrector: MSE + weight x listwise in which the training queries rank every touched "
-        "row (0 turns it off)",
-    )
-    fidelity.set_defaults(handler=cmd_fidelity, output="runs/fidelity")
+    add_experiment_commands(commands)  # demo, experiment, fidelity: haystack_corrector/experiments/commands.py
 
     build = commands.add_parser("build-cache", help="encode a BEIR corpus into a saved store")
     build.add_argument("--data", required=True)

@@ -47,3 +47,20 @@ SLOW_CASES = [(doc, i, code) for doc in DOCS for i, code in enumerate(python_blo
 )
 def test_slow_doc_example_runs(doc, code, tmp_path):
     test_doc_example_runs(doc, code, tmp_path)
+
+
+def test_where_things_are_map_matches_the_tree():
+    """Every file of the concepts map exists, and every core module is on the map."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "docs" / "concepts.md").read_text()
+    section = text[text.index("## Where things are") :]
+    paths = re.findall(r"\| `([^`]+)` \|", section)
+    assert len(paths) > 10
+    for path in paths:
+        assert (root / path).exists(), f"docs/concepts.md maps a concept to {path}, which does not exist"
+    core = {f"haystack_corrector/{p.name}" for p in (root / "haystack_corrector").glob("*.py")}
+    core -= {"haystack_corrector/__init__.py", "haystack_corrector/__about__.py"}
+    missing = sorted(core - set(paths))
+    assert not missing, f"core modules missing from the map in docs/concepts.md: {missing}"

@@ -13,8 +13,7 @@ import logging
 import os
 import platform
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,67 +24,13 @@ from haystack_corrector.beir import document_text, load_beir
 from haystack_corrector.cache_store import CorrectedCacheStore
 from haystack_corrector.corrector import Corrector
 from haystack_corrector.evaluation import overlap_at_k, relative_error, retrieval_metrics, run_from_search
-from haystack_corrector.experiments.arms import Arm, parse_arm
+from haystack_corrector.experiments.arms import Arm
+from haystack_corrector.experiments.config import ExperimentConfig, check_resumable
 from haystack_corrector.experiments.output_folder import claim_output_folder
 
 logger = logging.getLogger(__name__)
 
 DEMO_EXTRA = 'pip install "haystack-corrector[demo]"'
-
-
-@dataclass
-class ExperimentConfig:
-    """Everything that defines a comparison; saved next to its results."""
-
-    data: str
-    model: str | None = None
-    arms: Sequence[str] = ("inbatch", "static", "stale", "refresh:50", "rerank:30", "corrector")
-    seeds: Sequence[int] = (0,)
-    epochs: float = 1.0
-    steps: int | None = None
-    batch_size: int = 32
-    num_negatives: int = 1
-    max_seq_length: int = 128
-    lr: float = 2e-5
-    output: str = "runs/experiment"
-    strategy: str = "top"
-    range_min: int = 0
-    range_max: int | None = 30
-    corrector_lr: float = 1e-3
-    hidden_dim: int | None = 768
-    listwise_weight: float = 0.0
-    train_split: str = "train"
-    max_train_queries: int | None = None  # a seeded random subset of the train queries (same for every arm and seed)
-    eval_split: str = "test"
-    encode_batch_size: int = 64
-    warmup_ratio: float = 0.1
-    logging_steps: int = 5
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def validate(self) -> list[Arm]:
-        arms = [parse_arm(a) for a in self.arms]
-        if not arms:
-            raise ValueError("arms is empty: name at least one arm")
-        if len({a.name for a in arms}) != len(arms):
-            raise ValueError(f"arms has duplicates: {list(self.arms)}")
-        for name, value in (
-            ("batch_size", self.batch_size),
-            ("num_negatives", self.num_negatives),
-            ("max_seq_length", self.max_seq_length),
-        ):
-            if value <= 0:
-                raise ValueError(f"{name} must be > 0, got {value}")
-        if self.steps is not None and self.steps <= 0:
-            raise ValueError(f"steps must be > 0, got {self.steps}")
-        if self.steps is None and self.epochs <= 0:
-            raise ValueError(f"epochs must be > 0, got {self.epochs}")
-        if not self.seeds:
-            raise ValueError("seeds is empty")
-        if self.max_train_queries is not None and self.max_train_queries <= 0:
-            raise ValueError(f"max_train_queries must be > 0, got {self.max_train_queries}")
-        if not Path(self.data).is_dir():
-            raise FileNotFoundError(f"--data {self.data} is not a folder (expected a BEIR folder)")
-        return arms
 
 
 def resolve_model_path(model: str | None) -> str:
@@ -354,29 +299,6 @@ def run_arm(config: ExperimentConfig, arm: Arm, seed: int, prepared: Prepared) -
         trained.train_seconds,
     )
     return result
-
-
-# Settings that may change between two runs into one output folder: what is run, and how it is logged or batched
-# for encoding. Everything else defines the comparison, and mixing arms trained under different values would be wrong.
-RESUMABLE_SETTINGS = frozenset({"arms", "seeds", "output", "logging_steps", "encode_batch_size"})
-
-
-def check_resumable(config: ExperimentConfig) -> None:
-    """Refuse to add arms to an output folder whose finished arms were trained with other settings."""
-    path = Path(config.output) / "config.json"
-    if not path.is_file():
-        return
-    saved = json.loads(path.read_text())
-    current = json.loads(json.dumps(asdict(config)))  # tuples -> lists, as saved
-    changed = sorted(
-        key for key in current if key not in RESUMABLE_SETTINGS and key in saved and saved[key] != current[key]
-    )
-    if changed:
-        details = ", ".join(f"{key}: {saved[key]!r} there, {current[key]!r} now" for key in changed)
-        raise ValueError(
-            f"{config.output} holds arms trained with other settings ({details}). "
-            "Use the same settings to resume, or a new --output folder."
-        )
 
 
 def finished_seeds(config: ExperimentConfig, arm: Arm) -> list[int]:
