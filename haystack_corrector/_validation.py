@@ -170,6 +170,13 @@ def as_row_sets(value: Iterable[Iterable[int]] | None, name: str, *, num_queries
     return result
 
 
+def check_int(value: Any, name: str) -> int:
+    """An int (numpy ints included, bools not): ``TypeError`` naming ``name`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {describe(value)}")
+    return int(value)
+
+
 def check_positive_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an int, got {describe(value)}")

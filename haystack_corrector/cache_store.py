@@ -29,9 +29,9 @@ from haystack_corrector._validation import (
     as_row_sets,
     check_choice,
     check_finite,
+    check_int,
     check_non_negative_int,
     check_positive_int,
-    describe,
 )
 from haystack_corrector.cache_rows import CacheRows, DefaultIds, read_rows
 from haystack_corrector.corrected_view import CorrectedView, claim_view_path, compute_view
@@ -246,8 +246,7 @@ class CorrectedCacheStore(CacheRows):
 
         Ids (``"0"``.. local when this store has default ids) and texts are sliced; no rows are copied.
         """
-        if isinstance(start, bool) or isinstance(end, bool) or not isinstance(start, int) or not isinstance(end, int):
-            raise TypeError(f"start and end must be ints, got {describe(start)} and {describe(end)}")
+        start, end = check_int(start, "start"), check_int(end, "end")
         if not 0 <= start < end <= self._num_rows:
             raise ValueError(f"shard needs 0 <= start < end <= {self._num_rows}, got start={start}, end={end}")
         ids = None if isinstance(self._ids, DefaultIds) else list(self._ids[start:end])

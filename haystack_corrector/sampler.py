@@ -100,8 +100,7 @@ class HardNegativeSampler:
         self.temperature = check_float(temperature, "temperature", minimum=0.0, strict=True)
         self.range_min = range_min = check_non_negative_int(range_min, "range_min")
         if range_max is not None:
-            if isinstance(range_max, bool) or not isinstance(range_max, int):
-                raise TypeError(f"range_max must be an int or None, got {describe(range_max)}")
+            check_non_negative_int(range_max, "range_max")
             if range_min >= range_max:
                 raise ValueError(
                     f"range_min must be smaller than range_max, got range_min={range_min}, range_max={range_max}"

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from haystack_corrector._atomic import step
+from haystack_corrector._validation import check_positive_int
 from haystack_corrector.cache_store import CorrectedCacheStore
 from haystack_corrector.corrector import Corrector
 
@@ -102,8 +103,7 @@ def _encode_in_shards(
 ) -> np.ndarray:
     from tqdm.auto import tqdm
 
-    if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size <= 0:
-        raise ValueError(f"shard_size must be an int > 0, got {shard_size!r}")
+    check_positive_int(shard_size, "shard_size")
     folder.mkdir(parents=True, exist_ok=True)
     # A manifest ties the shards to these exact texts and shard size, so a resumed run never mixes corpora.
     fingerprint = hashlib.sha256("\x00".join(texts).encode("utf-8")).hexdigest()
