@@ -79,6 +79,13 @@ class Corrector(nn.Module):
             out = F.normalize(out, dim=-1)
         return out
 
+    @torch.no_grad()
+    def reset_to_identity(self) -> None:
+        """Zero the residual branch's last layer: h becomes the identity again (the other layers keep their weights)."""
+        last = self.residual[-1]
+        last.weight.zero_()
+        last.bias.zero_()
+
     def weights_snapshot(self) -> list[tuple[str, torch.Tensor]]:
         """A detached copy of every parameter and buffer, for exact "has anything changed?" comparisons."""
         return [(name, tensor.detach().clone()) for name, tensor in self.state_dict(keep_vars=True).items()]

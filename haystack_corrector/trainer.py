@@ -95,6 +95,10 @@ class CorrectorTrainer:
         self._rebind_if_replaced()
         return self._corrector
 
+    def reset_optimizer(self) -> None:
+        """A fresh optimiser over the same corrector (its moments belonged to weights that were just reset)."""
+        self._bind(self.corrector)
+
     def _rebind_if_replaced(self) -> None:
         """After ``store.corrector = other``, train ``other``: a fresh optimiser over its parameters.
 

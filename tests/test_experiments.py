@@ -217,3 +217,12 @@ def test_max_train_queries_limits_the_training_rows(toy_beir, tiny_st_path, tmp_
     config.max_train_queries = 0
     with pytest.raises(ValueError, match="max_train_queries must be > 0"):
         config.validate()
+
+
+def test_hybrid_arms_parse():
+    keep, reset = parse_arm("corrector+refresh:32"), parse_arm("corrector+refresh:32:reset")
+    assert keep.loss_kwargs() == {"negatives": "corrector", "refresh_every": 32, "corrector_after_refresh": "keep"}
+    assert reset.loss_kwargs()["corrector_after_refresh"] == "reset" and reset.slug == "corrector_refresh-32-reset"
+    for bad in ("corrector+refresh:0", "corrector+refresh:x", "corrector+refresh:4:forget"):
+        with pytest.raises(ValueError, match="corrector\\+refresh:N"):
+            parse_arm(bad)

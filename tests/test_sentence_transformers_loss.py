@@ -289,3 +289,27 @@ def test_replacing_the_stores_corrector_keeps_the_loss_training_it(setup):
     loss([_features(model, batch["anchor"]), _features(model, batch["positive"])], torch.tensor(batch["label"]))
     assert any(not torch.equal(a, b) for a, b in zip(before, replacement.parameters()))
     assert loss.corrector_trainer.corrector is replacement
+
+
+@pytest.mark.parametrize("after", ["keep", "reset"])
+def test_corrector_with_a_rare_refresh(setup, after):
+    """The hybrid arm: corrector negatives, the cache re-encoded every N steps; after it the corrector keeps or resets."""
+    model, store, dataset, _ = setup
+    loss = CorrectedMultipleNegativesRankingLoss(
+        model, store, dataset, num_negatives=1, refresh_every=2, corrector_after_refresh=after, corrector_lr=1e-2
+    )
+    model.train()
+    with torch.no_grad():  # move the encoder so that the refreshed cache differs from the initial one
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(0)) * 1e-2)
+    for start in (0, 4, 8):
+        batch = dataset.select(range(start, start + 4))
+        loss([_features(model, batch["anchor"]), _features(model, batch["positive"])], torch.tensor(batch["label"]))
+    assert loss.corpus_encodes == 1 and loss.sampler.corrected  # refreshed once, at step 2; still corrector sampling
+    model.eval()
+    fresh = torch.tensor(model.encode(store.texts, convert_to_numpy=True))
+    torch.testing.assert_close(store.stale_embeddings(), fresh, atol=1e-5, rtol=1e-4)
+    steps = {int(state["step"]) for state in loss.corrector_trainer.optimizer.state.values()}
+    assert steps == ({1} if after == "reset" else {3}), "reset starts a fresh optimiser at the refresh"
+    with pytest.raises(ValueError, match="refresh_every applies to negatives='refresh' or 'corrector'"):
+        CorrectedMultipleNegativesRankingLoss(model, store, dataset, negatives="stale", refresh_every=2)

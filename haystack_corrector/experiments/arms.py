@@ -8,7 +8,9 @@ from typing import Any
 ARM_HELP = (
     "inbatch (in-batch negatives only), static (mined once before training), stale (dynamic from the stale cache), "
     "refresh:N (whole cache re-encoded every N steps), rerank:L (top L of the stale cache re-scored with the "
-    "current model), corrector (dynamic from the corrected cache)"
+    "current model), corrector (dynamic from the corrected cache), corrector+refresh:N (the corrector between "
+    "re-encodes every N steps; it keeps training after each), corrector+refresh:N:reset (back to the identity after "
+    "each re-encode)"
 )
 
 
@@ -18,6 +20,7 @@ class Arm:
     negatives: str  # the loss's `negatives` mode (the arm's name without its parameter)
     refresh_every: int | None = None
     rerank_depth: int | None = None
+    after_refresh: str | None = None  # corrector+refresh arms: "keep" or "reset"
 
     def loss_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"negatives": self.negatives}
@@ -25,15 +28,24 @@ class Arm:
             kwargs["refresh_every"] = self.refresh_every
         if self.rerank_depth is not None:
             kwargs["rerank_depth"] = self.rerank_depth
+        if self.after_refresh is not None:
+            kwargs["corrector_after_refresh"] = self.after_refresh
         return kwargs
 
     @property
     def slug(self) -> str:
-        return self.name.replace(":", "-")
+        return self.name.replace(":", "-").replace("+", "_")
 
 
 def parse_arm(text: str) -> Arm:
-    """``"inbatch"``, ``"static"``, ``"stale"``, ``"refresh:N"``, ``"rerank:L"`` or ``"corrector"``."""
+    """``"inbatch"``, ``"static"``, ``"stale"``, ``"refresh:N"``, ``"rerank:L"``, ``"corrector"``,
+    ``"corrector+refresh:N"`` or ``"corrector+refresh:N:reset"``."""
+    if text.strip().startswith("corrector+refresh:"):
+        _, _, rest = text.strip().partition(":")
+        steps, _, mode = rest.partition(":")
+        if not steps.isdigit() or int(steps) <= 0 or mode not in ("", "reset"):
+            raise ValueError(f"Arm {text!r}: expected corrector+refresh:N or corrector+refresh:N:reset with N > 0")
+        return Arm(text.strip(), "corrector", refresh_every=int(steps), after_refresh=mode or "keep")
     name, _, value = text.strip().partition(":")
     simple = {"inbatch": "inbatch", "static": "static", "stale": "stale", "corrector": "corrector"}
     if name in simple and not value:

@@ -23,6 +23,7 @@ import torch
 from haystack_corrector.beir import document_text, load_beir
 from haystack_corrector.cache_store import CorrectedCacheStore
 from haystack_corrector.corrector import Corrector
+from haystack_corrector.distinct_texts import distinct_texts, encode_distinct
 from haystack_corrector.evaluation import overlap_at_k, relative_error, retrieval_metrics, run_from_search
 from haystack_corrector.experiments.arms import Arm
 from haystack_corrector.experiments.config import ExperimentConfig, check_resumable
@@ -85,8 +86,13 @@ class Prepared:
 
 
 def encode(model: Any, texts: list[str], batch_size: int, desc: str) -> torch.Tensor:
-    logger.info("%s: encoding %d texts", desc, len(texts))
-    return model.encode(texts, batch_size=batch_size, convert_to_tensor=True, show_progress_bar=True).float().cpu()
+    logger.info("%s: encoding %d texts (%d distinct)", desc, len(texts), len(distinct_texts(texts)[0]))
+    return encode_distinct(
+        texts,
+        lambda unique: (
+            model.encode(unique, batch_size=batch_size, convert_to_tensor=True, show_progress_bar=True).float().cpu()
+        ),
+    )
 
 
 def evaluate_rankings(

@@ -17,6 +17,7 @@ from haystack_corrector._atomic import step
 from haystack_corrector._validation import check_positive_int
 from haystack_corrector.cache_store import CorrectedCacheStore
 from haystack_corrector.corrector import Corrector
+from haystack_corrector.distinct_texts import distinct_texts, encode_distinct
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +37,8 @@ def encode_corpus(
     """Encode ``corpus_texts`` with ``model`` into a :class:`CorrectedCacheStore` (texts kept for re-encoding).
 
     The store's similarity follows the model's (``cosine`` or ``dot``); its corrector is a fresh identity
-    ``Corrector(dim, hidden_dim)``.
+    ``Corrector(dim, hidden_dim)``. Each distinct text is encoded once; its copies (same text, other ids) get the
+    same row.
 
     With ``shard_dir``, the corpus is encoded ``shard_size`` texts at a time and each finished shard is written to
     ``shard_dir`` (atomically) as it completes: a killed encode, run again with the same arguments, resumes at the
@@ -71,11 +73,19 @@ def encode_corpus(
             )
         return np.asarray(out, dtype=np.float32)
 
-    if shard_dir is None:
-        embeddings = run(texts, show_progress_bar)
-    else:
-        embeddings = _encode_in_shards(run, texts, Path(shard_dir), shard_size, show_progress_bar)
-    logger.info("Encoded %d texts into a %s cache of dimension %d", len(texts), similarity, embeddings.shape[1])
+    def encode(chunk: list[str]) -> np.ndarray:
+        if shard_dir is None:
+            return run(chunk, show_progress_bar)
+        return _encode_in_shards(run, chunk, Path(shard_dir), shard_size, show_progress_bar)
+
+    embeddings = encode_distinct(texts, encode)  # copies of a text share one encode and one row
+    logger.info(
+        "Encoded %d texts (%d distinct) into a %s cache of dimension %d",
+        len(texts),
+        len(distinct_texts(texts)[0]),
+        similarity,
+        embeddings.shape[1],
+    )
     return CorrectedCacheStore(
         embeddings,
         ids=ids,

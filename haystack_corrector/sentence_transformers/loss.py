@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from haystack_corrector import drift_losses
 from haystack_corrector._validation import check_bool, check_choice, check_non_negative_int, check_positive_int
 from haystack_corrector.cache_store import CorrectedCacheStore
+from haystack_corrector.distinct_texts import distinct_texts, encode_distinct
 from haystack_corrector.distributed import ShardedCacheStore, is_distributed
 from haystack_corrector.evaluation import relative_error
 from haystack_corrector.sampler import HardNegativeSampler
@@ -76,7 +77,12 @@ class CorrectedMultipleNegativesRankingLoss(nn.Module):
         corrector_warmup_steps: for this many first training steps, sample from the stale cache while the corrector
             learns (the warm-up DESIGN.md allows); ``"corrector"`` sampling starts afterwards.
         negative_prompt: prompt to prepend to sampled negative texts, if the positive column is trained with one.
-        refresh_every: for ``negatives="refresh"``, training steps between full corpus re-encodes.
+        refresh_every: training steps between full corpus re-encodes: needed by ``negatives="refresh"``, and
+            allowed with ``negatives="corrector"`` (the hybrid budget: the corrector between rare refreshes; after each
+            refresh the new cache is its stale input).
+        corrector_after_refresh: with ``negatives="corrector"`` and ``refresh_every``, what the corrector does after a
+            refresh: ``"keep"`` (keeps its weights and optimiser; default) or ``"reset"`` (back to the identity, with
+            a fresh optimiser, since the fresh cache needs no correction yet).
         rerank_depth: for ``negatives="rerank"``, candidates re-scored with the current model per anchor.
         encode_batch_size: batch size of the no-gradient encodes (static mining, refreshes, re-ranking).
         sharded: under DDP (``torchrun``; an initialised torch.distributed group of several processes), sample from
@@ -151,6 +157,7 @@ class CorrectedMultipleNegativesRankingLoss(nn.Module):
         corrector_warmup_steps: int = 0,
         negative_prompt: str | None = None,
         refresh_every: int | None = None,
+        corrector_after_refresh: str = "keep",
         rerank_depth: int = 100,
         encode_batch_size: int = 64,
         sharded: bool | None = None,
@@ -174,6 +181,11 @@ class CorrectedMultipleNegativesRankingLoss(nn.Module):
             raise ValueError("negatives='refresh' needs refresh_every (training steps between corpus re-encodes)")
         if refresh_every is not None:
             check_positive_int(refresh_every, "refresh_every")
+            if negatives not in ("refresh", "corrector"):
+                raise ValueError(f"refresh_every applies to negatives='refresh' or 'corrector', not {negatives!r}")
+        self.corrector_after_refresh = check_choice(
+            corrector_after_refresh, "corrector_after_refresh", ("keep", "reset")
+        )
         if check_positive_int(rerank_depth, "rerank_depth") < num_negatives:
             raise ValueError(f"rerank_depth must be >= num_negatives ({num_negatives}), got {rerank_depth!r}")
         self.refresh_every = refresh_every
@@ -349,7 +361,7 @@ class CorrectedMultipleNegativesRankingLoss(nn.Module):
         if self.negatives == "static":
             table = self._static_table or {}
             return torch.tensor([table[int(label)] for label in labels.reshape(-1).tolist()], dtype=torch.int64)  # type: ignore[union-attr]
-        if self.negatives == "refresh" and self._is_training() and self.training_steps > 0:
+        if self.refresh_every and self._is_training() and self.training_steps > 0:
             if (
                 self.refresh_every
                 and self.training_steps % self.refresh_every == 0
@@ -388,9 +400,13 @@ class CorrectedMultipleNegativesRankingLoss(nn.Module):
 
     def _refresh_cache(self) -> None:
         logger.info("Re-encoding the corpus (%d texts) at training step %d", len(self.store), self.training_steps)
-        self.store.replace_embeddings(self._encode_no_grad(list(self.store.texts or [])))
+        texts = list(self.store.texts or [])
+        self.store.replace_embeddings(encode_distinct(texts, self._encode_no_grad))
         self.corpus_encodes += 1
-        self.target_forward_passes += len(self.store)
+        self.target_forward_passes += len(distinct_texts(texts)[0])  # each distinct text is encoded once
+        if self.negatives == "corrector" and self.corrector_after_refresh == "reset":
+            self.store.corrector.reset_to_identity()  # the new cache is fresh: nothing to correct yet
+            self.corrector_trainer.reset_optimizer()
         self._last_refresh = self.training_steps
 
     def _rerank(self, anchors: Tensor, relevant: list[set[int]], like: dict[str, Any]) -> Tensor:
@@ -494,6 +510,7 @@ class CorrectedMultipleNegativesRankingLoss(nn.Module):
             "corrector": self.store.corrector.get_config_dict(),
             "corrector_warmup_steps": self.corrector_warmup_steps,
             "refresh_every": self.refresh_every,
+            "corrector_after_refresh": self.corrector_after_refresh,
             "rerank_depth": self.rerank_depth,
             "sharded": self.sharded,
         }
