@@ -114,8 +114,12 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _remove_dead_temporaries(target: Path) -> None:
-    """Delete temporary folders of saves to ``target`` whose process is gone (killed mid-save); ours by name."""
+def _remove_dead_temporaries(target: Path, owned: Collection[str]) -> None:
+    """Delete temporary folders of saves to ``target`` whose process is gone (killed mid-save).
+
+    Ours by their name (``.<name>.tmp-<pid>-…``, a pid that no longer runs) and by their content (only entries a save
+    of this kind writes): anything else is left alone.
+    """
     prefix = f".{target.name}.tmp-"
     if not target.parent.is_dir():
         return
@@ -123,7 +127,7 @@ def _remove_dead_temporaries(target: Path) -> None:
         if not entry.name.startswith(prefix) or not entry.is_dir():
             continue
         pid = entry.name[len(prefix) :].partition("-")[0]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        if pid.isdigit() and not _pid_alive(int(pid)) and set(os.listdir(entry)) <= set(owned):
             logger.info("Removing %s, left by a save that was killed", entry)
             shutil.rmtree(entry, ignore_errors=True)
 
@@ -198,7 +202,7 @@ def atomic_directory(
     check_save_target(target, kind=kind, config_file=config_file, owned=owned, overwrite=overwrite)
     recover_interrupted_save(target, config_file, kind, owned)
     target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_dead_temporaries(target)
+    _remove_dead_temporaries(target, owned)
     step("mkdtemp")
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-{os.getpid()}-"))
     try:

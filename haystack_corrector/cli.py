@@ -55,7 +55,6 @@ def cmd_build_cache(args: argparse.Namespace) -> int:
 
 
 def cmd_mine(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
 
     from haystack_corrector import CorrectedCacheStore, HardNegativeSampler
     from haystack_corrector.beir import load_beir
@@ -90,10 +89,30 @@ def cmd_mine(args: argparse.Namespace) -> int:
             f"None of the {sum(len(j) for j in qrels.values())} judged documents of {args.data} [{args.split}] is in "
             f"the store {args.store}: were they built from the same corpus?"
         )
-    written = 0
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(f".{output.name}.partial-{os.getpid()}")
-    with open(partial, "w", encoding="utf-8") as handle:
+    try:
+        written = _write_negatives(partial, pairs, model, sampler, queries, store)
+    except BaseException:
+        partial.unlink(missing_ok=True)  # our own temporary file, never the user's --output
+        raise
+    os.replace(partial, output)  # a killed run leaves no half-written file under the name asked for
+    stats = sampler.stats
+    print(
+        f"Wrote {written} rows (anchor, positive, negative_1..{args.num_negatives}) to {args.output} "
+        f"from the {'stale' if args.stale else 'corrected'} cache. Filled {stats['filled_negatives']} negatives "
+        f"({stats['filled_queries']} queries) with random rows because the window/filters left too few."
+    )
+    print(f'Load it with: datasets.load_dataset("json", data_files="{args.output}")["train"]')
+    return 0
+
+
+def _write_negatives(path, pairs, model, sampler, queries, store) -> int:  # type: ignore[no-untyped-def]
+    """Write one JSONL row (anchor, positive, negative_1..k) per (query, positive) pair; return the row count."""
+    from tqdm.auto import tqdm
+
+    written = 0
+    with open(path, "w", encoding="utf-8") as handle:
         for start in tqdm(range(0, len(pairs), 256), desc="Mining", unit="batch"):
             chunk = pairs[start : start + 256]
             embeddings = model.encode([queries[q] for q, _ in chunk], convert_to_tensor=True).float().cpu()
@@ -104,15 +123,7 @@ def cmd_mine(args: argparse.Namespace) -> int:
                     record.update({f"negative_{i + 1}": store.texts[n] for i, n in enumerate(negative_rows)})
                     handle.write(json.dumps(record) + "\n")
                     written += 1
-    os.replace(partial, output)  # a killed run leaves no half-written file under the name asked for
-    stats = sampler.stats
-    print(
-        f"Wrote {written} rows (anchor, positive, negative_1..{args.num_negatives}) to {args.output} "
-        f"from the {'stale' if args.stale else 'corrected'} cache. Filled {stats['filled_negatives']} negatives "
-        f"({stats['filled_queries']} queries) with random rows because the window/filters left too few."
-    )
-    print(f'Load it with: datasets.load_dataset("json", data_files="{args.output}")["train"]')
-    return 0
+    return written
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
