@@ -199,8 +199,10 @@ def atomic_directory(
         FileExistsError: ``path`` is a file, or holds foreign entries and ``overwrite`` is False.
     """
     target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise FileExistsError(f"Cannot save to {target}: it exists and is not a directory")
+    recover_interrupted_save(target, config_file, kind, owned)  # first: it may put the user's files back in place
     check_save_target(target, kind=kind, config_file=config_file, owned=owned, overwrite=overwrite)
-    recover_interrupted_save(target, config_file, kind, owned)
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_dead_temporaries(target, owned)
     step("mkdtemp")
