@@ -64,3 +64,17 @@ def test_where_things_are_map_matches_the_tree():
     core -= {"haystack_corrector/__init__.py", "haystack_corrector/__about__.py"}
     missing = sorted(core - set(paths))
     assert not missing, f"core modules missing from the map in docs/concepts.md: {missing}"
+
+
+def test_every_link_in_the_docs_resolves_inside_the_repository():
+    """A user who cloned the project has no ../shared: every relative link must point at a file of the repository."""
+    link = re.compile(r"\]\(([^)\s]+)\)")
+    broken = []
+    for doc in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        for target in link.findall(doc.read_text()):
+            if re.match(r"[a-z]+://", target) or target.startswith(("#", "mailto:")):
+                continue
+            path = (doc.parent / target.split("#")[0]).resolve()
+            if REPO.resolve() not in path.parents and path != REPO.resolve() or not path.exists():
+                broken.append(f"{doc.relative_to(REPO)} -> {target}")
+    assert not broken, broken
