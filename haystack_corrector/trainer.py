@@ -26,10 +26,12 @@ from haystack_corrector._validation import (
     as_index_tensor,
     check_choice,
     check_float,
+    check_non_negative_int,
     check_positive_int,
 )
 from haystack_corrector.cache_store import CorrectedCacheStore
 from haystack_corrector.evaluation import relative_error
+from haystack_corrector.replay import ReplayBuffer
 from haystack_corrector.scoring import dot_scores, normalize_rows
 
 logger = logging.getLogger(__name__)
@@ -47,6 +49,13 @@ class CorrectorTrainer:
             over the batch's rows); used when ``query_embeddings`` are passed to :meth:`observe`.
         score_weight: weight of the score-level term (<q, h(g')> - <q, g>)², also needing ``query_embeddings``.
         temperature: τ of the listwise term.
+        replay_size: keep the latest fresh embedding of up to this many rows (:mod:`haystack_corrector.replay`);
+            0 (default) keeps none.
+        replay_steps: extra corrector steps per :meth:`observe`, each on ``replay_batch_size`` random buffered pairs
+            (when ``query_embeddings`` are given and ``listwise_weight > 0``, the batch's queries rank the sampled
+            rows in the listwise term: the online counterpart of ``fit(listwise_candidates=...)``).
+        replay_batch_size: pairs per replay step.
+        replay_max_age: drop buffered pairs computed more than this many :meth:`observe` calls ago (None: never).
 
     Example:
         >>> import torch
@@ -68,6 +77,11 @@ class CorrectorTrainer:
         listwise_weight: float = 0.0,
         score_weight: float = 0.0,
         temperature: float = 0.05,
+        replay_size: int = 0,
+        replay_steps: int = 0,
+        replay_batch_size: int = 256,
+        replay_max_age: int | None = None,
+        seed: int | None = 0,
     ) -> None:
         if not isinstance(store, CorrectedCacheStore):
             raise TypeError(f"store must be a CorrectedCacheStore, got {type(store).__name__}")
@@ -78,6 +92,21 @@ class CorrectorTrainer:
         self.listwise_weight = check_float(listwise_weight, "listwise_weight", minimum=0.0)
         self.score_weight = check_float(score_weight, "score_weight", minimum=0.0)
         self.temperature = check_float(temperature, "temperature", minimum=0.0, strict=True)
+        self.replay_size = check_non_negative_int(replay_size, "replay_size")
+        self.replay_steps = check_non_negative_int(replay_steps, "replay_steps")
+        self.replay_batch_size = check_positive_int(replay_batch_size, "replay_batch_size")
+        self.replay_max_age = (
+            None if replay_max_age is None else check_non_negative_int(replay_max_age, "replay_max_age")
+        )
+        if self.replay_steps and not self.replay_size:
+            raise ValueError(f"replay_steps={self.replay_steps} needs a buffer: set replay_size > 0")
+        self.replay = ReplayBuffer(self.replay_size, store.dim, self.replay_max_age) if self.replay_size else None
+        self.observed = 0  # observe() calls: the clock of replay_max_age
+        self._replay_generator = torch.Generator()
+        if seed is None:
+            self._replay_generator.seed()
+        else:
+            self._replay_generator.manual_seed(int(seed))
         self._bind(store.corrector)
 
     def _bind(self, corrector: torch.nn.Module) -> None:
@@ -122,6 +151,10 @@ class CorrectorTrainer:
             "listwise_weight": self.listwise_weight,
             "score_weight": self.score_weight,
             "temperature": self.temperature,
+            "replay_size": self.replay_size,
+            "replay_steps": self.replay_steps,
+            "replay_batch_size": self.replay_batch_size,
+            "replay_max_age": self.replay_max_age,
         }
 
     # ------------------------------------------------------------------------------------------------- training
@@ -154,7 +187,19 @@ class CorrectorTrainer:
         ``listwise_loss``/``score_loss`` when those terms are on.
         """
         rows, fresh, queries = self._inputs(indices, fresh_embeddings, query_embeddings)
-        return self._step(rows, fresh, queries)
+        metrics = self._step(rows, fresh, queries)
+        self.observed += 1
+        if self.replay is not None:
+            self.replay.add(rows, fresh, self.observed)
+            self.replay.evict_older_than(self.observed)
+            for _ in range(self.replay_steps):
+                replay_rows, replay_fresh = self.replay.sample(self.replay_batch_size, self._replay_generator)
+                local = None
+                if queries is not None and self.listwise_weight > 0:
+                    local = (queries, replay_rows, replay_fresh)  # the batch's queries rank the buffered rows
+                self._step(replay_rows, replay_fresh, None, local)
+            metrics["replay_buffer"] = float(len(self.replay))
+        return metrics
 
     def _step(
         self,
@@ -330,6 +375,9 @@ class CorrectorTrainer:
                 "corrector": self.corrector.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "steps": self.steps,
+                "observed": self.observed,
+                "replay": None if self.replay is None else self.replay.state_dict(),
+                "replay_generator": self._replay_generator.get_state(),
             }
         )
 
@@ -337,3 +385,8 @@ class CorrectorTrainer:
         self.corrector.load_state_dict(state["corrector"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.corrector.steps = int(state["steps"])
+        self.observed = int(state.get("observed", 0))
+        if self.replay is not None and state.get("replay") is not None:
+            self.replay.load_state_dict(state["replay"])
+        if state.get("replay_generator") is not None:
+            self._replay_generator.set_state(state["replay_generator"].cpu())

@@ -226,3 +226,10 @@ def test_hybrid_arms_parse():
     for bad in ("corrector+refresh:0", "corrector+refresh:x", "corrector+refresh:4:forget"):
         with pytest.raises(ValueError, match="corrector\\+refresh:N"):
             parse_arm(bad)
+
+
+def test_replay_arm_parses():
+    arm = parse_arm("corrector+replay:4")
+    assert arm.loss_kwargs() == {"negatives": "corrector", "replay_steps": 4, "replay_size": 8192}
+    with pytest.raises(ValueError, match="corrector\\+replay:K"):
+        parse_arm("corrector+replay:0")

@@ -10,8 +10,9 @@ ARM_HELP = (
     "refresh:N (whole cache re-encoded every N steps), rerank:L (top L of the stale cache re-scored with the "
     "current model), corrector (dynamic from the corrected cache), corrector+refresh:N (the corrector between "
     "re-encodes every N steps; it keeps training after each), corrector+refresh:N:reset (back to the identity after "
-    "each re-encode)"
+    "each re-encode), corrector+replay:K (K extra corrector steps per training step on a buffer of recent pairs)"
 )
+REPLAY_SIZE = 8192  # rows buffered by the corrector+replay arms
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,7 @@ class Arm:
     refresh_every: int | None = None
     rerank_depth: int | None = None
     after_refresh: str | None = None  # corrector+refresh arms: "keep" or "reset"
+    replay_steps: int | None = None  # corrector+replay arms
 
     def loss_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"negatives": self.negatives}
@@ -30,6 +32,8 @@ class Arm:
             kwargs["rerank_depth"] = self.rerank_depth
         if self.after_refresh is not None:
             kwargs["corrector_after_refresh"] = self.after_refresh
+        if self.replay_steps is not None:
+            kwargs.update(replay_steps=self.replay_steps, replay_size=REPLAY_SIZE)
         return kwargs
 
     @property
@@ -40,6 +44,11 @@ class Arm:
 def parse_arm(text: str) -> Arm:
     """``"inbatch"``, ``"static"``, ``"stale"``, ``"refresh:N"``, ``"rerank:L"``, ``"corrector"``,
     ``"corrector+refresh:N"`` or ``"corrector+refresh:N:reset"``."""
+    if text.strip().startswith("corrector+replay:"):
+        steps = text.strip().partition(":")[2]
+        if not steps.isdigit() or int(steps) <= 0:
+            raise ValueError(f"Arm {text!r}: expected corrector+replay:K with K > 0 replay steps per training step")
+        return Arm(text.strip(), "corrector", replay_steps=int(steps))
     if text.strip().startswith("corrector+refresh:"):
         _, _, rest = text.strip().partition(":")
         steps, _, mode = rest.partition(":")

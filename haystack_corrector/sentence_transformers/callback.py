@@ -64,6 +64,8 @@ class CorrectorCallback(_TrainerCallback):  # type: ignore[misc, valid-type]
                 {
                     "optimizer": trainer_state["optimizer"],
                     "generator": self.loss.sampler.generator.get_state(),
+                    # the replay buffer and its clock, so a resumed run replays what the uninterrupted one would
+                    "replay": {k: trainer_state[k] for k in ("observed", "replay", "replay_generator")},
                 },
                 target / "corrector_optimizer.pt",
             )
@@ -98,6 +100,7 @@ class CorrectorCallback(_TrainerCallback):  # type: ignore[misc, valid-type]
                 "corrector": store_corrector.state_dict(),
                 "optimizer": state["optimizer"],
                 "steps": meta["corrector_steps"],
+                **state.get("replay", {}),
             }
         )
         self.loss.sampler.generator.set_state(state["generator"].cpu())

@@ -80,6 +80,9 @@ class CorrectedMultipleNegativesRankingLoss(nn.Module):
         refresh_every: training steps between full corpus re-encodes: needed by ``negatives="refresh"``, and
             allowed with ``negatives="corrector"`` (the hybrid budget: the corrector between rare refreshes; after each
             refresh the new cache is its stale input).
+        replay_size, replay_steps: replay for the corrector (:mod:`haystack_corrector.replay`): keep the latest fresh
+            embedding of up to ``replay_size`` rows and take ``replay_steps`` extra corrector steps per training
+            step on samples of them (no extra encoder pass). Default 0: one corrector step per training step.
         corrector_after_refresh: with ``negatives="corrector"`` and ``refresh_every``, what the corrector does after a
             refresh: ``"keep"`` (keeps its weights and optimiser; default) or ``"reset"`` (back to the identity, with
             a fresh optimiser, since the fresh cache needs no correction yet).
@@ -158,6 +161,8 @@ class CorrectedMultipleNegativesRankingLoss(nn.Module):
         negative_prompt: str | None = None,
         refresh_every: int | None = None,
         corrector_after_refresh: str = "keep",
+        replay_size: int = 0,
+        replay_steps: int = 0,
         rerank_depth: int = 100,
         encode_batch_size: int = 64,
         sharded: bool | None = None,
@@ -239,6 +244,9 @@ class CorrectedMultipleNegativesRankingLoss(nn.Module):
             listwise_weight=listwise_weight,
             score_weight=score_weight,
             temperature=drift_temperature,
+            replay_size=replay_size,
+            replay_steps=replay_steps,
+            seed=seed,
         )
         self._relevant = self._read_dataset(train_dataset, store)
         if exclude_text_copies:
@@ -510,6 +518,8 @@ class CorrectedMultipleNegativesRankingLoss(nn.Module):
             "corrector": self.store.corrector.get_config_dict(),
             "corrector_warmup_steps": self.corrector_warmup_steps,
             "refresh_every": self.refresh_every,
+            "replay_size": self.corrector_trainer.replay_size,
+            "replay_steps": self.corrector_trainer.replay_steps,
             "corrector_after_refresh": self.corrector_after_refresh,
             "rerank_depth": self.rerank_depth,
             "sharded": self.sharded,
