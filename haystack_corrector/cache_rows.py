@@ -134,6 +134,13 @@ def release_pages(array: np.ndarray, start: int, end: int) -> None:
         pass
 
 
+def gather_rows(storage: torch.Tensor | np.ndarray, rows: torch.Tensor) -> torch.Tensor:
+    """The given rows of an in-memory tensor or a memory-mapped array, as a float32 tensor."""
+    if isinstance(storage, np.ndarray):
+        return torch.from_numpy(np.array(storage[rows.numpy()], dtype=np.float32))
+    return storage[rows].to(torch.float32)
+
+
 def read_rows(storage: torch.Tensor | np.ndarray, start: int, end: int) -> torch.Tensor:
     """Rows [start, end) of an in-memory tensor or a memory-mapped array, as a float32 tensor (a copy for arrays)."""
     if isinstance(storage, np.ndarray):
@@ -152,9 +159,17 @@ class CacheRows:
 
     block_size: int
 
-    def _init_rows(self, storage: torch.Tensor | np.ndarray, ids: Sequence[str] | None) -> None:
+    def _init_rows(
+        self,
+        storage: torch.Tensor | np.ndarray,
+        ids: Sequence[str] | None,
+        side: torch.Tensor | np.ndarray | None = None,
+    ) -> None:
         self._storage = storage
         self._num_rows, self._dim = int(storage.shape[0]), int(storage.shape[1])
+        if side is not None and (side.ndim != 2 or int(side.shape[0]) != self._num_rows):
+            raise ValueError(f"side_features must have one row per cache row ({self._num_rows}), got {describe(side)}")
+        self._side = side  # per-row side features for the corrector (float16), or None
         self._ids = self._check_ids(ids, self._num_rows)
         self._id_to_row: IdIndex | None = None  # built on first lookup
         self._texts: list[str] | None = None
@@ -217,9 +232,26 @@ class CacheRows:
         return read_rows(self._storage, start, end)
 
     def _stale_rows(self, rows: torch.Tensor) -> torch.Tensor:
-        if isinstance(self._storage, np.ndarray):
-            return torch.from_numpy(np.array(self._storage[rows.numpy()], dtype=np.float32))
-        return self._storage[rows].to(torch.float32)
+        return gather_rows(self._storage, rows)
+
+    @property
+    def side_dim(self) -> int:
+        """Width of the side features kept per row (0 when the cache has none)."""
+        return 0 if self._side is None else int(self._side.shape[1])
+
+    def _side_block(self, start: int, end: int) -> torch.Tensor | None:
+        return None if self._side is None else read_rows(self._side, start, end)
+
+    def _side_rows(self, rows: torch.Tensor) -> torch.Tensor | None:
+        return None if self._side is None else gather_rows(self._side, rows)
+
+    def side_features(self, indices: ArrayLike | Sequence[int] | None = None) -> torch.Tensor | None:
+        """The side features of these rows (all rows if None), float32 on CPU; None when the cache has none."""
+        if self._side is None:
+            return None
+        if indices is None:
+            return torch.cat([read_rows(self._side, s, e) for s, e in self._blocks()])
+        return gather_rows(self._side, as_index_tensor(indices, "indices", num_rows=self._num_rows))
 
     def _blocks(self) -> Iterator[tuple[int, int]]:
         for start in range(0, self._num_rows, self.block_size):

@@ -56,6 +56,9 @@ class CorrectedCacheStore(CacheRows):
         dtype: storage dtype, ``"float32"`` or ``"float16"``; all arithmetic is float32.
         texts: optional N target texts, for training adapters that re-encode sampled negatives.
         block_size: rows scored per block during a scan (bounds the memory of a search).
+        side_features: optional (N, s) per-row features the corrector reads next to g' (``Corrector(side_dim=s)``;
+            ``encode_corpus(side_layers=...)`` keeps mean-pooled hidden states from the same one pass). Stored as
+            float16: 2·s bytes per row (s = 1,536 for 4 layers of MiniLM: 3 KB per row, 300 GB at 100M rows).
 
     Example:
         >>> import torch
@@ -77,6 +80,7 @@ class CorrectedCacheStore(CacheRows):
         dtype: str = "float32",
         texts: Sequence[str] | None = None,
         block_size: int = 16384,
+        side_features: ArrayLike | None = None,
     ) -> None:
         self.similarity = check_choice(similarity, "similarity", SIMILARITIES)
         self.dtype = check_choice(dtype, "dtype", tuple(DTYPES))
@@ -84,7 +88,11 @@ class CorrectedCacheStore(CacheRows):
         matrix = as_float_matrix(embeddings, "embeddings")
         storage = matrix.to(DTYPES[self.dtype]).cpu().contiguous()
         check_finite(storage, f"embeddings (after conversion to {self.dtype})")
-        self._init_storage(storage, ids, corrector)
+        side = None
+        if side_features is not None:
+            side = as_float_matrix(side_features, "side_features").to(torch.float16).cpu().contiguous()
+            check_finite(side, "side_features (after conversion to float16)")
+        self._init_storage(storage, ids, corrector, side)
         self.texts = texts  # type: ignore[assignment]
 
     # ----------------------------------------------------------------------------------------------- construction
@@ -97,20 +105,26 @@ class CorrectedCacheStore(CacheRows):
         similarity: str,
         dtype: str,
         block_size: int,
+        side: torch.Tensor | np.ndarray | None = None,
     ) -> CorrectedCacheStore:
         """A store around storage already in its final dtype (a tensor or a memory map), without converting or copying."""
         store = cls.__new__(cls)
         store.similarity = check_choice(similarity, "similarity", SIMILARITIES)
         store.dtype = check_choice(dtype, "dtype", tuple(DTYPES))
         store.block_size = check_positive_int(block_size, "block_size")
-        store._init_storage(storage, ids, corrector)
+        store._init_storage(storage, ids, corrector, side)
         return store
 
     def _init_storage(
-        self, storage: torch.Tensor | np.ndarray, ids: Sequence[str] | None, corrector: Corrector | None
+        self,
+        storage: torch.Tensor | np.ndarray,
+        ids: Sequence[str] | None,
+        corrector: Corrector | None,
+        side: torch.Tensor | np.ndarray | None = None,
     ) -> None:
-        self._init_rows(storage, ids)
-        self._corrector = self._check_corrector(corrector if corrector is not None else Corrector(self._dim), self._dim)
+        self._init_rows(storage, ids, side)
+        default = Corrector(self._dim, side_dim=self.side_dim) if corrector is None else corrector
+        self._corrector = self._check_corrector(default, self._dim, self.side_dim)
         self._corrected_view: CorrectedView | None = None
         self._view_path: Path | None = None  # where materialize(path) keeps the view, if on disk
         self.pool: Any = None  # a FaissPool once build_pool() ran (pool mode)
@@ -118,15 +132,19 @@ class CorrectedCacheStore(CacheRows):
     def _share_rows_of(self, other: CorrectedCacheStore) -> None:
         """Become a second handle on ``other``'s rows, ids, texts and corrector: shared, not copied or re-checked."""
         self.similarity, self.dtype, self.block_size = other.similarity, other.dtype, other.block_size
-        self._init_storage(other._storage, None, other._corrector)
+        self._init_storage(other._storage, None, other._corrector, other._side)
         self._ids, self._texts = other._ids, other._texts
 
     @staticmethod
-    def _check_corrector(corrector: Any, dim: int) -> Corrector:
+    def _check_corrector(corrector: Any, dim: int, side_dim: int = 0) -> Corrector:
         if not isinstance(corrector, Corrector):
             raise TypeError(f"corrector must be a haystack_corrector.Corrector, got {type(corrector).__name__}")
         if corrector.dim != dim:
             raise ValueError(f"corrector has dim {corrector.dim} but the cache has dimension {dim}")
+        if corrector.side_dim != side_dim:
+            raise ValueError(
+                f"corrector reads side features of width {corrector.side_dim} but the cache keeps {side_dim} per row"
+            )
         return corrector
 
     def __repr__(self) -> str:
@@ -142,7 +160,7 @@ class CorrectedCacheStore(CacheRows):
 
     @corrector.setter
     def corrector(self, corrector: Corrector) -> None:
-        self._corrector = self._check_corrector(corrector, self._dim)
+        self._corrector = self._check_corrector(corrector, self._dim, self.side_dim)
         self._corrected_view = None
 
     @property
@@ -178,15 +196,19 @@ class CorrectedCacheStore(CacheRows):
         return parameter.device if parameter is not None else torch.device("cpu")
 
     @torch.no_grad()
-    def _correct(self, stale: torch.Tensor) -> torch.Tensor:
-        return self._corrector(stale.to(self._device)).float()
+    def _correct(self, stale: torch.Tensor, side: torch.Tensor | None = None) -> torch.Tensor:
+        device = self._device
+        return self._corrector(stale.to(device), None if side is None else side.to(device)).float()
+
+    def _correct_block(self, start: int, end: int) -> torch.Tensor:
+        return self._correct(self._stale_block(start, end), self._side_block(start, end))
 
     def corrected_embeddings(self, indices: ArrayLike | Sequence[int] | None = None) -> torch.Tensor:
         """h(g') for these rows (all rows if None), computed in float32 with the current corrector, on CPU."""
         if indices is None:
-            return torch.cat([self._correct(self._stale_block(s, e)).cpu() for s, e in self._blocks()])
+            return torch.cat([self._correct_block(s, e).cpu() for s, e in self._blocks()])
         rows = as_index_tensor(indices, "indices", num_rows=self._num_rows)
-        return self._correct(self._stale_rows(rows)).cpu()
+        return self._correct(self._stale_rows(rows), self._side_rows(rows)).cpu()
 
     def replace_embeddings(self, embeddings: ArrayLike) -> None:
         """Swap in a newly encoded cache (same rows, same order), e.g. for a periodic full re-encode.
@@ -235,11 +257,19 @@ class CorrectedCacheStore(CacheRows):
             self._view_path = claim_view_path(path, self._view_path, overwrite)
         self._corrected_view = compute_view(
             self._corrector,
-            lambda: ((start, end, self._correct(self._stale_block(start, end))) for start, end in self._blocks()),
+            lambda: ((start, end, self._correct_block(start, end)) for start, end in self._blocks()),
             (self._num_rows, self._dim),
             NUMPY_DTYPES[self.dtype],
             self._view_path,
         )
+
+    def without_side_features(self) -> CorrectedCacheStore:
+        """This store's rows, ids and texts (shared, not copied) without side features, with an identity corrector."""
+        store = CorrectedCacheStore._from_storage(
+            self._storage, None, None, self.similarity, self.dtype, self.block_size
+        )
+        store._ids, store._texts = self._ids, self._texts
+        return store
 
     def shard(self, start: int, end: int) -> CorrectedCacheStore:
         """A store over rows [start, end) that shares this store's memory (or memory map) and its corrector object.
@@ -251,7 +281,13 @@ class CorrectedCacheStore(CacheRows):
             raise ValueError(f"shard needs 0 <= start < end <= {self._num_rows}, got start={start}, end={end}")
         ids = None if isinstance(self._ids, DefaultIds) else list(self._ids[start:end])
         part = CorrectedCacheStore._from_storage(
-            self._storage[start:end], ids, self._corrector, self.similarity, self.dtype, self.block_size
+            self._storage[start:end],
+            ids,
+            self._corrector,
+            self.similarity,
+            self.dtype,
+            self.block_size,
+            None if self._side is None else self._side[start:end],
         )
         if self._texts is not None:
             part._texts = self._texts[start:end]
@@ -329,8 +365,10 @@ class CorrectedCacheStore(CacheRows):
                 if view is not None:
                     yield start, end, read_rows(view, start, end).to(device)
                     continue
-                block = self._stale_block(start, end).to(device)
-                yield start, end, self._corrector(block).float() if corrected else block
+                if corrected:
+                    yield start, end, self._correct_block(start, end)
+                else:
+                    yield start, end, self._stale_block(start, end).to(device)
 
         return blocked_topk(
             queries.to(device), blocks(), top_k, excluded, normalize=self.similarity == "cosine", partial=partial

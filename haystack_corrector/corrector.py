@@ -15,6 +15,7 @@ from torch import nn
 
 from haystack_corrector._atomic import atomic_directory, step
 from haystack_corrector._validation import (
+    check_non_negative_int,
     check_positive_int,
     describe,
     read_config,
@@ -31,12 +32,18 @@ OWNED_FILES = frozenset({CONFIG_FILE, WEIGHTS_FILE})
 class Corrector(nn.Module):
     """Residual MLP ``h(z) = z + MLP(z)`` whose last layer starts at zero, so ``h`` is exactly the identity at init.
 
+    With ``side_dim > 0`` the residual branch also reads per-row side features ``s`` kept from the initial encoder's
+    one pass (e.g. mean-pooled hidden states of some layers): ``h(z, s) = z + MLP([z, s])``, still the identity at
+    init. Fine-tuning adds to an embedding what the old final embedding had already discarded; side features keep
+    some of it (FCT, Ramanujan et al., CVPR 2022, corrects old embeddings from stored side information).
+
     Args:
         dim: embedding dimension d (input and output).
         hidden_dim: width of the hidden layers; default ``dim`` (DESIGN.md suggests 1-2x ``dim``).
         num_layers: number of linear layers in the residual branch (1 = an affine correction ``z + Wz + b``).
         normalize: L2-normalise the output (for cosine models). On unit-norm inputs the initial map is then the
             identity up to float rounding; with ``normalize=False`` it is bit-exact.
+        side_dim: width of the side features the corrector reads next to the stale embedding (0: none).
 
     Example:
         >>> import torch
@@ -47,7 +54,9 @@ class Corrector(nn.Module):
         True
     """
 
-    def __init__(self, dim: int, hidden_dim: int | None = None, num_layers: int = 2, normalize: bool = False) -> None:
+    def __init__(
+        self, dim: int, hidden_dim: int | None = None, num_layers: int = 2, normalize: bool = False, side_dim: int = 0
+    ) -> None:
         super().__init__()
         self.dim = check_positive_int(dim, "dim")
         self.hidden_dim = check_positive_int(hidden_dim if hidden_dim is not None else dim, "hidden_dim")
@@ -55,8 +64,9 @@ class Corrector(nn.Module):
         if not isinstance(normalize, bool):
             raise TypeError(f"normalize must be a bool, got {describe(normalize)}")
         self.normalize = normalize
+        self.side_dim = check_non_negative_int(side_dim, "side_dim")
         layers: list[nn.Module] = []
-        width_in = self.dim
+        width_in = self.dim + self.side_dim
         for _ in range(self.num_layers - 1):
             layers += [nn.Linear(width_in, self.hidden_dim), nn.GELU()]
             width_in = self.hidden_dim
@@ -71,10 +81,20 @@ class Corrector(nn.Module):
         # materialised view's age is counted in these.
         self.steps = 0
 
-    def forward(self, stale: torch.Tensor) -> torch.Tensor:
+    def forward(self, stale: torch.Tensor, side: torch.Tensor | None = None) -> torch.Tensor:
         if stale.ndim == 0 or stale.shape[-1] != self.dim:
             raise ValueError(f"Corrector expects inputs of dimension {self.dim}, got {describe(stale)}")
-        out = stale + self.residual(stale)
+        if self.side_dim:
+            if side is None or side.shape[-1] != self.side_dim or side.shape[:-1] != stale.shape[:-1]:
+                raise ValueError(
+                    f"This corrector reads side features of width {self.side_dim} for each row, got "
+                    f"{'none' if side is None else describe(side)} for {describe(stale)}"
+                )
+            out = stale + self.residual(torch.cat([stale, side.to(stale.dtype)], dim=-1))
+        else:
+            if side is not None:
+                raise ValueError(f"This corrector reads no side features (side_dim=0), got {describe(side)}")
+            out = stale + self.residual(stale)
         if self.normalize:
             out = F.normalize(out, dim=-1)
         return out
@@ -113,6 +133,7 @@ class Corrector(nn.Module):
             "hidden_dim": self.hidden_dim,
             "num_layers": self.num_layers,
             "normalize": self.normalize,
+            **({"side_dim": self.side_dim} if self.side_dim else {}),  # saves without side features stay as before
         }
 
     def save(self, path: str | os.PathLike[str], overwrite: bool = False) -> None:
@@ -153,7 +174,16 @@ class Corrector(nn.Module):
             raise FileNotFoundError(
                 f"{directory} is not a saved Corrector: expected {CONFIG_FILE} and {WEIGHTS_FILE} in it"
             )
-        keys = ("format", "format_version", "dim", "hidden_dim", "num_layers", "normalize", "weights_sha256")
+        keys = (
+            "format",
+            "format_version",
+            "dim",
+            "hidden_dim",
+            "num_layers",
+            "normalize",
+            "side_dim",
+            "weights_sha256",
+        )
         config = read_config(config_path, _FORMAT, keys, "corrector config")
         if not isinstance(config.get("format_version", 0), int) or config.get("format_version", 0) > _FORMAT_VERSION:
             raise ValueError(
@@ -165,6 +195,7 @@ class Corrector(nn.Module):
                 hidden_dim=config["hidden_dim"],
                 num_layers=config["num_layers"],
                 normalize=config["normalize"],
+                side_dim=config.get("side_dim", 0),  # saves before side features had none
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"Corrupted corrector config {config_path}: {exc}") from exc
@@ -192,4 +223,5 @@ class Corrector(nn.Module):
         return corrector.to(map_location)
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, hidden_dim={self.hidden_dim}, num_layers={self.num_layers}, normalize={self.normalize}"
+        side = f", side_dim={self.side_dim}" if self.side_dim else ""
+        return f"dim={self.dim}, hidden_dim={self.hidden_dim}, num_layers={self.num_layers}, normalize={self.normalize}{side}"

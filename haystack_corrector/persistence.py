@@ -44,7 +44,8 @@ TEXTS_FILE = "texts.json"
 CONFIG_FILE = "store_config.json"
 CORRECTOR_DIR = "corrector"
 INDEX_FILE = "index.faiss"
-OWNED_FILES = frozenset({EMBEDDINGS_FILE, IDS_FILE, TEXTS_FILE, CONFIG_FILE, CORRECTOR_DIR, INDEX_FILE})
+SIDE_FILE = "side_features.npy"
+OWNED_FILES = frozenset({EMBEDDINGS_FILE, IDS_FILE, TEXTS_FILE, CONFIG_FILE, CORRECTOR_DIR, INDEX_FILE, SIDE_FILE})
 
 
 class SavedStore(NamedTuple):
@@ -59,6 +60,7 @@ class SavedStore(NamedTuple):
     block_size: int
     texts: list[str] | None
     pool: dict[str, Any] | None
+    side: torch.Tensor | np.ndarray | None
 
 
 def sha256_of(path: Path, chunk: int = 1 << 24) -> str:
@@ -72,20 +74,16 @@ def sha256_of(path: Path, chunk: int = 1 << 24) -> str:
 def save_store(store: CorrectedCacheStore, path: str | os.PathLike[str], overwrite: bool = False) -> None:
     """Write ``store`` into the directory ``path`` atomically (the save rule of :mod:`haystack_corrector._atomic`)."""
     with atomic_directory(path, kind=FORMAT, config_file=CONFIG_FILE, owned=OWNED_FILES, overwrite=overwrite) as tmp:
-        array_path = tmp / EMBEDDINGS_FILE
-        out = np.lib.format.open_memmap(
-            array_path, mode="w+", dtype=NUMPY_DTYPES[store.dtype], shape=(len(store), store.dim)
-        )
-        for start, end in store._blocks():  # the raw storage, in its own dtype: no float32 round trip
-            block = store._storage[start:end]
-            out[start:end] = block.numpy() if isinstance(block, torch.Tensor) else block
-        out.flush()
-        del out
+        _write_rows(store, store._storage, tmp / EMBEDDINGS_FILE, NUMPY_DTYPES[store.dtype])
         step(f"wrote {EMBEDDINGS_FILE}")
         # Default ids are saved as null: a million "0".."N-1" strings would cost memory on every load.
         (tmp / IDS_FILE).write_text(json.dumps(None if isinstance(store.ids, DefaultIds) else list(store.ids)))
         step(f"wrote {IDS_FILE}")
         saved = [EMBEDDINGS_FILE, IDS_FILE]
+        if store._side is not None:
+            _write_rows(store, store._side, tmp / SIDE_FILE, np.float16)
+            step(f"wrote {SIDE_FILE}")
+            saved.append(SIDE_FILE)
         if store.texts is not None:
             (tmp / TEXTS_FILE).write_text(json.dumps(store.texts))
             step(f"wrote {TEXTS_FILE}")
@@ -117,6 +115,16 @@ def save_store(store: CorrectedCacheStore, path: str | os.PathLike[str], overwri
         }
         (tmp / CONFIG_FILE).write_text(json.dumps(with_config_checksum(config), indent=2))
         step(f"wrote {CONFIG_FILE}")
+
+
+def _write_rows(store: CorrectedCacheStore, storage: Any, path: Path, dtype: Any) -> None:
+    """Copy row storage block by block into a ``.npy`` file, in its own dtype (no float32 round trip)."""
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=tuple(int(n) for n in storage.shape))
+    for start, end in store._blocks():
+        block = storage[start:end]
+        out[start:end] = block.numpy() if isinstance(block, torch.Tensor) else block
+    out.flush()
+    del out
 
 
 def check_save_path(path: str | os.PathLike[str], overwrite: bool = False) -> None:
@@ -170,10 +178,18 @@ def read_store(path: str | os.PathLike[str], mmap: bool = True, verify: bool | N
         raise ValueError(f"Corrupted ids file {directory / IDS_FILE}: expected a list or null")
     corrector = Corrector.load(directory / CORRECTOR_DIR)
     storage: torch.Tensor | np.ndarray = array if mmap else torch.from_numpy(array)
+    side: torch.Tensor | np.ndarray | None = None
+    if SIDE_FILE in files:
+        side_array = load_npy(directory / SIDE_FILE, mmap)
+        if side_array.ndim != 2 or side_array.shape[0] != num_rows or side_array.dtype != np.float16:
+            raise ValueError(f"{directory / SIDE_FILE} holds {describe(side_array)}; expected ({num_rows}, s) float16")
+        side = side_array if mmap else torch.from_numpy(side_array)
     texts = None
     if (directory / TEXTS_FILE).is_file() and TEXTS_FILE in files:
         texts = read_json(directory / TEXTS_FILE, "texts file")
-    return SavedStore(directory, storage, ids, corrector, similarity, dtype, block_size, texts, config.get("pool"))
+    return SavedStore(
+        directory, storage, ids, corrector, similarity, dtype, block_size, texts, config.get("pool"), side
+    )
 
 
 def load_npy(file: Path, mmap: bool) -> np.ndarray:
@@ -227,7 +243,7 @@ def load_store(
     saved = read_store(path, mmap=mmap, verify=verify)
     try:
         store = cls._from_storage(
-            saved.storage, saved.ids, saved.corrector, saved.similarity, saved.dtype, saved.block_size
+            saved.storage, saved.ids, saved.corrector, saved.similarity, saved.dtype, saved.block_size, saved.side
         )
         store.texts = saved.texts  # type: ignore[assignment]
     except (TypeError, ValueError) as exc:

@@ -211,9 +211,10 @@ class CorrectorTrainer:
         corrector = self.corrector
         device = next(corrector.parameters()).device
         stale = self.store.stale_embeddings(rows).to(device)
+        side = self.store.side_features(rows)
         fresh = fresh.to(device)
         corrector.train()
-        corrected = corrector(stale)
+        corrected = corrector(stale, None if side is None else side.to(device))
         embedding_loss = drift_losses.drift_loss(self.loss, corrected, fresh)
         total = embedding_loss
         metrics = {
@@ -264,13 +265,20 @@ class CorrectorTrainer:
         scores are one matrix product instead of a (Q, M, d) gather.
         """
         if candidates.dim() == 1:
-            corrected = self.store.corrector(self.store.stale_embeddings(candidates).to(device))
+            corrected = self._corrected_with_grad(candidates, device)
         else:  # (Q, M, d): each query ranks its own rows; each distinct row is corrected once
             unique, inverse = torch.unique(candidates.reshape(-1), return_inverse=True)
-            corrected = self.store.corrector(self.store.stale_embeddings(unique).to(device))[inverse]
+            corrected = self._corrected_with_grad(unique, device)[inverse]
             corrected = corrected.reshape(*candidates.shape, -1)
         return drift_losses.listwise_loss(
             corrected, candidate_fresh.to(device), queries.to(device), temperature=self.temperature, normalize=normalize
+        )
+
+    def _corrected_with_grad(self, rows: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """h(g', s) of these rows with gradients to the corrector (side features when the store keeps them)."""
+        side = self.store.side_features(rows)
+        return self.store.corrector(
+            self.store.stale_embeddings(rows).to(device), None if side is None else side.to(device)
         )
 
     def fit(

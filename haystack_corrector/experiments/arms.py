@@ -10,7 +10,8 @@ ARM_HELP = (
     "refresh:N (whole cache re-encoded every N steps), rerank:L (top L of the stale cache re-scored with the "
     "current model), corrector (dynamic from the corrected cache), corrector+refresh:N (the corrector between "
     "re-encodes every N steps; it keeps training after each), corrector+refresh:N:reset (back to the identity after "
-    "each re-encode), corrector+replay:K (K extra corrector steps per training step on a buffer of recent pairs)"
+    "each re-encode), corrector+side (the corrector also reads side features kept by the initial pass, "
+    "--side-layers), corrector+replay:K (K extra corrector steps per training step on a buffer of recent pairs)"
 )
 REPLAY_SIZE = 8192  # rows buffered by the corrector+replay arms
 
@@ -23,6 +24,7 @@ class Arm:
     rerank_depth: int | None = None
     after_refresh: str | None = None  # corrector+refresh arms: "keep" or "reset"
     replay_steps: int | None = None  # corrector+replay arms
+    side_features: bool = False  # corrector+side: the corrector reads the side features of the initial cache
 
     def loss_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"negatives": self.negatives}
@@ -44,6 +46,8 @@ class Arm:
 def parse_arm(text: str) -> Arm:
     """``"inbatch"``, ``"static"``, ``"stale"``, ``"refresh:N"``, ``"rerank:L"``, ``"corrector"``,
     ``"corrector+refresh:N"`` or ``"corrector+refresh:N:reset"``."""
+    if text.strip() == "corrector+side":
+        return Arm("corrector+side", "corrector", side_features=True)
     if text.strip().startswith("corrector+replay:"):
         steps = text.strip().partition(":")[2]
         if not steps.isdigit() or int(steps) <= 0:

@@ -46,6 +46,12 @@ def _experiment_arguments(parser: argparse.ArgumentParser, *, arms: bool = True)
     parser.add_argument("--range-max", type=int, default=30)
     parser.add_argument("--corrector-lr", type=float, default=1e-3)
     parser.add_argument("--hidden-dim", type=int, default=768)
+    parser.add_argument(
+        "--side-layers",
+        nargs="+",
+        default=None,
+        help="hidden states (indices, or 'all') kept as side features in the initial cache, for the +side arms",
+    )
     parser.add_argument("--listwise-weight", type=float, default=0.0)
     parser.add_argument("--train-split", default="train")
     parser.add_argument(
@@ -56,6 +62,16 @@ def _experiment_arguments(parser: argparse.ArgumentParser, *, arms: bool = True)
     )
     parser.add_argument("--eval-split", default="test")
     parser.add_argument("--output", default="runs/experiment", help="folder for results (resumable)")
+
+
+def _side_layers(values: Sequence[str] | None) -> list[int] | str | None:
+    if values is None:
+        return None
+    if list(values) == ["all"]:
+        return "all"
+    if not all(value.isdigit() for value in values):
+        raise ValueError(f"--side-layers takes hidden-state indices or 'all', got {' '.join(values)}")
+    return [int(value) for value in values]
 
 
 def _config(args: argparse.Namespace, arms: Sequence[str], seeds: Sequence[int]):  # type: ignore[no-untyped-def]
@@ -78,6 +94,7 @@ def _config(args: argparse.Namespace, arms: Sequence[str], seeds: Sequence[int])
         range_max=args.range_max,
         corrector_lr=args.corrector_lr,
         hidden_dim=args.hidden_dim,
+        side_layers=_side_layers(args.side_layers),
         listwise_weight=args.listwise_weight,
         train_split=args.train_split,
         max_train_queries=args.max_train_queries,

@@ -31,6 +31,7 @@ class ExperimentConfig:
     range_max: int | None = 30
     corrector_lr: float = 1e-3
     hidden_dim: int | None = 768
+    side_layers: Sequence[int] | str | None = None  # hidden states kept as side features in the initial cache
     listwise_weight: float = 0.0
     train_split: str = "train"
     max_train_queries: int | None = None  # a seeded random subset of the train queries (same for every arm and seed)
@@ -42,6 +43,8 @@ class ExperimentConfig:
 
     def validate(self) -> list[Arm]:
         arms = [parse_arm(a) for a in self.arms]
+        if any(arm.side_features for arm in arms) and self.side_layers is None:
+            raise ValueError("a +side arm needs side features in the initial cache: set side_layers (--side-layers)")
         if not arms:
             raise ValueError("arms is empty: name at least one arm")
         if len({a.name for a in arms}) != len(arms):

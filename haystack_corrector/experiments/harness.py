@@ -148,7 +148,9 @@ def prepare(config: ExperimentConfig) -> Prepared:
 
     model = load_model(model_path, config.max_seq_length)
     start = time.perf_counter()
-    store = encode_corpus(model, corpus_texts, ids=corpus_ids, batch_size=config.encode_batch_size)
+    store = encode_corpus(
+        model, corpus_texts, ids=corpus_ids, batch_size=config.encode_batch_size, side_layers=config.side_layers
+    )
     encode_seconds = time.perf_counter() - start
     store.save(cache_path)
     docs, similarity = store.stale_embeddings(), store.similarity
@@ -194,7 +196,9 @@ def train_arm(config: ExperimentConfig, arm: Arm, seed: int, prepared: Prepared)
     torch.manual_seed(seed)
     model = load_model(prepared.model_path, config.max_seq_length)
     store = CorrectedCacheStore.load(prepared.cache_path, mmap=False)
-    store.corrector = Corrector(store.dim, hidden_dim=config.hidden_dim)
+    if not arm.side_features:  # only the +side arms read the side features kept in the initial cache
+        store = store.without_side_features()
+    store.corrector = Corrector(store.dim, hidden_dim=config.hidden_dim, side_dim=store.side_dim)
     dataset = build_training_dataset(prepared.train_queries, prepared.corpus, prepared.train_qrels, store)
     loss = CorrectedMultipleNegativesRankingLoss(
         model,

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from haystack_corrector._atomic import step
-from haystack_corrector._validation import check_positive_int
+from haystack_corrector._validation import check_non_negative_int, check_positive_int
 from haystack_corrector.cache_store import CorrectedCacheStore
 from haystack_corrector.corrector import Corrector
 from haystack_corrector.distinct_texts import distinct_texts, encode_distinct
@@ -33,12 +33,19 @@ def encode_corpus(
     prompt: str | None = None,
     shard_dir: str | os.PathLike[str] | None = None,
     shard_size: int = 10000,
+    side_layers: Sequence[int] | str | None = None,
 ) -> CorrectedCacheStore:
     """Encode ``corpus_texts`` with ``model`` into a :class:`CorrectedCacheStore` (texts kept for re-encoding).
 
     The store's similarity follows the model's (``cosine`` or ``dot``); its corrector is a fresh identity
     ``Corrector(dim, hidden_dim)``. Each distinct text is encoded once; its copies (same text, other ids) get the
     same row.
+
+    With ``side_layers`` (indices into the transformer's hidden states, 0 = the embedding layer, or ``"all"``), the
+    same one forward pass also keeps the attention-masked mean pool of each chosen layer as the store's
+    ``side_features`` (float16; 2 bytes × hidden size × layers per row), and the corrector reads them
+    (``Corrector(side_dim=...)``): the lever that lifts a corrector past what the final embedding allows. Not
+    combinable with ``shard_dir`` yet.
 
     With ``shard_dir``, the corpus is encoded ``shard_size`` texts at a time and each finished shard is written to
     ``shard_dir`` (atomically) as it completes: a killed encode, run again with the same arguments, resumes at the
@@ -78,7 +85,17 @@ def encode_corpus(
             return run(chunk, show_progress_bar)
         return _encode_in_shards(run, chunk, Path(shard_dir), shard_size, show_progress_bar)
 
-    embeddings = encode_distinct(texts, encode)  # copies of a text share one encode and one row
+    side = None
+    if side_layers is not None:
+        if shard_dir is not None:
+            raise ValueError("side_layers cannot be combined with shard_dir yet: encode without shards")
+        unique, inverse = distinct_texts(texts)
+        unique_embeddings, unique_side = _encode_with_side(
+            model, unique, side_layers, batch_size, show_progress_bar, prompt
+        )
+        embeddings, side = unique_embeddings[inverse], unique_side[inverse]
+    else:
+        embeddings = encode_distinct(texts, encode)  # copies of a text share one encode and one row
     logger.info(
         "Encoded %d texts (%d distinct) into a %s cache of dimension %d",
         len(texts),
@@ -89,11 +106,57 @@ def encode_corpus(
     return CorrectedCacheStore(
         embeddings,
         ids=ids,
-        corrector=Corrector(embeddings.shape[1], hidden_dim=hidden_dim),
+        corrector=Corrector(embeddings.shape[1], hidden_dim=hidden_dim, side_dim=0 if side is None else side.shape[1]),
         similarity=similarity,
         dtype=dtype,
         texts=texts,
+        side_features=side,
     )
+
+
+def _encode_with_side(
+    model: Any, texts: list[str], layers: Sequence[int] | str, batch_size: int, progress: bool, prompt: str | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sentence embeddings and mean-pooled hidden states of ``layers`` for ``texts``, from one forward pass each."""
+    from tqdm.auto import tqdm
+
+    from haystack_corrector.sentence_transformers import _compat
+
+    transformer = model[0]
+    hf_model = getattr(transformer, "auto_model", None) or transformer.model
+    num_states = hf_model.config.num_hidden_layers + 1  # the embedding layer, then each transformer layer
+    if layers == "all":
+        chosen = list(range(num_states))
+    elif isinstance(layers, str) or not isinstance(layers, Sequence) or not layers:
+        raise ValueError(f"side_layers must be a non-empty list of hidden-state indices or 'all', got {layers!r}")
+    else:
+        chosen = [check_non_negative_int(layer, "side_layers[i]") for layer in layers]
+        if max(chosen) >= num_states:
+            raise ValueError(f"side_layers {chosen} out of range: the model has hidden states 0..{num_states - 1}")
+    device = next(model.parameters()).device
+    order = np.argsort([-len(text) for text in texts], kind="stable")  # similar lengths batch with little padding
+    embeddings: list[np.ndarray] = [np.empty(0)] * len(texts)
+    sides: list[np.ndarray] = [np.empty(0)] * len(texts)
+    previous, was_training = hf_model.config.output_hidden_states, model.training
+    hf_model.config.output_hidden_states = True
+    model.eval()
+    try:
+        for start in tqdm(range(0, len(texts), batch_size), desc="Encoding (with side features)", disable=not progress):
+            positions = order[start : start + batch_size]
+            features = _compat.preprocess(model, [texts[i] for i in positions], prompt=prompt)
+            features = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
+            with torch.no_grad():
+                out = model(features)
+            mask = out["attention_mask"].unsqueeze(-1).float()
+            pools = [(out["all_layer_embeddings"][layer] * mask).sum(1) / mask.sum(1).clamp(min=1) for layer in chosen]
+            side = torch.cat(pools, dim=-1).float().cpu().numpy()
+            emb = out["sentence_embedding"].float().cpu().numpy()
+            for row, position in enumerate(positions):
+                embeddings[position], sides[position] = emb[row], side[row]
+    finally:
+        hf_model.config.output_hidden_states = previous
+        model.train(was_training)
+    return np.stack(embeddings).astype(np.float32), np.stack(sides).astype(np.float16)
 
 
 def model_similarity(model: Any) -> str:

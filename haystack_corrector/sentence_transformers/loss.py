@@ -469,7 +469,8 @@ class CorrectedMultipleNegativesRankingLoss(nn.Module):
                 corrector = self.store.corrector
                 device = next(corrector.parameters()).device
                 stale = self.store.stale_embeddings(rows).to(device)
-                corrected = corrector(stale)
+                side = self.store.side_features(rows)
+                corrected = corrector(stale, None if side is None else side.to(device))
                 fresh = fresh.to(device)
                 metrics = {
                     "drift_loss": float(drift_losses.drift_loss(self.corrector_trainer.loss, corrected, fresh)),
