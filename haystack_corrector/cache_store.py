@@ -1,8 +1,9 @@
 """CorrectedCacheStore: a stale embedding cache g'(y) plus the corrector h that maps it to the current space.
 
 This file is the store's public face; its parts live in files named after them: the stale rows and ids
-(``cache_rows.py``), the materialised corrected view (``corrected_view.py``), the blocked top-k scan (``search.py``)
-and its scoring (``scoring.py``), pool mode (``faiss_pool.py``), saving and loading (``persistence.py``).
+(``cache_rows.py``, the base class ``CacheRows``), the materialised corrected view and ``materialize``
+(``corrected_view.py``, a mixin), the blocked top-k scan (``search.py``) and its scoring (``scoring.py``), pool mode
+(``faiss_pool.py``), saving and loading (``persistence.py``, a mixin).
 
 Search is exact and blocked: rows are scanned ``block_size`` at a time, the corrector is applied to each block on the
 fly (or a materialised corrected view is read), and a running top-k is merged, so memory is bounded by the block size
@@ -13,7 +14,6 @@ released from the process once the block is copied, so resident memory stays bou
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,13 +30,12 @@ from haystack_corrector._validation import (
     check_choice,
     check_finite,
     check_int,
-    check_non_negative_int,
     check_positive_int,
 )
 from haystack_corrector.cache_rows import CacheRows, DefaultIds, read_rows
-from haystack_corrector.corrected_view import CorrectedView, claim_view_path, compute_view
+from haystack_corrector.corrected_view import CorrectedView, CorrectedViewMixin
 from haystack_corrector.corrector import Corrector
-from haystack_corrector.persistence import DTYPES, NUMPY_DTYPES
+from haystack_corrector.persistence import DTYPES
 from haystack_corrector.scoring import SIMILARITIES, normalize_rows
 from haystack_corrector.search import blocked_topk
 
@@ -45,7 +44,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["DTYPES", "SIMILARITIES", "CorrectedCacheStore", "DefaultIds"]
 
 
-class CorrectedCacheStore(CacheRows):
+class CorrectedCacheStore(CacheRows, CorrectedViewMixin, persistence.StorePersistence):
     """Stale cached target embeddings, their ids, and the corrector applied to them at search time.
 
     Args:
@@ -163,26 +162,6 @@ class CorrectedCacheStore(CacheRows):
         self._corrector = self._check_corrector(corrector, self._dim, self.side_dim)
         self._corrected_view = None
 
-    @property
-    def _view(self) -> torch.Tensor | np.ndarray | None:
-        """The materialised view's rows, current or not (None without a view)."""
-        return None if self._corrected_view is None else self._corrected_view.data
-
-    @property
-    def has_view(self) -> bool:
-        """True when :meth:`materialize` was called (the view may be out of date; see :attr:`is_materialized`)."""
-        return self._corrected_view is not None
-
-    @property
-    def is_materialized(self) -> bool:
-        """True when a corrected view exists and was computed with the corrector's current weights."""
-        return self._corrected_view is not None and self._corrected_view.is_current(self._corrector)
-
-    @property
-    def view_age(self) -> int | None:
-        """Corrector steps (``Corrector.steps``) since the view was computed; None without a view."""
-        return None if self._corrected_view is None else self._corrected_view.age(self._corrector)
-
     def reduce_corrector_gradients(self) -> None:
         """Called by :class:`CorrectorTrainer` between backward and step: nothing to do in one process.
 
@@ -237,31 +216,6 @@ class CorrectedCacheStore(CacheRows):
 
         self.pool = FaissPool(index_type, **options)
         self.pool.build(normalize_rows(self.stale_embeddings(), self.similarity == "cosine").numpy())
-
-    def materialize(self, path: str | os.PathLike[str] | None = None, overwrite: bool = False) -> None:
-        """Compute h(g') for all rows once and keep it (in the storage dtype); searches read it while it is current.
-
-        Args:
-            path: write the view to this ``.npy`` file and memory-map it (for caches larger than memory; the
-                file is written atomically, and later refreshes reuse the same path). Default: keep it in memory,
-                or in the file of the previous ``materialize(path)`` call. The view is a cache: :meth:`save` does
-                not store it. An existing file that is not this store's view is refused (:class:`FileExistsError`)
-                unless ``overwrite=True``.
-            overwrite: replace an existing file at ``path`` that this store did not write.
-
-        Any update of the corrector's weights makes the view out of date; searches then fall back to applying the
-        corrector block by block, so results are exact for the current corrector, unless the search tolerates an
-        older view (``search(..., max_view_age=K)``). Call again to refresh.
-        """
-        if path is not None:
-            self._view_path = claim_view_path(path, self._view_path, overwrite)
-        self._corrected_view = compute_view(
-            self._corrector,
-            lambda: ((start, end, self._correct_block(start, end)) for start, end in self._blocks()),
-            (self._num_rows, self._dim),
-            NUMPY_DTYPES[self.dtype],
-            self._view_path,
-        )
 
     def without_side_features(self) -> CorrectedCacheStore:
         """This store's rows, ids and texts (shared, not copied) without side features, with an identity corrector."""
@@ -335,17 +289,6 @@ class CorrectedCacheStore(CacheRows):
             return pool_search(self, queries, top_k, excluded, pool_size, corrected)
         return self._search(queries, top_k, excluded, corrected, max_view_age=max_view_age)
 
-    def _view_for_search(self, corrected: bool, max_view_age: int | None) -> torch.Tensor | np.ndarray | None:
-        if not corrected:
-            return None
-        if max_view_age is None:
-            return self._view if self.is_materialized else None
-        max_view_age = check_non_negative_int(max_view_age, "max_view_age")
-        age = self.view_age
-        if age is None or age > max_view_age:
-            self.materialize()
-        return self._view
-
     @torch.no_grad()
     def _search(
         self,
@@ -373,53 +316,3 @@ class CorrectedCacheStore(CacheRows):
         return blocked_topk(
             queries.to(device), blocks(), top_k, excluded, normalize=self.similarity == "cosine", partial=partial
         )
-
-    # ------------------------------------------------------------------------------------------------ persistence
-    def save(self, path: str | os.PathLike[str], overwrite: bool = False) -> None:
-        """Save ids, stale embeddings (``.npy``), texts, config and corrector into the directory ``path``, atomically.
-
-        ``path`` may be new, empty, or a previous store save. A folder holding anything else is refused
-        (:class:`FileExistsError`) unless ``overwrite=True``, which replaces only the store's own files
-        (``embeddings.npy``, ``ids.json``, ``texts.json``, ``store_config.json``, ``corrector/``, ``index.faiss``) and
-        keeps every other entry. A materialised view is a cache and is not saved.
-        """
-        persistence.save_store(self, path, overwrite=overwrite)
-
-    @staticmethod
-    def check_save_path(path: str | os.PathLike[str], overwrite: bool = False) -> None:
-        """Raise the error :meth:`save` would raise for ``path`` (call it before encoding a corpus to save)."""
-        persistence.check_save_path(path, overwrite=overwrite)
-
-    @classmethod
-    def from_npy(
-        cls,
-        file: str | os.PathLike[str],
-        ids: Sequence[str] | None = None,
-        corrector: Corrector | None = None,
-        similarity: str = "cosine",
-        texts: Sequence[str] | None = None,
-        block_size: int = 16384,
-    ) -> CorrectedCacheStore:
-        """Memory-map an existing (N, d) float16/float32 ``.npy`` file of embeddings as the stale cache, without copying.
-
-        For caches written by another pipeline (or by ``numpy.lib.format.open_memmap``); the storage dtype is the
-        file's. The file must not change while the store uses it. :meth:`save` writes a regular store directory.
-        """
-        return persistence.store_from_npy(cls, file, ids, corrector, similarity, texts, block_size)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str], mmap: bool = True, verify: bool | None = None) -> CorrectedCacheStore:
-        """Load a store saved with :meth:`save`.
-
-        Args:
-            path: the saved directory.
-            mmap: memory-map the embeddings (read lazily, block by block) instead of reading them into memory.
-            verify: check the embeddings' SHA-256 (reads the whole file). Default: only when ``mmap=False``, since
-                the file is read in full then anyway. Every other file (config, ids, texts, corrector) is always
-                checked against its checksum, and the embeddings' size and header always.
-
-        A flipped bit inside the embeddings of a memory-mapped load (the default) is **not** detected: checking it
-        would read the whole file, which memory-mapping exists to avoid. Pass ``verify=True`` to check it (once,
-        at load), e.g. after copying a store between machines; ``docs/reliability.md`` counts what each mode detects.
-        """
-        return persistence.load_store(cls, path, mmap=mmap, verify=verify)

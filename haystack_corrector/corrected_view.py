@@ -15,14 +15,16 @@ import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from haystack_corrector._atomic import step
-from haystack_corrector._validation import check_finite
+from haystack_corrector._validation import check_finite, check_non_negative_int
 from haystack_corrector.cache_rows import release_pages
 from haystack_corrector.corrector import Corrector
+from haystack_corrector.persistence import NUMPY_DTYPES
 
 Blocks = Callable[[], Iterable[tuple[int, int, torch.Tensor]]]  # (start, end, corrected float32 rows), all rows
 
@@ -101,3 +103,70 @@ def _write(path: Path, blocks: Blocks, shape: tuple[int, int], dtype: np.dtype) 
         partial.unlink(missing_ok=True)
         raise
     return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
+class CorrectedViewMixin:
+    """The view-related part of :class:`~haystack_corrector.CorrectedCacheStore`: ``materialize``, ``is_materialized``,
+    ``has_view``, ``view_age``, and which view (if any) a search may read. A mixin, so that it reads next to the view.
+    """
+
+    _corrected_view: CorrectedView | None
+    _corrector: Corrector
+    _view_path: Path | None
+
+    @property
+    def _view(self) -> torch.Tensor | np.ndarray | None:
+        """The materialised view's rows, current or not (None without a view)."""
+        return None if self._corrected_view is None else self._corrected_view.data
+
+    @property
+    def has_view(self) -> bool:
+        """True when :meth:`materialize` was called (the view may be out of date; see :attr:`is_materialized`)."""
+        return self._corrected_view is not None
+
+    @property
+    def is_materialized(self) -> bool:
+        """True when a corrected view exists and was computed with the corrector's current weights."""
+        return self._corrected_view is not None and self._corrected_view.is_current(self._corrector)
+
+    @property
+    def view_age(self) -> int | None:
+        """Corrector steps (``Corrector.steps``) since the view was computed; None without a view."""
+        return None if self._corrected_view is None else self._corrected_view.age(self._corrector)
+
+    def materialize(self, path: str | os.PathLike[str] | None = None, overwrite: bool = False) -> None:
+        """Compute h(g') for all rows once and keep it (in the storage dtype); searches read it while it is current.
+
+        Args:
+            path: write the view to this ``.npy`` file and memory-map it (for caches larger than memory; the
+                file is written atomically, and later refreshes reuse the same path). Default: keep it in memory,
+                or in the file of the previous ``materialize(path)`` call. The view is a cache: :meth:`save` does
+                not store it. An existing file that is not this store's view is refused (:class:`FileExistsError`)
+                unless ``overwrite=True``.
+            overwrite: replace an existing file at ``path`` that this store did not write.
+
+        Any update of the corrector's weights makes the view out of date; searches then fall back to applying the
+        corrector block by block, so results are exact for the current corrector, unless the search tolerates an
+        older view (``search(..., max_view_age=K)``). Call again to refresh.
+        """
+        if path is not None:
+            self._view_path = claim_view_path(path, self._view_path, overwrite)
+        store: Any = self
+        self._corrected_view = compute_view(
+            self._corrector,
+            lambda: ((start, end, store._correct_block(start, end)) for start, end in store._blocks()),
+            (len(store), store.dim),
+            NUMPY_DTYPES[store.dtype],
+            self._view_path,
+        )
+
+    def _view_for_search(self, corrected: bool, max_view_age: int | None) -> torch.Tensor | np.ndarray | None:
+        if not corrected:
+            return None
+        if max_view_age is None:
+            return self._view if self.is_materialized else None
+        max_view_age = check_non_negative_int(max_view_age, "max_view_age")
+        age = self.view_age
+        if age is None or age > max_view_age:
+            self.materialize()
+        return self._view

@@ -254,3 +254,59 @@ def load_store(
         store.pool = FaissPool(**saved.pool)
         store.pool.load(saved.directory / INDEX_FILE)
     return store
+
+
+class StorePersistence:
+    """``save``, ``load``, ``from_npy`` and ``check_save_path`` of :class:`~haystack_corrector.CorrectedCacheStore`.
+
+    A mixin, so that the store's persistence reads in this file, next to the format it writes.
+    """
+
+    def save(self: Any, path: str | os.PathLike[str], overwrite: bool = False) -> None:
+        """Save ids, stale embeddings (``.npy``), texts, config and corrector into the directory ``path``, atomically.
+
+        ``path`` may be new, empty, or a previous store save. A folder holding anything else is refused
+        (:class:`FileExistsError`) unless ``overwrite=True``, which replaces only the store's own files
+        (``embeddings.npy``, ``ids.json``, ``texts.json``, ``store_config.json``, ``corrector/``, ``index.faiss``) and
+        keeps every other entry. A materialised view is a cache and is not saved.
+        """
+        save_store(self, path, overwrite=overwrite)
+
+    @staticmethod
+    def check_save_path(path: str | os.PathLike[str], overwrite: bool = False) -> None:
+        """Raise the error :meth:`save` would raise for ``path`` (call it before encoding a corpus to save)."""
+        check_save_path(path, overwrite=overwrite)
+
+    @classmethod
+    def from_npy(
+        cls,
+        file: str | os.PathLike[str],
+        ids: Sequence[str] | None = None,
+        corrector: Corrector | None = None,
+        similarity: str = "cosine",
+        texts: Sequence[str] | None = None,
+        block_size: int = 16384,
+    ) -> CorrectedCacheStore:  # type: ignore[misc]
+        """Memory-map an existing (N, d) float16/float32 ``.npy`` file of embeddings as the stale cache, without copying.
+
+        For caches written by another pipeline (or by ``numpy.lib.format.open_memmap``); the storage dtype is the
+        file's. The file must not change while the store uses it. :meth:`save` writes a regular store directory.
+        """
+        return store_from_npy(cls, file, ids, corrector, similarity, texts, block_size)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], mmap: bool = True, verify: bool | None = None) -> CorrectedCacheStore:
+        """Load a store saved with :meth:`save`.
+
+        Args:
+            path: the saved directory.
+            mmap: memory-map the embeddings (read lazily, block by block) instead of reading them into memory.
+            verify: check the embeddings' SHA-256 (reads the whole file). Default: only when ``mmap=False``, since
+                the file is read in full then anyway. Every other file (config, ids, texts, corrector) is always
+                checked against its checksum, and the embeddings' size and header always.
+
+        A flipped bit inside the embeddings of a memory-mapped load (the default) is **not** detected: checking it
+        would read the whole file, which memory-mapping exists to avoid. Pass ``verify=True`` to check it (once,
+        at load), e.g. after copying a store between machines; ``docs/reliability.md`` counts what each mode detects.
+        """
+        return load_store(cls, path, mmap=mmap, verify=verify)
