@@ -89,33 +89,17 @@ def test_replay_options_are_validated(kwargs, error, match):
 
 
 def test_checkpoint_restores_the_replay_buffer(tmp_path, tiny_model):
-    from haystack_corrector.beir import document_text
-    from haystack_corrector.sentence_transformers import (
-        CorrectedMultipleNegativesRankingLoss,
-        CorrectorCallback,
-        build_training_dataset,
-        encode_corpus,
-    )
-    from tests.tiny_model import toy_corpus
+    from haystack_corrector.sentence_transformers import CorrectorCallback
+    from tests.tiny_model import toy_loss
 
-    corpus, queries, qrels = toy_corpus()
-    ids = list(corpus)
-
-    def make_loss():
-        store = encode_corpus(tiny_model, [document_text(corpus[i]) for i in ids], ids=ids, show_progress_bar=False)
-        dataset = build_training_dataset(queries, corpus, qrels, store)
-        return CorrectedMultipleNegativesRankingLoss(
-            tiny_model, store, dataset, num_negatives=1, replay_size=64, replay_steps=2
-        ), dataset
-
-    loss, dataset = make_loss()
+    loss, _, dataset = toy_loss(tiny_model, num_negatives=1, replay_size=64, replay_steps=2)
     tiny_model.train()
     batch = dataset.select(range(4))
     features = [tiny_model.preprocess(batch[c]) for c in ("anchor", "positive")]
     loss(features, torch.tensor(batch["label"]))
     assert len(loss.corrector_trainer.replay) > 0 and loss.corrector_trainer.steps == 3
     CorrectorCallback(loss).save_state(tmp_path)
-    restored, _ = make_loss()
+    restored, _, _ = toy_loss(tiny_model, num_negatives=1, replay_size=64, replay_steps=2)
     CorrectorCallback(restored).load_state(tmp_path)
     assert torch.equal(restored.corrector_trainer.replay.rows, loss.corrector_trainer.replay.rows)
     assert torch.equal(restored.corrector_trainer.replay.fresh, loss.corrector_trainer.replay.fresh)

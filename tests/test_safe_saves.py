@@ -181,20 +181,11 @@ def test_kill_during_sharded_encode_resumes_to_the_same_cache(tmp_path):
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_kill_during_a_training_checkpoint_leaves_old_or_new_corrector_state(tmp_path, tiny_model):
-    from haystack_corrector.beir import document_text
-    from haystack_corrector.sentence_transformers import (
-        CorrectedMultipleNegativesRankingLoss,
-        CorrectorCallback,
-        build_training_dataset,
-        encode_corpus,
-    )
-    from tests.tiny_model import toy_corpus
+    from haystack_corrector.sentence_transformers import CorrectorCallback
+    from tests.tiny_model import toy_loss
 
-    corpus, queries, qrels = toy_corpus()
-    ids = list(corpus)
-    store = encode_corpus(tiny_model, [document_text(corpus[i]) for i in ids], ids=ids, show_progress_bar=False)
-    dataset = build_training_dataset(queries, corpus, qrels, store)
-    callback = CorrectorCallback(CorrectedMultipleNegativesRankingLoss(tiny_model, store, dataset, num_negatives=1))
+    loss, store, _ = toy_loss(tiny_model, num_negatives=1)
+    callback = CorrectorCallback(loss)
 
     def set_weights(value):
         with torch.no_grad():

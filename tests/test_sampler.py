@@ -21,6 +21,15 @@ def _store(n=60, d=8, seed=0, similarity="cosine"):
     return CorrectedCacheStore(torch.randn(n, d, generator=generator), corrector=corrector, similarity=similarity)
 
 
+def _oracle_passes(sampler, score, lowest):
+    """Brute force: does a candidate with this score survive the sampler's score filters (mine_hard_negatives')?"""
+    if sampler.absolute_margin is not None and score + sampler.absolute_margin > lowest:
+        return False
+    if sampler.relative_margin is not None and score > lowest - abs(lowest) * sampler.relative_margin:
+        return False
+    return sampler.max_score is None or score <= sampler.max_score
+
+
 def oracle_window(store, query, positives, sampler):
     """Brute force: the candidate rows a sampler may return for one query, in order, per mine_hard_negatives."""
     targets = store.corrected_embeddings() if sampler.corrected else store.stale_embeddings()
@@ -28,16 +37,7 @@ def oracle_window(store, query, positives, sampler):
     ranked = sorted((r for r in range(len(store)) if r not in positives), key=lambda r: -scores[r])
     ranked = ranked[: sampler.window]
     lowest = min((scores[p] for p in positives), default=math.inf)
-    kept = []
-    for row in ranked:
-        s = scores[row]
-        if sampler.absolute_margin is not None and s + sampler.absolute_margin > lowest:
-            continue
-        if sampler.relative_margin is not None and s > lowest - abs(lowest) * sampler.relative_margin:
-            continue
-        if sampler.max_score is not None and s > sampler.max_score:
-            continue
-        kept.append(row)
+    kept = [row for row in ranked if _oracle_passes(sampler, scores[row], lowest)]
     return kept[sampler.range_min :]
 
 
@@ -47,17 +47,7 @@ def oracle_fill_pool(store, query, positives, sampler):
     scores = naive_scores(query.unsqueeze(0), targets, store.similarity)[0]
     ranked = sorted((r for r in range(len(store)) if r not in positives), key=lambda r: -scores[r])
     lowest = min((scores[p] for p in positives), default=math.inf)
-    pool = []
-    for row in ranked[sampler.window :]:
-        s = scores[row]
-        if sampler.absolute_margin is not None and s + sampler.absolute_margin > lowest:
-            continue
-        if sampler.relative_margin is not None and s > lowest - abs(lowest) * sampler.relative_margin:
-            continue
-        if sampler.max_score is not None and s > sampler.max_score:
-            continue
-        pool.append(row)
-    return pool
+    return [row for row in ranked[sampler.window :] if _oracle_passes(sampler, scores[row], lowest)]
 
 
 @settings(max_examples=60, deadline=None)

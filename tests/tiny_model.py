@@ -75,3 +75,19 @@ def toy_corpus(num_docs: int = 60, num_queries: int = 30, seed: int = 0):
         judged_irrelevant = rng.choice([d for d in range(num_docs) if d not in relevant])
         qrels[f"q{q}"][f"d{judged_irrelevant}"] = 0  # judged, not relevant: may be sampled as a negative
     return corpus, queries, qrels
+
+
+def toy_loss(model, **kwargs):
+    """(loss, store, dataset): a CorrectedMultipleNegativesRankingLoss over the toy corpus encoded by ``model``."""
+    from haystack_corrector.beir import document_text
+    from haystack_corrector.sentence_transformers import (
+        CorrectedMultipleNegativesRankingLoss,
+        build_training_dataset,
+        encode_corpus,
+    )
+
+    corpus, queries, qrels = toy_corpus()
+    ids = list(corpus)
+    store = encode_corpus(model, [document_text(corpus[i]) for i in ids], ids=ids, show_progress_bar=False)
+    dataset = build_training_dataset(queries, corpus, qrels, store)
+    return CorrectedMultipleNegativesRankingLoss(model, store, dataset, **kwargs), store, dataset
