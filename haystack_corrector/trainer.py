@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from haystack_corrector import drift_losses
 from haystack_corrector._validation import (
@@ -31,13 +29,13 @@ from haystack_corrector._validation import (
 )
 from haystack_corrector.cache_store import CorrectedCacheStore
 from haystack_corrector.evaluation import relative_error
+from haystack_corrector.offline_fit import OfflineFitMixin
 from haystack_corrector.replay import ReplayBuffer
-from haystack_corrector.scoring import dot_scores, normalize_rows
 
 logger = logging.getLogger(__name__)
 
 
-class CorrectorTrainer:
+class CorrectorTrainer(OfflineFitMixin):
     """Trains ``store.corrector`` with its own Adam(W) optimiser.
 
     Args:
@@ -280,100 +278,6 @@ class CorrectorTrainer:
         return self.store.corrector(
             self.store.stale_embeddings(rows).to(device), None if side is None else side.to(device)
         )
-
-    def fit(
-        self,
-        indices: ArrayLike | Sequence[int],
-        fresh_embeddings: ArrayLike,
-        epochs: int = 10,
-        batch_size: int = 256,
-        query_embeddings: ArrayLike | None = None,
-        seed: int | None = 0,
-        show_progress_bar: bool | None = None,
-        listwise_candidates: int | Literal["all"] | None = None,
-        query_batch_size: int = 64,
-    ) -> dict[str, float]:
-        """Offline fit on a paired sample: ``epochs`` shuffled passes in mini-batches of ``batch_size`` rows.
-
-        ``query_embeddings`` (optional, (Q, d)) are queries for the ranking terms. By default each step scores them
-        against the step's rows (in-batch listwise / score terms). With ``listwise_candidates=M``, the listwise term
-        instead uses, each step, ``query_batch_size`` random queries and each query's own M best rows of the sample
-        by fresh score: it teaches the corrector the ranking *near* each query, where hard negatives come from.
-        With ``listwise_candidates="all"``, each step's ``query_batch_size`` random queries rank *every* row of the
-        sample (the whole sample is corrected each step: meant for samples up to some tens of thousands of rows).
-        On CoSQA this lifted the corrected ranking's overlap@10 with the fresh one from 0.75 (MSE) to 0.79
-        (docs/experiments.md).
-        Returns ``staleness`` and ``corrected_error`` over all given rows after the fit, the last step's
-        ``drift_loss``, ``epochs`` and ``steps``.
-        """
-        if self.store.is_collective:
-            raise ValueError(
-                "CorrectorTrainer.fit is not collective, so it cannot train a ShardedCacheStore's corrector: fit on "
-                "the plain CorrectedCacheStore in one process, save the corrector, and load it on every rank"
-            )
-        rows, fresh, queries = self._inputs(indices, fresh_embeddings, query_embeddings)
-        neighbourhoods = None
-        if listwise_candidates is not None:
-            if isinstance(listwise_candidates, str) and listwise_candidates != "all":
-                raise ValueError(
-                    f"listwise_candidates must be a positive int, 'all' or None, got {listwise_candidates!r}"
-                )
-            query_batch_size = check_positive_int(query_batch_size, "query_batch_size")
-            if queries is None:
-                raise ValueError("listwise_candidates needs query_embeddings")
-            if self.listwise_weight <= 0:
-                raise ValueError("listwise_candidates needs listwise_weight > 0")
-            if listwise_candidates != "all":  # "all" needs no neighbourhoods: every query ranks the whole sample
-                size = check_positive_int(listwise_candidates, "listwise_candidates")
-                neighbourhoods = self._neighbourhoods(queries, fresh, min(size, rows.numel()))
-        epochs = check_positive_int(epochs, "epochs")
-        batch_size = check_positive_int(batch_size, "batch_size")
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        steps_per_epoch = math.ceil(rows.numel() / batch_size)
-        disable = (not logger.isEnabledFor(logging.INFO)) if show_progress_bar is None else not show_progress_bar
-        last: dict[str, float] = {}
-        with tqdm(total=epochs * steps_per_epoch, desc="Fitting corrector", unit="step", disable=disable) as bar:
-            for _ in range(epochs):
-                order = torch.randperm(rows.numel(), generator=generator)
-                for start in range(0, rows.numel(), batch_size):
-                    batch = order[start : start + batch_size]
-                    local = None
-                    if listwise_candidates is not None and queries is not None:
-                        picked = torch.randint(queries.shape[0], (query_batch_size,), generator=generator)
-                        if neighbourhoods is None:  # "all": every query ranks the whole sample
-                            local = (queries[picked], rows, fresh)
-                        else:
-                            positions = neighbourhoods[picked]
-                            local = (queries[picked], rows[positions], fresh[positions])
-                    last = self._step(rows[batch], fresh[batch], queries, local)
-                    bar.update(1)
-                    bar.set_postfix(drift_loss=f"{last['drift_loss']:.4g}")
-        corrected = self.store.corrected_embeddings(rows)
-        stale = self.store.stale_embeddings(rows)
-        result = {
-            "staleness": relative_error(stale, fresh),
-            "corrected_error": relative_error(corrected, fresh),
-            "drift_loss": last["drift_loss"],
-            "epochs": float(epochs),
-            "steps": float(epochs * steps_per_epoch),
-        }
-        logger.info(
-            "Fitted corrector on %d rows: relative error %.4f (stale) -> %.4f (corrected)",
-            rows.numel(),
-            result["staleness"],
-            result["corrected_error"],
-        )
-        return result
-
-    def _neighbourhoods(self, queries: torch.Tensor, fresh: torch.Tensor, size: int) -> torch.Tensor:
-        """(Q, size) positions of each query's best rows of the sample by fresh score (blocked over queries)."""
-        normalize = self.store.similarity == "cosine"
-        targets = normalize_rows(fresh, normalize)
-        out = []
-        for start in range(0, queries.shape[0], 1024):
-            block = normalize_rows(queries[start : start + 1024], normalize)
-            out.append(torch.topk(dot_scores(block, targets), size, dim=1).indices)
-        return torch.cat(out)
 
     # ------------------------------------------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict[str, Any]:
