@@ -220,7 +220,7 @@ class CorrectedCacheStore(CacheRows, CorrectedViewMixin, persistence.StorePersis
     def without_side_features(self) -> CorrectedCacheStore:
         """This store's rows, ids and texts (shared, not copied) without side features, with an identity corrector."""
         store = CorrectedCacheStore._from_storage(
-            self._storage, None, None, self.similarity, self.dtype, self.block_size
+            self._storage, None, Corrector(self._dim), self.similarity, self.dtype, self.block_size
         )
         store._ids, store._texts = self._ids, self._texts
         return store

@@ -196,7 +196,7 @@ def train_arm(config: ExperimentConfig, arm: Arm, seed: int, prepared: Prepared)
     torch.manual_seed(seed)
     model = load_model(prepared.model_path, config.max_seq_length)
     store = CorrectedCacheStore.load(prepared.cache_path, mmap=False)
-    if not arm.side_features:  # only the +side arms read the side features kept in the initial cache
+    if store.side_dim and not arm.side_features:  # only the +side arms read the side features of the cache
         store = store.without_side_features()
     store.corrector = Corrector(store.dim, hidden_dim=config.hidden_dim, side_dim=store.side_dim)
     dataset = build_training_dataset(prepared.train_queries, prepared.corpus, prepared.train_qrels, store)
