@@ -29,18 +29,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from haystack_corrector import CorrectedCacheStore, Corrector  # noqa: E402
 from haystack_corrector._atomic import previous_directory  # noqa: E402
-from tests.faults import SCENARIOS, count_steps, disk_full_at, killed_at, make_store, scenario  # noqa: E402
+from tests.faults import SCENARIOS, disk_full_at, killed_at, make_store, probe_steps, scenario  # noqa: E402
 
 
 def kill_table(root: Path) -> list[str]:
     rows = ["| save | operations killed | old save loads | new save loads | nothing saved yet | lost after next save |"]
     rows.append("|---|---|---|---|---|---|")
     for name in SCENARIOS:
-        probe = root / f"probe-{name}" / "target"
-        probe.parent.mkdir()
-        prepare, save, *_ = scenario(name, probe)
-        prepare()
-        labels = count_steps(save)
+        labels = probe_steps(root / f"probe-{name}", name)
         outcome: Counter[str] = Counter()
         for index in range(len(labels)):
             folder = root / f"kill-{name}-{index}" / "target"
@@ -69,11 +65,7 @@ def disk_full_table(root: Path) -> list[str]:
     rows = ["| save | operations failed with ENOSPC | error raised | previous save loads | temporary folders left |"]
     rows.append("|---|---|---|---|---|")
     for name in ("store over store", "corrector over corrector"):
-        probe = root / f"probe-full-{name}" / "target"
-        probe.parent.mkdir()
-        prepare, save, *_ = scenario(name, probe)
-        prepare()
-        labels = count_steps(save)
+        labels = probe_steps(root / f"probe-full-{name}", name)
         outcome: Counter[str] = Counter()
         for index, label in enumerate(labels):
             folder = root / f"full-{name}-{index}" / "target"

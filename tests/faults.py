@@ -143,3 +143,12 @@ def scenario(name: str, folder):
         make_store(1),
         same_store,
     )
+
+
+def probe_steps(folder, name: str) -> list[str]:
+    """The labels of the filesystem operations of scenario ``name``'s save, run once into ``folder``/target."""
+    target = folder / "target"
+    folder.mkdir(parents=True)
+    prepare, save, *_ = scenario(name, target)
+    prepare()
+    return count_steps(save)
