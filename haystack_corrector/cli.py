@@ -73,13 +73,14 @@ def cmd_mine(args: argparse.Namespace) -> int:
     sampler = HardNegativeSampler(
         store,
         num_negatives=args.num_negatives,
-        strategy=args.strategy,
+        sampling_strategy=args.sampling_strategy,
         temperature=args.temperature,
         range_min=args.range_min,
         range_max=args.range_max,
         absolute_margin=args.absolute_margin,
         relative_margin=args.relative_margin,
         max_score=args.max_score,
+        min_score=args.min_score,
         corrected=not args.stale,
         seed=args.seed,
     )
@@ -212,13 +213,14 @@ def build_parser() -> argparse.ArgumentParser:
     mine.add_argument("--output", required=True, help="JSONL file (refused if it exists, unless --overwrite)")
     mine.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     mine.add_argument("--num-negatives", type=int, default=3)
-    mine.add_argument("--strategy", default="top", choices=["top", "gumbel", "random"])
+    mine.add_argument("--sampling-strategy", default="top", choices=["top", "gumbel", "random"])
     mine.add_argument("--temperature", type=float, default=0.05)
     mine.add_argument("--range-min", type=int, default=0)
     mine.add_argument("--range-max", type=int, default=None)
     mine.add_argument("--absolute-margin", type=float, default=None)
     mine.add_argument("--relative-margin", type=float, default=None)
     mine.add_argument("--max-score", type=float, default=None)
+    mine.add_argument("--min-score", type=float, default=None)
     mine.add_argument("--stale", action="store_true", help="ignore the store's corrector")
     mine.add_argument("--seed", type=int, default=0)
     mine.add_argument("--max-seq-length", type=int, default=128)

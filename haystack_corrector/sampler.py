@@ -5,9 +5,9 @@ Argument names and filter semantics follow sentence-transformers' ``mine_hard_ne
 1. Candidates are the ``range_max`` best-scoring rows of the query that are not its positives.
 2. ``absolute_margin`` drops candidates with ``score + absolute_margin > min positive score``; ``relative_margin``
    drops ``score > p - |p| * relative_margin`` (p = the query's lowest positive score); ``max_score`` drops
-   ``score > max_score``.
+   ``score > max_score`` (too similar to the anchor); ``min_score`` drops ``score < min_score`` (too dissimilar).
 3. The ``range_min`` best of the remaining candidates are skipped (likely false negatives).
-4. ``strategy`` picks ``num_negatives`` of the rest: ``"top"`` the best, ``"gumbel"`` a sample without replacement from
+4. ``sampling_strategy`` picks ``num_negatives`` of the rest: ``"top"`` the best, ``"gumbel"`` a sample without replacement from
    softmax(score / temperature) (Gumbel-top-k), ``"random"`` a uniform sample.
 
 When the filters leave fewer than ``num_negatives`` candidates, the gap is filled with uniformly random rows from
@@ -40,7 +40,7 @@ from haystack_corrector.scoring import similarity_scores
 
 logger = logging.getLogger(__name__)
 
-STRATEGIES = ("top", "gumbel", "random")
+SAMPLING_STRATEGIES = ("top", "gumbel", "random")
 _DEFAULT_WINDOW_FACTOR = 10
 
 
@@ -50,13 +50,13 @@ class HardNegativeSampler:
     Args:
         store: the cache to sample from.
         num_negatives: negatives per query.
-        strategy: ``"top"``, ``"gumbel"`` or ``"random"`` (see the module docstring).
+        sampling_strategy: ``"top"``, ``"gumbel"`` or ``"random"`` (see the module docstring).
         temperature: softmax temperature τ for ``"gumbel"``.
         range_min: skip this many best candidates (after the score filters).
         range_max: consider only the ``range_max`` best non-positive rows. Default: ``range_min + num_negatives`` for
             ``"top"`` without filters (as in sentence-transformers), else ``range_min + 10 * num_negatives``, so that
             sampling and filtering have room to choose.
-        absolute_margin, relative_margin, max_score: score filters (module docstring).
+        absolute_margin, relative_margin, max_score, min_score: score filters (module docstring).
         corrected: score against the corrected cache h(g') (True) or the stale cache g' (False, the ablation).
         seed: seed of the sampler's own random generator (``None``: non-deterministic).
         max_view_age: for corrected sampling, tolerate a materialised corrected view up to this many corrector
@@ -71,7 +71,7 @@ class HardNegativeSampler:
         >>> import torch
         >>> from haystack_corrector import CorrectedCacheStore, HardNegativeSampler
         >>> store = CorrectedCacheStore(torch.randn(100, 16))
-        >>> sampler = HardNegativeSampler(store, num_negatives=3, strategy="gumbel", range_max=20, seed=0)
+        >>> sampler = HardNegativeSampler(store, num_negatives=3, sampling_strategy="gumbel", range_max=20, seed=0)
         >>> sampler.sample(torch.randn(2, 16), positives=[[0], [1, 2]]).shape
         torch.Size([2, 3])
     """
@@ -80,13 +80,14 @@ class HardNegativeSampler:
         self,
         store: CorrectedCacheStore,
         num_negatives: int = 4,
-        strategy: str = "top",
+        sampling_strategy: str = "top",
         temperature: float = 0.05,
         range_min: int = 0,
         range_max: int | None = None,
         absolute_margin: float | None = None,
         relative_margin: float | None = None,
         max_score: float | None = None,
+        min_score: float | None = None,
         corrected: bool = True,
         seed: int | None = None,
         max_view_age: int | None = None,
@@ -96,7 +97,7 @@ class HardNegativeSampler:
             raise TypeError(f"store must be a CorrectedCacheStore, got {type(store).__name__}")
         self.store = store
         self.num_negatives = check_positive_int(num_negatives, "num_negatives")
-        self.strategy = check_choice(strategy, "strategy", STRATEGIES)
+        self.sampling_strategy = check_choice(sampling_strategy, "sampling_strategy", SAMPLING_STRATEGIES)
         self.temperature = check_float(temperature, "temperature", minimum=0.0, strict=True)
         self.range_min = range_min = check_non_negative_int(range_min, "range_min")
         if range_max is not None:
@@ -114,6 +115,9 @@ class HardNegativeSampler:
         self.absolute_margin = check_float(absolute_margin, "absolute_margin", optional=True)
         self.relative_margin = check_float(relative_margin, "relative_margin", optional=True)
         self.max_score = check_float(max_score, "max_score", optional=True)
+        self.min_score = check_float(min_score, "min_score", optional=True)
+        if self.max_score is not None and self.min_score is not None and self.min_score > self.max_score:
+            raise ValueError(f"min_score ({self.min_score}) must not exceed max_score ({self.max_score})")
         if not isinstance(corrected, bool):
             raise TypeError(f"corrected must be a bool, got {describe(corrected)}")
         self.corrected = corrected
@@ -135,32 +139,36 @@ class HardNegativeSampler:
             "skipped_absolute_margin": 0,
             "skipped_relative_margin": 0,
             "skipped_max_score": 0,
+            "skipped_min_score": 0,
             "unfillable_queries": 0,
         }
 
     @property
     def has_filters(self) -> bool:
-        return self.absolute_margin is not None or self.relative_margin is not None or self.max_score is not None
+        return any(
+            value is not None for value in (self.absolute_margin, self.relative_margin, self.max_score, self.min_score)
+        )
 
     @property
     def window(self) -> int:
         """How many best non-positive rows are considered (``range_max`` or its default)."""
         if self.range_max is not None:
             return self.range_max
-        if self.strategy == "top" and not self.has_filters:
+        if self.sampling_strategy == "top" and not self.has_filters:
             return self.range_min + self.num_negatives
         return self.range_min + _DEFAULT_WINDOW_FACTOR * self.num_negatives
 
     def get_config_dict(self) -> dict[str, Any]:
         return {
             "num_negatives": self.num_negatives,
-            "strategy": self.strategy,
+            "sampling_strategy": self.sampling_strategy,
             "temperature": self.temperature,
             "range_min": self.range_min,
             "range_max": self.range_max,
             "absolute_margin": self.absolute_margin,
             "relative_margin": self.relative_margin,
             "max_score": self.max_score,
+            "min_score": self.min_score,
             "corrected": self.corrected,
             "seed": self.seed,
             "max_view_age": self.max_view_age,
@@ -209,6 +217,8 @@ class HardNegativeSampler:
             masks.append(("skipped_relative_margin", scores > lowest - lowest.abs() * self.relative_margin))
         if self.max_score is not None:
             masks.append(("skipped_max_score", scores > self.max_score))
+        if self.min_score is not None:
+            masks.append(("skipped_min_score", scores < self.min_score))
         return masks
 
     def _apply_filters(self, scores: torch.Tensor, lowest: torch.Tensor | None) -> torch.Tensor:
@@ -239,10 +249,10 @@ class HardNegativeSampler:
 
     def _choose(self, scores: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         k = min(self.num_negatives, scores.shape[1])
-        if self.strategy == "top":
+        if self.sampling_strategy == "top":
             # Candidates are sorted best first: keep the first valid ones in order.
             keys = -torch.arange(scores.shape[1], dtype=torch.float32).expand_as(scores).clone()
-        elif self.strategy == "gumbel":
+        elif self.sampling_strategy == "gumbel":
             uniform = torch.rand(scores.shape, generator=self.generator).clamp_(1e-20, 1.0)
             keys = scores / self.temperature - torch.log(-torch.log(uniform))
         else:
@@ -285,7 +295,7 @@ class HardNegativeSampler:
             logger.info(
                 "Filled %d of %d negatives (%.1f%%) for %d of %d queries with random rows outside the window that "
                 "pass the filters: the window (range_min=%d, range_max=%d) and filters left too few candidates. "
-                "Consider widening range_max or loosening absolute_margin/relative_margin/max_score.",
+                "Consider widening range_max or loosening absolute_margin/relative_margin/max_score/min_score.",
                 filled,
                 negatives.shape[0] * self.num_negatives,
                 100.0 * filled / (negatives.shape[0] * self.num_negatives),
@@ -332,5 +342,5 @@ class HardNegativeSampler:
             f"Cannot sample {self.num_negatives} negatives for query {position}: only {self.num_negatives - count + len(picked)} "
             f"rows of {num_rows} are neither positives nor rejected by range_min={self.range_min} and the score "
             f"filters (absolute_margin={self.absolute_margin}, relative_margin={self.relative_margin}, "
-            f"max_score={self.max_score}). Loosen the filters or lower num_negatives"
+            f"max_score={self.max_score}, min_score={self.min_score}). Loosen the filters or lower num_negatives"
         )

@@ -30,7 +30,9 @@ def main(model_folder: str, output: str) -> None:
     torch.manual_seed(0)
     store.corrector = Corrector(store.dim, hidden_dim=32)
     dataset = build_training_dataset(queries, corpus, qrels, store)
-    loss = CorrectedMultipleNegativesRankingLoss(model, store, dataset, num_negatives=2, corrector_lr=5e-3)
+    loss = CorrectedMultipleNegativesRankingLoss(
+        model, store, num_negatives=2, train_dataset=dataset, corrector_lr=5e-3
+    )
     args = SentenceTransformerTrainingArguments(
         output_dir=output,
         max_steps=4,

@@ -29,7 +29,7 @@ _SCRIPT = textwrap.dedent(
 
     store = CorrectedCacheStore(torch.randn(50, 8), corrector=Corrector(8))
     CorrectorTrainer(store).observe([0, 1], torch.randn(2, 8))
-    negatives = HardNegativeSampler(store, 3, strategy="gumbel", range_max=10, seed=0).sample(torch.randn(2, 8), [[0], [1]])
+    negatives = HardNegativeSampler(store, 3, sampling_strategy="gumbel", range_max=10, seed=0).sample(torch.randn(2, 8), [[0], [1]])
     assert negatives.shape == (2, 3)
     loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
     assert not loaded, loaded

@@ -170,8 +170,7 @@ def _run_loss(loss, model, batches, record):
     model.train()
     for batch in batches:
         features = [model.preprocess(batch["anchor"]), model.preprocess(batch["positive"])]
-        out = loss(features, torch.tensor(batch["label"]))
-        out["infonce"].backward()
+        loss(features, None).backward()
 
 
 def _ddp_loss_worker(rank: int, world: int, port: int, model_folder: str, out: dict) -> None:
@@ -179,16 +178,20 @@ def _ddp_loss_worker(rank: int, world: int, port: int, model_folder: str, out: d
 
     from haystack_corrector.distributed import ShardedCacheStore
     from haystack_corrector.sentence_transformers import CorrectedMultipleNegativesRankingLoss
+    from haystack_corrector.sentence_transformers.negatives.source import no_grad_encoder
 
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         model, store, dataset = _loss_setup(model_folder)
-        loss = CorrectedMultipleNegativesRankingLoss(model, store, dataset, num_negatives=2, corrector_lr=0.01)
-        # What SentenceTransformerTrainer does under DDP: the loss gets the wrapped model.
+        loss = CorrectedMultipleNegativesRankingLoss(
+            model, store, num_negatives=2, train_dataset=dataset, corrector_lr=0.01
+        )
+        # What SentenceTransformerTrainer does under DDP: the loss (and the loss it wraps) get the wrapped model.
         wrapped = DistributedDataParallel(model, find_unused_parameters=True)  # as the HF Trainer sets it
         wrapped.preprocess = model.preprocess
         loss.model = wrapped
+        loss.loss.model = wrapped
         record: list[torch.Tensor] = []
         batches = [dataset.select(range(start + 4 * rank, start + 4 * rank + 4)) for start in (0, 8)]
         _run_loss(loss, model, batches, record)
@@ -197,7 +200,7 @@ def _ddp_loss_worker(rank: int, world: int, port: int, model_folder: str, out: d
             "bounds": (loss.store.row_offset, loss.store.row_offset + len(loss.store.local)),
             "negatives": record,
             "corrector": {k: v.clone() for k, v in loss.store.corrector.state_dict().items()},
-            "static": loss._encode_no_grad(["works through the DDP wrapper"]).shape,
+            "static": no_grad_encoder(loss.model, 8)(["works through the DDP wrapper"]).shape,
         }
     finally:
         dist.destroy_process_group()
@@ -212,7 +215,9 @@ def test_loss_under_ddp_samples_from_the_global_cache_like_one_process(tiny_mode
     mp.spawn(_ddp_loss_worker, args=(2, _free_port(), str(tiny_model_folder), out), nprocs=2, join=True)
     # One process, whole batches (both ranks' halves): same negatives per anchor, same corrector after the steps.
     model, store, dataset = _loss_setup(str(tiny_model_folder))
-    loss = CorrectedMultipleNegativesRankingLoss(model, store, dataset, num_negatives=2, corrector_lr=0.01)
+    loss = CorrectedMultipleNegativesRankingLoss(
+        model, store, num_negatives=2, train_dataset=dataset, corrector_lr=0.01
+    )
     record: list[torch.Tensor] = []
     _run_loss(loss, model, [dataset.select(range(start, start + 8)) for start in (0, 8)], record)
     outside_own_shard = 0

@@ -164,7 +164,7 @@ def test_fuzz_sampler(queries, positives, num_negatives, strategy, max_score):
     store = _base_store()
     try:
         sampler = HardNegativeSampler(
-            store, num_negatives, strategy=strategy, max_score=max_score, range_max=12, seed=0
+            store, num_negatives, sampling_strategy=strategy, max_score=max_score, range_max=12, seed=0
         )
         negatives = sampler.sample(queries, positives)
     except Exception as exc:  # noqa: BLE001

@@ -172,6 +172,7 @@ class TestCorrectedHardNegativeMiner:
                 "absolute_margin": None,
                 "relative_margin": None,
                 "max_score": None,
+                "min_score": None,
                 "seed": None,
                 "similarity": None,
             },
@@ -245,7 +246,7 @@ class TestCorrectedHardNegativeMiner:
         assert ids == [i for i in ranked if i not in ("doc0", "doc20")][:3]
 
     def test_wrong_input(self, document_store):
-        with pytest.raises(ValueError, match="Unknown strategy 'best'"):
+        with pytest.raises(ValueError, match="Unknown sampling_strategy 'best'"):
             CorrectedHardNegativeMiner(document_store, sampling_strategy="best")
         with pytest.raises(ValueError, match="num_negatives must be > 0"):
             CorrectedHardNegativeMiner(document_store, num_negatives=0)

@@ -67,7 +67,7 @@ def test_sampler_invariants(num_negatives, strategy, range_min, extra, margin, m
     sampler = HardNegativeSampler(
         store,
         num_negatives=num_negatives,
-        strategy=strategy,
+        sampling_strategy=strategy,
         range_min=range_min,
         range_max=range_min + num_negatives + extra,
         absolute_margin=margin,
@@ -160,7 +160,9 @@ def test_gumbel_samples_follow_the_softmax():
     # k = 1 Gumbel-max draws are exact samples from softmax(score / temperature): compare frequencies.
     store = CorrectedCacheStore(torch.eye(5), similarity="dot")
     query = torch.tensor([[0.0, 0.05, 0.1, 0.15, 0.2]])
-    sampler = HardNegativeSampler(store, num_negatives=1, strategy="gumbel", temperature=0.05, range_max=5, seed=0)
+    sampler = HardNegativeSampler(
+        store, num_negatives=1, sampling_strategy="gumbel", temperature=0.05, range_max=5, seed=0
+    )
     counts = torch.zeros(5)
     draws = 4000
     for _ in range(draws):
@@ -172,8 +174,8 @@ def test_gumbel_samples_follow_the_softmax():
 def test_seed_makes_sampling_reproducible():
     store = _store()
     q = torch.randn(4, 8)
-    a = HardNegativeSampler(store, 3, strategy="random", range_max=30, seed=5).sample(q, [[0]] * 4)
-    b = HardNegativeSampler(store, 3, strategy="random", range_max=30, seed=5).sample(q, [[0]] * 4)
+    a = HardNegativeSampler(store, 3, sampling_strategy="random", range_max=30, seed=5).sample(q, [[0]] * 4)
+    b = HardNegativeSampler(store, 3, sampling_strategy="random", range_max=30, seed=5).sample(q, [[0]] * 4)
     assert torch.equal(a, b)
 
 
@@ -193,7 +195,7 @@ def test_default_window():
     store = _store()
     assert HardNegativeSampler(store, 4).window == 4
     assert HardNegativeSampler(store, 4, range_min=2).window == 6
-    assert HardNegativeSampler(store, 4, strategy="gumbel").window == 40
+    assert HardNegativeSampler(store, 4, sampling_strategy="gumbel").window == 40
     assert HardNegativeSampler(store, 4, max_score=0.9).window == 40
 
 
@@ -202,7 +204,7 @@ def test_default_window():
     [
         ({"num_negatives": 0}, ValueError, "num_negatives must be > 0, got 0"),
         ({"num_negatives": -3}, ValueError, "num_negatives must be > 0, got -3"),
-        ({"strategy": "hardest"}, ValueError, "Unknown strategy 'hardest'"),
+        ({"sampling_strategy": "hardest"}, ValueError, "Unknown sampling_strategy 'hardest'"),
         ({"temperature": 0}, ValueError, "temperature must be > 0, got 0"),
         ({"temperature": -1.0}, ValueError, "temperature must be > 0"),
         ({"range_min": 5, "range_max": 5}, ValueError, "range_min must be smaller than range_max"),

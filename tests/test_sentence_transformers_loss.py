@@ -1,19 +1,26 @@
+"""CorrectedNegativesLoss / CorrectedMultipleNegativesRankingLoss, one forward at a time, against the host's losses."""
+
 from __future__ import annotations
+
+import logging
 
 import pytest
 import torch
 
 pytest.importorskip("sentence_transformers")
 
-from haystack_corrector import CorrectedCacheStore  # noqa: E402
+from datasets import Dataset  # noqa: E402
+from sentence_transformers.sentence_transformer import losses as st_losses  # noqa: E402
+
+from haystack_corrector import CorrectedCacheStore, Corrector  # noqa: E402
 from haystack_corrector.beir import document_text  # noqa: E402
 from haystack_corrector.sentence_transformers import (  # noqa: E402
     CorrectedMultipleNegativesRankingLoss,
+    CorrectedNegativesLoss,
     build_training_dataset,
     encode_corpus,
 )
-from haystack_corrector.sentence_transformers._compat import multiple_negatives_ranking_loss  # noqa: E402
-from tests.tiny_model import toy_corpus  # noqa: E402
+from tests.tiny_model import load_tiny_model, toy_corpus  # noqa: E402
 
 
 @pytest.fixture
@@ -26,267 +33,424 @@ def setup(tiny_model):
 
 
 def _features(model, texts):
-    return model.preprocess(texts) if hasattr(model, "preprocess") else model.tokenize(texts)
+    return model.preprocess(list(texts))
+
+
+def _columns(model, batch, names=("anchor", "positive")):
+    return [_features(model, batch[name]) for name in names]
 
 
 def _grads(model):
     return [p.grad.detach().clone() for p in model.parameters() if p.grad is not None]
 
 
-def test_dataset_columns_and_labels(setup):
+def _stale(store, seed=0, scale=0.05):
+    """Make the cache stale (fresh != stale), so the drift loss is non-zero and the corrector has to move."""
+    noise = torch.randn(len(store), store.dim, generator=torch.Generator().manual_seed(seed)) * scale
+    store.replace_embeddings(store.stale_embeddings() + noise)
+
+
+def test_build_training_dataset_gives_plain_pairs(setup):
     _, store, dataset, qrels = setup
-    assert dataset.column_names == ["anchor", "positive", "label"]
+    assert dataset.column_names == ["anchor", "positive"]
     relevant_pairs = sum(1 for judged in qrels.values() for grade in judged.values() if grade > 0)
     assert len(dataset) == relevant_pairs  # grade-0 judgments are not positives
-    for row in dataset.select(range(5)):
-        assert store.texts[row["label"] % len(store)] == row["positive"]
+    assert set(dataset["positive"]) <= set(store.texts)
 
 
-def test_loss_with_fixed_negatives_equals_mnrl_value_and_gradients(setup):
+def test_wrapped_mnrl_equals_mnrl_on_the_sampled_negatives_value_and_gradients(setup):
     model, store, dataset, _ = setup
     model.train()
     batch = dataset.select(range(6))
-    k = 3
-    fixed = torch.tensor([[(7 * i + j) % len(store) for j in range(k)] for i in range(6)])
-    loss = CorrectedMultipleNegativesRankingLoss(model, store, dataset, num_negatives=k, corrector_lr=1e-3)
-    loss.sampler.sample = lambda queries, positives: fixed
-    labels = torch.tensor(batch["label"])
+    loss = CorrectedMultipleNegativesRankingLoss(model, store, num_negatives=3, train_dataset=dataset, range_max=20)
     model.zero_grad()
-    ours = loss([_features(model, batch["anchor"]), _features(model, batch["positive"])], labels)
-    ours["infonce"].backward()
+    ours = loss(_columns(model, batch), None)
+    assert isinstance(ours, torch.Tensor) and ours.ndim == 0  # the logged loss is the retrieval loss alone
+    ours.backward()
     our_grads = _grads(model)
+    rows = loss.last_negative_rows
+    assert rows.shape == (6, 3)
 
-    negative_columns = [[store.texts[r] for r in fixed[:, j].tolist()] for j in range(k)]
-    mnrl = multiple_negatives_ranking_loss()(model)
+    reference_loss = st_losses.MultipleNegativesRankingLoss(model)
     model.zero_grad()
-    features = [_features(model, batch["anchor"]), _features(model, batch["positive"])]
-    features += [_features(model, column) for column in negative_columns]
-    reference = mnrl(features, None)
+    features = _columns(model, batch) + [
+        _features(model, [store.texts[r] for r in rows[:, j].tolist()]) for j in range(3)
+    ]
+    reference = reference_loss(features, None)
     reference.backward()
-    torch.testing.assert_close(ours["infonce"], reference, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours, reference, atol=1e-6, rtol=1e-6)
     for a, b in zip(our_grads, _grads(model)):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
-def test_negatives_none_equals_mnrl(setup):
+def test_inbatch_is_exactly_the_wrapped_loss(setup):
     model, store, dataset, _ = setup
+    model.train()
     batch = dataset.select(range(8))
-    loss = CorrectedMultipleNegativesRankingLoss(model, store, dataset, negatives="inbatch")
-    features = [_features(model, batch["anchor"]), _features(model, batch["positive"])]
-    ours = loss(features, torch.tensor(batch["label"]))
-    reference = multiple_negatives_ranking_loss()(model)(features, None)
-    torch.testing.assert_close(ours["infonce"], reference, atol=1e-6, rtol=1e-6)
-    assert set(ours) == {"infonce", "drift"}
+    loss = CorrectedMultipleNegativesRankingLoss(model, store, train_dataset=dataset, negatives="inbatch")
+    ours = loss(_columns(model, batch), None)
+    reference = st_losses.MultipleNegativesRankingLoss(model)(_columns(model, batch), None)
+    torch.testing.assert_close(ours, reference, atol=1e-6, rtol=1e-6)
+    assert loss.last_negative_rows is None
+
+
+def _relevant_rows(store, qrels, queries):
+    by_text = {}
+    for query_id, judged in qrels.items():
+        positive_texts = {store.texts[store.rows_of([d])[0]] for d, g in judged.items() if g > 0}
+        by_text[queries[query_id]] = {r for r, text in enumerate(store.texts) if text in positive_texts}
+    return by_text
 
 
 @pytest.mark.parametrize("negatives", ["corrector", "stale"])
-def test_sampled_negative_is_never_relevant(setup, negatives):
-    model, store, dataset, qrels = setup
+def test_a_multi_positive_anchor_never_gets_its_other_positives(tiny_model, negatives):
+    """A plain (anchor, positive) Dataset, a batch holding one positive per anchor: the others are never sampled."""
+    corpus, queries, qrels = toy_corpus()
+    ids = list(corpus)
+    store = encode_corpus(tiny_model, [document_text(corpus[i]) for i in ids], ids=ids, show_progress_bar=False)
+    pairs = [(queries[q], document_text(corpus[d])) for q, judged in qrels.items() for d, g in judged.items() if g > 0]
+    dataset = Dataset.from_dict({"anchor": [a for a, _ in pairs], "positive": [p for _, p in pairs]})
     loss = CorrectedMultipleNegativesRankingLoss(
-        model, store, dataset, num_negatives=5, negatives=negatives, strategy="random", range_max=40, seed=0
+        tiny_model,
+        store,
+        num_negatives=8,
+        train_dataset=dataset,
+        negatives=negatives,
+        sampling_strategy="random",
+        range_max=40,
+        seed=0,
     )
-    seen = []
-    original = loss.sampler.sample
-
-    def recording(queries, positives):
-        rows = original(queries, positives)
-        seen.append((rows, positives))
-        return rows
-
-    loss.sampler.sample = recording
-    relevant_by_query = {
-        query: {store.rows_of([d])[0] for d, g in judged.items() if g > 0} for query, judged in qrels.items()
-    }
-    for start in range(0, len(dataset), 8):
-        batch = dataset.select(range(start, min(start + 8, len(dataset))))
-        loss([_features(model, batch["anchor"]), _features(model, batch["positive"])], torch.tensor(batch["label"]))
-    all_relevant_sets = [frozenset(s) for s in relevant_by_query.values()]
-    for rows, positives in seen:
-        for query_rows, query_positives in zip(rows.tolist(), positives):
-            assert frozenset(query_positives) in all_relevant_sets  # the loss excludes ALL relevant rows of the query
-            assert not set(query_rows) & set(query_positives)
-    assert any(len(p) > 1 for _, ps in seen for p in ps), "the toy data must contain multi-positive queries"
+    relevant = _relevant_rows(store, qrels, queries)
+    assert any(len(rows) > 1 for rows in relevant.values()), "the toy data must contain multi-positive anchors"
+    tiny_model.train()
+    first_positive = {}
+    for anchor, positive in pairs:
+        first_positive.setdefault(anchor, positive)
+    anchors = list(first_positive)
+    for start in range(0, len(anchors), 8):
+        chunk = anchors[start : start + 8]
+        loss([_features(tiny_model, chunk), _features(tiny_model, [first_positive[a] for a in chunk])], None)
+        for anchor, rows in zip(chunk, loss.last_negative_rows.tolist()):
+            assert not set(rows) & relevant[anchor], anchor
 
 
-def test_only_the_corrector_is_trained_by_the_drift_loss(setup):
+def test_without_train_dataset_the_batch_positive_and_its_copies_are_excluded(tiny_model):
+    corpus, queries, qrels = toy_corpus()
+    for doc in list(corpus)[:20]:
+        corpus[f"copy-of-{doc}"] = dict(corpus[doc])  # same text under another id, as in CoSQA
+    ids = list(corpus)
+    store = encode_corpus(tiny_model, [document_text(corpus[i]) for i in ids], ids=ids, show_progress_bar=False)
+    loss = CorrectedMultipleNegativesRankingLoss(tiny_model, store, num_negatives=10, range_max=30)
+    tiny_model.train()
+    anchors = [document_text(corpus[f"d{i}"]) for i in range(8)]  # anchor = the document itself: its hardest match
+    loss([_features(tiny_model, anchors), _features(tiny_model, anchors)], None)
+    for i, rows in enumerate(loss.last_negative_rows.tolist()):
+        text = anchors[i]
+        assert all(store.texts[r] != text for r in rows), "the positive or a copy of it was sampled as a negative"
+
+
+def test_relevant_by_id_adds_rows_never_sampled(setup):
     model, store, dataset, _ = setup
-    # Make the cache stale (fresh != stale), so the drift loss is non-zero and the corrector has to move.
-    noise = torch.randn(len(store), store.dim, generator=torch.Generator().manual_seed(0)) * 0.05
-    store.replace_embeddings(store.stale_embeddings() + noise)
-    loss = CorrectedMultipleNegativesRankingLoss(model, store, dataset, num_negatives=2, corrector_lr=1e-2)
+    model.train()
+    anchor = dataset[0]["anchor"]
+    plain = CorrectedMultipleNegativesRankingLoss(model, store, num_negatives=3, train_dataset=dataset, seed=0)
+    plain([_features(model, [anchor]), _features(model, [dataset[0]["positive"]])], None)
+    banned = [store.ids[r] for r in plain.last_negative_rows[0].tolist()]
+    loss = CorrectedMultipleNegativesRankingLoss(
+        model, store, num_negatives=3, train_dataset=dataset, relevant={anchor: banned}, seed=0
+    )
+    loss([_features(model, [anchor]), _features(model, [dataset[0]["positive"]])], None)
+    assert not set(loss.last_negative_rows[0].tolist()) & set(store.rows_of(banned))
+    with pytest.raises(ValueError, match="not in the store"):
+        CorrectedMultipleNegativesRankingLoss(model, store, train_dataset=dataset, relevant={anchor: ["nope"]})
+
+
+def test_mine_hard_negatives_output_trains_and_its_negatives_are_kept(setup):
+    from sentence_transformers.util import mine_hard_negatives
+
+    model, store, dataset, _ = setup
+    mined = mine_hard_negatives(
+        dataset,
+        model,
+        corpus=list(store.texts),
+        num_negatives=2,
+        output_format="n-tuple",
+        verbose=False,
+        range_max=10,
+    )
+    assert mined.column_names == ["anchor", "positive", "negative_1", "negative_2"]
+    model.train()
+    loss = CorrectedMultipleNegativesRankingLoss(model, store, num_negatives=2, train_dataset=mined, seed=0)
+    batch = mined.select(range(6))
+    columns = _columns(model, batch, mined.column_names)
+    value = loss(columns, None)
+    rows = loss.last_negative_rows
+    for i in range(6):
+        existing = {batch[i]["negative_1"], batch[i]["negative_2"]}
+        assert not {store.texts[r] for r in rows[i].tolist()} & existing, "a kept negative was sampled again"
+    reference = st_losses.MultipleNegativesRankingLoss(model)(
+        columns + [_features(model, [store.texts[r] for r in rows[:, j].tolist()]) for j in range(2)], None
+    )
+    torch.testing.assert_close(value, reference, atol=1e-6, rtol=1e-6)
+
+
+def test_drift_step_uses_the_embeddings_the_wrapped_loss_computed(setup):
+    model, store, dataset, _ = setup
+    _stale(store)
+    loss = CorrectedMultipleNegativesRankingLoss(
+        model, store, num_negatives=2, train_dataset=dataset, corrector_lr=1e-2
+    )
     assert not any(p is q for p in loss.parameters() for q in store.corrector.parameters())
+    observed = []
+    observe = loss.corrector_trainer.observe
+    loss.corrector_trainer.observe = lambda rows, fresh, **kw: (
+        observed.append((rows, fresh)),
+        observe(rows, fresh, **kw),
+    )[1]
+    calls = []
+    handle = model.register_forward_hook(lambda module, inputs, output: calls.append(1))
     before = [p.detach().clone() for p in store.corrector.parameters()]
     batch = dataset.select(range(4))
     model.train()
-    loss([_features(model, batch["anchor"]), _features(model, batch["positive"])], torch.tensor(batch["label"]))
+    loss(_columns(model, batch), None)
+    handle.remove()
+    # One no-grad anchor forward to sample with, then MNRL's own: the anchors, and the merged candidates. No more.
+    assert len(calls) == 3
+    rows, fresh = observed[0]
+    assert rows.numel() == 4 * 3  # 4 positives + 4 x 2 sampled negatives
+    model.eval()
+    expected = model.encode([store.texts[r] for r in rows.tolist()], convert_to_tensor=True).cpu()
+    torch.testing.assert_close(fresh, expected, atol=1e-5, rtol=1e-4)
     assert all(p.grad is None for p in model.parameters())  # the drift step does not touch the encoder
-    after = list(store.corrector.parameters())
-    assert any(not torch.equal(a, b) for a, b in zip(before, after)), "the drift step must train the corrector"
+    assert any(not torch.equal(a, b) for a, b in zip(before, store.corrector.parameters()))
     metrics = loss.pop_metrics()
     assert metrics["corrector/staleness"] > 1e-4 and metrics["corrector/drift_loss"] > 0
+    assert metrics["corrector/target_forward_passes"] == 12
+
+
+def _run_one_step(model, store, inner_factory, batch, seed=0):
+    loss = CorrectedNegativesLoss(
+        model,
+        inner_factory(model),
+        store,
+        num_negatives=2,
+        range_max=20,
+        seed=seed,
+        sampling_strategy="gumbel",
+        corrector_lr=1e-2,
+    )
+    model.train()
+    model.zero_grad()
+    value = loss(_columns(model, batch), None)
+    value.backward()
+    return (
+        value.detach(),
+        _grads(model),
+        loss.last_negative_rows,
+        {k: v.clone() for k, v in store.corrector.state_dict().items()},
+    )
+
+
+def test_wrapped_cached_mnrl_equals_wrapped_mnrl(setup, tiny_model_folder):
+    _, store, dataset, _ = setup
+    _stale(store)
+    batch = dataset.select(range(12))
+    results = []
+    for factory in (
+        lambda m: st_losses.MultipleNegativesRankingLoss(m),
+        lambda m: st_losses.CachedMultipleNegativesRankingLoss(m, mini_batch_size=4),
+    ):
+        model = load_tiny_model(tiny_model_folder)
+        torch.manual_seed(0)
+        store.corrector = Corrector(store.dim)  # the same initial corrector for both
+        results.append(_run_one_step(model, store, factory, batch))
+    (v1, g1, r1, c1), (v2, g2, r2, c2) = results
+    assert torch.equal(r1, r2)  # same anchors, same sampler seed: same negatives
+    torch.testing.assert_close(v1, v2, atol=1e-5, rtol=1e-5)
+    assert len(g1) == len(g2) > 0
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    for key in c1:  # the drift step saw the same fresh embeddings
+        torch.testing.assert_close(c1[key], c2[key], atol=1e-5, rtol=1e-4)
+
+
+def test_wrapped_gist_filters_as_unwrapped_gist(setup, tiny_model_folder):
+    model, store, dataset, _ = setup
+    torch.manual_seed(3)
+    guide = load_tiny_model(tiny_model_folder)
+    with torch.no_grad():
+        for p in guide.parameters():
+            p.add_(torch.randn_like(p) * 0.05)  # a different model as the guide
+    _stale(store)
+    # GISTEmbedLoss takes (anchor, positive[, negative]): one sampled negative.
+    loss = CorrectedNegativesLoss(
+        model, st_losses.GISTEmbedLoss(model, guide), store, num_negatives=1, train_dataset=dataset, seed=0
+    )
+    batch = dataset.select(range(8))
+    model.train()
+    before = [p.detach().clone() for p in store.corrector.parameters()]
+    value = loss(_columns(model, batch), None)
+    rows = loss.last_negative_rows
+    columns = _columns(model, batch) + [_features(model, [store.texts[r] for r in rows[:, 0].tolist()])]
+    reference = st_losses.GISTEmbedLoss(model, guide)(columns, None)
+    torch.testing.assert_close(value, reference, atol=1e-6, rtol=1e-6)
+    assert any(not torch.equal(a, b) for a, b in zip(before, store.corrector.parameters()))
+    assert loss.get_config_dict()["loss"] == "GISTEmbedLoss"
+
+
+def test_evaluation_neither_samples_nor_trains(setup):
+    model, store, dataset, _ = setup
+    _stale(store)
+    loss = CorrectedMultipleNegativesRankingLoss(model, store, num_negatives=2, train_dataset=dataset, seed=0)
+    generator_state = loss.sampler.generator.get_state()
+    weights = {k: v.clone() for k, v in store.corrector.state_dict().items()}
+    unseen = Dataset.from_dict({"anchor": ["a question never seen", "another one"], "positive": ["text x", "text y"]})
+    model.eval()
+    with torch.no_grad():
+        value = loss(_columns(model, unseen), None)
+        reference = st_losses.MultipleNegativesRankingLoss(model)(_columns(model, unseen), None)
+    torch.testing.assert_close(value, reference)
+    assert loss.last_negative_rows is None and loss.training_forwards == 0
+    assert torch.equal(loss.sampler.generator.get_state(), generator_state)
+    assert all(torch.equal(weights[k], v) for k, v in store.corrector.state_dict().items())
 
 
 def test_config_and_citation(setup):
     model, store, dataset, _ = setup
     loss = CorrectedMultipleNegativesRankingLoss(
-        model, store, dataset, num_negatives=2, strategy="gumbel", range_max=10
+        model, store, num_negatives=2, train_dataset=dataset, sampling_strategy="gumbel", range_max=10, min_score=0.1
     )
     config = loss.get_config_dict()
-    assert config["num_negatives"] == 2 and config["negatives"] == "corrector" and config["strategy"] == "gumbel"
+    assert config["num_negatives"] == 2 and config["negatives"] == "corrector"
+    assert config["sampling_strategy"] == "gumbel" and config["min_score"] == 0.1
     assert config["similarity_fct"] == "cos_sim" and config["corrector"]["dim"] == 64
     assert "monath2024fresh" in loss.citation and "2409.01890" in loss.citation
 
 
-def test_bad_inputs(setup, tiny_model_folder):
+def test_bad_inputs(setup):
     model, store, dataset, _ = setup
+    with pytest.raises(TypeError, match="train_dataset is a keyword argument now"):
+        CorrectedMultipleNegativesRankingLoss(model, store, dataset)
     with pytest.raises(ValueError, match="store has dimension 8 but the model embeds into dimension 64"):
-        CorrectedMultipleNegativesRankingLoss(model, CorrectedCacheStore(torch.randn(60, 8), texts=["t"] * 60), dataset)
-    with pytest.raises(ValueError, match="num_negatives=58 is larger than the corpus minus the positives"):
-        CorrectedMultipleNegativesRankingLoss(model, store, dataset, num_negatives=58)
-    with pytest.raises(ValueError, match="must have the columns"):
-        CorrectedMultipleNegativesRankingLoss(model, store, dataset.rename_column("anchor", "query"))
+        CorrectedMultipleNegativesRankingLoss(model, CorrectedCacheStore(torch.randn(60, 8), texts=["t"] * 60))
+    with pytest.raises(ValueError, match="at least two text columns"):
+        CorrectedMultipleNegativesRankingLoss(model, store, train_dataset=dataset.select_columns(["anchor"]))
     with pytest.raises(ValueError, match="Unknown negatives 'fresh'"):
-        CorrectedMultipleNegativesRankingLoss(model, store, dataset, negatives="fresh")
+        CorrectedMultipleNegativesRankingLoss(model, store, train_dataset=dataset, negatives="fresh")
     with pytest.raises(ValueError, match="no texts"):
-        CorrectedMultipleNegativesRankingLoss(model, CorrectedCacheStore(store.stale_embeddings()), dataset)
-    loss = CorrectedMultipleNegativesRankingLoss(model, store, dataset, num_negatives=2)
-    batch = dataset.select(range(2))
-    features = [_features(model, batch["anchor"]), _features(model, batch["positive"])]
-    with pytest.raises(ValueError, match="was not made by build_training_dataset"):
-        loss(features, torch.tensor([5, 7]))  # query 0 does not own rows 5 and 7
-    with pytest.raises(ValueError, match="needs the 'label' column"):
-        loss(features, None)
-    with pytest.raises(ValueError, match="Expected 2 text columns"):
-        loss(features + [features[1]], torch.tensor(batch["label"]))
-    other = encode_corpus(model, ["x"] * 60, show_progress_bar=False)
-    with pytest.raises(ValueError, match="built for another store"):
-        CorrectedMultipleNegativesRankingLoss(model, other, dataset)
+        CorrectedMultipleNegativesRankingLoss(model, CorrectedCacheStore(store.stale_embeddings()))
+    with pytest.raises(TypeError, match="an nn.Module"):
+        CorrectedNegativesLoss(model, "MultipleNegativesRankingLoss", store)
+    with pytest.raises(ValueError, match="needs train_dataset"):
+        CorrectedMultipleNegativesRankingLoss(model, store, negatives="static")
+    with pytest.raises(ValueError, match="min_score"):
+        CorrectedMultipleNegativesRankingLoss(model, store, min_score=0.9, max_score=0.1)
+    loss = CorrectedMultipleNegativesRankingLoss(model, store, num_negatives=2, train_dataset=dataset)
+    with pytest.raises(ValueError, match="at least 2 text columns"):
+        loss([_features(model, dataset["anchor"][:2])], None)
 
 
-def _batch_call(loss, model, batch):
-    return loss([_features(model, batch["anchor"]), _features(model, batch["positive"])], torch.tensor(batch["label"]))
+def test_warns_once_without_the_callback(setup, caplog):
+    model, store, dataset, _ = setup
+    loss = CorrectedMultipleNegativesRankingLoss(model, store, num_negatives=1, train_dataset=dataset)
+    model.train()
+    with caplog.at_level(logging.WARNING, logger="haystack_corrector"):
+        for start in (0, 4):
+            loss(_columns(model, dataset.select(range(start, start + 4))), None)
+    warnings = [r for r in caplog.records if "without CorrectorCallback" in r.getMessage()]
+    assert len(warnings) == 1
 
 
 def test_static_negatives_are_mined_once_with_the_initial_model(setup):
     model, store, dataset, _ = setup
-    loss = CorrectedMultipleNegativesRankingLoss(model, store, dataset, num_negatives=2, negatives="static")
+    loss = CorrectedMultipleNegativesRankingLoss(
+        model, store, num_negatives=2, train_dataset=dataset, negatives="static"
+    )
     batch = dataset.select(range(4))
     anchors = model.encode(batch["anchor"], convert_to_tensor=True).cpu()
-    relevant = [loss._relevant[label // len(store)] for label in batch["label"]]
+    relevant = [loss.relevance.anchor_relevant(k) for k in loss.relevance.keys(batch["anchor"])]
     expected = store.search(anchors, 2, exclude=relevant, corrected=False)[1]
-    recorded = []
-    original = loss._embed_texts
-    loss._embed_texts = lambda texts, like: (recorded.append(texts), original(texts, like))[1]
+    with torch.no_grad():  # move the model: static negatives must not follow it
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
     model.train()
-    _batch_call(loss, model, batch)
-    texts = store.texts
-    assert recorded[0] == [texts[r] for r in expected.T.reshape(-1).tolist()]
-    assert loss.corpus_encodes == 0
+    loss(_columns(model, batch), None)
+    assert torch.equal(loss.last_negative_rows, expected)
+    assert loss.costs.corpus_encodes == 0
 
 
 def test_refresh_re_encodes_the_corpus_every_n_steps(setup):
     model, store, dataset, _ = setup
     loss = CorrectedMultipleNegativesRankingLoss(
-        model, store, dataset, num_negatives=2, negatives="refresh", refresh_every=2
+        model, store, num_negatives=2, train_dataset=dataset, negatives="refresh", refresh_every=2
     )
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     for step in range(5):
-        batch = dataset.select(range(4 * step, 4 * step + 4))
-        out = _batch_call(loss, model, batch)
+        value = loss(_columns(model, dataset.select(range(4 * step, 4 * step + 4))), None)
         optimizer.zero_grad()
-        out["infonce"].backward()
+        value.backward()
         optimizer.step()
-    assert loss.corpus_encodes == 2  # before steps 2 and 4
-    # The cache now holds the model's embeddings as of the last refresh (before the 5th step's update).
-    assert loss.target_forward_passes == 5 * 4 * 3 + 2 * len(store)
+    assert loss.costs.corpus_encodes == 2  # before steps 2 and 4
+    assert loss.costs.target_forward_passes == 5 * 4 * 3 + 2 * len(set(store.texts))
+    with pytest.raises(ValueError, match="refresh_every"):
+        CorrectedMultipleNegativesRankingLoss(model, store, train_dataset=dataset, negatives="refresh")
 
 
 def test_rerank_picks_the_best_candidates_by_fresh_score(setup):
     model, store, dataset, _ = setup
     loss = CorrectedMultipleNegativesRankingLoss(
-        model, store, dataset, num_negatives=2, negatives="rerank", rerank_depth=10
+        model, store, num_negatives=2, train_dataset=dataset, negatives="rerank", rerank_depth=10
     )
     batch = dataset.select(range(3))
+    model.train()
+    loss(_columns(model, batch), None)
+    rows = loss.last_negative_rows
+    model.eval()
     anchors = model.encode(batch["anchor"], convert_to_tensor=True).cpu()
-    relevant = [loss._relevant[label // len(store)] for label in batch["label"]]
-    rows = loss._negative_rows(anchors, relevant, torch.tensor(batch["label"]), {})
+    relevant = loss.relevance.relevant_sets(
+        loss.relevance.keys(batch["anchor"]), loss.relevance.rows(loss.relevance.keys(batch["positive"]))
+    )
     _, candidates = store.search(anchors, 10, exclude=relevant, corrected=False)
     for query in range(3):
         fresh = model.encode([store.texts[r] for r in candidates[query].tolist()], convert_to_tensor=True).cpu()
         scores = torch.nn.functional.cosine_similarity(anchors[query : query + 1], fresh)
-        best = candidates[query][torch.argsort(scores, descending=True)[:2]].tolist()
-        assert rows[query].tolist() == best
-    with pytest.raises(ValueError, match="refresh_every"):
-        CorrectedMultipleNegativesRankingLoss(model, store, dataset, negatives="refresh")
+        assert rows[query].tolist() == candidates[query][torch.argsort(scores, descending=True)[:2]].tolist()
 
 
-def test_sharded_encoding_resumes_without_re_encoding_finished_shards(tiny_model, tmp_path):
-    texts = [f"text number {i}" for i in range(25)]
-    calls = []
-    real_encode = tiny_model.encode
-
-    def flaky_encode(chunk, **kwargs):
-        calls.append(list(chunk))
-        if len(calls) == 3:
-            raise KeyboardInterrupt("killed mid-encode")
-        return real_encode(chunk, **kwargs)
-
-    tiny_model.encode = flaky_encode
-    with pytest.raises(KeyboardInterrupt):
-        encode_corpus(tiny_model, texts, shard_dir=tmp_path / "shards", shard_size=10, show_progress_bar=False)
-    assert sorted(p.name for p in (tmp_path / "shards").glob("shard-*.npy")) == ["shard-000000.npy", "shard-000001.npy"]
-    calls.clear()
-    store = encode_corpus(tiny_model, texts, shard_dir=tmp_path / "shards", shard_size=10, show_progress_bar=False)
-    assert calls == [texts[20:]]  # only the unfinished shard was encoded again
-    tiny_model.encode = real_encode
-    torch.testing.assert_close(store.stale_embeddings(), torch.as_tensor(real_encode(texts)), atol=1e-5, rtol=1e-4)
-    with pytest.raises(ValueError, match="holds shards of another encode"):
-        encode_corpus(tiny_model, texts[:5], shard_dir=tmp_path / "shards", shard_size=10, show_progress_bar=False)
-
-
-@pytest.mark.parametrize("negatives", ["static", "rerank"])
+@pytest.mark.parametrize("negatives", ["static", "rerank", "corrector"])
 def test_copies_of_a_positive_are_relevant_too(tiny_model, negatives):
     corpus, queries, qrels = toy_corpus()
     positives = sorted({d for judged in qrels.values() for d, g in judged.items() if g > 0})
     for doc in positives[:10]:
-        corpus[f"copy-of-{doc}"] = dict(corpus[doc])  # same text under another id, as in CoSQA
+        corpus[f"copy-of-{doc}"] = dict(corpus[doc])
     ids = list(corpus)
     store = encode_corpus(tiny_model, [document_text(corpus[i]) for i in ids], ids=ids, show_progress_bar=False)
     dataset = build_training_dataset(queries, corpus, qrels, store)
     loss = CorrectedMultipleNegativesRankingLoss(
-        tiny_model, store, dataset, num_negatives=3, negatives=negatives, rerank_depth=10
+        tiny_model, store, num_negatives=3, train_dataset=dataset, negatives=negatives, rerank_depth=10
     )
-    texts = store.texts
-    labels = dataset["label"]
-    query_of_text = {text: query_id for query_id, text in queries.items()}
-    assert len(query_of_text) == len(queries)
-    for anchor, label in zip(dataset["anchor"], labels):
-        judged = qrels[query_of_text[anchor]]
-        positive_texts = {document_text(corpus[d]) for d, grade in judged.items() if grade > 0}
-        assert loss._relevant[label // len(store)] == {r for r, text in enumerate(texts) if text in positive_texts}
-    assert any(len(rows) > 1 and len({texts[r] for r in rows}) < len(rows) for rows in loss._relevant.values())
-    anchors = tiny_model.encode(dataset["anchor"], convert_to_tensor=True).cpu()
-    relevant = [loss._relevant[label // len(store)] for label in labels]
-    rows = loss._negative_rows(anchors, relevant, torch.tensor(labels), {})
-    for query_rows, label in zip(rows.tolist(), labels):
-        query_positive_texts = {texts[r] for r in loss._relevant[label // len(store)]}
-        assert not {texts[r] for r in query_rows} & query_positive_texts
+    relevant = _relevant_rows(store, qrels, queries)
+    assert any(len(rows) > len({store.texts[r] for r in rows}) for rows in relevant.values())
+    tiny_model.train()
+    for start in range(0, len(dataset), 8):
+        batch = dataset.select(range(start, min(start + 8, len(dataset))))
+        loss(_columns(tiny_model, batch), None)
+        for anchor, rows in zip(batch["anchor"], loss.last_negative_rows.tolist()):
+            assert not set(rows) & relevant[anchor]
 
 
 def test_replacing_the_stores_corrector_keeps_the_loss_training_it(setup):
     model, store, dataset, _ = setup
-    noise = torch.randn(len(store), store.dim, generator=torch.Generator().manual_seed(1)) * 0.05
-    store.replace_embeddings(store.stale_embeddings() + noise)  # stale, so the drift step has work to do
-    loss = CorrectedMultipleNegativesRankingLoss(model, store, dataset, num_negatives=1, corrector_lr=1e-2)
-    from haystack_corrector import Corrector
-
+    _stale(store, seed=1)
+    loss = CorrectedMultipleNegativesRankingLoss(
+        model, store, num_negatives=1, train_dataset=dataset, corrector_lr=1e-2
+    )
     replacement = Corrector(store.dim)
     store.corrector = replacement
     before = [p.detach().clone() for p in replacement.parameters()]
-    batch = dataset.select(range(4))
     model.train()
-    loss([_features(model, batch["anchor"]), _features(model, batch["positive"])], torch.tensor(batch["label"]))
+    loss(_columns(model, dataset.select(range(4))), None)
     assert any(not torch.equal(a, b) for a, b in zip(before, replacement.parameters()))
     assert loss.corrector_trainer.corrector is replacement
 
@@ -296,20 +460,25 @@ def test_corrector_with_a_rare_refresh(setup, after):
     """The hybrid arm: corrector negatives, the cache re-encoded every N steps; after it the corrector keeps or resets."""
     model, store, dataset, _ = setup
     loss = CorrectedMultipleNegativesRankingLoss(
-        model, store, dataset, num_negatives=1, refresh_every=2, corrector_after_refresh=after, corrector_lr=1e-2
+        model,
+        store,
+        num_negatives=1,
+        train_dataset=dataset,
+        refresh_every=2,
+        corrector_after_refresh=after,
+        corrector_lr=1e-2,
     )
     model.train()
     with torch.no_grad():  # move the encoder so that the refreshed cache differs from the initial one
         for p in model.parameters():
             p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(0)) * 1e-2)
     for start in (0, 4, 8):
-        batch = dataset.select(range(start, start + 4))
-        loss([_features(model, batch["anchor"]), _features(model, batch["positive"])], torch.tensor(batch["label"]))
-    assert loss.corpus_encodes == 1 and loss.sampler.corrected  # refreshed once, at step 2; still corrector sampling
+        loss(_columns(model, dataset.select(range(start, start + 4))), None)
+    assert loss.costs.corpus_encodes == 1 and loss.sampling_corrected  # refreshed once, at step 2
     model.eval()
     fresh = torch.tensor(model.encode(store.texts, convert_to_numpy=True))
     torch.testing.assert_close(store.stale_embeddings(), fresh, atol=1e-5, rtol=1e-4)
     steps = {int(state["step"]) for state in loss.corrector_trainer.optimizer.state.values()}
     assert steps == ({1} if after == "reset" else {3}), "reset starts a fresh optimiser at the refresh"
     with pytest.raises(ValueError, match="refresh_every applies to negatives='refresh' or 'corrector'"):
-        CorrectedMultipleNegativesRankingLoss(model, store, dataset, negatives="stale", refresh_every=2)
+        CorrectedMultipleNegativesRankingLoss(model, store, train_dataset=dataset, negatives="stale", refresh_every=2)

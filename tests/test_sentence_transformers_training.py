@@ -21,15 +21,25 @@ from haystack_corrector.sentence_transformers import (  # noqa: E402
 from tests.tiny_model import load_tiny_model, toy_corpus  # noqa: E402
 
 
-def _run(model, output_dir, max_steps, save_steps=2, resume=None, record_rows=None):
+def _run(model, output_dir, max_steps, save_steps=2, resume=None, record_rows=None, negatives="corrector", **extra):
     corpus, queries, qrels = toy_corpus(num_docs=300, num_queries=48)
     ids = list(corpus)
     texts = [document_text(corpus[i]) for i in ids]
     store = encode_corpus(model, texts, ids=ids, show_progress_bar=False)
+    torch.manual_seed(0)
     store.corrector = Corrector(store.dim, hidden_dim=128)
     dataset = build_training_dataset(queries, corpus, qrels, store)
     loss = CorrectedMultipleNegativesRankingLoss(
-        model, store, dataset, num_negatives=2, strategy="gumbel", range_max=20, seed=0, corrector_lr=5e-3
+        model,
+        store,
+        num_negatives=2,
+        train_dataset=dataset,
+        negatives=negatives,
+        sampling_strategy="gumbel",
+        range_max=20,
+        seed=0,
+        corrector_lr=5e-3,
+        **({"refresh_every": 3} if negatives == "refresh" else {}),
     )
     if record_rows is not None:
         original = loss.corrector_trainer.observe
@@ -55,7 +65,9 @@ def _run(model, output_dir, max_steps, save_steps=2, resume=None, record_rows=No
         disable_tqdm=True,
     )
     callback = CorrectorCallback(loss)
-    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss, callbacks=[callback])
+    trainer = SentenceTransformerTrainer(
+        model=model, args=args, train_dataset=dataset, loss=loss, callbacks=[callback], **extra
+    )
     trainer.train(resume_from_checkpoint=resume)
     return trainer, store, texts
 
@@ -66,9 +78,8 @@ def test_training_logs_drift_and_corrector_generalises_to_unseen_rows(tiny_model
     trainer, store, texts = _run(model, tmp_path / "run", max_steps=12, save_steps=100, record_rows=touched)
     logged = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert logged, trainer.state.log_history
+    assert "infonce" not in logged[-1] and "drift" not in logged[-1]  # the logged loss is the retrieval loss alone
     for key in (
-        "infonce",
-        "drift",
         "corrector/staleness",
         "corrector/corrected_error",
         "corrector/drift_loss",
@@ -84,20 +95,69 @@ def test_training_logs_drift_and_corrector_generalises_to_unseen_rows(tiny_model
     assert corrected_error < stale_error, (corrected_error, stale_error)
 
 
-def test_checkpoint_resume_restores_the_corrector_exactly(tiny_model_folder, tmp_path):
-    trainer, store, _ = _run(load_tiny_model(tiny_model_folder), tmp_path / "run", max_steps=4, save_steps=2)
-    final_uninterrupted = {k: v.clone() for k, v in store.corrector.state_dict().items()}
-    checkpoint = tmp_path / "run" / "checkpoint-2"
-    saved = Corrector.load(checkpoint / "corrector_state" / "corrector")
-    assert any(not torch.equal(saved.state_dict()[k], final_uninterrupted[k]) for k in final_uninterrupted)
+@pytest.mark.parametrize("negatives", ["corrector", "refresh"])
+def test_resume_from_a_copied_checkpoint_ends_as_the_uninterrupted_run(tiny_model_folder, tmp_path, negatives):
+    """Gradient accumulation 2; the checkpoint is copied to another folder before resuming from it."""
+    import shutil
 
-    # A new process would start from a fresh model, store and loss; resume from step 2.
-    resumed_trainer, resumed_store, _ = _run(
-        load_tiny_model(tiny_model_folder), tmp_path / "run", max_steps=4, save_steps=2, resume=str(checkpoint)
+    trainer, store, _ = _run(
+        load_tiny_model(tiny_model_folder), tmp_path / "run", max_steps=6, save_steps=3, negatives=negatives
     )
-    assert resumed_trainer.state.global_step == 4
+    final_corrector = {k: v.clone() for k, v in store.corrector.state_dict().items()}
+    final_encoder = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    final_cache = store.stale_embeddings().clone()
+    assert trainer.loss.optimizer_step == 5  # counted in optimiser steps (the last forward belongs to step 5)
+    if negatives == "refresh":
+        assert trainer.loss.costs.corpus_encodes == 1  # at optimiser step 3, not at micro-batch 3
+    elsewhere = tmp_path / "moved" / "checkpoint-3"
+    shutil.copytree(tmp_path / "run" / "checkpoint-3", elsewhere)
+    shutil.rmtree(tmp_path / "run")
+    resumed, resumed_store, _ = _run(
+        load_tiny_model(tiny_model_folder),
+        tmp_path / "run2",
+        max_steps=6,
+        save_steps=3,
+        resume=str(elsewhere),
+        negatives=negatives,
+    )
+    assert resumed.state.global_step == 6
     for key, value in resumed_store.corrector.state_dict().items():
-        torch.testing.assert_close(value, final_uninterrupted[key], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(value, final_corrector[key], atol=1e-6, rtol=1e-5)
+    for key, value in resumed.model.state_dict().items():
+        torch.testing.assert_close(value, final_encoder[key], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(resumed_store.stale_embeddings(), final_cache)  # refresh: the re-encoded cache is back
+
+
+def test_eval_dataset_and_evaluator_run_during_training(tiny_model_folder, tmp_path):
+    from datasets import Dataset
+    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+
+    corpus, queries, qrels = toy_corpus(num_docs=300, num_queries=48)
+    eval_dataset = Dataset.from_dict(
+        {"anchor": ["an unseen question about the heart", "and one on sleep"], "positive": ["heart text", "sleep"]}
+    )
+    evaluator = InformationRetrievalEvaluator(
+        queries={q: queries[q] for q in list(queries)[:8]},
+        corpus={d: document_text(corpus[d]) for d in corpus},
+        relevant_docs={q: {d for d, g in qrels[q].items() if g > 0} for q in list(queries)[:8]},
+        name="toy",
+        show_progress_bar=False,
+    )
+    trainer, store, _ = _run(
+        load_tiny_model(tiny_model_folder),
+        tmp_path / "run",
+        max_steps=4,
+        save_steps=100,
+        eval_dataset=eval_dataset,
+        evaluator=evaluator,
+    )
+    metrics = trainer.evaluate()
+    assert "eval_loss" in metrics and "eval_toy_cosine_ndcg@10" in metrics
+    # eval_loss is the wrapped loss on the eval columns as given (nothing sampled, nothing trained)
+    steps_before = trainer.loss.corrector_trainer.steps
+    again = trainer.evaluate()
+    assert again["eval_loss"] == pytest.approx(metrics["eval_loss"])
+    assert trainer.loss.corrector_trainer.steps == steps_before
 
 
 def test_callback_load_state_restores_weights_exactly(tiny_model_folder, tmp_path):

@@ -90,4 +90,4 @@ def toy_loss(model, **kwargs):
     ids = list(corpus)
     store = encode_corpus(model, [document_text(corpus[i]) for i in ids], ids=ids, show_progress_bar=False)
     dataset = build_training_dataset(queries, corpus, qrels, store)
-    return CorrectedMultipleNegativesRankingLoss(model, store, dataset, **kwargs), store, dataset
+    return CorrectedMultipleNegativesRankingLoss(model, store, train_dataset=dataset, **kwargs), store, dataset

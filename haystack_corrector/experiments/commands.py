@@ -41,7 +41,7 @@ def _experiment_arguments(parser: argparse.ArgumentParser, *, arms: bool = True)
     parser.add_argument("--num-negatives", type=int, default=1)
     parser.add_argument("--max-seq-length", type=int, default=128)
     parser.add_argument("--lr", type=float, default=2e-5)
-    parser.add_argument("--strategy", default="top", choices=["top", "gumbel", "random"])
+    parser.add_argument("--sampling-strategy", default="top", choices=["top", "gumbel", "random"])
     parser.add_argument("--range-min", type=int, default=0)
     parser.add_argument("--range-max", type=int, default=30)
     parser.add_argument("--corrector-lr", type=float, default=1e-3)
@@ -89,7 +89,7 @@ def _config(args: argparse.Namespace, arms: Sequence[str], seeds: Sequence[int])
         max_seq_length=args.max_seq_length,
         lr=args.lr,
         output=args.output,
-        strategy=args.strategy,
+        sampling_strategy=args.sampling_strategy,
         range_min=args.range_min,
         range_max=args.range_max,
         corrector_lr=args.corrector_lr,

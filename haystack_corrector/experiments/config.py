@@ -26,7 +26,7 @@ class ExperimentConfig:
     max_seq_length: int = 128
     lr: float = 2e-5
     output: str = "runs/experiment"
-    strategy: str = "top"
+    sampling_strategy: str = "top"
     range_min: int = 0
     range_max: int | None = 30
     corrector_lr: float = 1e-3
@@ -80,6 +80,8 @@ def check_resumable(config: ExperimentConfig) -> None:
     if not path.is_file():
         return
     saved = json.loads(path.read_text())
+    if "strategy" in saved and "sampling_strategy" not in saved:  # folders written before the rename
+        saved["sampling_strategy"] = saved.pop("strategy")
     current = json.loads(json.dumps(asdict(config)))  # tuples -> lists, as saved
     changed = sorted(
         key for key in current if key not in RESUMABLE_SETTINGS and key in saved and saved[key] != current[key]

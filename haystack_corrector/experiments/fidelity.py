@@ -66,6 +66,17 @@ def fit_offline_corrector(
     return store
 
 
+def record_rows(loss: Any, rows: set[int]) -> None:
+    """Add to ``rows`` every store row whose fresh embedding trains the loss's corrector."""
+    observe = loss.corrector_trainer.observe
+
+    def recording(batch_rows: Any, fresh: Any, **kwargs: Any) -> Any:
+        rows.update(torch.as_tensor(batch_rows).tolist())
+        return observe(batch_rows, fresh, **kwargs)
+
+    loss.corrector_trainer.observe = recording
+
+
 def run_fidelity(
     config: ExperimentConfig,
     arm: str = "inbatch",
@@ -83,7 +94,8 @@ def run_fidelity(
     config.validate()
     start_all = time.perf_counter()
     prepared = prepare(config)
-    trained = train_arm(config, parse_arm(arm), seed, prepared)
+    touched_rows: set[int] = set()
+    trained = train_arm(config, parse_arm(arm), seed, prepared, watch_loss=lambda loss: record_rows(loss, touched_rows))
     model = trained.model
     fresh_docs = encode(model, prepared.corpus_texts, config.encode_batch_size, "fresh corpus")
     queries = encode(model, list(prepared.eval_queries.values()), config.encode_batch_size, "held-out queries")
@@ -91,7 +103,7 @@ def run_fidelity(
     similarity = trained.store.similarity
     k = min(100, len(fresh_docs))
     _, fresh_rows = CorrectedCacheStore(fresh_docs, similarity=similarity).search(queries, k, corrected=False)
-    touched = torch.tensor(sorted(trained.loss.touched_rows), dtype=torch.int64)
+    touched = torch.tensor(sorted(touched_rows), dtype=torch.int64)
     mask = torch.ones(len(fresh_docs), dtype=torch.bool)
     mask[touched] = False
     unseen = mask.nonzero().squeeze(1)

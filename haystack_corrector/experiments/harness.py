@@ -13,6 +13,7 @@ import logging
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -183,8 +184,17 @@ class TrainedArm:
     train_seconds: float
 
 
-def train_arm(config: ExperimentConfig, arm: Arm, seed: int, prepared: Prepared) -> TrainedArm:
-    """Train one arm from the initial model and cache; nothing is evaluated or written."""
+def train_arm(
+    config: ExperimentConfig,
+    arm: Arm,
+    seed: int,
+    prepared: Prepared,
+    watch_loss: Callable[[Any], None] | None = None,
+) -> TrainedArm:
+    """Train one arm from the initial model and cache; nothing is evaluated or written.
+
+    ``watch_loss`` is called with the loss before training (e.g. to record which rows trained the corrector).
+    """
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 
     from haystack_corrector.sentence_transformers import (
@@ -203,9 +213,9 @@ def train_arm(config: ExperimentConfig, arm: Arm, seed: int, prepared: Prepared)
     loss = CorrectedMultipleNegativesRankingLoss(
         model,
         store,
-        dataset,
         num_negatives=config.num_negatives,
-        strategy=config.strategy,
+        train_dataset=dataset,
+        sampling_strategy=config.sampling_strategy,
         range_min=config.range_min,
         range_max=config.range_max,
         corrector_lr=config.corrector_lr,
@@ -214,6 +224,8 @@ def train_arm(config: ExperimentConfig, arm: Arm, seed: int, prepared: Prepared)
         encode_batch_size=config.encode_batch_size,
         **arm.loss_kwargs(),
     )
+    if watch_loss is not None:
+        watch_loss(loss)
     work = Path(config.output) / "work" / f"{arm.slug}__seed{seed}"
     args = SentenceTransformerTrainingArguments(
         output_dir=str(work),
@@ -293,8 +305,7 @@ def run_arm(config: ExperimentConfig, arm: Arm, seed: int, prepared: Prepared) -
         "steps": trained.trainer.state.global_step,
         "train_seconds": trained.train_seconds,
         "eval_seconds": eval_seconds,
-        "corpus_encodes": loss.corpus_encodes,
-        "target_forward_passes": loss.target_forward_passes,
+        **loss.costs.as_dict(),  # corpus_encodes, target_forward_passes
         "drift_history": history,
         # Fidelity at the end of training, for free: the arm's cache (stale and corrected) vs the fresh encode.
         "final_drift": fidelity_of(store, fresh_docs, queries, fresh_rows),

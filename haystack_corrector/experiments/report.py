@@ -41,7 +41,7 @@ def markdown(results: dict[str, Any], reference: str = "corrector") -> str:
         f"Machine: {results['machine']}. Batch {config['batch_size']}, "
         f"{config['num_negatives']} negative(s) per query, max_seq_length {config['max_seq_length']}, lr {config['lr']}, "
         + (f"{config['steps']} steps" if config.get("steps") else f"{config['epochs']} epoch(s)")
-        + f", window range_min={config['range_min']} range_max={config['range_max']}, strategy {config['strategy']}.",
+        + f", window range_min={config['range_min']} range_max={config['range_max']}, sampling_strategy {config.get('sampling_strategy', config.get('strategy'))}.",
         "",
         "Metrics are mean ± standard deviation over the arm's seeds; the other columns are means.",
         "",

@@ -10,8 +10,17 @@ from haystack_corrector.sentence_transformers._compat import require_sentence_tr
 require_sentence_transformers()
 
 from haystack_corrector.sentence_transformers.callback import CorrectorCallback  # noqa: E402
+from haystack_corrector.sentence_transformers.corrected_mnrl_loss import (  # noqa: E402
+    CorrectedMultipleNegativesRankingLoss,
+)
+from haystack_corrector.sentence_transformers.corrected_negatives_loss import CorrectedNegativesLoss  # noqa: E402
 from haystack_corrector.sentence_transformers.encode import encode_corpus  # noqa: E402
-from haystack_corrector.sentence_transformers.loss import CorrectedMultipleNegativesRankingLoss  # noqa: E402
 from haystack_corrector.sentence_transformers.training_data import build_training_dataset  # noqa: E402
 
-__all__ = ["CorrectedMultipleNegativesRankingLoss", "CorrectorCallback", "build_training_dataset", "encode_corpus"]
+__all__ = [
+    "CorrectedMultipleNegativesRankingLoss",
+    "CorrectedNegativesLoss",
+    "CorrectorCallback",
+    "build_training_dataset",
+    "encode_corpus",
+]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -13,14 +14,14 @@ import torch
 from haystack_corrector._atomic import atomic_directory, previous_directory, resolve_saved_directory, step
 from haystack_corrector.corrector import Corrector
 from haystack_corrector.sentence_transformers import _compat
-from haystack_corrector.sentence_transformers.loss import CorrectedMultipleNegativesRankingLoss
+from haystack_corrector.sentence_transformers.corrected_negatives_loss import CorrectedNegativesLoss
 
 logger = logging.getLogger(__name__)
 
 STATE_DIR = "corrector_state"
 STATE_FILE = "state.json"
 STATE_FORMAT = "haystack-corrector/trainer-state"
-STATE_FILES = frozenset({"corrector", "corrector_optimizer.pt", STATE_FILE})
+STATE_FILES = frozenset({"corrector", "corrector_optimizer.pt", "loss_state.pt", STATE_FILE})
 _TrainerCallback = _compat.trainer_callback_base()
 
 
@@ -30,13 +31,36 @@ def has_state(checkpoint: str | os.PathLike[str]) -> bool:
     return state.is_dir() or previous_directory(state).is_dir()
 
 
+def resumed_checkpoint() -> str | None:
+    """The checkpoint folder the running ``Trainer.train`` resumes from, wherever it lies (None when not resuming).
+
+    ``TrainerCallback`` events are not told the path, so it is read from the trainer's own call frames
+    (``resume_from_checkpoint`` of ``_inner_training_loop`` / ``train``), after the trainer resolved ``True`` to
+    the last checkpoint of ``output_dir``.
+    """
+    frame = inspect.currentframe()
+    try:
+        while frame is not None:
+            if frame.f_code.co_name in ("_inner_training_loop", "train"):
+                value = frame.f_locals.get("resume_from_checkpoint")
+                if isinstance(value, (str, os.PathLike)):
+                    return os.fspath(value)
+            frame = frame.f_back
+    finally:
+        del frame
+    return None
+
+
 class CorrectorCallback(_TrainerCallback):  # type: ignore[misc, valid-type]
     """Keeps the corrector's life in step with the trainer's.
 
     - **Checkpoints**: on every trainer save, writes ``corrector_state/`` into the checkpoint folder: the corrector
-      (safetensors + JSON), its optimiser state and step count, and the sampler's random state and counters.
-    - **Resume**: when training starts from a checkpoint (``trainer.train(resume_from_checkpoint=...)``), restores
-      all of that from the checkpoint's ``corrector_state/``, so the run continues with the same corrector weights.
+      (safetensors + JSON), its optimiser state, step count and replay buffer, the sampler's random state and
+      counters, the loss's step counters, and the negative source's state (for ``refresh``, the re-encoded cache).
+    - **Resume**: when training starts from a checkpoint (``trainer.train(resume_from_checkpoint=...)``, any path,
+      or ``True``), restores all of that from the checkpoint's ``corrector_state/``, so the run continues exactly.
+    - **Steps**: keeps the loss's step counter on the trainer's optimiser steps (``refresh_every`` and
+      ``corrector_warmup_steps`` count optimiser steps, also under gradient accumulation).
     - **Logging**: on every trainer log, adds the mean drift metrics of the steps since the last log
       (``corrector/staleness``, ``corrector/corrected_error``, ``corrector/drift_loss``) and the sampler's fallback
       counts (``corrector/filled_negatives``, ``corrector/filled_queries``) to the log record (so they are in
@@ -45,10 +69,11 @@ class CorrectorCallback(_TrainerCallback):  # type: ignore[misc, valid-type]
     A materialised corrected view refreshed every K corrector steps is the loss's ``max_view_age=K`` option.
     """
 
-    def __init__(self, loss: CorrectedMultipleNegativesRankingLoss) -> None:
-        if not isinstance(loss, CorrectedMultipleNegativesRankingLoss):
-            raise TypeError(f"loss must be a CorrectedMultipleNegativesRankingLoss, got {type(loss).__name__}")
+    def __init__(self, loss: CorrectedNegativesLoss) -> None:
+        if not isinstance(loss, CorrectedNegativesLoss):
+            raise TypeError(f"loss must be a CorrectedNegativesLoss, got {type(loss).__name__}")
         self.loss = loss
+        loss.callback_attached = True
         self._restored_step: int | None = None
 
     # -------------------------------------------------------------------------------------------- save/restore
@@ -63,18 +88,18 @@ class CorrectorCallback(_TrainerCallback):  # type: ignore[misc, valid-type]
             torch.save(
                 {
                     "optimizer": trainer_state["optimizer"],
-                    "generator": self.loss.sampler.generator.get_state(),
                     # the replay buffer and its clock, so a resumed run replays what the uninterrupted one would
                     "replay": {k: trainer_state[k] for k in ("observed", "replay", "replay_generator")},
                 },
                 target / "corrector_optimizer.pt",
             )
             step("wrote corrector_optimizer.pt")
+            torch.save(self.loss.state_dict_for_checkpoint(), target / "loss_state.pt")
+            step("wrote loss_state.pt")
             meta = {
                 "format": STATE_FORMAT,
                 "corrector_steps": trainer_state["steps"],
-                "loss_training_steps": self.loss.training_steps,
-                "sampler_stats": self.loss.sampler.stats,
+                "optimizer_step": self.loss.optimizer_step,
             }
             (target / STATE_FILE).write_text(json.dumps(meta, indent=2))
             step(f"wrote {STATE_FILE}")
@@ -103,15 +128,14 @@ class CorrectorCallback(_TrainerCallback):  # type: ignore[misc, valid-type]
                 **state.get("replay", {}),
             }
         )
-        self.loss.sampler.generator.set_state(state["generator"].cpu())
-        self.loss.sampler.stats.update(meta["sampler_stats"])
-        self.loss.training_steps = int(meta["loss_training_steps"])
+        self.loss.load_checkpoint_state(torch.load(source / "loss_state.pt", map_location="cpu", weights_only=True))
         logger.info("Restored the corrector from %s (after %d corrector steps)", source, meta["corrector_steps"])
 
     # ----------------------------------------------------------------------------------------------- events
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.loss.optimizer_step = state.global_step
         if state.global_step > 0 and self._restored_step != state.global_step:
-            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            checkpoint = Path(resumed_checkpoint() or Path(args.output_dir) / f"checkpoint-{state.global_step}")
             if has_state(checkpoint):
                 self.load_state(checkpoint)
                 self._restored_step = state.global_step
@@ -122,6 +146,10 @@ class CorrectorCallback(_TrainerCallback):  # type: ignore[misc, valid-type]
                     checkpoint,
                     STATE_DIR,
                 )
+        self.loss.optimizer_step = state.global_step
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.loss.optimizer_step = state.global_step
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if not state.is_world_process_zero:

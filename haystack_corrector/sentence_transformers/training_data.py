@@ -1,9 +1,8 @@
-"""build_training_dataset: (anchor, positive, label) rows whose label tells the loss which rows are relevant.
+"""build_training_dataset: (anchor, positive) text pairs from BEIR-style queries, corpus and qrels.
 
-The trainer passes only tokenised text and the ``label`` column to a loss, so the label carries the row identity:
-``label = query_number * len(store) + positive_row``. From it the loss recovers the positive's row in the store and,
-by grouping the dataset's labels by query number, every relevant row of that query (never sampled as a negative).
-The encoding survives shuffling, selecting and concatenating the dataset.
+A helper, not a requirement: the corrected losses take any (anchor, positive[, negatives...]) dataset and recognise
+its texts by their tokens (:mod:`haystack_corrector.sentence_transformers.relevance`). This one makes one row per
+relevant (query, document) pair, with the document's text exactly as the store holds it.
 """
 
 from __future__ import annotations
@@ -17,16 +16,7 @@ from haystack_corrector.cache_store import CorrectedCacheStore
 
 logger = logging.getLogger(__name__)
 
-COLUMNS = ("anchor", "positive", "label")
-
-
-def encode_label(query_number: int, row: int, num_rows: int) -> int:
-    return query_number * num_rows + row
-
-
-def decode_label(label: int, num_rows: int) -> tuple[int, int]:
-    """``(query_number, positive_row)`` of a label made by :func:`encode_label`."""
-    return divmod(int(label), num_rows)
+COLUMNS = ("anchor", "positive")
 
 
 def build_training_dataset(
@@ -36,7 +26,7 @@ def build_training_dataset(
     store: CorrectedCacheStore,
     min_grade: int = 1,
 ) -> Any:
-    """One row per relevant (query, document) pair: columns ``anchor``, ``positive``, ``label``.
+    """One row per relevant (query, document) pair: columns ``anchor`` and ``positive``.
 
     Args:
         queries: ``{query_id: text}``.
@@ -59,12 +49,11 @@ def build_training_dataset(
                 "build the store from this corpus with encode_corpus"
             )
         store.texts = [document_text(corpus[doc_id]) for doc_id in store.ids]
-    num_rows = len(store)
     anchors: list[str] = []
     positives: list[str] = []
-    labels: list[int] = []
+    queries_used: set[str] = set()
     skipped_unknown = skipped_query = 0
-    for query_number, (query_id, judged) in enumerate(qrels.items()):
+    for query_id, judged in qrels.items():
         if query_id not in queries:
             skipped_query += 1
             continue
@@ -78,12 +67,12 @@ def build_training_dataset(
                 continue
             anchors.append(queries[query_id])
             positives.append(store.texts[row])  # type: ignore[index]
-            labels.append(encode_label(query_number, row, num_rows))
+            queries_used.add(query_id)
     if skipped_query:
         logger.warning("Skipped %d judged queries that are missing from queries", skipped_query)
     if skipped_unknown:
         logger.warning("Skipped %d relevant documents that are not in the store", skipped_unknown)
-    if not labels:
+    if not anchors:
         raise ValueError("No (query, relevant document) pair found: check that qrels, queries and the store match")
-    logger.info("Built %d training pairs for %d queries", len(labels), len({label // num_rows for label in labels}))
-    return Dataset.from_dict({"anchor": anchors, "positive": positives, "label": labels})
+    logger.info("Built %d training pairs for %d queries", len(anchors), len(queries_used))
+    return Dataset.from_dict({"anchor": anchors, "positive": positives})

@@ -22,7 +22,7 @@ class CorrectedHardNegativeMiner(SnapshotComponent):
 
     The arguments mirror sentence-transformers' ``mine_hard_negatives`` (``sampling_strategy`` ``"top"``,
     ``"gumbel"`` or ``"random"``; ``range_min``/``range_max`` rank window; ``absolute_margin``/``relative_margin``/
-    ``max_score`` filters against the query's lowest positive score). A positive document is never returned.
+    ``max_score`` filters against the query's lowest positive score, ``min_score``). A positive document is never returned.
 
     Usage example:
     ```python
@@ -51,6 +51,7 @@ class CorrectedHardNegativeMiner(SnapshotComponent):
         absolute_margin: float | None = None,
         relative_margin: float | None = None,
         max_score: float | None = None,
+        min_score: float | None = None,
         seed: int | None = None,
         similarity: str | None = None,
     ) -> None:
@@ -60,6 +61,8 @@ class CorrectedHardNegativeMiner(SnapshotComponent):
             embeddings as they are.
         :param num_negatives: negatives per query.
         :param sampling_strategy: ``"top"``, ``"gumbel"`` (sample from softmax(score/temperature)) or ``"random"``.
+        :param range_min, range_max, absolute_margin, relative_margin, max_score, min_score: as in
+            ``mine_hard_negatives`` (see ``haystack_corrector.HardNegativeSampler``).
         :param seed: seed of the sampler's random generator (``gumbel``/``random``).
         :param similarity: ``"cosine"`` or ``"dot_product"``; default: the store's, else dot product.
         """
@@ -74,19 +77,21 @@ class CorrectedHardNegativeMiner(SnapshotComponent):
         self.absolute_margin = absolute_margin
         self.relative_margin = relative_margin
         self.max_score = max_score
+        self.min_score = min_score
         self.seed = seed
         self.similarity = similarity
         self._similarity = store_similarity(document_store, similarity)
         # Validate every sampler argument now, on a one-row stand-in, so bad values fail at construction.
         self._sampler_kwargs = {
             "num_negatives": num_negatives,
-            "strategy": sampling_strategy,
+            "sampling_strategy": sampling_strategy,
             "temperature": temperature,
             "range_min": range_min,
             "range_max": range_max,
             "absolute_margin": absolute_margin,
             "relative_margin": relative_margin,
             "max_score": max_score,
+            "min_score": min_score,
             "seed": seed,
         }
         from haystack_corrector import CorrectedCacheStore
@@ -108,6 +113,7 @@ class CorrectedHardNegativeMiner(SnapshotComponent):
             absolute_margin=self.absolute_margin,
             relative_margin=self.relative_margin,
             max_score=self.max_score,
+            min_score=self.min_score,
             seed=self.seed,
             similarity=self.similarity,
         )

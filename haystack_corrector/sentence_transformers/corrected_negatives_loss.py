@@ -1,0 +1,501 @@
+"""CorrectedNegativesLoss: add hard negatives sampled from a corrected stale cache to any sentence-transformers loss."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from haystack_corrector import drift_losses
+from haystack_corrector._validation import check_bool, check_choice, check_non_negative_int, check_positive_int
+from haystack_corrector.cache_store import CorrectedCacheStore
+from haystack_corrector.distributed import ShardedCacheStore, is_distributed
+from haystack_corrector.evaluation import relative_error
+from haystack_corrector.sampler import HardNegativeSampler
+from haystack_corrector.sentence_transformers import _compat
+from haystack_corrector.sentence_transformers.captured_embeddings import captured_embeddings, split_columns
+from haystack_corrector.sentence_transformers.negatives import (
+    Costs,
+    NegativeSource,
+    RefreshedNegatives,
+    RerankedNegatives,
+    SampledNegatives,
+    StaticNegatives,
+)
+from haystack_corrector.sentence_transformers.negatives.source import no_grad_encoder
+from haystack_corrector.sentence_transformers.relevance import RelevanceIndex, column_prompt, token_keys
+from haystack_corrector.trainer import CorrectorTrainer
+
+logger = logging.getLogger(__name__)
+
+NEGATIVE_MODES = ("corrector", "stale", "inbatch", "static", "refresh", "rerank")  # the arm names of the harness
+
+CITATION = """
+@inproceedings{monath2024fresh,
+    title = {A Fresh Take on Stale Embeddings: Improving Dense Retriever Training with Corrector Networks},
+    author = {Monath, Nicholas and Grathwohl, Will and Boratko, Michael and Fergus, Rob and McCallum, Andrew and Zaheer, Manzil},
+    booktitle = {Proceedings of the 41st International Conference on Machine Learning},
+    year = {2024},
+    url = {https://arxiv.org/abs/2409.01890},
+}
+"""
+
+
+class CorrectedNegativesLoss(nn.Module):
+    """Wraps a sentence-transformers loss, the way ``MatryoshkaLoss`` does, adding hard negatives from a corrected cache.
+
+    Each training step: embeds the anchors without gradient; samples ``num_negatives`` store rows per anchor by the
+    corrected scores <q, h(g')>, never a row relevant to that anchor (its positives and their text copies, every
+    positive the training dataset pairs with the same anchor text, ``relevant``) nor one of the batch's own negative
+    columns; appends their texts as extra negative columns; calls the wrapped loss on all columns; then takes one
+    corrector step on the drift loss between h(g') and the fresh embeddings the wrapped loss computed for every target
+    (captured from its forward passes: no second encoder pass). The corrector trains only through its own optimiser.
+
+    In evaluation (``model.eval()`` or no gradient: the trainer's ``eval_dataset``) the wrapped loss runs on the
+    columns as given: nothing is sampled, the corrector does not move, and ``eval_loss`` is the wrapped loss's value.
+
+    Args:
+        model: the SentenceTransformer being trained.
+        loss: the wrapped loss; it must accept (anchor, positive, negative_1, ..., negative_n) columns, as
+            ``MultipleNegativesRankingLoss``, ``CachedMultipleNegativesRankingLoss``, ``GISTEmbedLoss`` and
+            ``CachedGISTEmbedLoss`` do. Its options (``scale``, ``hardness_mode``, ``gather_across_devices``, ...)
+            stay its own.
+        store: the stale cache (e.g. from :func:`encode_corpus`); it must hold texts.
+        num_negatives: negatives sampled per anchor and appended after the dataset's own columns.
+        train_dataset: the trainer's training dataset (optional): its anchors' other positives are never sampled
+            as their negatives, and the static baseline mines its anchors. Any text columns (anchor, positive[,
+            negatives...]) with or without a label/score column.
+        relevant: ``{anchor text: [document id, ...]}`` (qrels): more rows never sampled for that anchor.
+        negatives: where the hard negatives come from —
+            ``"corrector"`` (the paper: sampled from the corrected cache every step);
+            ``"stale"`` (same sampling from the raw cache, the ablation);
+            ``"inbatch"`` (no sampled negatives: exactly the wrapped loss);
+            ``"static"`` (mined once from the initial cache with the initial model: the ``mine_hard_negatives``
+            baseline; needs ``train_dataset``);
+            ``"refresh"`` (sampled from the raw cache re-encoded with the current model every ``refresh_every``
+            optimiser steps: the quality reference);
+            ``"rerank"`` (the ``rerank_depth`` best rows of the raw cache re-encoded without gradient; the negatives
+            are the best of them by fresh score).
+            In every mode the corrector keeps learning from the targets embedded each step, so drift is measured.
+        sampling_strategy, range_min, range_max, max_score, min_score, absolute_margin, relative_margin: as in
+            ``mine_hard_negatives`` (see :class:`~haystack_corrector.HardNegativeSampler`); ``sampling_strategy`` also
+            takes ``"gumbel"`` (sample from softmax(score / ``temperature``)).
+        seed: seed of the sampler's random generator.
+        max_view_age: sample from a materialised corrected view refreshed every K corrector steps.
+        corrector_lr, drift_loss, listwise_weight, score_weight, drift_temperature, replay_size, replay_steps: the
+            corrector's training (:class:`~haystack_corrector.CorrectorTrainer`).
+        corrector_warmup_steps: for this many first optimiser steps sample from the stale cache while the corrector
+            learns.
+        refresh_every: optimiser steps between corpus re-encodes: needed by ``"refresh"``; with ``"corrector"`` it
+            is the hybrid budget (the corrector between rare refreshes), ``corrector_after_refresh`` ``"keep"`` or
+            ``"reset"`` saying whether the corrector keeps its weights after a refresh or restarts at the identity.
+        rerank_depth: candidates re-scored per anchor for ``"rerank"``.
+        prompts: the trainer's ``prompts`` (string or ``{column: prompt}``), so texts are recognised by their tokens
+            and sampled negatives get the positive column's prompt.
+        encode_batch_size: batch size of the no-grad encodes (static mining, refreshes, re-ranking).
+        sharded: under DDP, sample through :class:`~haystack_corrector.distributed.ShardedCacheStore` (``None``:
+            when a group of several processes is running; ``False``: each rank searches its own full copy).
+
+    References:
+        Monath et al., "A Fresh Take on Stale Embeddings: Improving Dense Retriever Training with Corrector Networks",
+        ICML 2024. https://arxiv.org/abs/2409.01890
+
+    Requirements:
+        1. A wrapped loss that takes (anchor, positive, negative_1, ..., negative_n) text columns.
+        2. A :class:`~haystack_corrector.CorrectedCacheStore` of the corpus, with texts.
+
+    Inputs:
+        +------------------------------------------------------+--------------------------------------+
+        | Texts                                                | Labels                               |
+        +======================================================+======================================+
+        | (anchor, positive) pairs                             | whatever the wrapped loss takes      |
+        +------------------------------------------------------+--------------------------------------+
+        | (anchor, positive, negative_1, ..., negative_n)      | whatever the wrapped loss takes      |
+        +------------------------------------------------------+--------------------------------------+
+
+    Recommendations:
+        - Add :class:`CorrectorCallback` to the trainer: checkpoints then hold the corrector, its optimiser and the
+          step counters, a resumed run restores them, and drift metrics are logged.
+        - Use ``BatchSamplers.NO_DUPLICATES`` so an anchor does not meet its own other positives in the batch.
+
+    Relations:
+        - :class:`CorrectedMultipleNegativesRankingLoss` is this wrapper around ``MultipleNegativesRankingLoss``.
+        - ``negatives="static"`` is ``mine_hard_negatives`` once, before training.
+
+    Example:
+        ::
+
+            from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss
+            from haystack_corrector.sentence_transformers import CorrectedNegativesLoss, CorrectorCallback
+
+            inner = CachedMultipleNegativesRankingLoss(model, mini_batch_size=16)
+            loss = CorrectedNegativesLoss(model, inner, store, num_negatives=4, train_dataset=train_dataset)
+            trainer = SentenceTransformerTrainer(model=model, train_dataset=train_dataset, loss=loss,
+                                                 callbacks=[CorrectorCallback(loss)])
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        loss: nn.Module,
+        store: CorrectedCacheStore,
+        num_negatives: int = 4,
+        *,
+        train_dataset: Any = None,
+        relevant: Mapping[str, Iterable[str]] | None = None,
+        negatives: str = "corrector",
+        sampling_strategy: str = "top",
+        temperature: float = 0.05,
+        range_min: int = 0,
+        range_max: int | None = None,
+        max_score: float | None = None,
+        min_score: float | None = None,
+        absolute_margin: float | None = None,
+        relative_margin: float | None = None,
+        seed: int | None = None,
+        max_view_age: int | None = None,
+        corrector_lr: float = 1e-3,
+        drift_loss: str = "mse",
+        listwise_weight: float = 0.0,
+        score_weight: float = 0.0,
+        drift_temperature: float = 0.05,
+        replay_size: int = 0,
+        replay_steps: int = 0,
+        corrector_warmup_steps: int = 0,
+        refresh_every: int | None = None,
+        corrector_after_refresh: str = "keep",
+        rerank_depth: int = 100,
+        prompts: str | Mapping[str, str] | None = None,
+        encode_batch_size: int = 64,
+        sharded: bool | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(loss, nn.Module):
+            raise TypeError(f"loss must be a sentence-transformers loss (an nn.Module), got {type(loss).__name__}")
+        if isinstance(loss, CorrectedNegativesLoss):
+            raise TypeError("loss is already a CorrectedNegativesLoss: wrap the inner loss once")
+        if not isinstance(store, CorrectedCacheStore):
+            raise TypeError(f"store must be a CorrectedCacheStore, got {type(store).__name__}")
+        if hasattr(num_negatives, "column_names"):
+            raise TypeError(
+                "The third argument is num_negatives; train_dataset is a keyword argument now: "
+                f"{type(self).__name__}(model, ..., store, num_negatives=4, train_dataset=train_dataset)"
+            )
+        check_positive_int(num_negatives, "num_negatives")
+        check_choice(negatives, "negatives", NEGATIVE_MODES)
+        check_non_negative_int(corrector_warmup_steps, "corrector_warmup_steps")
+        check_choice(corrector_after_refresh, "corrector_after_refresh", ("keep", "reset"))
+        check_bool(sharded, "sharded", optional=True)
+        if negatives == "refresh" and refresh_every is None:
+            raise ValueError("negatives='refresh' needs refresh_every (optimiser steps between corpus re-encodes)")
+        if refresh_every is not None:
+            check_positive_int(refresh_every, "refresh_every")
+            if negatives not in ("refresh", "corrector"):
+                raise ValueError(f"refresh_every applies to negatives='refresh' or 'corrector', not {negatives!r}")
+        if check_positive_int(rerank_depth, "rerank_depth") < num_negatives:
+            raise ValueError(f"rerank_depth must be >= num_negatives ({num_negatives}), got {rerank_depth!r}")
+        model_dim = _compat.embedding_dimension(model)
+        if model_dim is not None and model_dim != store.dim:
+            raise ValueError(f"The store has dimension {store.dim} but the model embeds into dimension {model_dim}")
+        if store.texts is None:
+            raise ValueError(
+                "The store has no texts, so sampled negatives cannot be re-encoded: build it with encode_corpus"
+            )
+        self.model = model
+        self.loss = loss
+        # The store is a plain attribute, so its corrector is NOT a registered submodule: the trainer's optimiser must
+        # not see the corrector's parameters, which only the drift loss trains, through their own optimiser.
+        self.store = store
+        self.num_negatives = num_negatives
+        self.negatives = negatives
+        self.corrector_warmup_steps = corrector_warmup_steps
+        self.refresh_every = refresh_every
+        self.corrector_after_refresh = corrector_after_refresh
+        self.rerank_depth = rerank_depth
+        self.prompts = prompts
+        self.encode_batch_size = encode_batch_size
+        self.sharded = sharded
+        self.relevance = RelevanceIndex(model, store, train_dataset=train_dataset, relevant=relevant, prompts=prompts)
+        self.sampler = HardNegativeSampler(
+            store,
+            num_negatives=num_negatives,
+            sampling_strategy=sampling_strategy,
+            temperature=temperature,
+            range_min=range_min,
+            range_max=range_max,
+            absolute_margin=absolute_margin,
+            relative_margin=relative_margin,
+            max_score=max_score,
+            min_score=min_score,
+            corrected=negatives == "corrector",
+            seed=seed,
+            max_view_age=max_view_age,
+            exclude_text_copies=False,  # the relevance index already counts every copy of a positive's text
+        )
+        self.corrector_trainer = CorrectorTrainer(
+            store,
+            lr=corrector_lr,
+            loss=drift_loss,
+            listwise_weight=listwise_weight,
+            score_weight=score_weight,
+            temperature=drift_temperature,
+            replay_size=replay_size,
+            replay_steps=replay_steps,
+            seed=seed,
+        )
+        self._inbatch_costs = Costs()  # negatives="inbatch" has no source to own its costs
+        self.source = self._make_source(train_dataset)
+        # Optimiser steps done, as the trainer counts them: kept by CorrectorCallback. Without it the loss counts its
+        # own training forwards, which equals optimiser steps only without gradient accumulation.
+        self.optimizer_step = 0
+        self.training_forwards = 0
+        self.callback_attached = False
+        self._warned: set[str] = set()
+        self.last_negative_rows: Tensor | None = None
+        self.reset_metrics()
+
+    # --------------------------------------------------------------------------------------------- sources
+    def _make_source(self, train_dataset: Any) -> NegativeSource | None:
+        mode = self.negatives
+        if mode == "inbatch":
+            return None
+        encode = no_grad_encoder(self.model, self.encode_batch_size, self.negative_prompt)
+        if mode == "static":
+            if train_dataset is None:
+                raise ValueError("negatives='static' needs train_dataset: its anchors are mined once, before training")
+            anchor_column = self.relevance.anchor_column
+            prompt = column_prompt(self.prompts, anchor_column)
+            datasets = list(train_dataset.values()) if isinstance(train_dataset, Mapping) else [train_dataset]
+            texts = sorted({text for dataset in datasets for text in dataset[anchor_column]})
+            anchors = {
+                key: (text, self.relevance.anchor_relevant(key))
+                for text, key in zip(texts, self.relevance.keys(texts, prompt))
+            }
+            return StaticNegatives(self.sampler, no_grad_encoder(self.model, self.encode_batch_size, prompt), anchors)
+        if mode == "rerank":
+            return RerankedNegatives(self.sampler, encode, self.rerank_depth)
+        if self.refresh_every is not None:
+            return RefreshedNegatives(
+                self.sampler,
+                encode,
+                self.refresh_every,
+                corrected=mode == "corrector",
+                after_refresh=self.corrector_after_refresh,
+                corrector_trainer=self.corrector_trainer,
+                warmup_steps=self.corrector_warmup_steps,
+            )
+        return SampledNegatives(self.sampler, corrected=mode == "corrector", warmup_steps=self.corrector_warmup_steps)
+
+    @property
+    def negative_prompt(self) -> str | None:
+        """The prompt of the positive column, given to sampled negatives as well."""
+        return column_prompt(self.prompts, self.relevance.positive_column)
+
+    @property
+    def costs(self) -> Costs:
+        """Corpus re-encodes and target forward passes of this run (the negative source owns them)."""
+        return self.source.costs if self.source is not None else self._inbatch_costs
+
+    @property
+    def sampling_corrected(self) -> bool:
+        return self.source is not None and self.source.corrected
+
+    @property
+    def step(self) -> int:
+        """The optimiser step the current forward belongs to (refresh_every and warm-up count these)."""
+        return self.optimizer_step if self.callback_attached else self.training_forwards
+
+    # --------------------------------------------------------------------------------------------- forward
+    @property
+    def _unwrapped_model(self) -> Any:
+        """The SentenceTransformer itself (the trainer swaps in its DDP wrapper, which has no ``encode``)."""
+        return getattr(self.model, "module", self.model)
+
+    def _is_training(self) -> bool:
+        return bool(self.model.training) and torch.is_grad_enabled()
+
+    def _distribute(self) -> None:
+        """Switch to sharded sampling under DDP (once, at the first forward pass, when every rank is running)."""
+        if isinstance(self.store, ShardedCacheStore) or self.sharded is False:
+            return
+        if not is_distributed():
+            if self.sharded:
+                raise RuntimeError("sharded=True needs an initialised torch.distributed group of several processes")
+            return
+        self.store = ShardedCacheStore(self.store)
+        self.sampler.store = self.store
+        self.corrector_trainer.store = self.store
+        logger.info("Sampling through sharded search: %r", self.store)
+
+    def _warn_once(self, key: str, message: str, *args: Any) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            logger.warning(message, *args)
+
+    def _tokenize(self, texts: list[str], like: dict[str, Any]) -> dict[str, Any]:
+        device = like["input_ids"].device
+        features = _compat.preprocess(self._unwrapped_model, texts, prompt=self.negative_prompt, task=like.get("task"))
+        features = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in features.items()}
+        if "task" in like:
+            features.setdefault("task", like["task"])
+        return features
+
+    def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None) -> Any:
+        features = list(sentence_features)
+        if len(features) < 2:
+            raise ValueError(
+                f"Expected at least 2 text columns (anchor, positive[, negatives...]), got {len(features)}"
+            )
+        if not self._is_training():
+            return self.loss(features, labels)  # evaluation: the wrapped loss on the columns as given
+        self._distribute()
+        if not self.callback_attached:
+            self._warn_once(
+                "callback",
+                "%s is training without CorrectorCallback: checkpoints will not hold the corrector, a resumed run "
+                "starts a fresh one, and steps are counted per forward pass, not per optimiser step. Add "
+                "callbacks=[CorrectorCallback(loss)] to the trainer.",
+                type(self).__name__,
+            )
+        batch = int(features[0]["input_ids"].shape[0])
+        anchor_keys = token_keys(features[0])
+        known_rows = [self.relevance.rows(token_keys(column)) for column in features[1:]]
+        if not any(known_rows[0]):
+            self._warn_once(
+                "positives",
+                "None of this batch's positives was found in the store by its tokens: if the trainer adds prompts, "
+                "pass the same prompts= to the loss; otherwise the positives are not in the store",
+            )
+        relevant = self.relevance.relevant_sets(anchor_keys, known_rows[0])
+        columns = list(features)
+        negative_rows = None
+        if self.source is not None:
+            exclude = [rows | {r for column in known_rows[1:] for r in column[i]} for i, rows in enumerate(relevant)]
+            with torch.no_grad():
+                anchors = self._unwrapped_model(dict(features[0]))["sentence_embedding"].detach().float().cpu()
+            negative_rows = self.source.negatives(anchors, exclude, self.step, anchor_keys)
+            texts = self.store.texts or []
+            for j in range(self.num_negatives):
+                columns.append(self._tokenize([texts[r] for r in negative_rows[:, j].tolist()], features[1]))
+        self.last_negative_rows = negative_rows
+        with captured_embeddings(self._unwrapped_model) as captured:
+            value = self.loss(columns, labels)
+        embedded = split_columns(captured, batch, len(columns))
+        if embedded is None:
+            self._warn_once(
+                "capture",
+                "Could not follow how %s embeds its columns; the drift step re-encodes the targets without gradient "
+                "(one extra forward pass per step)",
+                type(self.loss).__name__,
+            )
+            embedded = self._re_encode(columns)
+        self.costs.target_forward_passes += batch * (len(columns) - 1)
+        rows, fresh = [], []
+        for c, column_rows in enumerate(known_rows, start=1):
+            for i, found in enumerate(column_rows):
+                if found:
+                    rows.append(found[0])  # copies of one text share their stale embedding: train on one
+                    fresh.append(embedded[c][i])
+        if negative_rows is not None:
+            for j in range(self.num_negatives):
+                rows += negative_rows[:, j].tolist()
+                fresh += list(embedded[len(features) + j])
+        if rows:
+            self._drift(torch.tensor(rows, dtype=torch.int64), torch.stack(fresh).float(), embedded[0].float())
+        self.training_forwards += 1
+        return value
+
+    def _re_encode(self, columns: list[dict[str, Any]]) -> list[Tensor]:
+        with torch.no_grad():
+            return [self._unwrapped_model(dict(column))["sentence_embedding"].detach() for column in columns]
+
+    def _drift(self, rows: Tensor, fresh: Tensor, queries: Tensor) -> None:
+        metrics = self.corrector_trainer.observe(rows, fresh, query_embeddings=queries)
+        for key in ("drift_loss", "staleness", "corrected_error"):
+            self._metric_sums[key] = self._metric_sums.get(key, 0.0) + metrics[key]
+        self._metric_count += 1
+
+    def drift_metrics(self, rows: Tensor, fresh: Tensor) -> dict[str, float]:
+        """Drift of these rows against fresh embeddings, without training (for evaluation code)."""
+        with torch.no_grad():
+            corrector = self.store.corrector
+            device = next(corrector.parameters()).device
+            stale = self.store.stale_embeddings(rows).to(device)
+            side = self.store.side_features(rows)
+            corrected = corrector(stale, None if side is None else side.to(device))
+            fresh = fresh.to(device)
+            return {
+                "drift_loss": float(drift_losses.drift_loss(self.corrector_trainer.loss, corrected, fresh)),
+                "staleness": relative_error(stale, fresh),
+                "corrected_error": relative_error(corrected, fresh),
+            }
+
+    # --------------------------------------------------------------------------------------------- metrics
+    def reset_metrics(self) -> None:
+        self._metric_sums: dict[str, float] = {}
+        self._metric_count = 0
+
+    def pop_metrics(self) -> dict[str, float]:
+        """Mean drift metrics since the last call (training steps only), the sampler's fallbacks and the costs."""
+        metrics = (
+            {f"corrector/{k}": v / self._metric_count for k, v in self._metric_sums.items()}
+            if self._metric_count
+            else {}
+        )
+        metrics["corrector/filled_negatives"] = float(self.sampler.stats["filled_negatives"])
+        metrics["corrector/filled_queries"] = float(self.sampler.stats["filled_queries"])
+        metrics.update({f"corrector/{k}": float(v) for k, v in self.costs.as_dict().items()})
+        self.reset_metrics()
+        return metrics
+
+    # ------------------------------------------------------------------------------------------- checkpoints
+    def state_dict_for_checkpoint(self) -> dict[str, Any]:
+        """Everything besides the corrector and its optimiser that a resumed run needs to continue exactly."""
+        return {
+            "optimizer_step": self.optimizer_step,
+            "training_forwards": self.training_forwards,
+            "sampler_stats": dict(self.sampler.stats),
+            "generator": self.sampler.generator.get_state(),
+            "source": self.source.state_dict() if self.source is not None else {"costs": self.costs.as_dict()},
+        }
+
+    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        self.optimizer_step = int(state["optimizer_step"])
+        self.training_forwards = int(state["training_forwards"])
+        self.sampler.stats.update(state["sampler_stats"])
+        self.sampler.generator.set_state(state["generator"].cpu())
+        if self.source is not None:
+            self.source.load_state_dict(state["source"])
+        else:
+            self._inbatch_costs = Costs(**state["source"].get("costs", {}))
+
+    # ------------------------------------------------------------------------------------------- model card
+    def get_config_dict(self) -> dict[str, Any]:
+        sampler = {k: v for k, v in self.sampler.get_config_dict().items() if k not in ("num_negatives", "corrected")}
+        sampler.pop("exclude_text_copies", None)
+        return {
+            "loss": type(self.loss).__name__,
+            "num_negatives": self.num_negatives,
+            "negatives": self.negatives,
+            **sampler,
+            "corrector_lr": self.corrector_trainer.lr,
+            "drift_loss": self.corrector_trainer.loss,
+            "listwise_weight": self.corrector_trainer.listwise_weight,
+            "score_weight": self.corrector_trainer.score_weight,
+            "drift_temperature": self.corrector_trainer.temperature,
+            "replay_size": self.corrector_trainer.replay_size,
+            "replay_steps": self.corrector_trainer.replay_steps,
+            "corrector": self.store.corrector.get_config_dict(),
+            "corrector_warmup_steps": self.corrector_warmup_steps,
+            "refresh_every": self.refresh_every,
+            "corrector_after_refresh": self.corrector_after_refresh,
+            "rerank_depth": self.rerank_depth,
+            "sharded": self.sharded,
+        }
+
+    @property
+    def citation(self) -> str:
+        return CITATION
