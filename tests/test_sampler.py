@@ -252,3 +252,18 @@ def test_copies_of_a_positive_are_never_sampled():
     assert sampler.sample(query, [[0]])[0].tolist() == oracle_window(store, query[0], {0, 7}, sampler)[:3]
     with pytest.raises(TypeError, match="exclude_text_copies must be a bool"):
         HardNegativeSampler(store, exclude_text_copies="yes")
+
+
+def test_min_score_and_max_score_keep_the_band_between_them():
+    """Oracle: the top-k of the rows whose score lies in [min_score, max_score], as mine_hard_negatives keeps them."""
+    store = CorrectedCacheStore(torch.eye(8), similarity="dot")
+    query = torch.tensor([[0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2]])
+    sampler = HardNegativeSampler(store, num_negatives=2, min_score=0.45, max_score=0.75, range_max=8)
+    assert sampler.sample(query, [[]]).tolist() == [[2, 3]]  # 0.9 and 0.8 too similar; 0.7 and 0.6 the best left
+    assert sampler.stats["skipped_max_score"] == 2
+    only_min = HardNegativeSampler(store, num_negatives=3, min_score=0.55, range_max=8, seed=0)
+    rows = only_min.sample(query, [[]])[0].tolist()
+    assert rows == [0, 1, 2]
+    assert only_min.stats["skipped_min_score"] == 4  # 0.5 .. 0.2 are too dissimilar
+    with pytest.raises(ValueError, match="must not exceed max_score"):
+        HardNegativeSampler(store, min_score=0.8, max_score=0.2)

@@ -274,28 +274,33 @@ def test_wrapped_cached_mnrl_equals_wrapped_mnrl(setup, tiny_model_folder):
         torch.testing.assert_close(c1[key], c2[key], atol=1e-5, rtol=1e-4)
 
 
-def test_wrapped_gist_filters_as_unwrapped_gist(setup, tiny_model_folder):
+@pytest.mark.parametrize("cached", [False, True])
+def test_wrapped_gist_filters_as_unwrapped_gist(setup, tiny_model_folder, cached):
     model, store, dataset, _ = setup
     torch.manual_seed(3)
     guide = load_tiny_model(tiny_model_folder)
     with torch.no_grad():
         for p in guide.parameters():
             p.add_(torch.randn_like(p) * 0.05)  # a different model as the guide
+
+    def gist():
+        if cached:
+            return st_losses.CachedGISTEmbedLoss(model, guide, mini_batch_size=3)
+        return st_losses.GISTEmbedLoss(model, guide)
+
     _stale(store)
     # GISTEmbedLoss takes (anchor, positive[, negative]): one sampled negative.
-    loss = CorrectedNegativesLoss(
-        model, st_losses.GISTEmbedLoss(model, guide), store, num_negatives=1, train_dataset=dataset, seed=0
-    )
+    loss = CorrectedNegativesLoss(model, gist(), store, num_negatives=1, train_dataset=dataset, seed=0)
     batch = dataset.select(range(8))
     model.train()
     before = [p.detach().clone() for p in store.corrector.parameters()]
     value = loss(_columns(model, batch), None)
     rows = loss.last_negative_rows
     columns = _columns(model, batch) + [_features(model, [store.texts[r] for r in rows[:, 0].tolist()])]
-    reference = st_losses.GISTEmbedLoss(model, guide)(columns, None)
+    reference = gist()(columns, None)
     torch.testing.assert_close(value, reference, atol=1e-6, rtol=1e-6)
     assert any(not torch.equal(a, b) for a, b in zip(before, store.corrector.parameters()))
-    assert loss.get_config_dict()["loss"] == "GISTEmbedLoss"
+    assert loss.get_config_dict()["loss"] == type(gist()).__name__
 
 
 def test_evaluation_neither_samples_nor_trains(setup):
