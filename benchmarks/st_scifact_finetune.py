@@ -33,12 +33,14 @@ from haystack_corrector.beir import document_text, load_beir  # noqa: E402
 from haystack_corrector.evaluation import relative_error, retrieval_metrics, run_from_search  # noqa: E402
 
 
-def evaluate(model, corpus_ids, corpus_texts, queries, qrels, max_seq_length, batch_size=64):
+def evaluate(model, corpus_ids, corpus_texts, queries, qrels, max_seq_length, batch_size=64, docs=None):
+    """Test metrics of ``model``; ``docs``: the corpus embeddings if already encoded by this model at this length."""
     from haystack_corrector import CorrectedCacheStore
 
     model.max_seq_length = max_seq_length
     start = time.perf_counter()
-    docs = model.encode(corpus_texts, batch_size=batch_size, convert_to_tensor=True, show_progress_bar=True)
+    if docs is None:
+        docs = model.encode(corpus_texts, batch_size=batch_size, convert_to_tensor=True, show_progress_bar=True)
     query_ids = list(queries)
     q = model.encode([queries[i] for i in query_ids], batch_size=batch_size, convert_to_tensor=True)
     store = CorrectedCacheStore(docs.cpu(), ids=corpus_ids, similarity="cosine")
@@ -128,7 +130,10 @@ def main() -> None:
 
     results["zero_shot"] = {}
     for length in args.eval_max_seq_length:
-        means, per_query, _, seconds = evaluate(model, corpus_ids, corpus_texts, test_queries, test_qrels, length)
+        cached = store.stale_embeddings() if length == args.train_max_seq_length else None  # the initial cache
+        means, per_query, _, seconds = evaluate(
+            model, corpus_ids, corpus_texts, test_queries, test_qrels, length, docs=cached
+        )
         results["zero_shot"][str(length)] = {"metrics": means, "per_query": per_query, "seconds": seconds}
         logging.info("zero-shot @%d: %s", length, means)
 

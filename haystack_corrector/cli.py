@@ -248,6 +248,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Keep the console readable: our progress bars and summaries, not every library's INFO lines.
         for noisy in ("sentence_transformers", "transformers", "httpx", "datasets"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+        if getattr(args, "command", None) in ("demo", "experiment", "fidelity"):
+            # The harness writes every log line to <output>/run.log; the console keeps warnings and arm boundaries.
+            from haystack_corrector.experiments.console import console_filter
+
+            for handler in logging.getLogger().handlers:
+                handler.addFilter(console_filter)
+            from transformers.utils import logging as transformers_logging
+
+            transformers_logging.disable_progress_bar()  # "Loading weights" at every arm
     if getattr(args, "handler", None) is None:
         parser.print_help()
         return 0

@@ -175,9 +175,20 @@ def test_build_cache_mine_and_evaluate_commands(toy_beir, tiny_st_path, tmp_path
 
 def test_demo_command_runs_end_to_end_with_a_small_model(tiny_st_path, tmp_path, capsys):
     assert main(["demo", "--model", tiny_st_path, "--steps", "1", "--output", str(tmp_path / "demo")]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "corrector negatives" in out and "static negatives (mined once)" in out and "zero-shot" in out
     assert (tmp_path / "demo" / "quality_vs_encodes.png").is_file()
+    # The console ends with the table; the trainer's per-step dicts went to the log files, not the console.
+    lines = out.rstrip().splitlines()
+    first_table_line = lines.index("| run | nDCG@10 | Recall@100 | MRR@10 | corpus encodes | wall time (s) |")
+    assert all(line.startswith("|") or not line or line.startswith("Drift") for line in lines[first_table_line:])
+    assert lines[-1].startswith("| corrector negatives |")
+    assert "{'loss'" not in out + captured.err and "'grad_norm'" not in out + captured.err
+    logs = sorted(p.name for p in (tmp_path / "demo" / "logs").glob("*.jsonl"))
+    assert logs == ["corrector__seed0.jsonl", "static__seed0.jsonl"]
+    assert '"train_loss"' in (tmp_path / "demo" / "logs" / "corrector__seed0.jsonl").read_text()
+    assert "Training arm corrector, seed 0" in (tmp_path / "demo" / "run.log").read_text()
 
 
 def test_cli_errors_are_clear(tmp_path, capsys):

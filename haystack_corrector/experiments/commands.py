@@ -99,6 +99,7 @@ def _config(args: argparse.Namespace, arms: Sequence[str], seeds: Sequence[int])
         train_split=args.train_split,
         max_train_queries=args.max_train_queries,
         eval_split=args.eval_split,
+        verbose=bool(getattr(args, "verbose", False)),
     )
 
 
@@ -108,14 +109,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     print("haystack-corrector demo: all-MiniLM-L6-v2 on a 1,700-document SciFact subset (CC BY-NC 2.0), offline.")
     print("Fine-tunes twice from the same start: static negatives (mined once) vs corrector negatives.\n")
-    results = run_demo(output=args.output, steps=args.steps, fresh=args.fresh, model=args.model)
-    print()
-    print(summary(results))
-    print(f"\nTotal wall time {time.perf_counter() - start:.0f} s on {results['machine']}.")
-    print(
-        f"Files: {Path(args.output) / 'results.md'}, {Path(args.output) / 'quality_vs_encodes.png'}, "
-        f"{Path(args.output) / 'drift.png'}, {Path(args.output) / 'results.json'}"
+    results = run_demo(
+        output=args.output, steps=args.steps, fresh=args.fresh, model=args.model, verbose=bool(args.verbose)
     )
+    print(
+        f"\nFiles: {Path(args.output) / 'results.md'}, {Path(args.output) / 'quality_vs_encodes.png'}, "
+        f"{Path(args.output) / 'drift.png'}, {Path(args.output) / 'results.json'}; logs in "
+        f"{Path(args.output) / 'run.log'} and {Path(args.output) / 'logs'}/."
+    )
+    print(f"Total wall time {time.perf_counter() - start:.0f} s on {results['machine']}.\n")
+    print(summary(results))
     return 0
 
 

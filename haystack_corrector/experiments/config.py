@@ -39,6 +39,7 @@ class ExperimentConfig:
     encode_batch_size: int = 64
     warmup_ratio: float = 0.1
     logging_steps: int = 5
+    verbose: bool = False  # every library's log lines and every progress bar on the console
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> list[Arm]:
@@ -71,7 +72,7 @@ class ExperimentConfig:
 
 # Settings that may change between two runs into one output folder: what is run, and how it is logged or batched
 # for encoding. Everything else defines the comparison, and mixing arms trained under different values would be wrong.
-RESUMABLE_SETTINGS = frozenset({"arms", "seeds", "output", "logging_steps", "encode_batch_size"})
+RESUMABLE_SETTINGS = frozenset({"arms", "seeds", "output", "logging_steps", "encode_batch_size", "verbose"})
 
 
 def check_resumable(config: ExperimentConfig) -> None:

@@ -11,7 +11,7 @@ from haystack_corrector.experiments.output_folder import clear_output_folder
 DEMO_DATA = Path(__file__).resolve().parents[1] / "data" / "scifact_demo"
 
 
-def demo_config(output: str, steps: int = 24, model: str | None = None) -> ExperimentConfig:
+def demo_config(output: str, steps: int = 24, model: str | None = None, verbose: bool = False) -> ExperimentConfig:
     return ExperimentConfig(
         data=str(DEMO_DATA),
         model=model,
@@ -26,15 +26,20 @@ def demo_config(output: str, steps: int = 24, model: str | None = None) -> Exper
         range_max=30,
         output=output,
         logging_steps=4,
+        verbose=verbose,
     )
 
 
 def run_demo(
-    output: str = "haystack-corrector-demo", steps: int = 24, fresh: bool = False, model: str | None = None
+    output: str = "haystack-corrector-demo",
+    steps: int = 24,
+    fresh: bool = False,
+    model: str | None = None,
+    verbose: bool = False,
 ) -> dict[str, Any]:
     if fresh:
         clear_output_folder(output)  # only the files the demo writes; refuses a folder that is not ours
-    return run_experiment(demo_config(output, steps, model))
+    return run_experiment(demo_config(output, steps, model, verbose))
 
 
 def summary(results: dict[str, Any]) -> str:

@@ -31,6 +31,7 @@ from haystack_corrector.experiments.config import ExperimentConfig, check_resuma
 from haystack_corrector.experiments.output_folder import claim_output_folder
 
 logger = logging.getLogger(__name__)
+progress = logging.getLogger("haystack_corrector.progress")  # the console's lines (experiments/console.py)
 
 DEMO_EXTRA = 'pip install "haystack-corrector[demo]"'
 
@@ -86,12 +87,14 @@ class Prepared:
     model_path: str
 
 
-def encode(model: Any, texts: list[str], batch_size: int, desc: str) -> torch.Tensor:
+def encode(model: Any, texts: list[str], batch_size: int, desc: str, show_progress_bar: bool = False) -> torch.Tensor:
     logger.info("%s: encoding %d texts (%d distinct)", desc, len(texts), len(distinct_texts(texts)[0]))
     return encode_distinct(
         texts,
         lambda unique: (
-            model.encode(unique, batch_size=batch_size, convert_to_tensor=True, show_progress_bar=True).float().cpu()
+            model.encode(unique, batch_size=batch_size, convert_to_tensor=True, show_progress_bar=show_progress_bar)
+            .float()
+            .cpu()
         ),
     )
 
@@ -159,7 +162,7 @@ def prepare(config: ExperimentConfig) -> Prepared:
     means, per_query, _ = evaluate_rankings(docs, queries, prepared, similarity)
     prepared.zero_shot = {"metrics": means, "per_query": per_query, "corpus_encode_seconds": encode_seconds}
     _write_json(zero_shot_path, prepared.zero_shot)
-    logger.info("zero-shot: %s", {k: round(v, 4) for k, v in means.items()})
+    progress.info("zero-shot nDCG@10 %.4f (initial cache: %.0f s)", means["ndcg@10"], encode_seconds)
     return prepared
 
 
@@ -197,6 +200,7 @@ def train_arm(
     """
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 
+    from haystack_corrector.experiments.console import ArmProgress
     from haystack_corrector.sentence_transformers import (
         CorrectedMultipleNegativesRankingLoss,
         CorrectorCallback,
@@ -241,10 +245,20 @@ def train_arm(
         logging_steps=config.logging_steps,
         report_to=[],
         use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=not config.verbose,  # our own bar per arm instead (console.ArmProgress)
     )
+    log_file = Path(config.output) / "logs" / f"{arm.slug}__seed{seed}.jsonl"
     trainer = SentenceTransformerTrainer(
-        model=model, args=args, train_dataset=dataset, loss=loss, callbacks=[CorrectorCallback(loss)]
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        loss=loss,
+        callbacks=[CorrectorCallback(loss), ArmProgress(f"{arm.name} (seed {seed})", log_file)],
     )
+    if not config.verbose:
+        from transformers import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)  # the per-step dicts go to the arm's log file, not the console
     logger.info("Training arm %s, seed %d", arm.name, seed)
     start = time.perf_counter()
     trainer.train()
@@ -283,12 +297,16 @@ def run_arm(config: ExperimentConfig, arm: Arm, seed: int, prepared: Prepared) -
     trained = train_arm(config, arm, seed, prepared)
     model, store, loss = trained.model, trained.store, trained.loss
     start = time.perf_counter()
-    fresh_docs = encode(model, prepared.corpus_texts, config.encode_batch_size, f"{arm.name}: evaluation corpus")
+    progress.info("%s seed %d: trained in %.0f s; evaluating", arm.name, seed, trained.train_seconds)
+    fresh_docs = encode(
+        model, prepared.corpus_texts, config.encode_batch_size, f"{arm.name}: evaluation corpus", config.verbose
+    )
     queries = encode(
         model,
         [prepared.eval_queries[q] for q in prepared.eval_queries],
         config.encode_batch_size,
         f"{arm.name}: evaluation queries",
+        config.verbose,
     )
     means, per_query, fresh_rows = evaluate_rankings(fresh_docs, queries, prepared, store.similarity)
     eval_seconds = time.perf_counter() - start
@@ -312,12 +330,14 @@ def run_arm(config: ExperimentConfig, arm: Arm, seed: int, prepared: Prepared) -
         "sampler_stats": dict(loss.sampler.stats),
     }
     _write_json(path, result)
-    logger.info(
-        "%s seed %d: %s (train %.0f s)",
+    progress.info(
+        "%s seed %d: nDCG@10 %.4f, corrected overlap@10 %.3f (train %.0f s, eval %.0f s)",
         arm.name,
         seed,
-        {k: round(v, 4) for k, v in means.items()},
+        means["ndcg@10"],
+        result["final_drift"]["corrected_overlap@10"],
         trained.train_seconds,
+        eval_seconds,
     )
     return result
 
@@ -339,21 +359,22 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     The results cover the named arms with every seed finished in the output folder, not only ``config.seeds``:
     a comparison may run more seeds for some arms (e.g. ``--seeds 1`` for a subset of arms) and report them together.
     """
-    from tqdm.auto import tqdm
-
     from haystack_corrector.experiments import report
+    from haystack_corrector.experiments.console import run_log
 
     arms = config.validate()
     claim_output_folder(config.output)  # before anything is read from or written to it
     check_resumable(config)
     total_start = time.perf_counter()
-    prepared = prepare(config)
     output = Path(config.output)
-    _write_json(output / "config.json", asdict(config) | {"arms": list(config.arms), "seeds": list(config.seeds)})
+    with run_log(output):
+        prepared = prepare(config)
+        _write_json(output / "config.json", asdict(config) | {"arms": list(config.arms), "seeds": list(config.seeds)})
+        jobs = [(arm, seed) for seed in config.seeds for arm in arms]
+        for number, (arm, seed) in enumerate(jobs, start=1):
+            progress.info("arm %d/%d: %s, seed %d", number, len(jobs), arm.name, seed)
+            run_arm(config, arm, seed, prepared)
     runs: dict[str, dict[str, Any]] = {arm.name: {} for arm in arms}
-    jobs = [(arm, seed) for seed in config.seeds for arm in arms]
-    for arm, seed in tqdm(jobs, desc="Arms", unit="arm"):
-        run_arm(config, arm, seed, prepared)
     for arm in arms:  # every finished seed, those of earlier runs included
         for seed in finished_seeds(config, arm):
             runs[arm.name][str(seed)] = json.loads(arm_result_path(config, arm, seed).read_text())

@@ -33,6 +33,8 @@ OUTPUT_ENTRIES = frozenset(
         "drift.png",
         "fidelity.json",
         "fidelity.md",
+        "run.log",
+        "logs",
     }
 )
 

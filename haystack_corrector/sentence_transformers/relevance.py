@@ -121,6 +121,9 @@ class RelevanceIndex:
             rows.extend(r for r in self.rows_of_text(text) if r not in rows)
 
     def _read_dataset(self, dataset: Any) -> None:
+        if not hasattr(dataset, "__len__"):  # an IterableDataset: reading it here would consume it
+            logger.info("train_dataset is iterable: its texts are recognised through the store's texts instead")
+            return
         columns = text_columns(dataset)
         if len(columns) < 2:
             raise ValueError(
