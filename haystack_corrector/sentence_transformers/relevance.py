@@ -107,9 +107,12 @@ class RelevanceIndex:
         return self._rows_of_text.get(text, [])
 
     def keys(self, texts: Sequence[str], prompt: str | None = None) -> list[TokenKey]:
-        """The token key of each text, tokenised as the trainer's collator would."""
+        """The token key of each text, tokenised as the trainer's collator would (a progress bar above 20,000)."""
+        from tqdm.auto import tqdm
+
         keys: list[TokenKey] = []
-        for start in range(0, len(texts), _TOKENIZE_BATCH):
+        starts = range(0, len(texts), _TOKENIZE_BATCH)
+        for start in tqdm(starts, desc="Indexing texts by tokens", unit="batch", disable=len(texts) <= 20_000):
             chunk = list(texts[start : start + _TOKENIZE_BATCH])
             keys += token_keys(_compat.preprocess(self.model, chunk, prompt=prompt))
         return keys
