@@ -370,17 +370,9 @@ class CorrectedNegativesLoss(nn.Module):
                 "pass the same prompts= to the loss; otherwise the positives are not in the store",
             )
         relevant = self.relevance.relevant_sets(anchor_keys, known_rows[0])
-        columns = list(features)
-        negative_rows = None
-        if self.source is not None:
-            exclude = [rows | {r for column in known_rows[1:] for r in column[i]} for i, rows in enumerate(relevant)]
-            with torch.no_grad():
-                anchors = self._unwrapped_model(dict(features[0]))["sentence_embedding"].detach().float().cpu()
-            negative_rows = self.source.negatives(anchors, exclude, self.step, anchor_keys)
-            texts = self.store.texts or []
-            for j in range(self.num_negatives):
-                columns.append(self._tokenize([texts[r] for r in negative_rows[:, j].tolist()], features[1]))
+        negative_rows = self._sample(features, anchor_keys, relevant, known_rows) if self.source is not None else None
         self.last_negative_rows = negative_rows
+        columns = list(features) + self._negative_columns(negative_rows, like=features[1])
         with captured_embeddings(self._unwrapped_model) as captured:
             value = self.loss(columns, labels)
         embedded = split_columns(captured, batch, len(columns))
@@ -393,20 +385,53 @@ class CorrectedNegativesLoss(nn.Module):
             )
             embedded = self._re_encode(columns)
         self.costs.target_forward_passes += batch * (len(columns) - 1)
-        rows, fresh = [], []
-        for c, column_rows in enumerate(known_rows, start=1):
-            for i, found in enumerate(column_rows):
-                if found:
-                    rows.append(found[0])  # copies of one text share their stale embedding: train on one
-                    fresh.append(embedded[c][i])
-        if negative_rows is not None:
-            for j in range(self.num_negatives):
-                rows += negative_rows[:, j].tolist()
-                fresh += list(embedded[len(features) + j])
-        if rows:
-            self._drift(torch.tensor(rows, dtype=torch.int64), torch.stack(fresh).float(), embedded[0].float())
+        rows, fresh = self._targets(known_rows, negative_rows, embedded[1:])
+        if rows.numel():
+            self._drift(rows, fresh, embedded[0].float())
         self.training_forwards += 1
         return value
+
+    def _sample(
+        self,
+        features: list[dict[str, Any]],
+        anchor_keys: list[Any],
+        relevant: list[set[int]],
+        known_rows: list[list[list[int]]],
+    ) -> Tensor:
+        """(B, num_negatives) store rows: never relevant to the anchor, never one of its row's own negatives."""
+        exclude = [rows | {r for column in known_rows[1:] for r in column[i]} for i, rows in enumerate(relevant)]
+        with torch.no_grad():  # the current anchors, to sample with (the wrapped loss embeds them again, with grad)
+            anchors = self._unwrapped_model(dict(features[0]))["sentence_embedding"].detach().float().cpu()
+        return self.source.negatives(anchors, exclude, self.step, anchor_keys)  # type: ignore[union-attr]
+
+    def _negative_columns(self, negative_rows: Tensor | None, like: dict[str, Any]) -> list[dict[str, Any]]:
+        """The sampled rows' texts, tokenised as extra negative columns (column j: every anchor's j-th negative)."""
+        if negative_rows is None:
+            return []
+        texts = self.store.texts or []
+        return [
+            self._tokenize([texts[r] for r in negative_rows[:, j].tolist()], like) for j in range(self.num_negatives)
+        ]
+
+    @staticmethod
+    def _targets(
+        known_rows: list[list[list[int]]], negative_rows: Tensor | None, embedded: list[Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        """(rows, fresh embeddings) of every target in the store: the dataset's columns, then the sampled ones."""
+        rows: list[int] = []
+        fresh: list[Tensor] = []
+        for column_rows, column in zip(known_rows, embedded):
+            for found, embedding in zip(column_rows, column):
+                if found:
+                    rows.append(found[0])  # copies of one text share their stale embedding: train on one
+                    fresh.append(embedding)
+        if negative_rows is not None:
+            for j, column in enumerate(embedded[len(known_rows) :]):
+                rows += negative_rows[:, j].tolist()
+                fresh += list(column)
+        if not rows:
+            return torch.empty(0, dtype=torch.int64), torch.empty(0)
+        return torch.tensor(rows, dtype=torch.int64), torch.stack(fresh).float()
 
     def _re_encode(self, columns: list[dict[str, Any]]) -> list[Tensor]:
         with torch.no_grad():
