@@ -244,3 +244,25 @@ def test_replay_arm_parses():
     assert arm.loss_kwargs() == {"negatives": "corrector", "replay_steps": 4, "replay_size": 8192}
     with pytest.raises(ValueError, match="corrector\\+replay:K"):
         parse_arm("corrector+replay:0")
+
+
+def test_corrector_levers_combine():
+    arm = parse_arm("corrector+side+replay:4")
+    assert arm.side_features and arm.replay_steps == 4 and arm.negatives == "corrector"
+    assert arm.loss_kwargs() == {"negatives": "corrector", "replay_steps": 4, "replay_size": 8192}
+    both = parse_arm("corrector+replay:2+refresh:32:reset")
+    assert both.loss_kwargs() == {
+        "negatives": "corrector",
+        "refresh_every": 32,
+        "corrector_after_refresh": "reset",
+        "replay_steps": 2,
+        "replay_size": 8192,
+    }
+    assert parse_arm("corrector+side+replay:4").slug == "corrector_side_replay-4"
+    for bad, match in (
+        ("corrector+side+side", "twice"),
+        ("corrector+magic", "unknown corrector lever"),
+        ("corrector+side:3", "unknown corrector lever"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            parse_arm(bad)

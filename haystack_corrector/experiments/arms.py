@@ -11,7 +11,8 @@ ARM_HELP = (
     "current model), corrector (dynamic from the corrected cache), corrector+refresh:N (the corrector between "
     "re-encodes every N steps; it keeps training after each), corrector+refresh:N:reset (back to the identity after "
     "each re-encode), corrector+side (the corrector also reads side features kept by the initial pass, "
-    "--side-layers), corrector+replay:K (K extra corrector steps per training step on a buffer of recent pairs)"
+    "--side-layers), corrector+replay:K (K extra corrector steps per training step on a buffer of recent pairs); "
+    "corrector levers combine, e.g. corrector+side+replay:4"
 )
 REPLAY_SIZE = 8192  # rows buffered by the corrector+replay arms
 
@@ -44,21 +45,11 @@ class Arm:
 
 
 def parse_arm(text: str) -> Arm:
-    """``"inbatch"``, ``"static"``, ``"stale"``, ``"refresh:N"``, ``"rerank:L"``, ``"corrector"``,
-    ``"corrector+refresh:N"`` or ``"corrector+refresh:N:reset"``."""
-    if text.strip() == "corrector+side":
-        return Arm("corrector+side", "corrector", side_features=True)
-    if text.strip().startswith("corrector+replay:"):
-        steps = text.strip().partition(":")[2]
-        if not steps.isdigit() or int(steps) <= 0:
-            raise ValueError(f"Arm {text!r}: expected corrector+replay:K with K > 0 replay steps per training step")
-        return Arm(text.strip(), "corrector", replay_steps=int(steps))
-    if text.strip().startswith("corrector+refresh:"):
-        _, _, rest = text.strip().partition(":")
-        steps, _, mode = rest.partition(":")
-        if not steps.isdigit() or int(steps) <= 0 or mode not in ("", "reset"):
-            raise ValueError(f"Arm {text!r}: expected corrector+refresh:N or corrector+refresh:N:reset with N > 0")
-        return Arm(text.strip(), "corrector", refresh_every=int(steps), after_refresh=mode or "keep")
+    """``"inbatch"``, ``"static"``, ``"stale"``, ``"refresh:N"``, ``"rerank:L"``, ``"corrector"``, or the corrector
+    with levers joined by ``+`` in any order: ``side``, ``replay:K``, ``refresh:N`` or ``refresh:N:reset``
+    (e.g. ``"corrector+side+replay:4"``)."""
+    if text.strip().startswith("corrector+"):
+        return _corrector_arm(text.strip())
     name, _, value = text.strip().partition(":")
     simple = {"inbatch": "inbatch", "static": "static", "stale": "stale", "corrector": "corrector"}
     if name in simple and not value:
@@ -72,3 +63,27 @@ def parse_arm(text: str) -> Arm:
             return Arm(text.strip(), "refresh", refresh_every=int(value))
         return Arm(text.strip(), "rerank", rerank_depth=int(value))
     raise ValueError(f"Unknown arm {text!r}; expected one of: {ARM_HELP}")
+
+
+def _corrector_arm(name: str) -> Arm:
+    levers: dict[str, Any] = {}
+    seen: set[str] = set()
+    for lever in name.split("+")[1:]:
+        key, _, value = lever.partition(":")
+        if key in seen:
+            raise ValueError(f"Arm {name!r} names the lever {key!r} twice")
+        seen.add(key)
+        if key == "side" and not value:
+            levers["side_features"] = True
+        elif key == "replay":
+            if not value.isdigit() or int(value) <= 0:
+                raise ValueError(f"Arm {name!r}: expected corrector+replay:K with K > 0 replay steps per training step")
+            levers["replay_steps"] = int(value)
+        elif key == "refresh":
+            steps, _, mode = value.partition(":")
+            if not steps.isdigit() or int(steps) <= 0 or mode not in ("", "reset"):
+                raise ValueError(f"Arm {name!r}: expected corrector+refresh:N or corrector+refresh:N:reset with N > 0")
+            levers.update(refresh_every=int(steps), after_refresh=mode or "keep")
+        else:
+            raise ValueError(f"Arm {name!r}: unknown corrector lever {lever!r}; expected side, replay:K or refresh:N")
+    return Arm(name, "corrector", **levers)
