@@ -12,7 +12,8 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from haystack_corrector.__about__ import __version__
@@ -238,30 +239,53 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextmanager
+def _quiet_console(args: argparse.Namespace) -> Iterator[None]:
+    """Without ``--verbose``: other libraries' INFO lines off the console while the command runs, and for the harness
+    commands only warnings and arm boundaries (every line still reaches ``<output>/run.log``). Undone afterwards, so
+    that calling :func:`main` from Python leaves the caller's logging as it was."""
+    if args.verbose:
+        yield
+        return
+    noisy = {
+        name: logging.getLogger(name).level for name in ("sentence_transformers", "transformers", "httpx", "datasets")
+    }
+    for name in noisy:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    handlers: list[logging.Handler] = []
+    transformers_logging = None
+    if getattr(args, "command", None) in ("demo", "experiment", "fidelity"):
+        from transformers.utils import logging as transformers_logging
+
+        from haystack_corrector.experiments.console import console_filter
+
+        handlers = list(logging.getLogger().handlers)
+        for handler in handlers:
+            handler.addFilter(console_filter)
+        transformers_logging.disable_progress_bar()  # "Loading weights" at every arm
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(console_filter)
+        if transformers_logging is not None:
+            transformers_logging.enable_progress_bar()
+        for name, level in noisy.items():
+            logging.getLogger(name).setLevel(level)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    if not args.verbose:
-        # Keep the console readable: our progress bars and summaries, not every library's INFO lines.
-        for noisy in ("sentence_transformers", "transformers", "httpx", "datasets"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
-        if getattr(args, "command", None) in ("demo", "experiment", "fidelity"):
-            # The harness writes every log line to <output>/run.log; the console keeps warnings and arm boundaries.
-            from haystack_corrector.experiments.console import console_filter
-
-            for handler in logging.getLogger().handlers:
-                handler.addFilter(console_filter)
-            from transformers.utils import logging as transformers_logging
-
-            transformers_logging.disable_progress_bar()  # "Loading weights" at every arm
     if getattr(args, "handler", None) is None:
         parser.print_help()
         return 0
     try:
-        return int(args.handler(args) or 0)
+        with _quiet_console(args):
+            return int(args.handler(args) or 0)
     except KeyError as exc:  # str(KeyError) is the repr of its message
         print(f"haystack-corrector: error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 2

@@ -189,6 +189,14 @@ def test_demo_command_runs_end_to_end_with_a_small_model(tiny_st_path, tmp_path,
     assert logs == ["corrector__seed0.jsonl", "static__seed0.jsonl"]
     assert '"train_loss"' in (tmp_path / "demo" / "logs" / "corrector__seed0.jsonl").read_text()
     assert "Training arm corrector, seed 0" in (tmp_path / "demo" / "run.log").read_text()
+    # main() leaves the caller's logging as it found it (no filter left on a handler, no run.log handler)
+    import logging
+
+    from haystack_corrector.experiments.console import console_filter
+
+    root = logging.getLogger()
+    assert not any(console_filter in handler.filters for handler in root.handlers)
+    assert not any(getattr(handler, "baseFilename", "").endswith("run.log") for handler in root.handlers)
 
 
 def test_cli_errors_are_clear(tmp_path, capsys):
