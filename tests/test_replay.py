@@ -104,3 +104,23 @@ def test_checkpoint_restores_the_replay_buffer(tmp_path, tiny_model):
     assert torch.equal(restored.corrector_trainer.replay.rows, loss.corrector_trainer.replay.rows)
     assert torch.equal(restored.corrector_trainer.replay.fresh, loss.corrector_trainer.replay.fresh)
     assert restored.corrector_trainer.observed == loss.corrector_trainer.observed == 1
+
+
+def test_a_checkpoint_without_loss_state_still_restores_the_corrector(tmp_path, tiny_model, caplog):
+    """Checkpoints written before the loss state existed (0.1) restore the corrector and say what starts afresh."""
+    import logging
+
+    from haystack_corrector.sentence_transformers import CorrectorCallback
+    from tests.tiny_model import toy_loss
+
+    loss, store, dataset = toy_loss(tiny_model, num_negatives=1)
+    tiny_model.train()
+    loss([tiny_model.preprocess(dataset.select(range(4))[c]) for c in ("anchor", "positive")], None)
+    CorrectorCallback(loss).save_state(tmp_path)
+    (tmp_path / "corrector_state" / "loss_state.pt").unlink()
+    restored, restored_store, _ = toy_loss(tiny_model, num_negatives=1)
+    with caplog.at_level(logging.WARNING, logger="haystack_corrector"):
+        CorrectorCallback(restored).load_state(tmp_path)
+    assert any("saved by an older version" in r.getMessage() for r in caplog.records)
+    for key, value in store.corrector.state_dict().items():
+        assert torch.equal(restored_store.corrector.state_dict()[key], value)

@@ -128,7 +128,15 @@ class CorrectorCallback(_TrainerCallback):  # type: ignore[misc, valid-type]
                 **state.get("replay", {}),
             }
         )
-        self.loss.load_checkpoint_state(torch.load(source / "loss_state.pt", map_location="cpu", weights_only=True))
+        if (source / "loss_state.pt").is_file():
+            self.loss.load_checkpoint_state(torch.load(source / "loss_state.pt", map_location="cpu", weights_only=True))
+        else:  # saved by haystack-corrector 0.1: the sampler's state only
+            if "generator" in state:
+                self.loss.sampler.generator.set_state(state["generator"].cpu())
+            self.loss.sampler.stats.update(meta.get("sampler_stats", {}))
+            logger.warning(
+                "%s was saved by an older version: step counters and the negative source's state start afresh", source
+            )
         logger.info("Restored the corrector from %s (after %d corrector steps)", source, meta["corrector_steps"])
 
     # ----------------------------------------------------------------------------------------------- events
