@@ -1,8 +1,9 @@
 """Compare finished arms of one experiment folder: nDCG@10, costs, fidelity, and paired intervals between arms.
 
-    python scripts/compare_arms.py runs/cosqa-2k-v2 --reference refresh:21 --stale stale
+    python scripts/compare_arms.py runs/cosqa-2k-v2 runs/cosqa-2k-side --reference refresh:21 --stale stale
 
-Reads ``<folder>/arms/*.json`` (any arms and seeds finished so far) and prints a markdown table: per arm, the mean
+Reads ``<folder>/arms/*.json`` of every folder given (folders of one setting, e.g. an arm that needs its own initial
+cache; the same arm in two folders is pooled as more seeds) (any arms and seeds finished so far) and prints a markdown table: per arm, the mean
 test nDCG@10 over its seeds, corpus encodes, target forward passes, train seconds, the end-of-training overlap@10 of
 its cache with the fresh ranking, the paired 95% bootstrap interval of (reference − arm) over queries, and the share
 of the stale → reference gap the arm recovers.
@@ -25,12 +26,12 @@ from haystack_corrector.experiments.report import paired_bootstrap  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("folder")
+    parser.add_argument("folders", nargs="+", help="experiment folders of the same setting")
     parser.add_argument("--reference", default="refresh:21")
     parser.add_argument("--stale", default="stale")
     args = parser.parse_args()
     runs: dict[str, list[dict]] = defaultdict(list)
-    for path in sorted(Path(args.folder, "arms").glob("*.json")):
+    for path in sorted(p for folder in args.folders for p in Path(folder, "arms").glob("*.json")):
         result = json.loads(path.read_text())
         runs[result["arm"]].append(result)
 
