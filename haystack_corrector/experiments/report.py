@@ -112,48 +112,59 @@ def plots(results: dict[str, Any], output: str | Path) -> list[Path]:
     written = []
     # Two costs: whole-corpus re-encodes (what refresh pays) and all target-encoder forward passes (what rerank pays
     # without ever re-encoding the corpus).
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.6), sharey=True)
     zero = results["zero_shot"]["metrics"]["ndcg@10"]
+    colours = {arm: f"C{i % 10}" for i, arm in enumerate(results["arms"])}
     for axis, key, label in (
         (axes[0], "corpus_encodes", "corpus encodes after the initial cache"),
         (axes[1], "target_forward_passes", "target-encoder forward passes"),
     ):
-        axis.axhline(zero, color="grey", linestyle="--", label="zero-shot")
+        axis.axhline(zero, color="grey", linestyle="--", linewidth=1)
+        axis.annotate("zero-shot", (0.01, zero), xycoords=("axes fraction", "data"), va="bottom", color="grey")
         for arm, runs in results["arms"].items():
             seeds = list(runs.values())
             mean, std = _mean_std([s["metrics"]["ndcg@10"] for s in seeds])
             cost = float(np.mean([s[key] for s in seeds]))
-            axis.errorbar([cost], [mean], yerr=[std], fmt="o", capsize=4, label=f"{arm} ({len(seeds)} seed(s))")
+            axis.errorbar([cost], [mean], yerr=[std], fmt="o", capsize=4, color=colours[arm])
+            axis.annotate(
+                f"{arm} ({len(seeds)})",
+                (cost, mean),
+                xytext=(6, 0),
+                textcoords="offset points",
+                va="center",
+                fontsize=8,
+                color=colours[arm],
+            )
         axis.set_xlabel(label)
-    axes[0].set_ylabel("test nDCG@10 (mean ± std over seeds)")
-    axes[1].legend(fontsize=8)
-    figure.suptitle("Quality vs re-encoding cost")
+        axis.margins(x=0.35)
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel("test nDCG@10 (mean ± std; seeds in brackets)")
+    figure.suptitle("Quality against what it cost: re-encoding arms sit to the right")
     figure.tight_layout()
     path = output / "quality_vs_encodes.png"
     figure.savefig(path, dpi=120)
     plt.close(figure)
     written.append(path)
 
-    figure, axis = plt.subplots(figsize=(6, 4))
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.6), sharey=True)
     for arm, runs in results["arms"].items():
         history = next(iter(runs.values()))["drift_history"]
         if not history:
             continue
         steps = [h["step"] for h in history]
-        line = axis.plot(steps, [h["staleness"] for h in history], label=f"{arm}: staleness")[0]
-        axis.plot(
-            steps,
-            [h["corrected_error"] for h in history],
-            linestyle="--",
-            color=line.get_color(),
-            label=f"{arm}: corrected error",
-        )
-    axis.set_xlabel("training step")
-    axis.set_ylabel("relative error on the step's targets")
-    axis.set_title("Drift during training (first seed)")
-    if axis.get_lines():
-        axis.legend(fontsize=7)
-    figure.tight_layout()
+        axes[0].plot(steps, [h["staleness"] for h in history], color=colours[arm], label=arm)
+        axes[1].plot(steps, [h["corrected_error"] for h in history], color=colours[arm], label=arm)
+    axes[0].set_title("staleness: cache vs fresh embedding")
+    axes[1].set_title("corrected error: corrector output vs fresh")
+    for axis in axes:
+        axis.set_xlabel("training step")
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel("relative error on the step's targets")
+    if axes[0].get_lines():
+        handles, labels = axes[0].get_legend_handles_labels()
+        figure.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False)
+    figure.suptitle("Drift during training (first seed of each arm)")
+    figure.tight_layout(rect=(0, 0.12, 1, 1))
     path = output / "drift.png"
     figure.savefig(path, dpi=120)
     plt.close(figure)
