@@ -38,7 +38,6 @@ class StaticNegatives(NegativeSource):
             chunk = keys[start : start + 256]
             rows = sampler.sample(embeddings[start : start + 256], [anchors[key][1] for key in chunk])
             self.table.update({key: row for key, row in zip(chunk, rows.tolist())})
-        self.costs.target_forward_passes = 0  # anchors are queries, not targets
         logger.info("Mined %d static negatives for each of %d anchors", sampler.num_negatives, len(self.table))
 
     def negatives(self, anchors: Tensor, exclude: list[set[int]], step: int, anchor_keys: Sequence[Any]) -> Tensor:
