@@ -256,6 +256,7 @@ class CorrectedCacheStore(CacheRows, CorrectedViewMixin, persistence.StorePersis
         corrected: bool = True,
         pool_size: int | None = None,
         max_view_age: int | None = None,
+        scan_dtype: torch.dtype | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact top-k rows for each query by corrected (default) or stale similarity.
 
@@ -270,6 +271,9 @@ class CorrectedCacheStore(CacheRows, CorrectedViewMixin, persistence.StorePersis
                 re-materialise (to the same place, memory or file) only when it is older. Trades exactness for
                 speed while the corrector trains (``benchmarks/view_age.py`` measures the cost). None (default):
                 read the view only while it matches the corrector exactly, else apply the corrector block by block.
+            scan_dtype: ``torch.bfloat16`` scores each block in bfloat16 first and re-scores in float32 every row the
+                proven rounding bound cannot rule out, so the result is the same exact top k, faster where the
+                hardware has bfloat16 matrix units (:mod:`haystack_corrector.search`); ``None``: float32 throughout.
 
         Returns:
             ``(scores, indices)``: (B, top_k) float32 scores and int64 row indices on CPU, best first.
@@ -287,7 +291,7 @@ class CorrectedCacheStore(CacheRows, CorrectedViewMixin, persistence.StorePersis
             from haystack_corrector.faiss_pool import pool_search
 
             return pool_search(self, queries, top_k, excluded, pool_size, corrected)
-        return self._search(queries, top_k, excluded, corrected, max_view_age=max_view_age)
+        return self._search(queries, top_k, excluded, corrected, max_view_age=max_view_age, scan_dtype=scan_dtype)
 
     @torch.no_grad()
     def _search(
@@ -298,6 +302,7 @@ class CorrectedCacheStore(CacheRows, CorrectedViewMixin, persistence.StorePersis
         corrected: bool,
         partial: bool = False,
         max_view_age: int | None = None,
+        scan_dtype: torch.dtype | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Blocked exact scan. ``partial=True`` (shards): fewer allowed rows than top_k give -inf scores, row -1."""
         device = self._device
@@ -314,5 +319,11 @@ class CorrectedCacheStore(CacheRows, CorrectedViewMixin, persistence.StorePersis
                     yield start, end, self._stale_block(start, end).to(device)
 
         return blocked_topk(
-            queries.to(device), blocks(), top_k, excluded, normalize=self.similarity == "cosine", partial=partial
+            queries.to(device),
+            blocks,
+            top_k,
+            excluded,
+            normalize=self.similarity == "cosine",
+            partial=partial,
+            scan_dtype=scan_dtype,
         )

@@ -3,52 +3,182 @@
 ``blocked_topk`` is the only top-k scan in the package: the cache store feeds it stale, corrected or materialised
 blocks, and the sharded search runs it on each rank's shard. Per-query exclusions are applied as ``-inf`` scores
 inside each block.
+
+With ``scan_dtype=torch.bfloat16`` the blocks are first scored in bfloat16 (several times faster where the hardware
+has bfloat16 matrix units), and the result is still the exact float32 top k: every row that could still reach the
+top k given the proven rounding bound (:func:`bf16_error_bound`) is re-scored in float32, and a query for which the
+bound cannot rule out the rows left behind is scanned again in float32.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import functools
+import os
+from collections.abc import Callable, Iterable
 
 import torch
 
 from haystack_corrector.scoring import dot_scores, normalize_rows
 
+Blocks = Iterable[tuple[int, int, torch.Tensor]]
+BF16_UNIT_ROUNDOFF = 2.0**-8  # bfloat16 keeps 8 significant bits
+FP32_UNIT_ROUNDOFF = 2.0**-24
+RESCORE_MARGIN = 32  # candidates re-scored per query and block beyond top_k
+
+
+def bf16_error_bound(dim: int) -> float:
+    """A constant c with |ŝ − s| ≤ c·‖q‖·‖x‖ for the bfloat16 score ŝ of a float32 dot product s = q·x in ``dim``.
+
+    With u = 2⁻⁸ (bfloat16) and v = 2⁻²⁴ (float32): rounding q and x to bfloat16 moves each term q_i·x_i by at most
+    (2u + u²)·|q_i·x_i|; the products of bfloat16 numbers are exact in float32 and are summed in float32 (as every
+    bfloat16 matrix unit and oneDNN/cuBLAS kernel does), which adds at most γ_d·Σ|q̂_i·x̂_i| with
+    γ_d = d·v / (1 − d·v); the sum is rounded once more to bfloat16 (u·|ŝ|). With Σ|q_i·x_i| ≤ ‖q‖·‖x‖
+    (Cauchy–Schwarz) and ‖q̂‖·‖x̂‖ ≤ (1 + u)²·‖q‖·‖x‖:
+
+        c = (2u + u²) + γ_d·(1 + u)² + u·(1 + u)²·(1 + γ_d)
+
+    (about 0.0118 for d = 384). ``tests/test_search.py`` checks it against measured errors.
+    """
+    u, v = BF16_UNIT_ROUNDOFF, FP32_UNIT_ROUNDOFF
+    gamma = dim * v / (1 - dim * v)
+    return (2 * u + u * u) + gamma * (1 + u) ** 2 + u * (1 + u) ** 2 * (1 + gamma)
+
+
+@functools.cache
+def _cpu_has_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            flags = handle.read()
+    except OSError:
+        return False
+    return any(flag in flags for flag in (" avx512_bf16", " amx_bf16")) or "bf16" in flags.split()
+
+
+def bf16_supported(device: torch.device | str) -> bool:
+    """Whether bfloat16 matrix products run natively on ``device`` (CUDA with bf16, or a CPU with AVX512-BF16/AMX).
+    ``HAYSTACK_CORRECTOR_NO_BF16=1`` answers False (to force and test the float32 path)."""
+    if os.environ.get("HAYSTACK_CORRECTOR_NO_BF16") == "1":
+        return False
+    device = torch.device(device)
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    return device.type == "cpu" and _cpu_has_bf16()
+
 
 @torch.no_grad()
 def blocked_topk(
     queries: torch.Tensor,
-    blocks: Iterable[tuple[int, int, torch.Tensor]],
+    blocks: Blocks | Callable[[], Blocks],
     top_k: int,
     excluded: list[set[int]],
     *,
     normalize: bool,
     partial: bool = False,
+    scan_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top ``top_k`` rows per query over ``blocks`` of ``(start, end, float32 rows[start:end])``, best first.
 
+    ``blocks`` is an iterable, or a function returning a fresh one (needed by ``scan_dtype=torch.bfloat16``, whose
+    fallback scans again). ``scan_dtype=torch.bfloat16`` scores in bfloat16 first and returns the same exact float32
+    top k (module docstring); without native bfloat16 (:func:`bf16_supported`) it scans in float32 directly.
     ``partial=True`` (shards): fewer allowed rows than ``top_k`` give ``-inf`` scores and row ``-1`` instead of an
     error. Returns ``(scores, rows)`` on CPU. Non-finite scores (a diverged corrector) raise ``ValueError``.
     """
+    if scan_dtype is not None and scan_dtype != torch.float32:
+        if scan_dtype != torch.bfloat16:
+            raise ValueError(f"scan_dtype must be torch.bfloat16 or torch.float32, got {scan_dtype}")
+        if not callable(blocks):
+            raise TypeError("scan_dtype=torch.bfloat16 needs blocks as a function returning a fresh iterable")
+        if bf16_supported(queries.device):
+            return _bf16_topk(queries, blocks, top_k, excluded, normalize=normalize, partial=partial)
+    return _exact_topk(queries, blocks() if callable(blocks) else blocks, top_k, excluded, normalize, partial)
+
+
+def _exclusion_pairs(excluded: list[set[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    pairs = sorted((row, query) for query, rows in enumerate(excluded) for row in rows)
+    return (
+        torch.tensor([row for row, _ in pairs], dtype=torch.int64),
+        torch.tensor([query for _, query in pairs], dtype=torch.int64),
+    )
+
+
+def _exclude(scores: torch.Tensor, start: int, end: int, pair_rows: torch.Tensor, pair_queries: torch.Tensor) -> None:
+    if len(pair_rows):
+        lo = int(torch.searchsorted(pair_rows, start))
+        hi = int(torch.searchsorted(pair_rows, end))
+        if hi > lo:
+            device = scores.device
+            scores[pair_queries[lo:hi].to(device), (pair_rows[lo:hi] - start).to(device)] = -torch.inf
+
+
+def _bf16_topk(
+    queries: torch.Tensor,
+    make_blocks: Callable[[], Blocks],
+    top_k: int,
+    excluded: list[set[int]],
+    *,
+    normalize: bool,
+    partial: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """bfloat16 first pass, float32 re-scoring of every row whose upper bound reaches the block's top candidates,
+    and a proof per query that no row left behind can enter the top k (else that query is scanned in float32)."""
     device = queries.device
     queries = normalize_rows(queries, normalize)
-    pairs = sorted((row, query) for query, rows in enumerate(excluded) for row in rows)
-    pair_rows = torch.tensor([row for row, _ in pairs], dtype=torch.int64)
-    pair_queries = torch.tensor([query for _, query in pairs], dtype=torch.int64)
+    q16 = queries.to(torch.bfloat16)
+    error = bf16_error_bound(queries.shape[1]) * queries.norm(dim=1, keepdim=True)  # (B, 1) times ‖x‖ per row
+    pair_rows, pair_queries = _exclusion_pairs(excluded)
+    keep = top_k + RESCORE_MARGIN
+    best_scores = torch.empty((queries.shape[0], 0), device=device)
+    best_rows = torch.empty((queries.shape[0], 0), dtype=torch.int64, device=device)
+    left_behind = torch.full((queries.shape[0],), -torch.inf, device=device)  # best upper bound not re-scored
+    for start, end, block in make_blocks():
+        rows_f32 = normalize_rows(block, normalize)
+        upper = (q16 @ rows_f32.to(torch.bfloat16).T).float() + error * rows_f32.norm(dim=1)
+        _exclude(upper, start, end, pair_rows, pair_queries)
+        take = min(keep + 1, upper.shape[1])
+        bounds, candidates = torch.topk(upper, take, dim=1)
+        if take > keep:
+            left_behind = torch.maximum(left_behind, bounds[:, keep])
+            bounds, candidates = bounds[:, :keep], candidates[:, :keep]
+        exact = dot_scores(queries, rows_f32[candidates])  # (B, keep) float32 scores of the candidates
+        exact[bounds == -torch.inf] = -torch.inf  # excluded rows stay out even when a block has few rows
+        merged_scores = torch.cat([best_scores, exact], dim=1)
+        merged_rows = torch.cat([best_rows, candidates + start], dim=1)
+        width = min(top_k, merged_scores.shape[1])
+        best_scores, position = torch.topk(merged_scores, width, dim=1)
+        best_rows = torch.gather(merged_rows, 1, position)
+    proven = left_behind < best_scores[:, -1]  # strictly: a row left behind cannot even tie the k-th score
+    if not bool(proven.all()):
+        redo = (~proven).nonzero().squeeze(1)
+        redo_excluded = [excluded[int(q)] for q in redo]
+        scores, rows = _exact_topk(queries[redo], make_blocks(), top_k, redo_excluded, normalize, partial)
+        best_scores, best_rows = best_scores.cpu(), best_rows.cpu()
+        best_scores[redo.cpu()] = scores
+        best_rows[redo.cpu()] = rows
+    return _finish(best_scores, best_rows, partial)
+
+
+def _exact_topk(
+    queries: torch.Tensor, blocks: Blocks, top_k: int, excluded: list[set[int]], normalize: bool, partial: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    device = queries.device
+    queries = normalize_rows(queries, normalize)
+    pair_rows, pair_queries = _exclusion_pairs(excluded)
     best_scores = torch.empty((queries.shape[0], 0), device=device)
     best_rows = torch.empty((queries.shape[0], 0), dtype=torch.int64, device=device)
     for start, end, block in blocks:
         scores = dot_scores(queries, normalize_rows(block, normalize))
-        if len(pairs):
-            lo = int(torch.searchsorted(pair_rows, start))
-            hi = int(torch.searchsorted(pair_rows, end))
-            if hi > lo:
-                scores[pair_queries[lo:hi].to(device), (pair_rows[lo:hi] - start).to(device)] = -torch.inf
+        _exclude(scores, start, end, pair_rows, pair_queries)
         rows = torch.arange(start, end, device=device).expand(queries.shape[0], -1)
         merged_scores = torch.cat([best_scores, scores], dim=1)
         merged_rows = torch.cat([best_rows, rows], dim=1)
         keep = min(top_k, merged_scores.shape[1])
         best_scores, position = torch.topk(merged_scores, keep, dim=1)
         best_rows = torch.gather(merged_rows, 1, position)
+    return _finish(best_scores, best_rows, partial)
+
+
+def _finish(best_scores: torch.Tensor, best_rows: torch.Tensor, partial: bool) -> tuple[torch.Tensor, torch.Tensor]:
     if partial:
         missing = best_scores == -torch.inf
         best_rows[missing] = -1
