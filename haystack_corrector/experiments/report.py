@@ -101,6 +101,19 @@ def markdown(results: dict[str, Any], reference: str = "corrector") -> str:
     return "\n".join(lines) + "\n"
 
 
+def _label_points(axis: Any, points: list[tuple[float, float, str, str]]) -> None:
+    """Name each point beside it; labels of points that nearly coincide are stacked instead of overprinted."""
+    values = [y for _, y, _, _ in points]
+    close = 0.03 * ((max(values) - min(values)) or 1.0)
+    placed: list[tuple[float, float]] = []
+    for x, y, text, colour in sorted(points, key=lambda p: (p[0], -p[1])):
+        shift = sum(1 for px, py in placed if px == x and abs(py - y) < close)
+        placed.append((x, y))
+        axis.annotate(
+            text, (x, y), xytext=(6, -10 * shift), textcoords="offset points", va="center", fontsize=8, color=colour
+        )
+
+
 def plots(results: dict[str, Any], output: str | Path) -> list[Path]:
     """``quality_vs_encodes.png`` and ``drift.png`` in ``output``; returns their paths."""
     import matplotlib
@@ -121,20 +134,14 @@ def plots(results: dict[str, Any], output: str | Path) -> list[Path]:
     ):
         axis.axhline(zero, color="grey", linestyle="--", linewidth=1)
         axis.annotate("zero-shot", (0.01, zero), xycoords=("axes fraction", "data"), va="bottom", color="grey")
+        points = []
         for arm, runs in results["arms"].items():
             seeds = list(runs.values())
             mean, std = _mean_std([s["metrics"]["ndcg@10"] for s in seeds])
             cost = float(np.mean([s[key] for s in seeds]))
             axis.errorbar([cost], [mean], yerr=[std], fmt="o", capsize=4, color=colours[arm])
-            axis.annotate(
-                f"{arm} ({len(seeds)})",
-                (cost, mean),
-                xytext=(6, 0),
-                textcoords="offset points",
-                va="center",
-                fontsize=8,
-                color=colours[arm],
-            )
+            points.append((cost, mean, f"{arm} ({len(seeds)})", colours[arm]))
+        _label_points(axis, points)
         axis.set_xlabel(label)
         axis.margins(x=0.35)
         axis.grid(alpha=0.3)
