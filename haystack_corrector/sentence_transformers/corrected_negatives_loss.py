@@ -9,11 +9,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from haystack_corrector import drift_losses
 from haystack_corrector._validation import check_bool, check_choice, check_non_negative_int, check_positive_int
 from haystack_corrector.cache_store import CorrectedCacheStore
 from haystack_corrector.distributed import ShardedCacheStore, is_distributed
-from haystack_corrector.evaluation import relative_error
 from haystack_corrector.sampler import HardNegativeSampler
 from haystack_corrector.sentence_transformers import _compat
 from haystack_corrector.sentence_transformers.captured_embeddings import captured_embeddings, split_columns
@@ -26,7 +24,12 @@ from haystack_corrector.sentence_transformers.negatives import (
     StaticNegatives,
 )
 from haystack_corrector.sentence_transformers.negatives.source import no_grad_encoder
-from haystack_corrector.sentence_transformers.relevance import RelevanceIndex, column_prompt, token_keys
+from haystack_corrector.sentence_transformers.relevance import (
+    RelevanceIndex,
+    column_prompt,
+    each_dataset,
+    token_keys,
+)
 from haystack_corrector.trainer import CorrectorTrainer
 
 logger = logging.getLogger(__name__)
@@ -246,8 +249,9 @@ class CorrectedNegativesLoss(nn.Module):
             replay_steps=replay_steps,
             seed=seed,
         )
-        self._inbatch_costs = Costs()  # negatives="inbatch" has no source to own its costs
         self.source = self._make_source(train_dataset)
+        # The run's costs: the negative source counts its re-encodes into them, the loss its target passes.
+        self.costs = self.source.costs if self.source is not None else Costs()
         # Optimiser steps done, as the trainer counts them: kept by CorrectorCallback. Without it the loss counts its
         # own training forwards, which equals optimiser steps only without gradient accumulation.
         self.optimizer_step = 0
@@ -268,8 +272,7 @@ class CorrectedNegativesLoss(nn.Module):
                 raise ValueError("negatives='static' needs train_dataset: its anchors are mined once, before training")
             anchor_column = self.relevance.anchor_column
             prompt = column_prompt(self.prompts, anchor_column)
-            datasets = list(train_dataset.values()) if isinstance(train_dataset, Mapping) else [train_dataset]
-            texts = sorted({text for dataset in datasets for text in dataset[anchor_column]})
+            texts = sorted({text for dataset in each_dataset(train_dataset) for text in dataset[anchor_column]})
             anchors = {
                 key: (text, self.relevance.anchor_relevant(key))
                 for text, key in zip(texts, self.relevance.keys(texts, prompt))
@@ -293,11 +296,6 @@ class CorrectedNegativesLoss(nn.Module):
     def negative_prompt(self) -> str | None:
         """The prompt of the positive column, given to sampled negatives as well."""
         return column_prompt(self.prompts, self.relevance.positive_column)
-
-    @property
-    def costs(self) -> Costs:
-        """Corpus re-encodes and target forward passes of this run (the negative source owns them)."""
-        return self.source.costs if self.source is not None else self._inbatch_costs
 
     @property
     def sampling_corrected(self) -> bool:
@@ -443,21 +441,6 @@ class CorrectedNegativesLoss(nn.Module):
             self._metric_sums[key] = self._metric_sums.get(key, 0.0) + metrics[key]
         self._metric_count += 1
 
-    def drift_metrics(self, rows: Tensor, fresh: Tensor) -> dict[str, float]:
-        """Drift of these rows against fresh embeddings, without training (for evaluation code)."""
-        with torch.no_grad():
-            corrector = self.store.corrector
-            device = next(corrector.parameters()).device
-            stale = self.store.stale_embeddings(rows).to(device)
-            side = self.store.side_features(rows)
-            corrected = corrector(stale, None if side is None else side.to(device))
-            fresh = fresh.to(device)
-            return {
-                "drift_loss": float(drift_losses.drift_loss(self.corrector_trainer.loss, corrected, fresh)),
-                "staleness": relative_error(stale, fresh),
-                "corrected_error": relative_error(corrected, fresh),
-            }
-
     # --------------------------------------------------------------------------------------------- metrics
     def reset_metrics(self) -> None:
         self._metric_sums: dict[str, float] = {}
@@ -484,7 +467,8 @@ class CorrectedNegativesLoss(nn.Module):
             "training_forwards": self.training_forwards,
             "sampler_stats": dict(self.sampler.stats),
             "generator": self.sampler.generator.get_state(),
-            "source": self.source.state_dict() if self.source is not None else {"costs": self.costs.as_dict()},
+            "costs": self.costs.as_dict(),
+            "source": self.source.state_dict() if self.source is not None else {},
         }
 
     def load_checkpoint_state(self, state: dict[str, Any]) -> None:
@@ -492,10 +476,9 @@ class CorrectedNegativesLoss(nn.Module):
         self.training_forwards = int(state["training_forwards"])
         self.sampler.stats.update(state["sampler_stats"])
         self.sampler.generator.set_state(state["generator"].cpu())
+        self.costs.load(state["costs"])
         if self.source is not None:
             self.source.load_state_dict(state["source"])
-        else:
-            self._inbatch_costs = Costs(**state["source"].get("costs", {}))
 
     # ------------------------------------------------------------------------------------------- model card
     def get_config_dict(self) -> dict[str, Any]:

@@ -54,6 +54,13 @@ def text_columns(dataset: Any) -> list[str]:
     return [c for c in columns if c not in LABEL_COLUMNS and c != "dataset_name"]
 
 
+def each_dataset(train_dataset: Any) -> list[Any]:
+    """The datasets of a trainer's ``train_dataset``: a ``Dataset``, or each of a ``DatasetDict``'s (none for None)."""
+    if train_dataset is None:
+        return []
+    return list(train_dataset.values()) if isinstance(train_dataset, Mapping) else [train_dataset]
+
+
 def column_prompt(prompts: str | Mapping[str, str] | None, column: str) -> str | None:
     """The prompt the trainer prepends to ``column`` (``prompts`` as in ``SentenceTransformerTrainingArguments``)."""
     if prompts is None or isinstance(prompts, str):
@@ -90,10 +97,8 @@ class RelevanceIndex:
         self._anchor_relevant: dict[TokenKey, set[int]] = {}
         self._store_indexed = False
         self.anchor_column, self.positive_column = "anchor", "positive"
-        datasets = list(train_dataset.values()) if isinstance(train_dataset, Mapping) else [train_dataset]
-        for dataset in datasets:
-            if dataset is not None:
-                self._read_dataset(dataset)
+        for dataset in each_dataset(train_dataset):
+            self._read_dataset(dataset)
         if relevant is not None:
             self._read_relevant(relevant)
 

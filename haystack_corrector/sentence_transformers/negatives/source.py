@@ -24,6 +24,11 @@ class Costs:
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
 
+    def load(self, saved: dict[str, int]) -> None:
+        """Take the counts of a checkpoint, in place (the loss and its source share this object)."""
+        for key, value in saved.items():
+            setattr(self, key, int(value))
+
 
 class NegativeSource:
     """Gives ``sampler.num_negatives`` store rows per anchor, never one in that anchor's ``exclude`` set.
@@ -52,11 +57,12 @@ class NegativeSource:
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
-        """What a checkpoint must hold for a resumed run to continue exactly (beyond the sampler's generator)."""
-        return {"costs": self.costs.as_dict()}
+        """What a checkpoint must hold for a resumed run to continue exactly, beyond the sampler's generator and the
+        costs (the loss saves those)."""
+        return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.costs = Costs(**state.get("costs", {}))
+        pass
 
 
 def no_grad_encoder(model: Any, batch_size: int, prompt: str | None = None) -> Encode:
