@@ -120,6 +120,7 @@ def plots(results: dict[str, Any], output: str | Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     output = Path(output)
     written = []
@@ -145,6 +146,12 @@ def plots(results: dict[str, Any], output: str | Path) -> list[Path]:
         axis.set_xlabel(label)
         axis.margins(x=0.35)
         axis.grid(alpha=0.3)
+    # Corpus encodes are whole numbers from 0: no negative or fractional ticks, even when every arm sits at 0.
+    highest = max(
+        (float(np.mean([s["corpus_encodes"] for s in r.values()])) for r in results["arms"].values()), default=0
+    )
+    axes[0].set_xlim(-0.5, max(highest, 1.0) + 1.0)
+    axes[0].xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     axes[0].set_ylabel("test nDCG@10 (mean ± std; seeds in brackets)")
     figure.suptitle("Quality against what it cost: re-encoding arms sit to the right")
     figure.tight_layout()
