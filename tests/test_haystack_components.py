@@ -78,6 +78,9 @@ class TestCorrectedEmbeddingRetriever:
                 "scale_score": False,
                 "return_embedding": False,
                 "similarity": None,
+                "retriever": None,
+                "pool_size": 100,
+                "filter_policy": "replace",
             },
         }
         assert retriever.to_dict()["init_parameters"]["document_store"]["type"] == STORE_TYPE
@@ -148,11 +151,14 @@ class TestCorrectedEmbeddingRetriever:
         with pytest.raises(FileNotFoundError):
             CorrectedEmbeddingRetriever(document_store, corrector_path="/nonexistent/corrector").warm_up()
 
-    def test_documents_without_embeddings_get_a_clear_error(self):
+    def test_documents_without_embeddings_are_skipped_with_one_warning(self, caplog):
         store = InMemoryDocumentStore()
-        store.write_documents([Document(content="no embedding")])
-        with pytest.raises(ValueError, match="have no embedding.*return_embedding=True"):
-            CorrectedEmbeddingRetriever(store).run(query_embedding=[1.0])
+        store.write_documents([Document(id="bare", content="no embedding"), Document(id="e", content="e", embedding=[1.0])])
+        with caplog.at_level("WARNING"):
+            found = CorrectedEmbeddingRetriever(store).run(query_embedding=[1.0])["documents"]
+        assert [d.id for d in found] == ["e"]
+        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert len(warnings) == 1 and "Skipped 1 of 2 documents" in warnings[0] and "'bare'" in warnings[0]
 
 
 # ------------------------------------------------------------------------------------- CorrectedHardNegativeMiner
@@ -175,6 +181,8 @@ class TestCorrectedHardNegativeMiner:
                 "min_score": None,
                 "seed": None,
                 "similarity": None,
+                "retriever": None,
+                "pool_size": 100,
             },
         }
 
@@ -287,7 +295,7 @@ class TestEmbeddingCorrector:
         torch.testing.assert_close(torch.tensor([d.embedding for d in out]), expected)
         assert all(type(x) is float for x in out[0].embedding)
         assert [list(d.embedding) for d in documents] == originals  # inputs untouched
-        assert out[0].meta["corrector"]["path"] == corrector_path and len(out[0].meta["corrector"]["sha256"]) == 16
+        assert out[0].meta["corrector_path"] == corrector_path and len(out[0].meta["corrector"]) == 16
         assert out[0].meta["group"] == documents[0].meta["group"] and "corrector" not in documents[0].meta
 
     def test_wrong_input(self, corrector_path):

@@ -7,6 +7,10 @@ from pathlib import Path
 
 from haystack_corrector import Corrector
 
+# Meta keys recording which corrector produced a document's embedding (flat strings: every store keeps them).
+CORRECTOR_META = "corrector"  # the fingerprint of its weights
+CORRECTOR_PATH_META = "corrector_path"
+
 
 def load_corrector(corrector_path: str | None) -> Corrector | None:
     if corrector_path is None:

@@ -3,21 +3,44 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any
 
 import numpy as np
 import torch
 from haystack import Document
 
+logger = logging.getLogger(__name__)
+
 SIMILARITIES = {"cosine": "cosine", "dot_product": "dot", "dot": "dot"}
+# Where stores keep the metric their index ranks by: InMemory, Qdrant, Chroma (private, no public accessor).
+_STORE_METRIC_ATTRIBUTES = ("embedding_similarity_function", "similarity", "_distance_function")
+_STORE_METRICS = {**SIMILARITIES, "ip": "dot"}
 
 
 def store_similarity(document_store: Any, similarity: str | None) -> str:
-    """The similarity to score with: explicit, else the store's ``embedding_similarity_function``, else dot."""
-    name = similarity or getattr(document_store, "embedding_similarity_function", None) or "dot_product"
-    if name not in SIMILARITIES:
-        raise ValueError(f"Unknown similarity {name!r}; expected one of {sorted(SIMILARITIES)}")
-    return SIMILARITIES[name]
+    """The similarity to score with: explicit, else the metric of the store's index, else dot product.
+
+    Stores whose index ranks by a distance a corrector cannot score (``"l2"``, Chroma's default) need an explicit
+    ``similarity``.
+    """
+    if similarity is not None:
+        if similarity not in SIMILARITIES:
+            raise ValueError(f"Unknown similarity {similarity!r}; expected one of {sorted(SIMILARITIES)}")
+        return SIMILARITIES[similarity]
+    for attribute in _STORE_METRIC_ATTRIBUTES:
+        metric = getattr(document_store, attribute, None)
+        if isinstance(metric, str):
+            break
+    else:
+        return "dot"
+    if metric not in _STORE_METRICS:
+        raise ValueError(
+            f"{type(document_store).__name__} ranks by {metric!r}, which corrected scores cannot reproduce; pass "
+            "similarity='cosine' (for L2-normalised embeddings, L2 distance and cosine rank alike) or "
+            "similarity='dot_product'"
+        )
+    return _STORE_METRICS[metric]
 
 
 def check_document_store(document_store: Any) -> None:
@@ -26,6 +49,21 @@ def check_document_store(document_store: Any) -> None:
             raise TypeError(
                 f"document_store must be a Haystack DocumentStore (with {method}()), got {type(document_store).__name__}"
             )
+
+
+def with_embeddings(documents: list[Document], what: str) -> list[Document]:
+    """The documents that have an embedding; one warning says how many were skipped (as stock retrievers skip them)."""
+    kept = [doc for doc in documents if doc.embedding is not None]
+    if len(kept) < len(documents):
+        logger.warning(
+            "Skipped %d of %d %s without an embedding (first id: %r); embed them to make them retrievable, and if "
+            "your store leaves embeddings out by default, switch them on (e.g. return_embedding=True)",
+            len(documents) - len(kept),
+            len(documents),
+            what,
+            next(doc.id for doc in documents if doc.embedding is None),
+        )
+    return kept
 
 
 def embedding_matrix(documents: list[Document], what: str) -> np.ndarray:
@@ -43,14 +81,15 @@ def embedding_matrix(documents: list[Document], what: str) -> np.ndarray:
     return np.asarray([doc.embedding for doc in documents], dtype=np.float32)
 
 
-def query_matrix(query_embeddings: Any, dim: int, name: str) -> torch.Tensor:
+def query_matrix(query_embeddings: Any, dim: int | None, name: str) -> torch.Tensor:
+    """Queries as a float32 tensor; ``dim=None`` checks the form only (the stored dimension is not known yet)."""
     if not isinstance(query_embeddings, (list, tuple)) or not query_embeddings:
         raise ValueError(f"{name} must be a non-empty list of floats, got {type(query_embeddings).__name__}")
     try:
         matrix = torch.tensor(query_embeddings, dtype=torch.float32)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{name} must hold numbers only, with equal lengths: {exc}") from exc
-    if matrix.shape[-1] != dim:
+    if dim is not None and matrix.shape[-1] != dim:
         raise ValueError(f"{name} has dimension {matrix.shape[-1]} but the stored embeddings have dimension {dim}")
     return matrix
 

@@ -4,6 +4,10 @@ Snapshot semantics: a component reads every document of its DocumentStore once (
 :class:`~haystack_corrector.CorrectedCacheStore` and searches that snapshot. Before each run it compares
 ``count_documents()`` with the snapshot and re-reads the store when they differ (documents written or deleted).
 Documents overwritten in place with the same count are not noticed: call ``refresh()`` after such an update.
+
+Cost: the whole store is held in memory (embeddings as float16 plus the Document objects) and ``count_documents()``
+runs before every query. That suits stores of up to some hundred thousand documents; for larger or remote stores use
+pool mode (``retriever=...``, :mod:`haystack_integrations.common.corrector.pool`), which asks the store's own index.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from typing import Any
 
 from haystack import Document
 from haystack_integrations.common.corrector.correctors import load_corrector
-from haystack_integrations.common.corrector.documents import embedding_matrix
+from haystack_integrations.common.corrector.documents import embedding_matrix, with_embeddings
 
 from haystack_corrector import CorrectedCacheStore, Corrector
 
@@ -31,18 +35,20 @@ class DocumentSnapshot:
         self.cache: CorrectedCacheStore | None = None
         self.count = -1
 
-    def ensure_current(self) -> CorrectedCacheStore:
+    def ensure_current(self) -> CorrectedCacheStore | None:
+        """The snapshot, re-read first if the store's count changed; None while the store holds no embedded document."""
         count = self.document_store.count_documents()
-        if self.cache is None or count != self.count:
+        if count != self.count:
             self.refresh()
-        if self.cache is None:  # refresh() sets it or raises
-            raise RuntimeError("the document snapshot could not be built")
         return self.cache
 
     def refresh(self) -> None:
-        documents = self.document_store.filter_documents()
+        stored = self.document_store.filter_documents()
+        documents = with_embeddings(stored, "documents in the document store")
+        self.count = len(stored)
         if not documents:
-            raise ValueError("The document store is empty: write documents with embeddings before retrieving")
+            self.cache, self.documents = None, []
+            return
         matrix = embedding_matrix(documents, "documents in the document store")
         corrector = self.corrector
         if corrector is not None and corrector.dim != matrix.shape[1]:
@@ -58,7 +64,6 @@ class DocumentSnapshot:
             texts=[doc.content or "" for doc in documents],
         )
         self.documents = documents
-        self.count = len(documents)
         logger.info(
             "Read %d documents from %s into the corrected cache", len(documents), type(self.document_store).__name__
         )
@@ -68,6 +73,8 @@ class DocumentSnapshot:
         if not filters:
             return None
         cache = self.ensure_current()
+        if cache is None:
+            return set()
         matching = self.document_store.filter_documents(filters=filters)
         known = []
         for doc in matching:
@@ -82,6 +89,7 @@ class SnapshotComponent:
     """Warm-up and refresh shared by the components that search a DocumentStore snapshot.
 
     Subclasses set ``document_store``, ``corrector_path``, ``_similarity`` and ``_snapshot = None`` in ``__init__``.
+    In pool mode (``document_store`` is None) the snapshot holds only the loaded corrector and never reads a store.
     """
 
     document_store: Any
@@ -97,8 +105,9 @@ class SnapshotComponent:
             )
 
     def refresh(self) -> None:
-        """Re-read the document store now (e.g. after documents were overwritten in place)."""
-        self._ready_snapshot().refresh()
+        """Re-read the document store now (e.g. after documents were overwritten in place); pool mode has no copy."""
+        if self.document_store is not None:
+            self._ready_snapshot().refresh()
 
     def _ready_snapshot(self) -> DocumentSnapshot:
         self.warm_up()

@@ -7,7 +7,12 @@ from typing import Any
 
 import torch
 from haystack import Document, component, default_from_dict, default_to_dict
-from haystack_integrations.common.corrector.correctors import corrector_fingerprint, load_corrector
+from haystack_integrations.common.corrector.correctors import (
+    CORRECTOR_META,
+    CORRECTOR_PATH_META,
+    corrector_fingerprint,
+    load_corrector,
+)
 from haystack_integrations.common.corrector.documents import embedding_matrix
 
 from haystack_corrector._validation import check_bool, check_path_string, check_positive_int
@@ -17,9 +22,11 @@ from haystack_corrector._validation import check_bool, check_path_string, check_
 class EmbeddingCorrector:
     """Maps each document's (stale) embedding through a saved corrector: ``embedding <- h(embedding)``.
 
-    Returns new Document objects (the inputs are not modified) whose ``meta["corrector"]`` records which corrector
-    was applied (its path and a fingerprint of its weights), for an indexing pipeline that upgrades a store in place
-    (``DocumentWriter(policy=DuplicatePolicy.OVERWRITE)``) instead of re-embedding every document.
+    Returns new Document objects (the inputs are not modified; ids are kept) whose meta records which corrector was
+    applied: ``meta["corrector"]`` is a fingerprint of its weights (16 hex digits of SHA-256) and
+    ``meta["corrector_path"]`` its path — flat strings, which every store keeps (Chroma drops nested meta). For an
+    indexing pipeline that upgrades a store in place (``DocumentWriter(policy=DuplicatePolicy.OVERWRITE)``) instead of
+    re-embedding every document; ``DocumentStoreCorrector`` does the same page by page and resumably.
 
     Usage example:
     ```python
@@ -71,12 +78,12 @@ class EmbeddingCorrector:
             raise TypeError("EmbeddingCorrector expects a list of Documents")
         if not documents:
             return {"documents": []}
-        corrected_already = [doc for doc in documents if (doc.meta or {}).get("corrector")]
+        corrected_already = [doc for doc in documents if (doc.meta or {}).get(CORRECTOR_META)]
         if corrected_already and not self.force:
             first = corrected_already[0]
             raise ValueError(
                 f"{len(corrected_already)} of {len(documents)} documents were already corrected (first: id "
-                f"{first.id!r}, meta['corrector'] = {first.meta['corrector']!r}); correcting them again would apply a "
+                f"{first.id!r}, meta[{CORRECTOR_META!r}] = {first.meta[CORRECTOR_META]!r}); correcting them again would apply a "
                 "corrector to its own output. Pass only old-encoder embeddings, or EmbeddingCorrector(force=True)"
             )
         self.warm_up()
@@ -93,10 +100,10 @@ class EmbeddingCorrector:
             for start in range(0, len(documents), self.batch_size):
                 block = torch.from_numpy(matrix[start : start + self.batch_size])
                 corrected.extend(corrector(block).tolist())
-        record = {"path": self.corrector_path, "sha256": self._fingerprint}
+        record = {CORRECTOR_META: self._fingerprint, CORRECTOR_PATH_META: self.corrector_path}
         return {
             "documents": [
-                dataclasses.replace(doc, embedding=[float(x) for x in emb], meta={**doc.meta, "corrector": record})
+                dataclasses.replace(doc, embedding=[float(x) for x in emb], meta={**doc.meta, **record})
                 for doc, emb in zip(documents, corrected)
             ]
         }

@@ -1,17 +1,20 @@
-"""CorrectedEmbeddingRetriever: a drop-in for InMemoryEmbeddingRetriever that scores the corrected embeddings."""
+"""CorrectedEmbeddingRetriever: a drop-in embedding retriever that scores the corrected embeddings."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 from typing import Any
 
 from haystack import Document, component, default_from_dict, default_to_dict
+from haystack.document_stores.types import FilterPolicy, apply_filter_policy
 from haystack_integrations.common.corrector.documents import (
     check_document_store,
     output_document,
     query_matrix,
     store_similarity,
 )
+from haystack_integrations.common.corrector.pool import RetrieverPool, inner_document_store, rank_pool
 from haystack_integrations.common.corrector.snapshot import DocumentSnapshot, SnapshotComponent
 
 from haystack_corrector._validation import check_non_negative_int, check_positive_int
@@ -23,19 +26,29 @@ class CorrectedEmbeddingRetriever(SnapshotComponent):
 
     Use it when the stored (stale) document embeddings come from an older encoder than the query embeddings: the
     corrector ``h`` maps them to the new encoder's space without re-embedding the corpus. With ``corrector_path=None``
-    it behaves like ``InMemoryEmbeddingRetriever``. Works with any DocumentStore: documents are read through
-    ``filter_documents()`` into an in-memory snapshot that is re-read when ``count_documents()`` changes (call
-    ``refresh()`` after overwriting documents in place).
+    it ranks like the store's own embedding retriever. Two modes:
+
+    - **Pool mode** (``retriever=`` any store's embedding retriever, e.g. ``QdrantEmbeddingRetriever``): each query
+      asks that retriever, through the store's own index and with the filters passed through, for the ``pool_size``
+      documents nearest by the stored embeddings, corrects those candidates and re-ranks them. Constant work per
+      query whatever the store's size; a document the stale index ranks below ``pool_size`` is not returned.
+    - **Snapshot mode** (``document_store=``): every document is read once (``filter_documents()``) into an in-memory
+      corrected cache that is re-read when ``count_documents()`` changes (checked before every query; call
+      ``refresh()`` after overwriting documents in place). Exact over the whole store; for small stores.
+
+    Drop-in semantics as the stock retrievers: an empty store returns ``[]``, documents without embeddings are skipped
+    (one warning says how many), ``filters`` follow ``filter_policy``, ``run_async`` is offered.
 
     Usage example:
     ```python
     from haystack import Document
+    from haystack.components.retrievers.in_memory import InMemoryEmbeddingRetriever
     from haystack.document_stores.in_memory import InMemoryDocumentStore
     from haystack_integrations.components.retrievers.corrector import CorrectedEmbeddingRetriever
 
     store = InMemoryDocumentStore(embedding_similarity_function="cosine")
     store.write_documents([Document(content="a", embedding=[1.0, 0.0]), Document(content="b", embedding=[0.0, 1.0])])
-    retriever = CorrectedEmbeddingRetriever(store, top_k=1)
+    retriever = CorrectedEmbeddingRetriever(retriever=InMemoryEmbeddingRetriever(store), pool_size=50, top_k=1)
     retriever.warm_up()
     print(retriever.run(query_embedding=[0.9, 0.1])["documents"][0].content)  # a
     ```
@@ -43,35 +56,63 @@ class CorrectedEmbeddingRetriever(SnapshotComponent):
 
     def __init__(
         self,
-        document_store: Any,
+        document_store: Any = None,
         corrector_path: str | None = None,
         top_k: int = 10,
         filters: dict[str, Any] | None = None,
         scale_score: bool = False,
         return_embedding: bool = False,
         similarity: str | None = None,
+        retriever: Any = None,
+        pool_size: int = 100,
+        filter_policy: str | FilterPolicy = FilterPolicy.REPLACE,
     ) -> None:
         """
-        :param document_store: any Haystack DocumentStore holding documents with (stale) embeddings.
+        :param document_store: snapshot mode: any Haystack DocumentStore holding documents with (stale) embeddings.
+            Give either this or ``retriever``.
         :param corrector_path: directory of a saved ``haystack_corrector.Corrector``; ``None`` applies no correction.
         :param top_k: documents to return; must be > 0.
-        :param filters: Haystack filters applied at every run (replaced by run-time filters when given).
+        :param filters: Haystack filters applied at every run, combined with run-time filters by ``filter_policy``.
         :param scale_score: scale scores to [0, 1] as ``InMemoryDocumentStore`` does.
         :param return_embedding: return the documents' stored embeddings.
-        :param similarity: ``"cosine"`` or ``"dot_product"``; default: the store's ``embedding_similarity_function``,
-            else dot product.
+        :param similarity: ``"cosine"`` or ``"dot_product"``; default: the metric of the store's index (``"ip"`` is
+            the dot product; an ``"l2"`` index needs an explicit choice), else dot product.
+        :param retriever: pool mode: the store's own embedding retriever; its candidates are re-ranked.
+        :param pool_size: pool mode: candidates fetched per query; must be > 0 and should be well above ``top_k``.
+        :param filter_policy: ``"replace"`` (run-time filters replace the init filters) or ``"merge"``. In pool mode
+            the resulting filters are passed to the inner retriever, where they replace its own init filters (unless
+            none result, in which case its own apply).
         """
-        check_document_store(document_store)
+        if (document_store is None) == (retriever is None):
+            raise ValueError(
+                "Give exactly one of document_store (snapshot mode: the whole store read into memory) or retriever "
+                "(pool mode: candidates from the store's own embedding retriever)"
+            )
         check_positive_int(top_k, "top_k")
+        self._pool = None if retriever is None else RetrieverPool(retriever, pool_size)
+        if document_store is not None:
+            check_document_store(document_store)
         self.document_store = document_store
+        self.retriever = retriever
+        self.pool_size = pool_size
         self.corrector_path = corrector_path
         self.top_k = top_k
         self.filters = filters
         self.scale_score = scale_score
         self.return_embedding = return_embedding
         self.similarity = similarity
-        self._similarity = store_similarity(document_store, similarity)
+        self.filter_policy = (
+            filter_policy if isinstance(filter_policy, FilterPolicy) else FilterPolicy.from_str(filter_policy)
+        )
+        scored_store = document_store if retriever is None else inner_document_store(retriever)
+        self._similarity = store_similarity(scored_store, similarity)
         self._snapshot: DocumentSnapshot | None = None
+
+    def warm_up(self) -> None:
+        """Load the corrector and warm up the inner retriever (once; later calls do nothing)."""
+        if self._pool is not None and callable(getattr(self.retriever, "warm_up", None)):
+            self.retriever.warm_up()
+        SnapshotComponent.warm_up(self)  # explicit: @component rebuilds the class, so zero-argument super() fails
 
     def to_dict(self) -> dict[str, Any]:
         return default_to_dict(
@@ -83,6 +124,9 @@ class CorrectedEmbeddingRetriever(SnapshotComponent):
             scale_score=self.scale_score,
             return_embedding=self.return_embedding,
             similarity=self.similarity,
+            retriever=self.retriever,
+            pool_size=self.pool_size,
+            filter_policy=self.filter_policy.value,
         )
 
     @classmethod
@@ -101,26 +145,98 @@ class CorrectedEmbeddingRetriever(SnapshotComponent):
         """Retrieve the ``top_k`` documents by corrected similarity to ``query_embedding``.
 
         :param query_embedding: the query's embedding (from the new encoder).
-        :param filters: Haystack filters; replace the init filters when given.
+        :param filters: Haystack filters; combined with the init filters by ``filter_policy``.
         :param top_k: overrides the init ``top_k``; 0 returns no documents.
+        :param scale_score: overrides the init ``scale_score``.
+        :param return_embedding: overrides the init ``return_embedding``.
         """
-        snapshot = self._ready_snapshot()
+        options = self._options(query_embedding, filters, top_k, scale_score, return_embedding)
+        if self._pool is None:
+            return self._run_snapshot(**options)
+        if options["top_k"] == 0:
+            return {"documents": []}
+        candidates = self._pool.fetch(query_embedding, options["filters"])
+        return self._rank_candidates(candidates, **options)
+
+    @component.output_types(documents=list[Document])
+    async def run_async(
+        self,
+        query_embedding: list[float],
+        filters: dict[str, Any] | None = None,
+        top_k: int | None = None,
+        scale_score: bool | None = None,
+        return_embedding: bool | None = None,
+    ) -> dict[str, list[Document]]:
+        """As ``run``; pool mode awaits the inner retriever's ``run_async``, snapshot mode runs in a worker thread."""
+        options = self._options(query_embedding, filters, top_k, scale_score, return_embedding)
+        if self._pool is None:
+            return await asyncio.to_thread(self._run_snapshot, **options)
+        if options["top_k"] == 0:
+            return {"documents": []}
+        candidates = await self._pool.fetch_async(query_embedding, options["filters"])
+        return self._rank_candidates(candidates, **options)
+
+    def _options(
+        self,
+        query_embedding: list[float],
+        filters: dict[str, Any] | None,
+        top_k: int | None,
+        scale_score: bool | None,
+        return_embedding: bool | None,
+    ) -> dict[str, Any]:
         top_k = self.top_k if top_k is None else top_k
         check_non_negative_int(top_k, "top_k")
-        scale_score = self.scale_score if scale_score is None else scale_score
-        return_embedding = self.return_embedding if return_embedding is None else return_embedding
+        return {
+            "query": query_matrix([query_embedding], None, "query_embedding"),
+            "filters": apply_filter_policy(self.filter_policy, self.filters, filters) or None,
+            "top_k": top_k,
+            "scale_score": self.scale_score if scale_score is None else scale_score,
+            "return_embedding": self.return_embedding if return_embedding is None else return_embedding,
+        }
+
+    def _rank_candidates(
+        self,
+        candidates: list[Document],
+        query: Any,
+        filters: dict[str, Any] | None,
+        top_k: int,
+        scale_score: bool,
+        return_embedding: bool,
+    ) -> dict[str, list[Document]]:
+        ranked = rank_pool(candidates, query, self._ready_snapshot().corrector, self._similarity, top_k)
+        return {"documents": [self._output(doc, score, scale_score, return_embedding) for doc, score in ranked]}
+
+    def _run_snapshot(
+        self,
+        query: Any,
+        filters: dict[str, Any] | None,
+        top_k: int,
+        scale_score: bool,
+        return_embedding: bool,
+    ) -> dict[str, list[Document]]:
+        snapshot = self._ready_snapshot()
         cache = snapshot.ensure_current()
-        query = query_matrix([query_embedding], cache.dim, "query_embedding")
-        allowed = snapshot.allowed_rows(filters if filters is not None else self.filters)
+        if cache is None or top_k == 0:  # an empty store returns nothing, as the stock retrievers do
+            return {"documents": []}
+        if query.shape[-1] != cache.dim:
+            raise ValueError(
+                f"query_embedding has dimension {query.shape[-1]} but the stored embeddings have dimension {cache.dim}"
+            )
+        allowed = snapshot.allowed_rows(filters)
         available = len(cache) if allowed is None else len(allowed)
         top_k = min(top_k, available)
         if top_k == 0:
             return {"documents": []}
         exclude = None if allowed is None else [set(range(len(cache))) - allowed]
         scores, rows = cache.search(query, top_k, exclude=exclude)
-        documents = []
-        for score, row in zip(scores[0].tolist(), rows[0].tolist()):
-            if scale_score:
-                score = (score + 1) / 2 if self._similarity == "cosine" else 1 / (1 + math.exp(-score / 100))
-            documents.append(output_document(snapshot.documents[row], score, return_embedding))
-        return {"documents": documents}
+        return {
+            "documents": [
+                self._output(snapshot.documents[row], score, scale_score, return_embedding)
+                for score, row in zip(scores[0].tolist(), rows[0].tolist())
+            ]
+        }
+
+    def _output(self, document: Document, score: float, scale_score: bool, return_embedding: bool) -> Document:
+        if scale_score:
+            score = (score + 1) / 2 if self._similarity == "cosine" else 1 / (1 + math.exp(-score / 100))
+        return output_document(document, score, return_embedding)

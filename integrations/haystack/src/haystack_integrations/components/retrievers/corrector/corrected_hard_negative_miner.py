@@ -11,6 +11,7 @@ from haystack_integrations.common.corrector.documents import (
     query_matrix,
     store_similarity,
 )
+from haystack_integrations.common.corrector.pool import RetrieverPool, corrected_pool, inner_document_store
 from haystack_integrations.common.corrector.snapshot import DocumentSnapshot, SnapshotComponent
 
 from haystack_corrector import HardNegativeSampler
@@ -23,6 +24,11 @@ class CorrectedHardNegativeMiner(SnapshotComponent):
     The arguments mirror sentence-transformers' ``mine_hard_negatives`` (``sampling_strategy`` ``"top"``,
     ``"gumbel"`` or ``"random"``; ``range_min``/``range_max`` rank window; ``absolute_margin``/``relative_margin``/
     ``max_score`` filters against the query's lowest positive score, ``min_score``). A positive document is never returned.
+
+    Snapshot mode (``document_store=``) ranks the whole store, read into memory. Pool mode (``retriever=`` the store's
+    own embedding retriever) asks it for each query's ``pool_size`` stale-nearest documents and ranks, for every query
+    of the batch, the union of the batch's pools (plus its positives, looked up by id) by corrected score: the rank
+    window ``range_min``/``range_max`` then counts within those candidates.
 
     Usage example:
     ```python
@@ -41,7 +47,7 @@ class CorrectedHardNegativeMiner(SnapshotComponent):
 
     def __init__(
         self,
-        document_store: Any,
+        document_store: Any = None,
         corrector_path: str | None = None,
         num_negatives: int = 4,
         sampling_strategy: str = "top",
@@ -54,6 +60,8 @@ class CorrectedHardNegativeMiner(SnapshotComponent):
         min_score: float | None = None,
         seed: int | None = None,
         similarity: str | None = None,
+        retriever: Any = None,
+        pool_size: int = 100,
     ) -> None:
         """
         :param document_store: any Haystack DocumentStore holding documents with (stale) embeddings.
@@ -64,10 +72,21 @@ class CorrectedHardNegativeMiner(SnapshotComponent):
         :param range_min, range_max, absolute_margin, relative_margin, max_score, min_score: as in
             ``mine_hard_negatives`` (see ``haystack_corrector.HardNegativeSampler``).
         :param seed: seed of the sampler's random generator (``gumbel``/``random``).
-        :param similarity: ``"cosine"`` or ``"dot_product"``; default: the store's, else dot product.
+        :param similarity: ``"cosine"`` or ``"dot_product"``; default: the metric of the store's index, else dot product.
+        :param retriever: pool mode: the store's own embedding retriever (give it or ``document_store``).
+        :param pool_size: pool mode: candidates fetched per query.
         """
-        check_document_store(document_store)
+        if (document_store is None) == (retriever is None):
+            raise ValueError(
+                "Give exactly one of document_store (snapshot mode: the whole store read into memory) or retriever "
+                "(pool mode: candidates from the store's own embedding retriever)"
+            )
+        if document_store is not None:
+            check_document_store(document_store)
+        self._pool = None if retriever is None else RetrieverPool(retriever, pool_size)
         self.document_store = document_store
+        self.retriever = retriever
+        self.pool_size = pool_size
         self.corrector_path = corrector_path
         self.num_negatives = num_negatives
         self.sampling_strategy = sampling_strategy
@@ -80,7 +99,9 @@ class CorrectedHardNegativeMiner(SnapshotComponent):
         self.min_score = min_score
         self.seed = seed
         self.similarity = similarity
-        self._similarity = store_similarity(document_store, similarity)
+        self._similarity = store_similarity(
+            document_store if retriever is None else inner_document_store(retriever), similarity
+        )
         # Validate every sampler argument now, on a one-row stand-in, so bad values fail at construction.
         self._sampler_kwargs = {
             "num_negatives": num_negatives,
@@ -116,6 +137,8 @@ class CorrectedHardNegativeMiner(SnapshotComponent):
             min_score=self.min_score,
             seed=self.seed,
             similarity=self.similarity,
+            retriever=self.retriever,
+            pool_size=self.pool_size,
         )
 
     @classmethod
@@ -131,11 +154,7 @@ class CorrectedHardNegativeMiner(SnapshotComponent):
         :param query_embeddings: one embedding per query (from the current query encoder).
         :param positive_document_ids: per query, the ids of its relevant documents.
         """
-        snapshot = self._ready_snapshot()
-        cache = snapshot.ensure_current()
-        if self._sampler is None or self._sampler.store is not cache:
-            self._sampler = HardNegativeSampler(cache, **self._sampler_kwargs)  # type: ignore[arg-type]
-        queries = query_matrix(query_embeddings, cache.dim, "query_embeddings")
+        queries = query_matrix(query_embeddings, None, "query_embeddings")
         if queries.ndim != 2:
             raise ValueError("query_embeddings must be a list of embeddings (a list of lists of floats)")
         if not isinstance(positive_document_ids, list) or len(positive_document_ids) != queries.shape[0]:
@@ -144,18 +163,52 @@ class CorrectedHardNegativeMiner(SnapshotComponent):
                 f"{len(positive_document_ids) if isinstance(positive_document_ids, list) else type(positive_document_ids).__name__}"
                 f" for {queries.shape[0]} queries"
             )
-        positives = []
         for position, ids in enumerate(positive_document_ids):
             if isinstance(ids, str):
                 raise ValueError(f"positive_document_ids[{position}] must be a list of ids, got the string {ids!r}")
+        documents, cache = self._candidates(query_embeddings, positive_document_ids)
+        if cache is None:
+            raise ValueError("The document store holds no document with an embedding: there is nothing to mine")
+        if queries.shape[1] != cache.dim:
+            raise ValueError(
+                f"query_embeddings has dimension {queries.shape[1]} but the stored embeddings have dimension {cache.dim}"
+            )
+        if self._sampler is None or self._sampler.store is not cache:
+            self._sampler = HardNegativeSampler(cache, **self._sampler_kwargs)  # type: ignore[arg-type]
+        positives = []
+        for position, ids in enumerate(positive_document_ids):
             try:
                 positives.append(cache.rows_of(ids))
             except KeyError as exc:
                 raise ValueError(f"positive_document_ids[{position}]: {exc.args[0]}") from None
         rows = self._sampler.sample(queries, positives)
-        documents = snapshot.documents
         return {
             "negatives": [
                 [output_document(documents[r], None, False) for r in query_rows] for query_rows in rows.tolist()
             ]
         }
+
+    def _candidates(
+        self, query_embeddings: list[list[float]], positive_document_ids: list[list[str]]
+    ) -> tuple[list[Document], Any]:
+        """The documents to rank and their corrected cache: the snapshot, or the batch's pools plus its positives."""
+        snapshot = self._ready_snapshot()
+        if self._pool is None:
+            cache = snapshot.ensure_current()  # first: it may re-read the documents
+            return snapshot.documents, cache
+        by_id: dict[str, Document] = {}
+        for query_embedding in query_embeddings:
+            for doc in self._pool.fetch(query_embedding, None):
+                by_id.setdefault(doc.id, doc)
+        missing = sorted({i for ids in positive_document_ids for i in ids} - by_id.keys())
+        if missing:
+            store = inner_document_store(self.retriever)
+            if store is None:
+                raise ValueError(
+                    f"{len(missing)} positives (first: {missing[0]!r}) are not among the retrieved candidates and "
+                    f"{type(self.retriever).__name__} does not expose its document store to look them up by id"
+                )
+            for doc_id in missing:  # one "==" filter each: Chroma supports no other operator on ids
+                for doc in store.filter_documents(filters={"field": "id", "operator": "==", "value": doc_id}):
+                    by_id.setdefault(doc.id, doc)
+        return corrected_pool(list(by_id.values()), snapshot.corrector, self._similarity)

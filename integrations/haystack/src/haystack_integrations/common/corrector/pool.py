@@ -1,0 +1,107 @@
+"""Pool mode: candidates from a store's own embedding retriever, re-ranked by their corrected embeddings.
+
+A :class:`RetrieverPool` wraps any Haystack embedding retriever (``InMemoryEmbeddingRetriever``,
+``QdrantEmbeddingRetriever``, ``ChromaEmbeddingRetriever``, ...). For each query it asks that retriever for the
+``pool_size`` documents nearest by the stored (stale) embeddings — through the store's own index, with the filters
+passed through — and the caller re-scores those candidates through the corrector. The work per query is one store
+query plus a corrector pass over ``pool_size`` embeddings, whatever the store's size; nothing is copied out of the
+store beforehand. The price: a document the stale index ranks below ``pool_size`` cannot be returned (with
+``pool_size`` >= the store's size the ranking equals the snapshot mode's).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from typing import Any
+
+import torch
+from haystack import Document
+from haystack_integrations.common.corrector.documents import embedding_matrix, with_embeddings
+
+from haystack_corrector import CorrectedCacheStore, Corrector
+from haystack_corrector._validation import check_positive_int
+
+
+def inner_document_store(retriever: Any) -> Any:
+    """The document store a retriever searches (stores name the attribute differently; None if not exposed)."""
+    for attribute in ("document_store", "_document_store"):
+        store = getattr(retriever, attribute, None)
+        if store is not None:
+            return store
+    return None
+
+
+class RetrieverPool:
+    """Fetches the ``pool_size`` stale-nearest candidates of a query through ``retriever.run`` / ``run_async``."""
+
+    def __init__(self, retriever: Any, pool_size: int) -> None:
+        run = getattr(retriever, "run", None)
+        if not callable(run) or not callable(getattr(retriever, "to_dict", None)):
+            raise TypeError(
+                "retriever must be a Haystack embedding retriever component (with run() and to_dict()), got "
+                f"{type(retriever).__name__}"
+            )
+        parameters = inspect.signature(run).parameters
+        missing = [name for name in ("query_embedding", "filters", "top_k") if name not in parameters]
+        if missing:
+            raise TypeError(
+                f"retriever {type(retriever).__name__}.run() has no {', '.join(missing)} parameter: pool mode needs an "
+                "embedding retriever (query_embedding, filters, top_k)"
+            )
+        self.retriever = retriever
+        self.pool_size = check_positive_int(pool_size, "pool_size")
+        # Ask for the candidates' embeddings where the retriever leaves them out by default (InMemory, Qdrant).
+        self._extra = {"return_embedding": True} if "return_embedding" in parameters else {}
+
+    def _arguments(self, query_embedding: list[float], filters: dict[str, Any] | None) -> dict[str, Any]:
+        return {"query_embedding": query_embedding, "filters": filters, "top_k": self.pool_size, **self._extra}
+
+    def fetch(self, query_embedding: list[float], filters: dict[str, Any] | None) -> list[Document]:
+        return self.retriever.run(**self._arguments(query_embedding, filters))["documents"]
+
+    async def fetch_async(self, query_embedding: list[float], filters: dict[str, Any] | None) -> list[Document]:
+        run_async = getattr(self.retriever, "run_async", None)
+        if run_async is None:
+            return await asyncio.to_thread(self.fetch, query_embedding, filters)
+        return (await run_async(**self._arguments(query_embedding, filters)))["documents"]
+
+
+def corrected_pool(
+    documents: list[Document], corrector: Corrector | None, similarity: str
+) -> tuple[list[Document], CorrectedCacheStore | None]:
+    """The candidates that have embeddings, and a corrected cache over them (None when there are none).
+
+    The cache scores exactly as the snapshot mode's does (same store class, same storage precision).
+    """
+    documents = with_embeddings(documents, "candidates from the retriever")
+    if not documents:
+        return [], None
+    matrix = embedding_matrix(documents, "candidates from the retriever")
+    if corrector is not None and corrector.dim != matrix.shape[1]:
+        raise ValueError(
+            f"The corrector has dimension {corrector.dim} but the stored embeddings have dimension {matrix.shape[1]}"
+        )
+    cache = CorrectedCacheStore(
+        matrix,
+        ids=[doc.id for doc in documents],
+        corrector=corrector,
+        similarity=similarity,
+        texts=[doc.content or "" for doc in documents],
+    )
+    return documents, cache
+
+
+def rank_pool(
+    documents: list[Document], query: torch.Tensor, corrector: Corrector | None, similarity: str, top_k: int
+) -> list[tuple[Document, float]]:
+    """The ``top_k`` candidates by corrected similarity to ``query`` (a (1, d) tensor), best first."""
+    documents, cache = corrected_pool(documents, corrector, similarity)
+    if cache is None or top_k == 0:
+        return []
+    if query.shape[-1] != cache.dim:
+        raise ValueError(
+            f"query_embedding has dimension {query.shape[-1]} but the stored embeddings have dimension {cache.dim}"
+        )
+    scores, rows = cache.search(query, min(top_k, len(cache)))
+    return [(documents[row], score) for score, row in zip(scores[0].tolist(), rows[0].tolist())]
