@@ -174,19 +174,25 @@ def test_build_cache_mine_and_evaluate_commands(toy_beir, tiny_st_path, tmp_path
 
 
 def test_demo_command_runs_end_to_end_with_a_small_model(tiny_st_path, tmp_path, capsys):
-    assert main(["demo", "--model", tiny_st_path, "--steps", "1", "--output", str(tmp_path / "demo")]) == 0
+    assert main(["demo", "--model", tiny_st_path, "--steps", "9", "--output", str(tmp_path / "demo")]) == 0
     captured = capsys.readouterr()
     out = captured.out
-    assert "corrector negatives" in out and "static negatives (mined once)" in out and "zero-shot" in out
-    assert (tmp_path / "demo" / "quality_vs_encodes.png").is_file()
-    # The console ends with the table; the trainer's per-step dicts went to the log files, not the console.
+    for label in ("zero-shot", "stale negatives (no corrector)", "corrector negatives", "re-encode every 8 steps"):
+        assert label in out
+    assert (tmp_path / "demo" / "quality_vs_encodes.png").is_file() and (tmp_path / "demo" / "drift.png").is_file()
+    # The console ends with the table and the sentence read from it; the trainer's per-step dicts went to log files.
     lines = out.rstrip().splitlines()
-    first_table_line = lines.index("| run | nDCG@10 | Recall@100 | MRR@10 | corpus encodes | wall time (s) |")
-    assert all(line.startswith("|") or not line or line.startswith("Drift") for line in lines[first_table_line:])
-    assert lines[-1].startswith("| corrector negatives |")
+    first_table_line = lines.index(
+        "| run | nDCG@10 | corpus encodes | target-encoder forward passes | wall time (s) |"
+    )
+    assert all(line.startswith("|") or not line or line.startswith("Drift") for line in lines[first_table_line:-1])
+    assert lines[-2] == "" and lines[-1].startswith("Corrector negatives ")
+    results = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert results["arms"]["refresh:8"]["0"]["corpus_encodes"] == 1  # 9 steps: one re-encode, at step 8
+    assert f"{results['arms']['refresh:8']['0']['target_forward_passes']:,}" in out
     assert "{'loss'" not in out + captured.err and "'grad_norm'" not in out + captured.err
     logs = sorted(p.name for p in (tmp_path / "demo" / "logs").glob("*.jsonl"))
-    assert logs == ["corrector__seed0.jsonl", "static__seed0.jsonl"]
+    assert logs == ["corrector__seed0.jsonl", "refresh-8__seed0.jsonl", "stale__seed0.jsonl"]
     assert '"train_loss"' in (tmp_path / "demo" / "logs" / "corrector__seed0.jsonl").read_text()
     assert "Training arm corrector, seed 0" in (tmp_path / "demo" / "run.log").read_text()
     # main() leaves the caller's logging as it found it (no filter left on a handler, no run.log handler)

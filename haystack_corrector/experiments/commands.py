@@ -104,11 +104,14 @@ def _config(args: argparse.Namespace, arms: Sequence[str], seeds: Sequence[int])
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from haystack_corrector.experiments.demo import run_demo, summary
+    from haystack_corrector.experiments.demo import REFRESH_EVERY, run_demo, summary
 
     start = time.perf_counter()
     print("haystack-corrector demo: all-MiniLM-L6-v2 on a 1,700-document SciFact subset (CC BY-NC 2.0), offline.")
-    print("Fine-tunes twice from the same start: static negatives (mined once) vs corrector negatives.\n")
+    print(
+        "Fine-tunes three times from the same start: stale negatives from the cache, corrector negatives, and "
+        f"re-encoding the corpus every {REFRESH_EVERY} steps.\n"
+    )
     results = run_demo(
         output=args.output, steps=args.steps, fresh=args.fresh, model=args.model, verbose=bool(args.verbose)
     )
