@@ -3,8 +3,9 @@
 Three arms from the same start, the choice a user faces: stale dynamic negatives (what a cache gives without a
 corrector), corrector negatives (the package's default) and re-encoding the corpus every ``refresh_every`` steps (the
 expensive reference). The setting is chosen so that the cache really drifts within a few minutes on two cores:
-max_seq_length 64, lr 1e-4, 24 steps of 16 claims (stale top-10 overlap with the fresh ranking about 0.73 at the end;
-docs/experiments.md). The closing sentence is computed from the run's own numbers.
+max_seq_length 64, lr 1e-4, 24 steps of 16 claims: at the end the stale cache's top 10 overlaps the fresh ranking's
+by 0.68 on the test claims, and the whole demo took 294 s on a quiet 2-core machine (2026-12-02). The closing
+sentence is computed from the run's own numbers.
 """
 
 from __future__ import annotations
@@ -73,20 +74,25 @@ def verdict(results: dict[str, Any]) -> str:
     refresh = f"refresh:{REFRESH_EVERY}"
     ndcg = {arm: _run(results, arm)["metrics"]["ndcg@10"] for arm in ("stale", "corrector", refresh)}
     diff, low, high = _paired(results, "corrector", "stale")
-    significant = low > 0 or high < 0
-    versus_stale = (
-        f"Corrector negatives {'beat' if diff > 0 else 'did not beat'} stale negatives by {diff:+.4f} nDCG@10 "
-        f"(paired 95% interval [{low:+.4f}, {high:+.4f}] over the test claims: "
-        f"{'a real difference' if significant else 'within noise'})"
-    )
+    interval = f"paired 95% interval [{low:+.4f}, {high:+.4f}] over the test claims"
+    if low > 0:
+        versus_stale = f"Corrector negatives beat stale negatives by {diff:+.4f} nDCG@10 ({interval})"
+    elif high < 0:
+        versus_stale = f"Corrector negatives did worse than stale negatives, {diff:+.4f} nDCG@10 ({interval})"
+    else:
+        versus_stale = (
+            f"Corrector negatives and stale negatives differ by {diff:+.4f} nDCG@10, within noise ({interval}): "
+            "in this run the corrector did not beat stale negatives"
+        )
     gap = ndcg[refresh] - ndcg["stale"]
     if gap <= 0:
-        return versus_stale + f"; re-encoding every {REFRESH_EVERY} steps did not beat stale negatives in this run."
+        return versus_stale + f"; re-encoding every {REFRESH_EVERY} steps did not beat stale negatives either."
     share = (ndcg["corrector"] - ndcg["stale"]) / gap
     encodes = _run(results, refresh)["corpus_encodes"]
+    recovered = f"recovered {share:.0%} of" if share > 0 else "recovered none of"
     return (
-        versus_stale + f", and recovered {share:.0%} of the gain that re-encoding the corpus {encodes} times bought "
-        f"({ndcg['stale']:.4f} -> {ndcg[refresh]:.4f}), with no corpus re-encode."
+        versus_stale + f"; it {recovered} the {gap:+.4f} that re-encoding the corpus {encodes} times bought "
+        f"({ndcg['stale']:.4f} -> {ndcg[refresh]:.4f}), at no corpus re-encode."
     )
 
 

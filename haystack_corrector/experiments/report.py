@@ -172,6 +172,7 @@ def plots(results: dict[str, Any], output: str | Path) -> list[Path]:
     axes[1].set_title("corrected error: corrector output vs fresh")
     for axis in axes:
         axis.set_xlabel("training step")
+        axis.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
     axes[0].set_ylabel("relative error on the step's targets")
     if axes[0].get_lines():
