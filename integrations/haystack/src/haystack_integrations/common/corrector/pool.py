@@ -21,6 +21,7 @@ from haystack_integrations.common.corrector.documents import embedding_matrix, w
 
 from haystack_corrector import CorrectedCacheStore, Corrector
 from haystack_corrector._validation import check_positive_int
+from haystack_corrector.scoring import similarity_scores
 
 
 def inner_document_store(retriever: Any) -> Any:
@@ -95,13 +96,28 @@ def corrected_pool(
 def rank_pool(
     documents: list[Document], query: torch.Tensor, corrector: Corrector | None, similarity: str, top_k: int
 ) -> list[tuple[Document, float]]:
-    """The ``top_k`` candidates by corrected similarity to ``query`` (a (1, d) tensor), best first."""
-    documents, cache = corrected_pool(documents, corrector, similarity)
-    if cache is None or top_k == 0:
+    """The ``top_k`` candidates by corrected similarity to ``query`` (a (1, d) tensor), best first.
+
+    Scores as the snapshot mode's cache does (float32, the corrector's output, cosine or dot product), without
+    building a cache per query.
+    """
+    documents = with_embeddings(documents, "candidates from the retriever")
+    if not documents or top_k == 0:
         return []
-    if query.shape[-1] != cache.dim:
+    matrix = torch.from_numpy(embedding_matrix(documents, "candidates from the retriever"))
+    if query.shape[-1] != matrix.shape[1]:
         raise ValueError(
-            f"query_embedding has dimension {query.shape[-1]} but the stored embeddings have dimension {cache.dim}"
+            f"query_embedding has dimension {query.shape[-1]} but the stored embeddings have dimension {matrix.shape[1]}"
         )
-    scores, rows = cache.search(query, min(top_k, len(cache)))
-    return [(documents[row], score) for score, row in zip(scores[0].tolist(), rows[0].tolist())]
+    if corrector is not None:
+        if corrector.dim != matrix.shape[1]:
+            raise ValueError(
+                f"The corrector has dimension {corrector.dim} but the stored embeddings have dimension {matrix.shape[1]}"
+            )
+        with torch.no_grad():
+            matrix = corrector(matrix)
+    scores = similarity_scores(query, matrix, normalize=similarity == "cosine")[0]
+    if not bool(torch.isfinite(scores).all()):
+        raise ValueError("The corrector produced non-finite scores; it has diverged (check its learning rate)")
+    best, rows = torch.topk(scores, min(top_k, len(documents)))
+    return [(documents[row], score) for score, row in zip(best.tolist(), rows.tolist())]
