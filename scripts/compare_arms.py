@@ -29,11 +29,14 @@ def main() -> None:
     parser.add_argument("folders", nargs="+", help="experiment folders of the same setting")
     parser.add_argument("--reference", default="refresh:21")
     parser.add_argument("--stale", default="stale")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="only these seeds (default: all)")
+    parser.add_argument("--versus", default=None, help="also print arm − VERSUS per arm, paired 95%% CI")
     args = parser.parse_args()
     runs: dict[str, list[dict]] = defaultdict(list)
     for path in sorted(p for folder in args.folders for p in Path(folder, "arms").glob("*.json")):
         result = json.loads(path.read_text())
-        runs[result["arm"]].append(result)
+        if args.seeds is None or result["seed"] in args.seeds:
+            runs[result["arm"]].append(result)
 
     def per_query(arm: str) -> dict[str, float]:
         seeds = runs[arm]
@@ -44,11 +47,13 @@ def main() -> None:
 
     reference = per_query(args.reference) if args.reference in runs else None
     stale = mean(args.stale, "ndcg@10") if args.stale in runs else None
+    versus = per_query(args.versus) if args.versus in runs else None
+    extra = f" arm − {args.versus} [95% CI] |" if versus is not None else ""
     print(
         f"| arm | seeds | nDCG@10 | corpus encodes | target forward passes | train s | overlap@10 (corrected / stale) "
-        f"| {args.reference} − arm [95% CI] | share of the {args.stale} → {args.reference} gap |"
+        f"| {args.reference} − arm [95% CI] | share of the {args.stale} → {args.reference} gap |{extra}"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|" + ("---|" if versus is not None else ""))
     for arm in sorted(runs, key=lambda a: -mean(a, "ndcg@10")):
         ndcg = mean(arm, "ndcg@10")
         drift = [s["final_drift"] for s in runs[arm]]
@@ -63,9 +68,17 @@ def main() -> None:
         if stale is not None and reference is not None and arm not in (args.reference, args.stale):
             gap = mean(args.reference, "ndcg@10") - stale
             share = f"{(ndcg - stale) / gap:.0%}" if gap > 0 else "–"
+        against = ""
+        if versus is not None:
+            against = " – |"
+            if arm != args.versus:
+                mine = per_query(arm)
+                m, lo, hi = paired_bootstrap(np.array([mine[q] - versus[q] for q in sorted(versus)]))
+                against = f" {m:+.4f} [{lo:+.4f}, {hi:+.4f}] |"
         print(
             f"| {arm} | {len(runs[arm])} | {ndcg:.4f} | {mean(arm, 'corpus_encodes'):.0f} | "
             f"{mean(arm, 'target_forward_passes'):,.0f} | {mean(arm, 'train_seconds'):.0f} | {overlap} | {interval} | {share} |"
+            f"{against}"
         )
 
 
