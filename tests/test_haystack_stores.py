@@ -283,6 +283,17 @@ def test_pool_miner_looks_up_positives_outside_the_pool(store_and_retriever):
         miner.run(query_embeddings=[QUERY], positive_document_ids=[["nope"]])
 
 
+def test_pool_miner_draws_on_across_batches(store_and_retriever):
+    store, retriever_class = store_and_retriever
+    kwargs = {"num_negatives": 3, "sampling_strategy": "random", "seed": 7}
+    pool = CorrectedHardNegativeMiner(retriever=retriever_class(store), pool_size=N, **kwargs)
+    snapshot = CorrectedHardNegativeMiner(store, **kwargs)
+    batches = [{"query_embeddings": [QUERY], "positive_document_ids": [["doc0"]]}] * 4
+    drawn = [[d.id for d in pool.run(**batch)["negatives"][0]] for batch in batches]
+    assert len({tuple(ids) for ids in drawn}) > 1  # the generator is not re-seeded per batch
+    assert drawn == [[d.id for d in snapshot.run(**batch)["negatives"][0]] for batch in batches]
+
+
 # ------------------------------------------------------------------------------------------- index upgrade
 def _check_upgraded(store, corrector_path):
     upgraded = {d.id: d for d in store.filter_documents()}

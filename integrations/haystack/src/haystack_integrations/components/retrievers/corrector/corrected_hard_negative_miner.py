@@ -173,8 +173,11 @@ class CorrectedHardNegativeMiner(SnapshotComponent):
             raise ValueError(
                 f"query_embeddings has dimension {queries.shape[1]} but the stored embeddings have dimension {cache.dim}"
             )
-        if self._sampler is None or self._sampler.store is not cache:
+        if self._sampler is None:
             self._sampler = HardNegativeSampler(cache, **self._sampler_kwargs)  # type: ignore[arg-type]
+        # One sampler for the component's life: its random generator runs on across batches (pool mode builds a new
+        # cache per batch; re-seeding there would draw the same random stream for every batch).
+        self._sampler.store = cache
         positives = []
         for position, ids in enumerate(positive_document_ids):
             try:
