@@ -134,6 +134,7 @@ def main() -> None:
         return model
 
     old = load(base_path)
+
     def encode_corpus_texts(model: SentenceTransformer) -> np.ndarray:  # each distinct text once (CoSQA: 3.3x fewer)
         return encode_distinct(texts, lambda unique: model.encode(unique, batch_size=64, show_progress_bar=True))
 

@@ -182,9 +182,7 @@ def test_demo_command_runs_end_to_end_with_a_small_model(tiny_st_path, tmp_path,
     assert (tmp_path / "demo" / "quality_vs_encodes.png").is_file() and (tmp_path / "demo" / "drift.png").is_file()
     # The console ends with the table and the sentence read from it; the trainer's per-step dicts went to log files.
     lines = out.rstrip().splitlines()
-    first_table_line = lines.index(
-        "| run | nDCG@10 | corpus encodes | target-encoder forward passes | wall time (s) |"
-    )
+    first_table_line = lines.index("| run | nDCG@10 | corpus encodes | target-encoder forward passes | wall time (s) |")
     assert all(line.startswith("|") or not line or line.startswith("Drift") for line in lines[first_table_line:-1])
     assert lines[-2] == "" and lines[-1].startswith("Corrector negatives ")
     results = json.loads((tmp_path / "demo" / "results.json").read_text())

@@ -153,7 +153,9 @@ class TestCorrectedEmbeddingRetriever:
 
     def test_documents_without_embeddings_are_skipped_with_one_warning(self, caplog):
         store = InMemoryDocumentStore()
-        store.write_documents([Document(id="bare", content="no embedding"), Document(id="e", content="e", embedding=[1.0])])
+        store.write_documents(
+            [Document(id="bare", content="no embedding"), Document(id="e", content="e", embedding=[1.0])]
+        )
         with caplog.at_level("WARNING"):
             found = CorrectedEmbeddingRetriever(store).run(query_embedding=[1.0])["documents"]
         assert [d.id for d in found] == ["e"]

@@ -34,7 +34,9 @@ STORES = ["in_memory", "qdrant", "chroma"]
 
 def _documents(n=N, seed=0):
     # L2-normalised, as sentence embeddings are: Qdrant normalises what it stores for cosine
-    embeddings = torch.nn.functional.normalize(torch.randn(n, DIM, generator=torch.Generator().manual_seed(seed)), dim=1)
+    embeddings = torch.nn.functional.normalize(
+        torch.randn(n, DIM, generator=torch.Generator().manual_seed(seed)), dim=1
+    )
     return [
         Document(id=f"doc{i}", content=f"document {i}", meta={"group": i % 2}, embedding=embeddings[i].tolist())
         for i in range(n)
@@ -235,9 +237,7 @@ def test_an_l2_store_needs_an_explicit_similarity(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------- serialisation
-def test_pool_mode_round_trips_through_a_yaml_pipeline_under_the_default_allowlist(
-    store_and_retriever, corrector_path
-):
+def test_pool_mode_round_trips_through_a_yaml_pipeline_under_the_default_allowlist(store_and_retriever, corrector_path):
     store, retriever_class = store_and_retriever
     retriever = CorrectedEmbeddingRetriever(
         retriever=retriever_class(store, top_k=3), corrector_path=corrector_path, pool_size=12, top_k=4
