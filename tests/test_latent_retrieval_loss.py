@@ -1,0 +1,159 @@
+"""LatentRetrievalLoss against oracles: the reader's own cross-entropy, a brute-force marginal, and where gradients go."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("sentence_transformers")
+
+from haystack_corrector.sentence_transformers import encode_corpus  # noqa: E402
+from haystack_corrector.sentence_transformers.latent_retrieval_loss import (  # noqa: E402
+    CrossEncoderReader,
+    LatentRetrievalLoss,
+)
+
+TEXTS = [
+    f"document about {w} and {v}"
+    for w, v in zip("cell gene drug trial brain heart liver bone".split(), "a b c d e f g h".split())
+]
+CLAIMS = ["cell gene", "drug trial effects", "brain and heart"]
+LABELS = torch.tensor([0, 2, 1])
+NUM_LABELS = 3
+
+
+class QueryOnlyReader(nn.Module):
+    """p(y | x, z) = p(y | x): logits from the query alone (a bias and the query's length)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.tensor([0.3, -0.2, 0.1]))
+        self.scale = nn.Parameter(torch.tensor([0.05, -0.02, 0.01]))
+
+    def logits(self, queries):
+        return self.bias + self.scale * torch.tensor([[float(len(q))] for q in queries])
+
+    def forward(self, queries, documents):
+        return self.logits(queries)[:, None, :].expand(-1, len(documents[0]), -1)
+
+
+class TableReader(nn.Module):
+    """p(y | x, z) from a learned table over documents (depends on z only)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.index = {text: i for i, text in enumerate(TEXTS)}
+        self.table = nn.Parameter(torch.randn(len(TEXTS), NUM_LABELS, generator=torch.Generator().manual_seed(3)))
+
+    def forward(self, queries, documents):
+        return torch.stack([self.table[[self.index[d] for d in docs]] for docs in documents])
+
+
+@pytest.fixture
+def model_and_store(tiny_model):
+    store = encode_corpus(tiny_model, TEXTS, show_progress_bar=False)
+    return tiny_model, store
+
+
+def _features(model, texts):
+    return [model.preprocess(texts) if hasattr(model, "preprocess") else model.tokenize(texts)]
+
+
+def test_a_reader_that_ignores_the_document_gives_its_own_cross_entropy(model_and_store):
+    model, store = model_and_store
+    reader = QueryOnlyReader()
+    loss = LatentRetrievalLoss(model, reader, store, top_k=3, train_corrector=False)
+    value = loss(_features(model, CLAIMS), LABELS)
+    anchors = loss.anchor_texts(_features(model, CLAIMS)[0])
+    assert anchors == CLAIMS  # the uncased tokenizer round-trips these lower-case claims
+    expected = nn.functional.cross_entropy(reader.logits(anchors), LABELS)
+    assert value.item() == pytest.approx(expected.item(), abs=1e-6)
+
+
+def test_with_k_the_whole_corpus_the_marginal_is_the_brute_force_sum(model_and_store):
+    model, store = model_and_store
+    model.eval()
+    reader = TableReader()
+    loss = LatentRetrievalLoss(model, reader, store, top_k=len(TEXTS), temperature=0.1, train_corrector=False)
+    with torch.no_grad():
+        value = loss(_features(model, CLAIMS), LABELS).item()
+        q = model.encode(CLAIMS, convert_to_tensor=True, normalize_embeddings=True).double()
+        d = model.encode(TEXTS, convert_to_tensor=True, normalize_embeddings=True).double()
+        p_z = torch.softmax(q @ d.T / 0.1, dim=1)  # (B, N)
+        p_y = torch.softmax(reader.table.double(), dim=1)[:, LABELS].T  # (B, N): p(y_b | z_n)
+    brute = -sum(math.log(float((p_z[b] * p_y[b]).sum())) for b in range(len(CLAIMS))) / len(CLAIMS)
+    assert value == pytest.approx(brute, abs=1e-5)
+
+
+def test_gradients_reach_the_encoder_and_the_reader_and_never_the_corrector(model_and_store):
+    model, store = model_and_store
+    reader = TableReader()
+    loss = LatentRetrievalLoss(model, reader, store, top_k=3)
+    corrector_ids = {id(p) for p in store.corrector.parameters()}
+    assert not corrector_ids & {id(p) for p in loss.parameters()}  # not in what the trainer's optimiser sees
+    assert {id(p) for p in reader.parameters()} <= {id(p) for p in loss.parameters()}
+    before = [p.detach().clone() for p in store.corrector.parameters()]
+    with torch.no_grad():  # the encoder has moved since the cache was built: there is drift to correct
+        generator = torch.Generator().manual_seed(0)
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=generator) * 0.02)
+    loss.train()
+    value = loss(_features(model, CLAIMS), LABELS)  # the corrector's drift step happens here, with its own grads
+    drift_grads = [None if p.grad is None else p.grad.clone() for p in store.corrector.parameters()]
+    value.backward()
+    assert reader.table.grad is not None and reader.table.grad.abs().sum() > 0
+    encoder_grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert encoder_grads and sum(float(g.abs().sum()) for g in encoder_grads) > 0
+    for drift, p in zip(drift_grads, store.corrector.parameters()):  # the task loss adds nothing to them
+        assert (drift is None and p.grad is None) or torch.equal(drift, p.grad)
+    # ... the corrector moved only by its own drift step on the retrieved documents' fresh embeddings
+    assert any(not torch.equal(a, b.detach()) for a, b in zip(before, store.corrector.parameters()))
+    assert set(loss.last_metrics) >= {"staleness", "corrected_error"}
+
+
+def test_wrong_input(model_and_store, tmp_path):
+    model, store = model_and_store
+    with pytest.raises(ValueError, match="top_k=99 is larger than the store"):
+        LatentRetrievalLoss(model, TableReader(), store, top_k=99)
+    with pytest.raises(TypeError, match="reader must be a torch.nn.Module"):
+        LatentRetrievalLoss(model, lambda q, d: None, store)
+    loss = LatentRetrievalLoss(model, TableReader(), store, top_k=2)
+    with pytest.raises(ValueError, match="integer 'label' column"):
+        loss(_features(model, CLAIMS), torch.tensor([0.5, 1.0, 0.0]))
+    with pytest.raises(ValueError, match="one text column"):
+        loss(_features(model, CLAIMS) * 2, LABELS)
+
+
+def test_cross_encoder_reader_gives_pair_logits(tiny_model_folder):
+    reader = CrossEncoderReader(str(tiny_model_folder), num_labels=NUM_LABELS, max_length=32)
+    logits = reader(CLAIMS, [TEXTS[:2]] * len(CLAIMS))
+    assert logits.shape == (len(CLAIMS), 2, NUM_LABELS)
+    logits.sum().backward()
+    assert any(p.grad is not None for p in reader.parameters())
+
+
+def test_trains_in_the_stock_trainer_and_updates_the_reader(model_and_store, tmp_path):
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+
+    model, store = model_and_store
+    reader = TableReader()
+    before = reader.table.detach().clone()
+    loss = LatentRetrievalLoss(model, reader, store, top_k=2)
+    dataset = Dataset.from_dict({"anchor": CLAIMS * 2, "label": LABELS.tolist() * 2})
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=3,
+        max_steps=2,
+        learning_rate=1e-2,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        logging_steps=1,
+    )
+    SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss).train()
+    assert not torch.equal(before, reader.table.detach())  # the reader's parameters were in the optimiser
+    assert loss.corrector_trainer.observed == 2
