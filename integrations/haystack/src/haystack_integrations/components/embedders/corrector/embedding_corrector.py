@@ -61,6 +61,14 @@ class EmbeddingCorrector:
             self._corrector = load_corrector(self.corrector_path)
             self._fingerprint = corrector_fingerprint(self.corrector_path)
 
+    @property
+    def fingerprint(self) -> str:
+        """The fingerprint this component records in ``meta["corrector"]`` (loads the corrector if needed)."""
+        self.warm_up()
+        if self._fingerprint is None:
+            raise RuntimeError("warm_up() did not load the corrector")
+        return self._fingerprint
+
     def to_dict(self) -> dict[str, Any]:
         return default_to_dict(self, corrector_path=self.corrector_path, batch_size=self.batch_size, force=self.force)
 

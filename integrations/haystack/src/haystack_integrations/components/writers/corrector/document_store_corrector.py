@@ -94,7 +94,7 @@ class DocumentStoreCorrector:
         :param filters: Haystack filters choosing the documents to upgrade (default: all).
         """
         self.warm_up()
-        fingerprint = self._embedder._fingerprint
+        fingerprint = self._embedder.fingerprint
         documents = (
             self.document_store.filter_documents(filters=filters) if filters else self.document_store.filter_documents()
         )
