@@ -85,7 +85,7 @@ class LatentRetrievalLoss(nn.Module):
         tokenizer = self.model.tokenizer
         ids = features["input_ids"]
         mask = features.get("attention_mask")
-        rows = [row[m.bool()] if mask is not None else row for row, m in zip(ids, mask if mask is not None else ids)]
+        rows = ids if mask is None else [row[keep.bool()] for row, keep in zip(ids, mask)]
         return [tokenizer.decode(row.tolist(), skip_special_tokens=True) for row in rows]
 
     def retrieve(self, queries: Tensor) -> Tensor:

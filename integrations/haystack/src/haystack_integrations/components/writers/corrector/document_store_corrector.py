@@ -8,7 +8,7 @@ from typing import Any
 from haystack import component, default_from_dict, default_to_dict
 from haystack.document_stores.types import DuplicatePolicy
 from haystack_integrations.common.corrector.correctors import CORRECTOR_META
-from haystack_integrations.common.corrector.documents import check_document_store
+from haystack_integrations.common.corrector.documents import check_document_store, with_embeddings
 from haystack_integrations.components.embedders.corrector.embedding_corrector import EmbeddingCorrector
 from tqdm.auto import tqdm
 
@@ -98,20 +98,9 @@ class DocumentStoreCorrector:
         documents = (
             self.document_store.filter_documents(filters=filters) if filters else self.document_store.filter_documents()
         )
-        done = [doc for doc in documents if (doc.meta or {}).get(CORRECTOR_META) == fingerprint]
-        no_embedding = [doc for doc in documents if doc.embedding is None]
-        todo = [
-            doc
-            for doc in documents
-            if doc.embedding is not None and (doc.meta or {}).get(CORRECTOR_META) != fingerprint
-        ]
-        if no_embedding:
-            logger.warning(
-                "Skipped %d of %d documents without an embedding (first id: %r)",
-                len(no_embedding),
-                len(documents),
-                no_embedding[0].id,
-            )
+        embedded = with_embeddings(documents, "documents in the store")  # one warning for those without
+        done = [doc for doc in embedded if (doc.meta or {}).get(CORRECTOR_META) == fingerprint]
+        todo = [doc for doc in embedded if (doc.meta or {}).get(CORRECTOR_META) != fingerprint]
         if done:
             logger.info(
                 "%d of %d documents were already corrected by this corrector; skipped", len(done), len(documents)
@@ -135,4 +124,4 @@ class DocumentStoreCorrector:
                 f"{type(self.document_store).__name__} holds {count_after} documents after the upgrade, {count_before} "
                 "before: writing under the same ids created copies instead of overwriting"
             )
-        return {"corrected": len(todo), "skipped": len(done) + len(no_embedding)}
+        return {"corrected": len(todo), "skipped": len(documents) - len(todo)}
