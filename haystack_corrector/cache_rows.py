@@ -134,20 +134,31 @@ def release_pages(array: np.ndarray, start: int, end: int) -> None:
         pass
 
 
+def as_tensor_rows(array: np.ndarray) -> torch.Tensor:
+    """A numpy block as a tensor in its stored dtype: ``uint16`` arrays hold bfloat16 bit patterns (numpy has no
+    bfloat16; a bfloat16 view on disk is written that way) and come back as bfloat16."""
+    tensor = torch.from_numpy(array)
+    return tensor.view(torch.bfloat16) if array.dtype == np.uint16 else tensor
+
+
 def gather_rows(storage: torch.Tensor | np.ndarray, rows: torch.Tensor) -> torch.Tensor:
     """The given rows of an in-memory tensor or a memory-mapped array, as a float32 tensor."""
     if isinstance(storage, np.ndarray):
-        return torch.from_numpy(np.array(storage[rows.numpy()], dtype=np.float32))
+        return as_tensor_rows(np.array(storage[rows.numpy()])).to(torch.float32)
     return storage[rows].to(torch.float32)
 
 
-def read_rows(storage: torch.Tensor | np.ndarray, start: int, end: int) -> torch.Tensor:
-    """Rows [start, end) of an in-memory tensor or a memory-mapped array, as a float32 tensor (a copy for arrays)."""
+def read_rows(
+    storage: torch.Tensor | np.ndarray, start: int, end: int, dtype: torch.dtype | None = torch.float32
+) -> torch.Tensor:
+    """Rows [start, end) of an in-memory tensor or a memory-mapped array (a copy for arrays), as ``dtype``; ``None``
+    keeps the storage dtype (float16, bfloat16 or float32), for scans that convert once themselves."""
     if isinstance(storage, np.ndarray):
-        block = torch.from_numpy(np.array(storage[start:end], dtype=np.float32))
+        block = as_tensor_rows(np.array(storage[start:end]))
         release_pages(storage, start, end)
-        return block
-    return storage[start:end].to(torch.float32)
+    else:
+        block = storage[start:end]
+    return block if dtype is None or block.dtype == dtype else block.to(dtype)
 
 
 class CacheRows:
@@ -253,9 +264,11 @@ class CacheRows:
             return torch.cat([read_rows(self._side, s, e) for s, e in self._blocks()])
         return gather_rows(self._side, as_index_tensor(indices, "indices", num_rows=self._num_rows))
 
-    def _blocks(self) -> Iterator[tuple[int, int]]:
-        for start in range(0, self._num_rows, self.block_size):
-            yield start, min(start + self.block_size, self._num_rows)
+    def _blocks(self, size: int | None = None) -> Iterator[tuple[int, int]]:
+        """``(start, end)`` of consecutive blocks of ``size`` rows (default ``block_size``) covering every row."""
+        size = size or self.block_size
+        for start in range(0, self._num_rows, size):
+            yield start, min(start + size, self._num_rows)
 
     def stale_embeddings(self, indices: ArrayLike | Sequence[int] | None = None) -> torch.Tensor:
         """The stale cached embeddings g' of these rows (all rows if None), float32 on CPU."""

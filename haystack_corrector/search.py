@@ -75,12 +75,16 @@ def blocked_topk(
     normalize: bool,
     partial: bool = False,
     scan_dtype: torch.dtype | None = None,
+    row_norms: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top ``top_k`` rows per query over ``blocks`` of ``(start, end, float32 rows[start:end])``, best first.
+    """Top ``top_k`` rows per query over ``blocks`` of ``(start, end, rows[start:end])``, best first.
+
+    Rows may come in float32, float16 or bfloat16 (their storage dtype); every score is computed in float32 from them.
 
     ``blocks`` is an iterable, or a function returning a fresh one (needed by ``scan_dtype=torch.bfloat16``, whose
     fallback scans again). ``scan_dtype=torch.bfloat16`` scores in bfloat16 first and returns the same exact float32
     top k (module docstring); without native bfloat16 (:func:`bf16_supported`) it scans in float32 directly.
+    ``row_norms``: float32 L2 norms of all rows, used by the bfloat16 pass instead of computing them per block.
     ``partial=True`` (shards): fewer allowed rows than ``top_k`` give ``-inf`` scores and row ``-1`` instead of an
     error. Returns ``(scores, rows)`` on CPU. Non-finite scores (a diverged corrector) raise ``ValueError``.
     """
@@ -90,7 +94,9 @@ def blocked_topk(
         if not callable(blocks):
             raise TypeError("scan_dtype=torch.bfloat16 needs blocks as a function returning a fresh iterable")
         if bf16_supported(queries.device):
-            return _bf16_topk(queries, blocks, top_k, excluded, normalize=normalize, partial=partial)
+            return _bf16_topk(
+                queries, blocks, top_k, excluded, normalize=normalize, partial=partial, row_norms=row_norms
+            )
     return _exact_topk(queries, blocks() if callable(blocks) else blocks, top_k, excluded, normalize, partial)
 
 
@@ -111,6 +117,25 @@ def _exclude(scores: torch.Tensor, start: int, end: int, pair_rows: torch.Tensor
             scores[pair_queries[lo:hi].to(device), (pair_rows[lo:hi] - start).to(device)] = -torch.inf
 
 
+def first_pass_error(dim: int, normalize: bool) -> float:
+    """A constant e with |f − s| ≤ e·‖q‖·‖x‖ (dot) or ≤ e·‖q̂‖ (cosine) between the bfloat16 first-pass value f
+    :func:`_bf16_topk` ranks by and the float32 score s that the exact scan computes for the same row.
+
+    Dot product: f is the bfloat16 product itself, within :func:`bf16_error_bound` of the real dot product of the
+    float32 operands. Cosine: f = bf16(ŝ · bf16(1/‖x‖)) rescales the unnormalised bfloat16 product ŝ = q̂·x by the row's
+    float32 norm, rounded twice more to bfloat16, which multiplies it by (1 + θ) with |θ| ≤ 2u + u²; since
+    |ŝ/‖x‖| ≤ (1 + c)·‖q̂‖, that adds (2u + u²)(1 + c)·‖q̂‖ to c·‖q̂‖. Both sides also carry float32 rounding (the
+    norm, the normalisation and the exact re-score's own dot product, each within γ_(d+4) relative), covered by
+    4·γ_(d+4) of slack.
+    """
+    u = BF16_UNIT_ROUNDOFF
+    c = bf16_error_bound(dim)
+    slack = 4 * (dim + 4) * FP32_UNIT_ROUNDOFF / (1 - (dim + 4) * FP32_UNIT_ROUNDOFF)
+    if normalize:
+        return c + (2 * u + u * u) * (1 + c) + slack
+    return c + slack
+
+
 def _bf16_topk(
     queries: torch.Tensor,
     make_blocks: Callable[[], Blocks],
@@ -119,31 +144,51 @@ def _bf16_topk(
     *,
     normalize: bool,
     partial: bool,
+    row_norms: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """bfloat16 first pass, float32 re-scoring of every row whose upper bound reaches the block's top candidates,
-    and a proof per query that no row left behind can enter the top k (else that query is scanned in float32)."""
+    """bfloat16 first pass, float32 re-scoring of every row that can still reach the top k, exact float32 top k.
+
+    Each block is scored in bfloat16 (value f per row and query, within e of the exact score: :func:`first_pass_error`).
+    Once a query holds k exact scores with the k-th at τ, a row can enter only if f + e ≥ τ: exactly those rows are
+    re-scored in float32 (a compare, no top-k over the block), so nothing is left behind. Until then (the first
+    blocks) the block's ``top_k + RESCORE_MARGIN`` best rows by f are re-scored, the best f left behind is remembered,
+    and a query whose final k-th score does not exceed it plus e is scanned again in float32.
+
+    Blocks arrive in their storage dtype: bfloat16 rows are used as they are, float16/float32 rows are rounded to
+    bfloat16 once. ``row_norms`` (float32 L2 norms of every row, kept with a materialised view) saves computing them.
+    """
     device = queries.device
-    queries = normalize_rows(queries, normalize)
+    queries = normalize_rows(queries.float(), normalize)
     q16 = queries.to(torch.bfloat16)
-    error = bf16_error_bound(queries.shape[1]) * queries.norm(dim=1, keepdim=True)  # (B, 1) times ‖x‖ per row
+    error = first_pass_error(queries.shape[1], normalize) * queries.norm(dim=1)  # (B,), times max ‖x‖ for dot
     pair_rows, pair_queries = _exclusion_pairs(excluded)
     keep = top_k + RESCORE_MARGIN
     best_scores = torch.empty((queries.shape[0], 0), device=device)
     best_rows = torch.empty((queries.shape[0], 0), dtype=torch.int64, device=device)
     left_behind = torch.full((queries.shape[0],), -torch.inf, device=device)  # best upper bound not re-scored
     for start, end, block in make_blocks():
-        rows_f32 = normalize_rows(block, normalize)
-        upper = (q16 @ rows_f32.to(torch.bfloat16).T).float() + error * rows_f32.norm(dim=1)
-        _exclude(upper, start, end, pair_rows, pair_queries)
-        take = min(keep + 1, upper.shape[1])
-        bounds, candidates = torch.topk(upper, take, dim=1)
-        if take > keep:
-            left_behind = torch.maximum(left_behind, bounds[:, keep])
-            bounds, candidates = bounds[:, :keep], candidates[:, :keep]
-        exact = dot_scores(queries, rows_f32[candidates])  # (B, keep) float32 scores of the candidates
-        exact[bounds == -torch.inf] = -torch.inf  # excluded rows stay out even when a block has few rows
-        merged_scores = torch.cat([best_scores, exact], dim=1)
-        merged_rows = torch.cat([best_rows, candidates + start], dim=1)
+        rows16 = block if block.dtype == torch.bfloat16 else block.to(torch.bfloat16)
+        norms = row_norms[start:end].to(device) if row_norms is not None else block.float().norm(dim=1)
+        first = rows16 @ q16.T  # (rows, B): the faster orientation of the product on CPU
+        if normalize:
+            first.mul_((1.0 / norms).to(torch.bfloat16)[:, None])
+            row_error = error
+        else:
+            row_error = error * norms.max()
+        first = first.T  # (B, rows), a view
+        _exclude(first, start, end, pair_rows, pair_queries)
+        if best_scores.shape[1] == top_k and bool(torch.isfinite(best_scores[:, -1]).all()):
+            scores, rows = _above_threshold(first, best_scores[:, -1] - row_error, block, queries, normalize)
+        else:
+            take = min(keep + 1, first.shape[1])
+            values, rows = torch.topk(first, take, dim=1)
+            if take > keep:
+                left_behind = torch.maximum(left_behind, values[:, keep].float() + row_error)
+                values, rows = values[:, :keep], rows[:, :keep]
+            scores = dot_scores(queries, normalize_rows(block[rows].float(), normalize))  # (B, keep) float32
+            scores[values == -torch.inf] = -torch.inf  # excluded rows stay out even when a block has few rows
+        merged_scores = torch.cat([best_scores, scores], dim=1)
+        merged_rows = torch.cat([best_rows, rows + start], dim=1)
         width = min(top_k, merged_scores.shape[1])
         best_scores, position = torch.topk(merged_scores, width, dim=1)
         best_rows = torch.gather(merged_rows, 1, position)
@@ -158,16 +203,40 @@ def _bf16_topk(
     return _finish(best_scores, best_rows, partial)
 
 
+def _above_threshold(
+    first: torch.Tensor, threshold: torch.Tensor, block: torch.Tensor, queries: torch.Tensor, normalize: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float32 scores of every (query, row) whose bfloat16 value reaches the query's ``threshold`` (τ − e), padded to
+    (B, M) with ``-inf`` scores and row 0. The threshold is rounded down to bfloat16, so the compare keeps a superset.
+    """
+    floor = threshold.to(torch.bfloat16)
+    floor = torch.where(floor.float() > threshold, torch.nextafter(floor, torch.full_like(floor, -torch.inf)), floor)
+    # Compare in the product's own (rows, B) layout (contiguous, faster), then group the few hits by query.
+    row_index, query_index = (first.T >= floor[None, :]).nonzero(as_tuple=True)
+    order = torch.argsort(query_index, stable=True)
+    query_index, row_index = query_index[order], row_index[order]
+    counts = torch.bincount(query_index, minlength=first.shape[0])
+    width = int(counts.max()) if len(counts) else 0
+    scores = torch.full((first.shape[0], width), -torch.inf, device=first.device)
+    rows = torch.zeros((first.shape[0], width), dtype=torch.int64, device=first.device)
+    if width:
+        slot = torch.arange(len(query_index), device=first.device) - (torch.cumsum(counts, 0) - counts)[query_index]
+        candidates = normalize_rows(block[row_index].float(), normalize)
+        scores[query_index, slot] = (queries[query_index] * candidates).sum(dim=1)
+        rows[query_index, slot] = row_index
+    return scores, rows
+
+
 def _exact_topk(
     queries: torch.Tensor, blocks: Blocks, top_k: int, excluded: list[set[int]], normalize: bool, partial: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     device = queries.device
-    queries = normalize_rows(queries, normalize)
+    queries = normalize_rows(queries.float(), normalize)
     pair_rows, pair_queries = _exclusion_pairs(excluded)
     best_scores = torch.empty((queries.shape[0], 0), device=device)
     best_rows = torch.empty((queries.shape[0], 0), dtype=torch.int64, device=device)
     for start, end, block in blocks:
-        scores = dot_scores(queries, normalize_rows(block, normalize))
+        scores = dot_scores(queries, normalize_rows(block.float(), normalize))
         _exclude(scores, start, end, pair_rows, pair_queries)
         rows = torch.arange(start, end, device=device).expand(queries.shape[0], -1)
         merged_scores = torch.cat([best_scores, scores], dim=1)

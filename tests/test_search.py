@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from haystack_corrector import CorrectedCacheStore
+from haystack_corrector import CorrectedCacheStore, Corrector
 from haystack_corrector import search as search_module
 from haystack_corrector.search import _bf16_topk, bf16_error_bound, blocked_topk
 
@@ -108,3 +108,127 @@ def test_bad_scan_dtype():
         blocked_topk(
             torch.randn(2, 4), _blocks(rows, 5)(), 3, [set(), set()], normalize=True, scan_dtype=torch.bfloat16
         )
+
+
+def test_the_cosine_first_pass_error_holds_for_measured_errors():
+    """The value the cosine pass ranks by (bfloat16 product rescaled by a bfloat16 inverse norm) against the float32
+    score of normalised vectors, over 10,000 pairs of vectors of unequal norms."""
+    from haystack_corrector.search import first_pass_error
+
+    generator = torch.Generator().manual_seed(7)
+    q = torch.nn.functional.normalize(torch.randn(100, 384, generator=generator), dim=1)
+    x = torch.randn(100, 384, generator=generator) * torch.rand(100, 1, generator=generator) * 4
+    norms = x.norm(dim=1)
+    first = (x.to(torch.bfloat16) @ q.to(torch.bfloat16).T) * (1.0 / norms).to(torch.bfloat16)[:, None]
+    exact = q @ torch.nn.functional.normalize(x, dim=1).T
+    error = (first.float().T - exact).abs()
+    bound = first_pass_error(384, normalize=True) * q.norm(dim=1, keepdim=True)
+    assert bool((error <= bound).all()), float((error / bound).max())
+    assert float((error / bound).max()) > 0.01
+
+
+def test_near_ties_in_every_block_are_rescored_without_a_second_scan(monkeypatch):
+    """Once a query holds k exact scores, every row within the bound of the k-th is re-scored (the threshold path):
+    hundreds of near-ties spread over all blocks stay exact and need no float32 rescan."""
+    generator = torch.Generator().manual_seed(8)
+    base = torch.randn(1, 64, generator=generator)
+    near = base + 1e-4 * torch.randn(900, 64, generator=generator)
+    rows = torch.cat([near, torch.randn(2100, 64, generator=generator)])[torch.randperm(3000, generator=generator)]
+    queries = torch.cat([base, torch.randn(3, 64, generator=generator)])
+    calls = {"exact": 0, "threshold": 0}
+    exact_scan, threshold = search_module._exact_topk, search_module._above_threshold
+
+    def count(name, fn):
+        def wrapped(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(search_module, "_exact_topk", count("exact", exact_scan))
+    monkeypatch.setattr(search_module, "_above_threshold", count("threshold", threshold))
+    # top_k = 40 > RESCORE_MARGIN: the first block (250 rows, ~75 near-ties) fills the top k; later blocks compare.
+    got = _bf16_topk(queries, _blocks(rows, 250), 40, [set()] * 4, normalize=True, partial=False)
+    assert calls["threshold"] == 11 and calls["exact"] == 0
+    monkeypatch.setattr(search_module, "_exact_topk", exact_scan)
+    _assert_same_top_k(got, _exact(queries, rows, 40, [set()] * 4, True))
+
+
+@pytest.mark.parametrize("similarity", ["cosine", "dot"])
+def test_a_bfloat16_view_is_searched_exactly(similarity):
+    """materialize(dtype="bfloat16"): the default search reads it with the bfloat16 pass and returns the exact float32
+    top k of the stored (bfloat16) rows, exclusions included."""
+    generator = torch.Generator().manual_seed(9)
+    store = CorrectedCacheStore(torch.randn(4000, 48, generator=generator), block_size=600, similarity=similarity)
+    with torch.no_grad():
+        for parameter in store.corrector.parameters():
+            parameter.normal_(0, 0.05, generator=generator)
+    store.materialize(dtype="bfloat16")
+    view = store._corrected_view
+    assert view.dtype == "bfloat16" and view.data.dtype == torch.bfloat16
+    torch.testing.assert_close(view.norms, view.data.float().norm(dim=1))
+    queries = torch.randn(12, 48, generator=generator)
+    excluded = [set(torch.randint(4000, (15,), generator=generator).tolist()) for _ in range(12)]
+    expected = _exact(queries, view.data.float(), 9, excluded, similarity == "cosine")
+    _assert_same_top_k(store.search(queries, 9, exclude=excluded), expected)
+    _assert_same_top_k(store.search(queries, 9, exclude=excluded, scan_dtype=torch.float32), expected)
+
+
+def test_a_bfloat16_view_on_disk_is_uint16_bits_and_reads_back_the_same(tmp_path):
+    import numpy as np
+
+    generator = torch.Generator().manual_seed(10)
+    store = CorrectedCacheStore(torch.randn(3000, 32, generator=generator), block_size=512, dtype="float16")
+    with torch.no_grad():
+        for parameter in store.corrector.parameters():
+            parameter.normal_(0, 0.05, generator=generator)
+    store.materialize(dtype="bfloat16")
+    in_memory = store._corrected_view.data.clone()
+    queries = torch.randn(6, 32, generator=generator)
+    expected = store.search(queries, 8)
+    store.materialize(tmp_path / "view.npy")  # the same dtype as before, now in a file
+    on_disk = np.load(tmp_path / "view.npy", mmap_mode="r")
+    assert on_disk.dtype == np.uint16 and on_disk.shape == (3000, 32)
+    assert torch.equal(torch.from_numpy(np.array(on_disk)).view(torch.bfloat16), in_memory)
+    got = store.search(queries, 8)
+    assert torch.equal(got[1], expected[1]) and torch.equal(got[0], expected[0])
+
+
+def test_bfloat16_materialisation_adds_less_error_than_bfloat16_rounding(monkeypatch):
+    """Under bfloat16 autocast (where supported) the view's rows are within twice the bfloat16 rounding of the float32
+    corrector's output (autocast adds less than the rounding itself); without bfloat16 units they are exactly that
+    rounding. The corrector moves rows by about 40% of their norm, as a trained one does on CoSQA."""
+    import haystack_corrector.corrected_view as view_module
+
+    generator = torch.Generator().manual_seed(11)
+    stale = torch.nn.functional.normalize(torch.randn(5000, 64, generator=generator), dim=1)
+    store = CorrectedCacheStore(stale, block_size=1000, corrector=Corrector(64, hidden_dim=128))
+    with torch.no_grad():
+        store.corrector.residual[-1].weight.normal_(0, 0.06, generator=generator)
+    reference = store.corrected_embeddings()  # float32
+    moved = float(((reference - stale).norm(dim=1) / stale.norm(dim=1)).mean())
+    assert 0.2 < moved < 0.8, moved
+    rounding = float(((reference.bfloat16().float() - reference).norm(dim=1) / reference.norm(dim=1)).mean())
+    monkeypatch.setattr(view_module, "bf16_supported", lambda device: True)
+    store.materialize(dtype="bfloat16")
+    computed = store._corrected_view.data
+    assert not torch.equal(computed, reference.bfloat16())  # autocast ran
+    error = float(((computed.float() - reference).norm(dim=1) / reference.norm(dim=1)).mean())
+    assert error < 2 * rounding, (error, rounding)
+    monkeypatch.setattr(view_module, "bf16_supported", lambda device: False)
+    store.materialize(dtype="bfloat16")
+    assert torch.equal(store._corrected_view.data, reference.bfloat16())
+
+
+def test_an_old_view_is_refreshed_in_its_own_dtype():
+    store = CorrectedCacheStore(torch.randn(500, 16), block_size=128)
+    store.materialize(dtype="bfloat16")
+    store.corrector.steps += 3
+    store.search(torch.randn(2, 16), 4, max_view_age=1)
+    assert store.view_age == 0 and store._corrected_view.dtype == "bfloat16"
+
+
+def test_bad_view_dtype():
+    store = CorrectedCacheStore(torch.randn(50, 8))
+    with pytest.raises(ValueError, match="dtype"):
+        store.materialize(dtype="float64")
