@@ -188,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"haystack-corrector {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     commands = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
-    add_experiment_commands(commands)  # demo, experiment, fidelity: haystack_corrector/experiments/commands.py
+    add_experiment_commands(commands)  # demo, experiment, fidelity, latent: haystack_corrector/experiments/commands.py
 
     build = commands.add_parser("build-cache", help="encode a BEIR corpus into a saved store")
     build.add_argument("--data", required=True)
@@ -254,7 +254,7 @@ def _quiet_console(args: argparse.Namespace) -> Iterator[None]:
         logging.getLogger(name).setLevel(logging.WARNING)
     handlers: list[logging.Handler] = []
     transformers_logging = None
-    if getattr(args, "command", None) in ("demo", "experiment", "fidelity"):
+    if getattr(args, "command", None) in ("demo", "experiment", "fidelity", "latent"):
         from transformers.utils import logging as transformers_logging
 
         from haystack_corrector.experiments.console import console_filter

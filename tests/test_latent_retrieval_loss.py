@@ -114,6 +114,28 @@ def test_gradients_reach_the_encoder_and_the_reader_and_never_the_corrector(mode
     assert set(loss.last_metrics) >= {"staleness", "corrected_error"}
 
 
+def test_during_the_warm_up_only_the_reader_learns(model_and_store):
+    """retriever_warmup_steps=1: the first training step gives the encoder no gradient and leaves the corrector as it
+    was; the second trains both, as without a warm-up."""
+    model, store = model_and_store
+    reader = TableReader()
+    loss = LatentRetrievalLoss(model, reader, store, top_k=3, retriever_warmup_steps=1)
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(0)
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=generator) * 0.02)
+    loss.train()
+    before = [p.detach().clone() for p in store.corrector.parameters()]
+    loss(_features(model, CLAIMS), LABELS).backward()
+    assert reader.table.grad is not None and reader.table.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(a, b.detach()) for a, b in zip(before, store.corrector.parameters()))
+    reader.zero_grad()
+    loss(_features(model, CLAIMS), LABELS).backward()
+    assert sum(float(p.grad.abs().sum()) for p in model.parameters() if p.grad is not None) > 0
+    assert any(not torch.equal(a, b.detach()) for a, b in zip(before, store.corrector.parameters()))
+
+
 def test_wrong_input(model_and_store, tmp_path):
     model, store = model_and_store
     with pytest.raises(ValueError, match="top_k=99 is larger than the store"):

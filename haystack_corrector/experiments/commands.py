@@ -152,8 +152,63 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_latent(args: argparse.Namespace) -> int:
+    from haystack_corrector.experiments.latent import LatentConfig, run_latent
+
+    config = LatentConfig(
+        data=args.data,
+        labels=args.labels,
+        model=args.model,
+        arms=list(args.arms),
+        seeds=list(args.seeds),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        top_k=args.top_k,
+        temperature=args.temperature,
+        max_seq_length=args.max_seq_length,
+        reader_max_length=args.reader_max_length,
+        lr=args.lr,
+        reader_warmup_steps=args.reader_warmup_steps,
+        corrector_lr=args.corrector_lr,
+        max_train_claims=args.max_train_claims,
+        max_test_claims=args.max_test_claims,
+        output=args.output,
+    )
+    run_latent(config)
+    print((Path(args.output) / "results.md").read_text())
+    print(f"Wrote {args.output}/results.json and results.md")
+    return 0
+
+
+def add_latent_command(commands: Any) -> None:
+    latent = commands.add_parser(
+        "latent",
+        help="retrieval-augmented claim verification: train the retriever through a reader (latent retrieval)",
+        description="Train a retriever and a cross-encoder reader on labelled claims with the evidence as a latent "
+        "variable (LatentRetrievalLoss); arms frozen, stale, corrector, refresh:N; resumable.",
+    )
+    latent.add_argument("--data", required=True, help="BEIR folder (corpus, queries, qrels/train and test)")
+    latent.add_argument("--labels", default=None, help="JSON lines _id/split/label (default <data>/claims.jsonl)")
+    latent.add_argument("--model", default=None, help="local SentenceTransformer folder (default all-MiniLM-L6-v2)")
+    latent.add_argument("--arms", nargs="+", default=["frozen", "stale", "corrector"])
+    latent.add_argument("--seeds", type=int, nargs="+", default=[0])
+    latent.add_argument("--epochs", type=float, default=1.0)
+    latent.add_argument("--batch-size", type=int, default=16)
+    latent.add_argument("--top-k", type=int, default=4, help="documents marginalised per claim")
+    latent.add_argument("--temperature", type=float, default=0.05)
+    latent.add_argument("--max-seq-length", type=int, default=128, help="the retriever's")
+    latent.add_argument("--reader-max-length", type=int, default=256, help="tokens per (claim, abstract) pair")
+    latent.add_argument("--lr", type=float, default=2e-5)
+    latent.add_argument("--reader-warmup-steps", type=int, default=0, help="first steps with a frozen retriever")
+    latent.add_argument("--corrector-lr", type=float, default=1e-3)
+    latent.add_argument("--max-train-claims", type=int, default=None)
+    latent.add_argument("--max-test-claims", type=int, default=None)
+    latent.add_argument("--output", default="runs/latent")
+    latent.set_defaults(handler=cmd_latent)
+
+
 def add_experiment_commands(commands: Any) -> None:
-    """Add ``demo``, ``experiment`` and ``fidelity`` to the ``haystack-corrector`` sub-command parser."""
+    """Add ``demo``, ``experiment``, ``fidelity`` and ``latent`` to the ``haystack-corrector`` sub-command parser."""
     demo = commands.add_parser(
         "demo",
         help="short offline run on the shipped SciFact subset (about 6-8 minutes on 2 cores)",
@@ -196,3 +251,4 @@ def add_experiment_commands(commands: Any) -> None:
         "row (0 turns it off)",
     )
     fidelity.set_defaults(handler=cmd_fidelity, output="runs/fidelity")
+    add_latent_command(commands)

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from haystack_corrector._validation import check_float, check_positive_int
+from haystack_corrector._validation import check_float, check_non_negative_int, check_positive_int
 from haystack_corrector.cache_store import CorrectedCacheStore
 from haystack_corrector.sentence_transformers import _compat
 from haystack_corrector.trainer import CorrectorTrainer
@@ -47,6 +47,9 @@ class LatentRetrievalLoss(nn.Module):
         corrected: retrieve from the corrected cache (True) or the stale one (False).
         train_corrector: take one corrector step per training step on the k documents' fresh embeddings.
         corrector_lr: the corrector's learning rate.
+        retriever_warmup_steps: for this many first training steps (forward passes in training mode) the retriever is
+            frozen: the top k and P(z | x) come from it without gradients, so only the reader learns (a reader that
+            still guesses gives the retriever no signal worth following). The corrector does not train meanwhile.
     """
 
     def __init__(
@@ -59,6 +62,7 @@ class LatentRetrievalLoss(nn.Module):
         corrected: bool = True,
         train_corrector: bool = True,
         corrector_lr: float = 1e-3,
+        retriever_warmup_steps: int = 0,
     ) -> None:
         super().__init__()
         if not isinstance(store, CorrectedCacheStore):
@@ -78,6 +82,8 @@ class LatentRetrievalLoss(nn.Module):
         # The corrector learns only from its drift loss: the trainer's optimiser must not see it.
         self.store = store  # not an nn.Module: its corrector stays out of self.parameters()
         self.corrector_trainer = CorrectorTrainer(store, lr=corrector_lr) if train_corrector else None
+        self.retriever_warmup_steps = check_non_negative_int(retriever_warmup_steps, "retriever_warmup_steps")
+        self.training_steps = 0  # forward passes in training mode so far
         self.last_metrics: dict[str, float] = {}
 
     def anchor_texts(self, features: dict[str, Any]) -> list[str]:
@@ -115,23 +121,51 @@ class LatentRetrievalLoss(nn.Module):
             )
         if labels is None or labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
             raise ValueError("LatentRetrievalLoss needs an integer 'label' column (the class of each example)")
-        queries = self.model(features[0])["sentence_embedding"]
-        rows = self.retrieve(queries)
-        texts = self.store.texts
-        documents_text = [[texts[r] for r in row] for row in rows.tolist()]
-        flat = [t for row in documents_text for t in row]
-        doc_features = _compat.preprocess(self.model, flat)
-        device = queries.device
-        doc_features = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in doc_features.items()}
-        fresh = self.model(doc_features)["sentence_embedding"]
+        frozen = self.training and self.training_steps < self.retriever_warmup_steps
+        if self.training:
+            self.training_steps += 1
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+            queries = self.model(features[0])["sentence_embedding"]
+            rows = self.retrieve(queries)
+            texts = self.store.texts
+            documents_text = [[texts[r] for r in row] for row in rows.tolist()]
+            flat = [t for row in documents_text for t in row]
+            doc_features = _compat.preprocess(self.model, flat)
+            device = queries.device
+            doc_features = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in doc_features.items()}
+            fresh = self.model(doc_features)["sentence_embedding"]
         documents = fresh.view(queries.shape[0], self.top_k, -1)
         reader_logits = self.reader(self.anchor_texts(features[0]), documents_text)
         marginal = self.marginal_log_likelihood(queries, documents, reader_logits, labels.to(device).long())
         loss = -marginal.mean()
-        if self.training and self.corrector_trainer is not None:
+        if self.training and not frozen and self.corrector_trainer is not None:
             metrics = self.corrector_trainer.observe(rows.reshape(-1), fresh.detach().float().cpu())
             self.last_metrics = {k: float(v) for k, v in metrics.items()}
         return loss
+
+
+@torch.no_grad()
+def predict_labels(
+    reader: nn.Module,
+    query_texts: list[str],
+    query_embeddings: Tensor,
+    store: CorrectedCacheStore,
+    top_k: int,
+    temperature: float,
+    batch_size: int = 16,
+    corrected: bool = False,
+) -> Tensor:
+    """argmax_y Σ_{z ∈ top-k} P(z | x) p(y | x, z) for each query: the prediction the loss trains for, with P(z | x)
+    the softmax of the retrieval scores over the top k (cosine or dot, as the store scores) divided by
+    ``temperature``. Returns (B,) label indices."""
+    predictions = []
+    for start in range(0, len(query_texts), batch_size):
+        scores, rows = store.search(query_embeddings[start : start + batch_size], top_k, corrected=corrected)
+        documents = [[store.texts[r] for r in row] for row in rows.tolist()]
+        p_z = torch.softmax(scores / temperature, dim=1)
+        p_y = torch.softmax(reader(query_texts[start : start + batch_size], documents).float(), dim=-1)
+        predictions.append((p_z.unsqueeze(-1) * p_y.cpu()).sum(dim=1).argmax(dim=1))
+    return torch.cat(predictions)
 
 
 class CrossEncoderReader(nn.Module):
