@@ -207,15 +207,18 @@ def test_drift_step_uses_the_embeddings_the_wrapped_loss_computed(setup):
         observed.append((rows, fresh)),
         observe(rows, fresh, **kw),
     )[1]
-    calls = []
+    calls, computed = [], []
     handle = model.register_forward_hook(lambda module, inputs, output: calls.append(1))
+    inner = model[0].register_forward_hook(lambda module, inputs, output: computed.append(1))
     before = [p.detach().clone() for p in store.corrector.parameters()]
     batch = dataset.select(range(4))
     model.train()
     loss(_columns(model, batch), None)
     handle.remove()
-    # One no-grad anchor forward to sample with, then MNRL's own: the anchors, and the merged candidates. No more.
-    assert len(calls) == 3
+    inner.remove()
+    # The anchors' forward (with gradient) samples the negatives and is served to MNRL when it embeds the anchor
+    # column; MNRL's merged forward of the candidates is the only other one. No re-encoding for the drift step.
+    assert len(calls) == 3 and len(computed) == 2
     rows, fresh = observed[0]
     assert rows.numel() == 4 * 3  # 4 positives + 4 x 2 sampled negatives
     model.eval()
@@ -487,3 +490,40 @@ def test_corrector_with_a_rare_refresh(setup, after):
     assert steps == ({1} if after == "reset" else {3}), "reset starts a fresh optimiser at the refresh"
     with pytest.raises(ValueError, match="refresh_every applies to negatives='refresh' or 'corrector'"):
         CorrectedMultipleNegativesRankingLoss(model, store, train_dataset=dataset, negatives="stale", refresh_every=2)
+
+
+class _CopyingMNRL(st_losses.MultipleNegativesRankingLoss):
+    """MNRL that embeds copies of its columns: the anchors' forward cannot be served to it."""
+
+    def forward(self, sentence_features, labels):
+        return super().forward([dict(f) for f in sentence_features], labels)
+
+
+def test_a_loss_that_embeds_anchors_another_way_gets_its_own_forward(setup):
+    """The served anchor forward is an optimisation only: a wrapped loss that does not call the model with the anchor
+    column as given runs its own forward, the loss stops trying after that step, and values stay those of MNRL."""
+    model, store, dataset, _ = setup
+    model.train()
+    batch = dataset.select(range(6))
+    loss = CorrectedNegativesLoss(model, _CopyingMNRL(model), store, num_negatives=2, range_max=20)
+    assert loss._reuse_anchor_forward is None
+    model.zero_grad()
+    ours = loss(_columns(model, batch), None)
+    ours.backward()
+    our_grads = _grads(model)
+    assert loss._reuse_anchor_forward is False
+    rows = loss.last_negative_rows
+    model.zero_grad()
+    features = _columns(model, batch) + [
+        _features(model, [store.texts[r] for r in rows[:, j].tolist()]) for j in range(2)
+    ]
+    reference = st_losses.MultipleNegativesRankingLoss(model)(features, None)
+    reference.backward()
+    torch.testing.assert_close(ours, reference, atol=1e-6, rtol=1e-6)
+    for a, b in zip(our_grads, _grads(model)):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    computed = []
+    inner = model[0].register_forward_hook(lambda module, inputs, output: computed.append(1))
+    loss(_columns(model, batch), None)
+    inner.remove()
+    assert len(computed) == 3  # no-grad anchors for sampling, then the copying loss's anchors and candidates

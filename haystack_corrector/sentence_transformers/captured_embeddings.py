@@ -4,6 +4,9 @@ Every sentence-transformers loss embeds its columns by calling the model: one fo
 of several columns (column-major), or, for the cached (GradCache) losses, one no-grad forward per mini-batch of each
 column in order. A forward hook on the model therefore sees every row of every column, in column order, once; the
 cached losses' second, gradient-carrying pass runs later, inside ``backward()``, after the hook is gone.
+
+The other way round, :func:`served_forward` hands the wrapped loss an anchor forward the loss already ran for
+sampling, so the anchors are embedded once per step.
 """
 
 from __future__ import annotations
@@ -44,3 +47,31 @@ def split_columns(captured: list[Tensor], batch_size: int, num_columns: int) -> 
     if rows.shape[0] != batch_size * num_columns:
         return None
     return list(rows.reshape(num_columns, batch_size, -1).unbind(0))
+
+
+@contextmanager
+def served_forward(model: nn.Module, features: Mapping[str, Any], output: Any) -> Iterator[list[bool]]:
+    """Within the block, the first ``model(features)`` call with this very ``features`` object returns ``output``
+    (computed earlier, with its autograd graph) instead of running the model again; every other call runs as usual.
+    Forward hooks still see it. The yielded list holds ``True`` once the output was served.
+
+    This lets the loss embed the anchors once: for sampling (detached) and for the wrapped loss (with gradient).
+    """
+    served: list[bool] = []
+    original = model.forward
+    own = model.__dict__.get("forward")  # an instance-level forward someone set before us, kept as it was
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        if not served and len(args) == 1 and not kwargs and args[0] is features:
+            served.append(True)
+            return output
+        return original(*args, **kwargs)
+
+    model.forward = forward  # type: ignore[method-assign]
+    try:
+        yield served
+    finally:
+        if own is None:
+            del model.forward  # back to the class's forward
+        else:
+            model.forward = own  # type: ignore[method-assign]

@@ -14,7 +14,11 @@ from haystack_corrector.cache_store import CorrectedCacheStore
 from haystack_corrector.distributed import ShardedCacheStore, is_distributed
 from haystack_corrector.sampler import HardNegativeSampler
 from haystack_corrector.sentence_transformers import _compat
-from haystack_corrector.sentence_transformers.captured_embeddings import captured_embeddings, split_columns
+from haystack_corrector.sentence_transformers.captured_embeddings import (
+    captured_embeddings,
+    served_forward,
+    split_columns,
+)
 from haystack_corrector.sentence_transformers.negatives import (
     Costs,
     NegativeSource,
@@ -209,6 +213,8 @@ class CorrectedNegativesLoss(nn.Module):
             )
         self.model = model
         self.loss = loss
+        # Reuse the sampling forward of the anchors inside the wrapped loss: None until a step shows it works.
+        self._reuse_anchor_forward: bool | None = None
         # The store is a plain attribute, so its corrector is NOT a registered submodule: the trainer's optimiser must
         # not see the corrector's parameters, which only the drift loss trains, through their own optimiser.
         self.store = store
@@ -368,11 +374,26 @@ class CorrectedNegativesLoss(nn.Module):
                 "pass the same prompts= to the loss; otherwise the positives are not in the store",
             )
         relevant = self.relevance.relevant_sets(anchor_keys, known_rows[0])
-        negative_rows = self._sample(features, anchor_keys, relevant, known_rows) if self.source is not None else None
+        reuse = self.source is not None and self._reuse_anchor_forward is not False and self._may_reuse_anchor_forward()
+        anchor_output = None
+        if reuse:  # the anchors' forward with gradient, served to the wrapped loss when it embeds the anchor column
+            anchor_output = self._unwrapped_model(dict(features[0]))
+        negative_rows = (
+            self._sample(features, anchor_keys, relevant, known_rows, anchor_output) if self.source is not None else None
+        )
         self.last_negative_rows = negative_rows
         columns = list(features) + self._negative_columns(negative_rows, like=features[1])
         with captured_embeddings(self._unwrapped_model) as captured:
-            value = self.loss(columns, labels)
+            if anchor_output is None:
+                value = self.loss(columns, labels)
+            else:
+                with served_forward(self._unwrapped_model, features[0], anchor_output) as served:
+                    value = self.loss(columns, labels)
+                if not served:  # this loss embeds the anchors some other way: sample with a no-grad pass from now on
+                    self._reuse_anchor_forward = False
+                    logger.debug("%s did not embed the anchor column as given; not reusing its forward", self.loss)
+                else:
+                    self._reuse_anchor_forward = True
         embedded = split_columns(captured, batch, len(columns))
         if embedded is None:
             self._warn_once(
@@ -389,17 +410,28 @@ class CorrectedNegativesLoss(nn.Module):
         self.training_forwards += 1
         return value
 
+    def _may_reuse_anchor_forward(self) -> bool:
+        """Whether the anchors' forward for sampling can be the one the wrapped loss trains on: not under a DDP
+        wrapper (its gradient sync needs its own forward), not for the cached (GradCache) losses, which embed in
+        mini-batches without gradient first, and not after a step showed the loss embeds anchors another way."""
+        return self.model is self._unwrapped_model and not hasattr(self.loss, "mini_batch_size")
+
     def _sample(
         self,
         features: list[dict[str, Any]],
         anchor_keys: list[Any],
         relevant: list[set[int]],
         known_rows: list[list[list[int]]],
+        anchor_output: dict[str, Any] | None = None,
     ) -> Tensor:
-        """(B, num_negatives) store rows: never relevant to the anchor, never one of its row's own negatives."""
+        """(B, num_negatives) store rows: never relevant to the anchor, never one of its row's own negatives.
+        ``anchor_output``: the anchors' forward already computed (with gradient); else a no-grad pass embeds them."""
         exclude = [rows | {r for column in known_rows[1:] for r in column[i]} for i, rows in enumerate(relevant)]
-        with torch.no_grad():  # the current anchors, to sample with (the wrapped loss embeds them again, with grad)
-            anchors = self._unwrapped_model(dict(features[0]))["sentence_embedding"].detach().float().cpu()
+        if anchor_output is not None:
+            anchors = anchor_output["sentence_embedding"].detach().float().cpu()
+        else:
+            with torch.no_grad():  # the current anchors, to sample with (the wrapped loss embeds them again)
+                anchors = self._unwrapped_model(dict(features[0]))["sentence_embedding"].detach().float().cpu()
         return self.source.negatives(anchors, exclude, self.step, anchor_keys)  # type: ignore[union-attr]
 
     def _negative_columns(self, negative_rows: Tensor | None, like: dict[str, Any]) -> list[dict[str, Any]]:
