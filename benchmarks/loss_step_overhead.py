@@ -49,7 +49,9 @@ def padded_store(store, rows: int, noise: float, dtype: str):
         part = part + noise * part.norm(dim=1, keepdim=True) * torch.nn.functional.normalize(
             torch.randn(part.shape, generator=generator), dim=1
         )
-        filler[start : start + len(part)] = (torch.nn.functional.normalize(part, dim=1) * real.norm(dim=1).mean()).half()
+        filler[start : start + len(part)] = (
+            torch.nn.functional.normalize(part, dim=1) * real.norm(dim=1).mean()
+        ).half()
     embeddings = torch.cat([real.half(), filler])
     ids = list(store.ids) + [f"filler-{i}" for i in range(len(source))]
     texts = list(store.texts) + [store.texts[int(r)] for r in source]
@@ -118,16 +120,20 @@ def main() -> None:
         steps = args.steps if age is None else max(args.steps, age + 1)
         ours_seconds, stock_seconds, overlaps = run_steps(model, store, dataset, ours, stock, steps, age, args)
         label = "no view (fused scan)" if age is None else f"max_view_age={age}, {args.view_dtype} view"
-        print(f"\n## {label}: {steps} steps, batch {args.batch_size}, {args.num_negatives} negative(s), "
-              f"cache of {len(store)} rows ({dtype})")
+        print(
+            f"\n## {label}: {steps} steps, batch {args.batch_size}, {args.num_negatives} negative(s), "
+            f"cache of {len(store)} rows ({dtype})"
+        )
         if materialise is not None:
             print(f"materialise the view: {materialise:.2f} s")
         print(f"stock MNRL with static negatives in the batch: {stock_seconds / steps:.2f} s/step")
         print(f"CorrectedMultipleNegativesRankingLoss:          {ours_seconds / steps:.2f} s/step")
         print(f"ratio: {ours_seconds / stock_seconds:.3f}x")
         if overlaps:
-            print(f"overlap@10 with the exact scan: mean {sum(overlaps) / len(overlaps):.3f}, min {min(overlaps):.3f} "
-                  f"({len(overlaps)} checks)")
+            print(
+                f"overlap@10 with the exact scan: mean {sum(overlaps) / len(overlaps):.3f}, min {min(overlaps):.3f} "
+                f"({len(overlaps)} checks)"
+            )
 
 
 def run_steps(model, store, dataset, ours, stock, steps, age, args):

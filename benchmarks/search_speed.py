@@ -131,13 +131,12 @@ def main() -> None:
         rate = "" if name.startswith("materialise") else f"{flops / seconds / 1e9:.0f}"
         print(f"| {name} | {seconds:.3f} | {seconds / baseline:.2f}x | {rate} |")
     for name, seconds in products.items():
-        print(f"| matrix products only, {name} (no top-k) | {seconds:.3f} | {seconds / baseline:.2f}x | "
-              f"{flops / seconds / 1e9:.0f} |")
+        print(
+            f"| matrix products only, {name} (no top-k) | {seconds:.3f} | {seconds / baseline:.2f}x | "
+            f"{flops / seconds / 1e9:.0f} |"
+        )
     overlap = np.mean(
-        [
-            len(set(a.tolist()) & set(b.tolist())) / args.top_k
-            for a, b in zip(float16_view[1], bfloat16_view[1])
-        ]
+        [len(set(a.tolist()) & set(b.tolist())) / args.top_k for a, b in zip(float16_view[1], bfloat16_view[1])]
     )
     print(f"\noverlap@{args.top_k} of the bfloat16 view's exact top k with the float16 view's: {overlap:.4f}")
 

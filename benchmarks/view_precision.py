@@ -59,9 +59,7 @@ def copies_as_one(data: Path, rows: int):
     text_id: dict[str, int] = {}
     key = [text_id.setdefault(document_text(corpus[i]), len(text_id)) for i in ids]
     row_of = {doc: row for row, doc in enumerate(ids)}
-    text_qrels = {
-        q: {f"t{key[row_of[d]]}": g for d, g in judged.items() if d in row_of} for q, judged in qrels.items()
-    }
+    text_qrels = {q: {f"t{key[row_of[d]]}": g for d, g in judged.items() if d in row_of} for q, judged in qrels.items()}
     query_ids = list(test_queries)
 
     def ndcg(found: torch.Tensor) -> dict[str, float]:
@@ -102,8 +100,10 @@ def main() -> None:
     print("|---|---|---|---|" + ("---|---|" if key else "") + "---|")
     error = relative(autocast, reference)
     blank = " | |" if key else ""
-    print(f"| (bfloat16 autocast output, before rounding) | {float(error.mean()):.2e} | {float(error.max()):.2e} |"
-          f"{blank} | |")
+    print(
+        f"| (bfloat16 autocast output, before rounding) | {float(error.mean()):.2e} | {float(error.max()):.2e} |"
+        f"{blank} | |"
+    )
     if reference_ndcg:
         print(f"(float32 corrector's own nDCG@10, copies as one: {np.mean(list(reference_ndcg.values())):.4f})")
     for name, dtype, force_float32 in [

@@ -116,8 +116,7 @@ def _write(path: Path, blocks: Blocks, shape: tuple[int, int], dtype: str) -> np
     try:
         out = np.lib.format.open_memmap(partial, mode="w+", dtype=VIEW_FILE_DTYPES[dtype], shape=shape)
         for start, end, stored in blocks():
-            out[start:end] = (stored.view(torch.int16).numpy().view(np.uint16) if dtype == "bfloat16"
-                              else stored.numpy())
+            out[start:end] = stored.view(torch.int16).numpy().view(np.uint16) if dtype == "bfloat16" else stored.numpy()
             release_pages(out, start, end)
         out.flush()
         del out

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -56,9 +55,7 @@ def test_the_harness_runs_every_arm_and_resumes(claims_folder, tiny_st_path, tmp
         predicted = result["predicted"]
         gold = [labels[q][1] for q in predicted]
         indices = [LABELS.index(label) for label in predicted.values()]
-        assert result["metrics"]["accuracy"] == pytest.approx(
-            sum(p == g for p, g in zip(indices, gold)) / len(gold)
-        )
+        assert result["metrics"]["accuracy"] == pytest.approx(sum(p == g for p, g in zip(indices, gold)) / len(gold))
         assert result["metrics"]["macro_f1"] == pytest.approx(macro_f1(indices, gold))
     report = (output / "results.md").read_text()
     assert all(f"| {arm} |" in report for arm in by_arm)

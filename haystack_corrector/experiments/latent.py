@@ -320,7 +320,11 @@ def latent_report(summary: dict[str, Any], reference: str | None = None) -> str:
         claims = runs[0]["per_query"][key]
         return {q: float(np.mean([r["per_query"][key][q] for r in runs])) for q in claims}
 
-    lines += ["", f"Paired differences against `{reference}` (per-claim values averaged over seeds; 95% bootstrap):", ""]
+    lines += [
+        "",
+        f"Paired differences against `{reference}` (per-claim values averaged over seeds; 95% bootstrap):",
+        "",
+    ]
     lines += ["| arm | accuracy difference [95% CI] | nDCG@10 difference [95% CI] |", "|---|---|---|"]
     for arm in by_arm:
         if arm == reference:

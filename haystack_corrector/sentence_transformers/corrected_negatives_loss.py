@@ -379,7 +379,9 @@ class CorrectedNegativesLoss(nn.Module):
         if reuse:  # the anchors' forward with gradient, served to the wrapped loss when it embeds the anchor column
             anchor_output = self._unwrapped_model(dict(features[0]))
         negative_rows = (
-            self._sample(features, anchor_keys, relevant, known_rows, anchor_output) if self.source is not None else None
+            self._sample(features, anchor_keys, relevant, known_rows, anchor_output)
+            if self.source is not None
+            else None
         )
         self.last_negative_rows = negative_rows
         columns = list(features) + self._negative_columns(negative_rows, like=features[1])
