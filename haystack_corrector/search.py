@@ -6,8 +6,10 @@ inside each block.
 
 With ``scan_dtype=torch.bfloat16`` the blocks are first scored in bfloat16 (several times faster where the hardware
 has bfloat16 matrix units), and the result is still the exact float32 top k: every row that could still reach the
-top k given the proven rounding bound (:func:`bf16_error_bound`) is re-scored in float32, and a query for which the
-bound cannot rule out the rows left behind is scanned again in float32.
+top k given the proven rounding bound (:func:`first_pass_error`) is re-scored in float32 — by a threshold once k
+exact scores are known, by a per-block top-k before that — and a query for which the bound cannot rule out a row
+left behind by such a top-k is scanned again in float32. Blocks arrive in their storage dtype (float32, float16 or
+bfloat16; a bfloat16 view is read without any conversion).
 """
 
 from __future__ import annotations
