@@ -34,7 +34,7 @@ def test_the_harness_runs_every_arm_and_resumes(claims_folder, tiny_st_path, tmp
     argv = [
         "latent", "--data", str(claims_folder), "--model", tiny_st_path, "--arms", "frozen", "stale", "corrector",
         "refresh:3", "--epochs", "1", "--batch-size", "4", "--top-k", "2", "--max-seq-length", "32",
-        "--reader-max-length", "48", "--output", str(output),
+        "--reader-max-length", "48", "--save-models", "--output", str(output),
     ]  # fmt: skip
     assert main(argv) == 0
     results = json.loads((output / "results.json").read_text())
@@ -57,6 +57,20 @@ def test_the_harness_runs_every_arm_and_resumes(claims_folder, tiny_st_path, tmp
         indices = [LABELS.index(label) for label in predicted.values()]
         assert result["metrics"]["accuracy"] == pytest.approx(sum(p == g for p, g in zip(indices, gold)) / len(gold))
         assert result["metrics"]["macro_f1"] == pytest.approx(macro_f1(indices, gold))
+    # The saved pair reproduces the arm's evaluation exactly.
+    from sentence_transformers import SentenceTransformer
+
+    from haystack_corrector.experiments.latent import LatentConfig, evaluate, load_task
+    from haystack_corrector.sentence_transformers.latent_retrieval_loss import CrossEncoderReader
+
+    config = LatentConfig(data=str(claims_folder), top_k=2, max_seq_length=32, reader_max_length=48)
+    saved = output / "models" / "corrector__seed0"
+    retriever = SentenceTransformer(str(saved / "retriever"), device="cpu")
+    retriever.max_seq_length = 32
+    reader = CrossEncoderReader(str(saved / "reader"), num_labels=len(LABELS), max_length=48)
+    again = evaluate(retriever, reader, load_task(config), config, "cosine")
+    assert again["predicted"] == by_arm["corrector"]["predicted"]
+    assert again["metrics"]["ndcg@10"] == pytest.approx(by_arm["corrector"]["metrics"]["ndcg@10"], abs=1e-6)
     report = (output / "results.md").read_text()
     assert all(f"| {arm} |" in report for arm in by_arm)
     stamps = {p.name: p.stat().st_mtime_ns for p in (output / "arms").iterdir()}

@@ -172,6 +172,7 @@ def cmd_latent(args: argparse.Namespace) -> int:
         corrector_lr=args.corrector_lr,
         max_train_claims=args.max_train_claims,
         max_test_claims=args.max_test_claims,
+        save_models=args.save_models,
         output=args.output,
     )
     run_latent(config)
@@ -203,6 +204,9 @@ def add_latent_command(commands: Any) -> None:
     latent.add_argument("--corrector-lr", type=float, default=1e-3)
     latent.add_argument("--max-train-claims", type=int, default=None)
     latent.add_argument("--max-test-claims", type=int, default=None)
+    latent.add_argument(
+        "--save-models", action="store_true", help="keep each arm's retriever and reader in <output>/models/"
+    )
     latent.add_argument("--output", default="runs/latent")
     latent.set_defaults(handler=cmd_latent)
 

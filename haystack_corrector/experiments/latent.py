@@ -66,6 +66,7 @@ class LatentConfig:
     max_train_claims: int | None = None
     max_test_claims: int | None = None
     encode_batch_size: int = 64
+    save_models: bool = False  # keep each arm's trained retriever and reader under <output>/models/
     output: str = "runs/latent"
 
 
@@ -228,6 +229,11 @@ def run_arm(arm: str, seed: int, task: Task, config: LatentConfig, initial: Path
         if (step + 1) % 10 == 0 or step + 1 == steps:
             progress.info("%s seed %d: step %d/%d, loss %.4f", arm, seed, step + 1, steps, float(value.detach()))
     train_seconds = time.perf_counter() - start
+    if config.save_models:
+        # Written before evaluation: a crash there keeps the trained pair (the folder is the harness's own).
+        folder = Path(config.output) / "models" / f"{arm.replace(':', '-')}__seed{seed}"
+        model.save(str(folder / "retriever"))
+        reader.save(folder / "reader")
     start = time.perf_counter()
     result = evaluate(model, reader, task, config, store.similarity)
     examples = steps * config.batch_size

@@ -35,6 +35,7 @@ OUTPUT_ENTRIES = frozenset(
         "fidelity.md",
         "run.log",
         "logs",
+        "models",
     }
 )
 

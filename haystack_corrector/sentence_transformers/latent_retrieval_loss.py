@@ -20,7 +20,9 @@ retriever's ``max_seq_length``). Documents come from ``store.texts``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -186,6 +188,13 @@ class CrossEncoderReader(nn.Module):
         self.classifier = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=num_labels)
         self.num_labels = check_positive_int(num_labels, "num_labels")
         self.max_length = check_positive_int(max_length, "max_length")
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the classifier and its tokenizer as a transformers folder; ``CrossEncoderReader(path, ...)`` loads
+        it back with its trained head."""
+        Path(path).mkdir(parents=True, exist_ok=True)
+        self.classifier.save_pretrained(str(path))
+        self.tokenizer.save_pretrained(str(path))
 
     def forward(self, queries: list[str], documents: list[list[str]]) -> Tensor:
         k = len(documents[0])
