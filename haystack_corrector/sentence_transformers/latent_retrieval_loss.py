@@ -164,10 +164,16 @@ def predict_labels(
     for start in range(0, len(query_texts), batch_size):
         scores, rows = store.search(query_embeddings[start : start + batch_size], top_k, corrected=corrected)
         documents = [[store.texts[r] for r in row] for row in rows.tolist()]
-        p_z = torch.softmax(scores / temperature, dim=1)
-        p_y = torch.softmax(reader(query_texts[start : start + batch_size], documents).float(), dim=-1)
-        predictions.append((p_z.unsqueeze(-1) * p_y.cpu()).sum(dim=1).argmax(dim=1))
+        logits = reader(query_texts[start : start + batch_size], documents).float().cpu()
+        predictions.append(marginal_label_probabilities(scores, logits, temperature).argmax(dim=1))
     return torch.cat(predictions)
+
+
+def marginal_label_probabilities(retrieval_scores: Tensor, reader_logits: Tensor, temperature: float) -> Tensor:
+    """p(y | x) = Σ_z P(z | x) p(y | x, z) from (B, k) retrieval scores of the k documents (P(z | x) is their softmax
+    divided by ``temperature``) and the reader's (B, k, C) logits. Returns (B, C) probabilities."""
+    p_z = torch.softmax(retrieval_scores.float() / temperature, dim=1)
+    return (p_z.unsqueeze(-1) * torch.softmax(reader_logits.float(), dim=-1)).sum(dim=1)
 
 
 class CrossEncoderReader(nn.Module):
