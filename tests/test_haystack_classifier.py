@@ -11,9 +11,9 @@ pytest.importorskip("sentence_transformers")
 from haystack import Document, Pipeline  # noqa: E402
 from haystack.components.retrievers.in_memory import InMemoryEmbeddingRetriever  # noqa: E402
 from haystack.document_stores.in_memory import InMemoryDocumentStore  # noqa: E402
+from haystack_integrations.components.classifiers.corrector import RetrievedEvidenceClassifier  # noqa: E402
 
 from haystack_corrector.sentence_transformers.latent_retrieval_loss import CrossEncoderReader  # noqa: E402
-from haystack_integrations.components.classifiers.corrector import RetrievedEvidenceClassifier  # noqa: E402
 
 LABELS = ["SUPPORT", "CONTRADICT", "NOT_ENOUGH_INFO"]
 DOCUMENTS = [
