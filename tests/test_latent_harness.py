@@ -77,6 +77,10 @@ def test_the_harness_runs_every_arm_and_resumes(claims_folder, tiny_st_path, tmp
     assert main(argv) == 0  # resumes: nothing redone
     assert {p.name: p.stat().st_mtime_ns for p in (output / "arms").iterdir()} == stamps
     assert "refresh:3" in capsys.readouterr().out
+    changed = [*argv[:-1], str(output)]
+    changed[changed.index("--top-k") + 1] = "3"
+    assert main(changed) == 2  # other settings into the same folder: refused before training
+    assert "other settings (top_k)" in capsys.readouterr().err
 
 
 def test_macro_f1_against_hand_counts():

@@ -261,8 +261,19 @@ def run_latent(config: LatentConfig) -> dict[str, Any]:
     for arm in config.arms:
         parse_latent_arm(arm)
     output = claim_output_folder(config.output)
+    settings = {**asdict(config), "task": "latent"}
+    previous_file = output / "config.json"
+    if previous_file.is_file():  # a resumed run must not mix arms trained under other settings
+        previous = json.loads(previous_file.read_text())
+        differing = sorted(
+            key for key in settings if key not in ("arms", "seeds", "output") and previous.get(key) != settings[key]
+        )
+        if differing:
+            raise ValueError(
+                f"{output} holds results run with other settings ({', '.join(differing)}); choose another --output"
+            )
     (output / "arms").mkdir(exist_ok=True)
-    (output / "config.json").write_text(json.dumps({**asdict(config), "task": "latent"}, indent=2))
+    previous_file.write_text(json.dumps(settings, indent=2))
     task = load_task(config)
     model_path = resolve_model_path(config.model)
     initial = output / "initial-cache"
