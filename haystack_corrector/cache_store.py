@@ -34,17 +34,12 @@ from haystack_corrector._validation import (
 )
 from haystack_corrector.cache_rows import CacheRows, DefaultIds, read_rows
 from haystack_corrector.corrected_view import CorrectedView, CorrectedViewMixin
-from haystack_corrector.corrector import Corrector
+from haystack_corrector.corrector import CORRECTOR_CHUNK_ROWS, Corrector
 from haystack_corrector.persistence import DTYPES
 from haystack_corrector.scoring import SIMILARITIES, normalize_rows
 from haystack_corrector.search import blocked_topk
 
 logger = logging.getLogger(__name__)
-
-# Rows per corrector call when a block is corrected. A block of 65,536 rows makes hidden activations of ~200 MB that
-# glibc allocates with fresh mmaps (page faults on every call); 8,192 rows keep them under its 32 MB threshold, and the
-# corrector over a block runs 1.2x (float32) to 1.5x (bfloat16 autocast) faster (measured on the 2-core machine).
-CORRECTOR_CHUNK_ROWS = 8192
 
 __all__ = ["DTYPES", "SIMILARITIES", "CorrectedCacheStore", "DefaultIds"]
 
@@ -181,7 +176,7 @@ class CorrectedCacheStore(CacheRows, CorrectedViewMixin, persistence.StorePersis
 
     @torch.no_grad()
     def _correct(self, stale: torch.Tensor, side: torch.Tensor | None = None) -> torch.Tensor:
-        """h(g') in float32, CORRECTOR_CHUNK_ROWS rows per corrector call (for speed: see the constant)."""
+        """h(g') in float32, CORRECTOR_CHUNK_ROWS rows per corrector call (for speed: see the constant in corrector.py)."""
         device = self._device
         chunks = [
             self._corrector(

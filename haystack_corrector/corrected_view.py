@@ -29,7 +29,7 @@ import torch
 from haystack_corrector._atomic import step
 from haystack_corrector._validation import check_choice, check_finite, check_non_negative_int
 from haystack_corrector.cache_rows import release_pages
-from haystack_corrector.corrector import Corrector
+from haystack_corrector.corrector import CORRECTOR_CHUNK_ROWS, Corrector
 from haystack_corrector.search import bf16_supported
 
 Blocks = Callable[[], Iterable[tuple[int, int, torch.Tensor]]]  # (start, end, corrected float32 rows), all rows
@@ -179,8 +179,6 @@ class CorrectedViewMixin:
         corrector block by block, so results are exact for the current corrector, unless the search tolerates an
         older view (``search(..., max_view_age=K)``). Call again to refresh.
         """
-        from haystack_corrector.cache_store import CORRECTOR_CHUNK_ROWS as chunk
-
         store: Any = self
         if dtype is None:
             dtype = self._corrected_view.dtype if self._corrected_view is not None else store.dtype
@@ -189,8 +187,11 @@ class CorrectedViewMixin:
             self._view_path = claim_view_path(path, self._view_path, overwrite)
         self._corrected_view = compute_view(
             self._corrector,
-            # Blocks of CORRECTOR_CHUNK_ROWS rows: every temporary of the corrector stays small (cache_store.py).
-            lambda: ((s, e, store._correct_block(s, e)) for s, e in store._blocks(min(store.block_size, chunk))),
+            # Blocks of CORRECTOR_CHUNK_ROWS rows: every temporary of the corrector stays small (corrector.py).
+            lambda: (
+                (s, e, store._correct_block(s, e))
+                for s, e in store._blocks(min(store.block_size, CORRECTOR_CHUNK_ROWS))
+            ),
             (len(store), store.dim),
             dtype,
             self._view_path,

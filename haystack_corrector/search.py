@@ -189,11 +189,7 @@ def _bf16_topk(
                 values, rows = values[:, :keep], rows[:, :keep]
             scores = dot_scores(queries, normalize_rows(block[rows].float(), normalize))  # (B, keep) float32
             scores[values == -torch.inf] = -torch.inf  # excluded rows stay out even when a block has few rows
-        merged_scores = torch.cat([best_scores, scores], dim=1)
-        merged_rows = torch.cat([best_rows, rows + start], dim=1)
-        width = min(top_k, merged_scores.shape[1])
-        best_scores, position = torch.topk(merged_scores, width, dim=1)
-        best_rows = torch.gather(merged_rows, 1, position)
+        best_scores, best_rows = _merge(best_scores, best_rows, scores, rows + start, top_k)
     proven = left_behind < best_scores[:, -1]  # strictly: a row left behind cannot even tie the k-th score
     if not bool(proven.all()):
         redo = (~proven).nonzero().squeeze(1)
@@ -241,12 +237,18 @@ def _exact_topk(
         scores = dot_scores(queries, normalize_rows(block.float(), normalize))
         _exclude(scores, start, end, pair_rows, pair_queries)
         rows = torch.arange(start, end, device=device).expand(queries.shape[0], -1)
-        merged_scores = torch.cat([best_scores, scores], dim=1)
-        merged_rows = torch.cat([best_rows, rows], dim=1)
-        keep = min(top_k, merged_scores.shape[1])
-        best_scores, position = torch.topk(merged_scores, keep, dim=1)
-        best_rows = torch.gather(merged_rows, 1, position)
+        best_scores, best_rows = _merge(best_scores, best_rows, scores, rows, top_k)
     return _finish(best_scores, best_rows, partial)
+
+
+def _merge(
+    best_scores: torch.Tensor, best_rows: torch.Tensor, scores: torch.Tensor, rows: torch.Tensor, top_k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The running top k merged with a block's (scores, absolute rows)."""
+    merged_scores = torch.cat([best_scores, scores], dim=1)
+    merged_rows = torch.cat([best_rows, rows], dim=1)
+    best_scores, position = torch.topk(merged_scores, min(top_k, merged_scores.shape[1]), dim=1)
+    return best_scores, torch.gather(merged_rows, 1, position)
 
 
 def _finish(best_scores: torch.Tensor, best_rows: torch.Tensor, partial: bool) -> tuple[torch.Tensor, torch.Tensor]:

@@ -151,6 +151,17 @@ def _encode(model: Any, texts: Sequence[str], batch_size: int) -> torch.Tensor:
     return embeddings.float().cpu()
 
 
+def retriever_metrics(
+    model: Any, store: CorrectedCacheStore, task: Task, config: LatentConfig
+) -> tuple[torch.Tensor, dict[str, float], dict[str, dict[str, float]]]:
+    """(test query embeddings, mean metrics, per-query metrics) of ``model``'s queries against ``store`` as stored."""
+    queries = _encode(model, [text for _, text, _ in task.test], config.encode_batch_size)
+    scores, rows = store.search(queries, min(100, len(store)), corrected=False)
+    query_ids = [q for q, _, _ in task.test]
+    means, per_query = retrieval_metrics(run_from_search(scores, rows, query_ids, task.corpus_ids), task.test_qrels)
+    return queries, means, per_query
+
+
 def evaluate(model: Any, reader: Any, task: Task, config: LatentConfig, similarity: str) -> dict[str, Any]:
     """Accuracy, macro-F1 and nDCG@10 on the test claims, with a fresh encode of the corpus by ``model``."""
     from haystack_corrector.sentence_transformers.latent_retrieval_loss import predict_labels
@@ -159,10 +170,8 @@ def evaluate(model: Any, reader: Any, task: Task, config: LatentConfig, similari
     reader.eval()
     store = CorrectedCacheStore(_encode(model, task.corpus_texts, config.encode_batch_size), similarity=similarity)
     store.texts = task.corpus_texts
-    queries = _encode(model, [text for _, text, _ in task.test], config.encode_batch_size)
-    scores, rows = store.search(queries, min(100, len(store)), corrected=False)
+    queries, means, per_query = retriever_metrics(model, store, task, config)
     query_ids = [q for q, _, _ in task.test]
-    means, per_query = retrieval_metrics(run_from_search(scores, rows, query_ids, task.corpus_ids), task.test_qrels)
     with torch.no_grad():
         predicted = predict_labels(
             reader, [text for _, text, _ in task.test], queries, store, config.top_k, config.temperature
@@ -282,10 +291,7 @@ def run_latent(config: LatentConfig) -> dict[str, Any]:
         model = load_model(model_path, config.max_seq_length)
         store = encode_corpus(model, task.corpus_texts, ids=task.corpus_ids, show_progress_bar=False)
         store.save(initial, overwrite=True)
-        queries = _encode(model, [text for _, text, _ in task.test], config.encode_batch_size)
-        scores, rows = store.search(queries, min(100, len(store)), corrected=False)
-        query_ids = [q for q, _, _ in task.test]
-        means, _ = retrieval_metrics(run_from_search(scores, rows, query_ids, task.corpus_ids), task.test_qrels)
+        _, means, _ = retriever_metrics(model, store, task, config)
         zero_shot_file.write_text(json.dumps({"ndcg@10": means["ndcg@10"]}, indent=2))
     zero_shot = json.loads(zero_shot_file.read_text())
     results = []
