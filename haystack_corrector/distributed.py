@@ -71,6 +71,7 @@ def sharded_search(
     corrected: bool = True,
     group: Any = None,
     max_view_age: int | None = None,
+    view_rescore_depth: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k over the union of all ranks' shards for this rank's queries.
 
@@ -79,7 +80,8 @@ def sharded_search(
         row_offset: global index of the shard's first row (see :func:`shard_bounds`).
         query_embeddings: this rank's (B, d) queries (B may differ across ranks, and may be 0).
         exclude: per-query collections of GLOBAL row indices never to return.
-        max_view_age: as in :meth:`CorrectedCacheStore.search`, for the local shard's materialised view.
+        max_view_age, view_rescore_depth: as in :meth:`CorrectedCacheStore.search`, for the local shard's
+            materialised view (each shard re-scores its own candidates).
 
     Returns:
         ``(scores, global_rows)`` of shape (B, top_k), best first.
@@ -112,7 +114,13 @@ def sharded_search(
             local_excluded.append({r - row_offset for r in query_rows if row_offset <= r < end})
     k_local = min(top_k, len(local_store))
     scores, local_rows = local_store._search(
-        stacked, k_local, local_excluded, corrected, partial=True, max_view_age=max_view_age
+        stacked,
+        k_local,
+        local_excluded,
+        corrected,
+        partial=True,
+        max_view_age=max_view_age,
+        view_rescore_depth=view_rescore_depth,
     )
     global_rows = torch.where(local_rows >= 0, local_rows + row_offset, local_rows)
     gathered_scores = _gather_padded(scores.to(device), group, -float("inf"))
@@ -252,6 +260,7 @@ class ShardedCacheStore(CorrectedCacheStore):
         corrected: bool = True,
         pool_size: int | None = None,
         max_view_age: int | None = None,
+        view_rescore_depth: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Collective exact top-k over all ranks' shards for this rank's queries (global row indices)."""
         if pool_size is not None:
@@ -265,6 +274,7 @@ class ShardedCacheStore(CorrectedCacheStore):
             corrected=corrected,
             group=self.group,
             max_view_age=max_view_age,
+            view_rescore_depth=view_rescore_depth,
         )
 
     def __repr__(self) -> str:

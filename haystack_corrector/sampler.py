@@ -63,6 +63,10 @@ class HardNegativeSampler:
             updates old and re-materialise it only then (``CorrectedCacheStore.search(max_view_age=...)``); call
             ``store.materialize(path)`` first to keep the view in a memory-mapped file. None (default): every search
             is exact for the current corrector.
+        view_rescore_depth: with ``max_view_age``, re-score each query's ``view_rescore_depth`` best rows of the
+            view with the current corrector before choosing (``CorrectedCacheStore.search(view_rescore_depth=...)``):
+            an older view then only has to hold the right candidates, not rank them. None (default): the view's
+            ranking. At least the sampler's window is re-scored either way when set.
         exclude_text_copies: also never sample a row whose text is identical to a positive's
             (:meth:`CorrectedCacheStore.with_text_copies`; needs ``store.texts``): a copy of the positive is a false
             negative. Default True.
@@ -92,6 +96,7 @@ class HardNegativeSampler:
         seed: int | None = None,
         max_view_age: int | None = None,
         exclude_text_copies: bool = True,
+        view_rescore_depth: int | None = None,
     ) -> None:
         if not isinstance(store, CorrectedCacheStore):
             raise TypeError(f"store must be a CorrectedCacheStore, got {type(store).__name__}")
@@ -126,6 +131,9 @@ class HardNegativeSampler:
         self.exclude_text_copies = exclude_text_copies
         self.seed = seed
         self.max_view_age = None if max_view_age is None else check_non_negative_int(max_view_age, "max_view_age")
+        self.view_rescore_depth = (
+            None if view_rescore_depth is None else check_positive_int(view_rescore_depth, "view_rescore_depth")
+        )
         self.generator = torch.Generator()
         if seed is None:
             self.generator.seed()
@@ -172,6 +180,7 @@ class HardNegativeSampler:
             "corrected": self.corrected,
             "seed": self.seed,
             "max_view_age": self.max_view_age,
+            "view_rescore_depth": self.view_rescore_depth,
             "exclude_text_copies": self.exclude_text_copies,
         }
 
@@ -193,7 +202,12 @@ class HardNegativeSampler:
             )
         depth = min(self.window, len(store) - most_positives)
         scores, rows = store.search(
-            queries, depth, exclude=positive_sets, corrected=self.corrected, max_view_age=self.max_view_age
+            queries,
+            depth,
+            exclude=positive_sets,
+            corrected=self.corrected,
+            max_view_age=self.max_view_age,
+            view_rescore_depth=self.view_rescore_depth,
         )
         lowest = self._lowest_positive_scores(queries, positive_sets) if self._needs_lowest else None
         valid = self._apply_filters(scores, lowest)

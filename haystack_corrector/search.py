@@ -102,6 +102,43 @@ def blocked_topk(
     return _exact_topk(queries, blocks() if callable(blocks) else blocks, top_k, excluded, normalize, partial)
 
 
+def candidate_topk(
+    queries: torch.Tensor,
+    candidates: torch.Tensor,
+    rows: torch.Tensor,
+    top_k: int,
+    *,
+    normalize: bool,
+    partial: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top ``top_k`` per query among its own ``candidates`` only, scored in float32 as :func:`blocked_topk` scores.
+
+    ``candidates``: (B, L) row indices, ``-1`` for none; ``rows``: the vectors of ``torch.unique`` of the valid
+    candidates, in that (ascending) order. Used to re-score a search of an older corrected view with the current
+    corrector (``CorrectedCacheStore.search(view_rescore_depth=...)``). Returns ``(scores, rows)`` on CPU; fewer than
+    ``top_k`` candidates give ``-inf`` and row ``-1`` with ``partial=True``, else raise ``ValueError``.
+    """
+    candidates = candidates.to(queries.device)
+    valid = candidates >= 0
+    distinct = torch.unique(candidates[valid])
+    if distinct.numel() != rows.shape[0]:
+        raise ValueError(f"rows must hold one vector per distinct candidate ({distinct.numel()}), got {rows.shape[0]}")
+    scores = dot_scores(normalize_rows(queries.float(), normalize), normalize_rows(rows.float(), normalize))
+    allowed = torch.zeros_like(scores, dtype=torch.bool)
+    query_of = torch.arange(candidates.shape[0], device=queries.device).unsqueeze(1).expand_as(candidates)
+    allowed[query_of[valid], torch.searchsorted(distinct, candidates[valid])] = True
+    scores = scores.masked_fill(~allowed, -torch.inf)
+    best_scores, position = torch.topk(scores, min(top_k, scores.shape[1]), dim=1)
+    best_rows = distinct[position]
+    if best_scores.shape[1] < top_k:  # fewer distinct candidates than top_k: pad as a partial scan does
+        missing = top_k - best_scores.shape[1]
+        best_scores = torch.cat([best_scores, best_scores.new_full((best_scores.shape[0], missing), -torch.inf)], 1)
+        best_rows = torch.cat([best_rows, best_rows.new_full((best_rows.shape[0], missing), -1)], 1)
+    if not partial and (best_scores == -torch.inf).any():
+        raise ValueError(f"a query has fewer than top_k={top_k} candidates to re-score")
+    return _finish(best_scores, best_rows, partial)
+
+
 def _exclusion_pairs(excluded: list[set[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     pairs = sorted((row, query) for query, rows in enumerate(excluded) for row in rows)
     return (

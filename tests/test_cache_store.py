@@ -218,6 +218,68 @@ def test_view_tolerated_up_to_max_view_age_corrector_updates():
         store.search(q, 3, max_view_age=1.5)
 
 
+@pytest.mark.parametrize("similarity", ["cosine", "dot"])
+@pytest.mark.parametrize("view_dtype", ["float32", "bfloat16"])
+def test_view_rescore_depth_rescores_an_older_views_candidates_with_the_current_corrector(similarity, view_dtype):
+    from haystack_corrector import CorrectorTrainer
+
+    torch.manual_seed(5)
+    stale = torch.randn(90, 8)
+    store = CorrectedCacheStore(stale, corrector=_perturbed_corrector(8), similarity=similarity, block_size=16)
+    store.materialize(dtype=view_dtype)
+    old = Corrector(8, hidden_dim=16)
+    old.load_state_dict(store.corrector.state_dict())
+    trainer = CorrectorTrainer(store, lr=0.05)
+    for _ in range(3):
+        trainer.observe(torch.arange(20), torch.randn(20, 8))
+    assert store.view_age == 3
+    q = torch.randn(6, 8)
+    exclude = [[0, 1], [], [5], list(range(30, 60)), [], [89]]
+    current = naive_scores(q, store.corrector(stale).detach(), similarity)
+
+    # Every row re-scored: the exact top k of the current corrector, though the view is three updates old.
+    scores, rows = store.search(q, 7, exclude=exclude, max_view_age=5, view_rescore_depth=len(store))
+    assert store.view_age == 3  # tolerated, not re-materialised
+    assert_topk_matches(scores, rows, current, 7, exclude)
+    exact = store.search(q, 7, exclude=exclude)  # no max_view_age: the fused scan, exact for the current corrector
+    torch.testing.assert_close(scores, exact[0], atol=1e-5, rtol=0)
+
+    # L rows re-scored: the best 7 of the old view's best L, by the current corrector's own scores.
+    depth = 12
+    scores, rows = store.search(q, 7, exclude=exclude, max_view_age=5, view_rescore_depth=depth)
+    _, view_rows = store.search(q, depth, exclude=exclude, max_view_age=5)  # the old view's ranking
+    old_scores = naive_scores(q, old(stale).detach(), similarity)
+    for query in range(q.shape[0]):
+        candidates = view_rows[query].tolist()
+        assert set(rows[query].tolist()) <= set(candidates)
+        banned = set(exclude[query])
+        assert (
+            max(old_scores[query][r] for r in range(90) if r not in banned and r not in candidates)
+            <= min(old_scores[query][r] for r in candidates) + 2e-2
+        )  # the candidates are the old view's best (up to the view's bfloat16 rounding)
+        best = sorted((current[query][r] for r in candidates), reverse=True)[:7]
+        for position, row in enumerate(rows[query].tolist()):
+            assert abs(float(scores[query, position]) - current[query][row]) <= 1e-4
+            assert abs(float(scores[query, position]) - best[position]) <= 1e-4
+    # The rescoring changes the answer here: the view alone ranks by the old corrector.
+    view_scores, _ = store.search(q, 7, exclude=exclude, max_view_age=5)
+    assert not torch.allclose(view_scores, scores, atol=1e-3)
+
+
+def test_view_rescore_depth_without_a_view_or_for_stale_search_changes_nothing():
+    torch.manual_seed(6)
+    store = CorrectedCacheStore(torch.randn(40, 8), corrector=_perturbed_corrector(8), block_size=16)
+    q = torch.randn(3, 8)
+    for corrected in (True, False):
+        plain = store.search(q, 5, corrected=corrected)
+        rescored = store.search(q, 5, corrected=corrected, view_rescore_depth=10)
+        assert torch.equal(plain[0], rescored[0]) and torch.equal(plain[1], rescored[1])
+    with pytest.raises(ValueError, match="view_rescore_depth must be > 0"):
+        store.search(q, 5, view_rescore_depth=0)
+    with pytest.raises(TypeError, match="view_rescore_depth must be an int"):
+        store.search(q, 5, view_rescore_depth=2.5)
+
+
 def test_shard_shares_rows_and_corrector_without_copying():
     torch.manual_seed(4)
     store = CorrectedCacheStore(

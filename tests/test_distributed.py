@@ -101,6 +101,10 @@ def _sharded_store_worker(rank: int, world: int, port: int, view_dir: str, out: 
         store.materialize(os.path.join(view_dir, "view.npy"))
         result["view_search"] = store.search(queries[rank], 7, exclude=exclude[rank], max_view_age=3)
         result["view_file"] = os.path.exists(os.path.join(view_dir, f"view.rank{rank}.npy"))
+        trainer.observe(rows[rank], fresh[rank])  # the view is one update old now
+        result["rescored_search"] = store.search(
+            queries[rank], 7, exclude=exclude[rank], max_view_age=3, view_rescore_depth=60
+        )  # 60 >= either shard's rows: every local row re-scored, exact for the current corrector
         out[rank] = result
     finally:
         dist.destroy_process_group()
@@ -130,6 +134,11 @@ def test_sharded_store_search_and_corrector_training_equal_one_process(tmp_path)
         expected = single.search(queries[rank], 7, exclude=exclude[rank])
         torch.testing.assert_close(out[rank]["view_search"][0], expected[0], atol=1e-5, rtol=1e-5)
         assert out[rank]["view_file"]
+    trainer.observe(torch.cat(rows), torch.cat(fresh))
+    for rank in range(2):
+        expected = single.search(queries[rank], 7, exclude=exclude[rank])
+        torch.testing.assert_close(out[rank]["rescored_search"][0], expected[0], atol=1e-5, rtol=1e-5)
+        assert torch.equal(out[rank]["rescored_search"][1], expected[1])
 
 
 def test_sharded_store_needs_a_process_group():

@@ -179,6 +179,26 @@ def test_seed_makes_sampling_reproducible():
     assert torch.equal(a, b)
 
 
+def test_view_rescore_depth_samples_from_an_old_view_as_the_exact_scan_would():
+    from haystack_corrector import CorrectorTrainer
+
+    store = _store(n=80)
+    store.materialize()
+    trainer = CorrectorTrainer(store, lr=0.05)
+    for _ in range(2):
+        trainer.observe(torch.arange(30), torch.randn(30, 8))
+    q = torch.randn(5, 8)
+    positives = [[0], [1, 2], [3], [], [79]]
+    exact = HardNegativeSampler(store, 4, range_max=12, seed=1).sample(q, positives)
+    viewed = HardNegativeSampler(store, 4, range_max=12, seed=1, max_view_age=4)
+    rescored = HardNegativeSampler(store, 4, range_max=12, seed=1, max_view_age=4, view_rescore_depth=len(store))
+    assert torch.equal(rescored.sample(q, positives), exact)
+    assert not torch.equal(viewed.sample(q, positives), exact)  # the two-updates-old view ranks otherwise
+    assert store.view_age == 2 and rescored.get_config_dict()["view_rescore_depth"] == len(store)
+    with pytest.raises(ValueError, match="view_rescore_depth must be > 0"):
+        HardNegativeSampler(store, 4, view_rescore_depth=0)
+
+
 def test_stale_vs_corrected_scores_differ():
     store = _store()
     q = torch.randn(4, 8)

@@ -326,9 +326,18 @@ def test_evaluation_neither_samples_nor_trains(setup):
 def test_config_and_citation(setup):
     model, store, dataset, _ = setup
     loss = CorrectedMultipleNegativesRankingLoss(
-        model, store, num_negatives=2, train_dataset=dataset, sampling_strategy="gumbel", range_max=10, min_score=0.1
+        model,
+        store,
+        num_negatives=2,
+        train_dataset=dataset,
+        sampling_strategy="gumbel",
+        range_max=10,
+        min_score=0.1,
+        max_view_age=5,
+        view_rescore_depth=50,
     )
     config = loss.get_config_dict()
+    assert config["max_view_age"] == 5 and config["view_rescore_depth"] == 50 and loss.sampler.view_rescore_depth == 50
     assert config["num_negatives"] == 2 and config["negatives"] == "corrector"
     assert config["sampling_strategy"] == "gumbel" and config["min_score"] == 0.1
     assert config["similarity_fct"] == "cos_sim" and config["corrector"]["dim"] == 64

@@ -92,6 +92,9 @@ class CorrectedNegativesLoss(nn.Module):
             takes ``"gumbel"`` (sample from softmax(score / ``temperature``)).
         seed: seed of the sampler's random generator.
         max_view_age: sample from a materialised corrected view refreshed every K corrector steps.
+        view_rescore_depth: with ``max_view_age``, re-score each anchor's L best rows of the view with the current
+            corrector before choosing (L × batch corrected rows per step), so an older view keeps the exact ranking
+            of the candidates it holds (``benchmarks/loss_step_overhead.py --view-rescore-depth``). Default None.
         corrector_lr, drift_loss, listwise_weight, score_weight, drift_temperature, replay_size, replay_steps: the
             corrector's training (:class:`~haystack_corrector.CorrectorTrainer`).
         corrector_warmup_steps: for this many first optimiser steps sample from the stale cache while the corrector
@@ -164,6 +167,7 @@ class CorrectedNegativesLoss(nn.Module):
         relative_margin: float | None = None,
         seed: int | None = None,
         max_view_age: int | None = None,
+        view_rescore_depth: int | None = None,
         corrector_lr: float = 1e-3,
         drift_loss: str = "mse",
         listwise_weight: float = 0.0,
@@ -242,6 +246,7 @@ class CorrectedNegativesLoss(nn.Module):
             corrected=negatives == "corrector",
             seed=seed,
             max_view_age=max_view_age,
+            view_rescore_depth=view_rescore_depth,
             exclude_text_copies=False,  # the relevance index already counts every copy of a positive's text
         )
         self.corrector_trainer = CorrectorTrainer(
