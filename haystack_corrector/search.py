@@ -190,8 +190,10 @@ def _bf16_topk(
     Each block is scored in bfloat16 (value f per row and query, within e of the exact score: :func:`first_pass_error`).
     Once a query holds k exact scores with the k-th at τ, a row can enter only if f + e ≥ τ: exactly those rows are
     re-scored in float32 (a compare, no top-k over the block), so nothing is left behind. Until then (the first
-    blocks) the block's ``top_k + RESCORE_MARGIN`` best rows by f are re-scored, the best f left behind is remembered,
-    and a query whose final k-th score does not exceed it plus e is scanned again in float32.
+    block) the block's ``top_k + RESCORE_MARGIN`` best rows by f are re-scored; as soon as that gives every query k
+    exact scores, the rest of the same block goes through the threshold. Only while some query still lacks k finite
+    scores (tiny blocks, heavy exclusions) is the best f left behind remembered, and a query whose final k-th score
+    does not exceed it plus e is scanned again in float32.
 
     Blocks arrive in their storage dtype: bfloat16 rows are used as they are, float16/float32 rows are rounded to
     bfloat16 once. ``row_norms`` (float32 L2 norms of every row, kept with a materialised view) saves computing them.
@@ -216,16 +218,22 @@ def _bf16_topk(
             row_error = error * norms.max()
         first = first.T  # (B, rows), a view
         _exclude(first, start, end, pair_rows, pair_queries)
-        if best_scores.shape[1] == top_k and bool(torch.isfinite(best_scores[:, -1]).all()):
-            scores, rows = _above_threshold(first, best_scores[:, -1] - row_error, block, queries, normalize)
-        else:
+        if not _threshold_known(best_scores, top_k):
             take = min(keep + 1, first.shape[1])
-            values, rows = torch.topk(first, take, dim=1)
-            if take > keep:
-                left_behind = torch.maximum(left_behind, values[:, keep].float() + row_error)
-                values, rows = values[:, :keep], rows[:, :keep]
+            ranked, ranked_rows = torch.topk(first, take, dim=1)
+            values, rows = ranked[:, :keep], ranked_rows[:, :keep]
             scores = dot_scores(queries, normalize_rows(block[rows].float(), normalize))  # (B, keep) float32
             scores[values == -torch.inf] = -torch.inf  # excluded rows stay out even when a block has few rows
+            best_scores, best_rows = _merge(best_scores, best_rows, scores, rows + start, top_k)
+            if take <= keep:
+                continue  # every row of the block was re-scored
+            if not _threshold_known(best_scores, top_k):
+                left_behind = torch.maximum(left_behind, ranked[:, keep].float() + row_error)
+                continue
+            # The k-th exact score is known now: the rest of this block goes through the threshold too, rather
+            # than being left behind for a float32 rescan (near-ties in the first block made that rescan common).
+            first.scatter_(1, rows, -torch.inf)  # (already re-scored)
+        scores, rows = _above_threshold(first, best_scores[:, -1] - row_error, block, queries, normalize)
         best_scores, best_rows = _merge(best_scores, best_rows, scores, rows + start, top_k)
     proven = left_behind < best_scores[:, -1]  # strictly: a row left behind cannot even tie the k-th score
     if not bool(proven.all()):
@@ -236,6 +244,11 @@ def _bf16_topk(
         best_scores[redo.cpu()] = scores
         best_rows[redo.cpu()] = rows
     return _finish(best_scores, best_rows, partial)
+
+
+def _threshold_known(best_scores: torch.Tensor, top_k: int) -> bool:
+    """Whether every query holds k finite exact scores, so that its k-th score can serve as the threshold τ."""
+    return best_scores.shape[1] == top_k and bool(torch.isfinite(best_scores[:, -1]).all())
 
 
 def _above_threshold(

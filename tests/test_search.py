@@ -57,15 +57,17 @@ def test_bf16_pass_returns_the_exact_top_k_with_exclusions(normalize):
     assert not {r for query, chosen in enumerate(got[1].tolist()) for r in chosen if r in excluded[query]}
 
 
-def test_near_ties_fall_back_to_float32_and_stay_exact(monkeypatch):
-    """Hundreds of rows within the rounding bound of the k-th score: the proof fails, those queries scan again."""
+def _near_tie_rows_and_queries():
     generator = torch.Generator().manual_seed(2)
     base = torch.randn(1, 64, generator=generator)
     rows = torch.cat(
         [base + 1e-4 * torch.randn(600, 64, generator=generator), torch.randn(400, 64, generator=generator)]
     )
-    queries = torch.cat([base, torch.randn(3, 64, generator=generator)])
-    calls = []
+    return rows, torch.cat([base, torch.randn(3, 64, generator=generator)])
+
+
+def _spy_on_rescans(monkeypatch) -> list[int]:
+    calls: list[int] = []
     exact_scan = search_module._exact_topk
 
     def spy(queries, *args, **kwargs):
@@ -73,10 +75,30 @@ def test_near_ties_fall_back_to_float32_and_stay_exact(monkeypatch):
         return exact_scan(queries, *args, **kwargs)
 
     monkeypatch.setattr(search_module, "_exact_topk", spy)
+    return calls
+
+
+def test_near_ties_in_the_first_block_are_rescored_by_its_own_threshold(monkeypatch):
+    """Hundreds of rows within the rounding bound of the k-th score from the first block on: once the first block's
+    top rows give k exact scores, the rest of that block is re-scored above the threshold, so nothing is rescanned."""
+    rows, queries = _near_tie_rows_and_queries()
+    calls = _spy_on_rescans(monkeypatch)
     got = _bf16_topk(queries, _blocks(rows, 250), 5, [set()] * 4, normalize=True, partial=False)
-    assert calls and calls[0] >= 1  # the near-tie query was scanned again in float32
-    monkeypatch.setattr(search_module, "_exact_topk", exact_scan)
+    assert calls == []
+    monkeypatch.undo()
     _assert_same_top_k(got, _exact(queries, rows, 5, [set()] * 4, True))
+
+
+def test_near_ties_fall_back_to_float32_and_stay_exact(monkeypatch):
+    """While one query has no k scores yet (its exclusions cover the first block), the near-tie query's rows left
+    behind in that block break its proof: that query alone is scanned again in float32, and the result is exact."""
+    rows, queries = _near_tie_rows_and_queries()
+    excluded = [set(), set(), set(), set(range(250))]
+    calls = _spy_on_rescans(monkeypatch)
+    got = _bf16_topk(queries, _blocks(rows, 250), 5, excluded, normalize=True, partial=False)
+    assert calls == [1]  # the near-tie query, scanned again in float32
+    monkeypatch.undo()
+    _assert_same_top_k(got, _exact(queries, rows, 5, excluded, True))
 
 
 def test_store_search_with_bf16_and_the_forced_fallback(monkeypatch):
@@ -147,9 +169,10 @@ def test_near_ties_in_every_block_are_rescored_without_a_second_scan(monkeypatch
 
     monkeypatch.setattr(search_module, "_exact_topk", count("exact", exact_scan))
     monkeypatch.setattr(search_module, "_above_threshold", count("threshold", threshold))
-    # top_k = 40 > RESCORE_MARGIN: the first block (250 rows, ~75 near-ties) fills the top k; later blocks compare.
+    # top_k = 40 > RESCORE_MARGIN: the first block's (250 rows, ~75 near-ties) top rows fill the top k; the rest of
+    # that block and all 11 later blocks compare against the threshold.
     got = _bf16_topk(queries, _blocks(rows, 250), 40, [set()] * 4, normalize=True, partial=False)
-    assert calls["threshold"] == 11 and calls["exact"] == 0
+    assert calls["threshold"] == 12 and calls["exact"] == 0
     monkeypatch.setattr(search_module, "_exact_topk", exact_scan)
     _assert_same_top_k(got, _exact(queries, rows, 40, [set()] * 4, True))
 
