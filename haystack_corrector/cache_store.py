@@ -366,6 +366,11 @@ class CorrectedCacheStore(CacheRows, CorrectedViewMixin, persistence.StorePersis
         )
         if not rescore:
             return scores, found
-        distinct = torch.unique(found[found >= 0])
-        corrected_rows = self._correct(self._stale_rows(distinct), self._side_rows(distinct))
-        return candidate_topk(queries.to(device), found, corrected_rows, top_k, normalize=normalize, partial=partial)
+        return candidate_topk(
+            queries.to(device),
+            found,
+            lambda rows: self._correct(self._stale_rows(rows), self._side_rows(rows)),
+            top_k,
+            normalize=normalize,
+            partial=partial,
+        )

@@ -28,9 +28,10 @@ _FORMAT = "haystack-corrector/corrector"
 _FORMAT_VERSION = 1
 OWNED_FILES = frozenset({CONFIG_FILE, WEIGHTS_FILE})
 
-# Rows per corrector call when a store corrects a block (and materialises its view). A block of 65,536 rows makes hidden activations of ~200 MB that
-# glibc allocates with fresh mmaps (page faults on every call); 8,192 rows keep them under its 32 MB threshold, and the
-# corrector over a block runs 1.2x (float32) to 1.5x (bfloat16 autocast) faster (measured on the 2-core machine).
+# Rows per corrector call when a store corrects a block (and materialises its view). A block of 65,536 rows makes
+# hidden activations of ~200 MB that glibc allocates with fresh mmaps (page faults on every call); 8,192 rows keep
+# them under its 32 MB threshold, and the corrector over a block runs 1.2x (float32) to 1.5x (bfloat16 autocast)
+# faster (measured on the 2-core machine).
 CORRECTOR_CHUNK_ROWS = 8192
 
 

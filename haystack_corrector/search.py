@@ -105,7 +105,7 @@ def blocked_topk(
 def candidate_topk(
     queries: torch.Tensor,
     candidates: torch.Tensor,
-    rows: torch.Tensor,
+    vectors_of: Callable[[torch.Tensor], torch.Tensor],
     top_k: int,
     *,
     normalize: bool,
@@ -113,16 +113,16 @@ def candidate_topk(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top ``top_k`` per query among its own ``candidates`` only, scored in float32 as :func:`blocked_topk` scores.
 
-    ``candidates``: (B, L) row indices, ``-1`` for none; ``rows``: the vectors of ``torch.unique`` of the valid
-    candidates, in that (ascending) order. Used to re-score a search of an older corrected view with the current
-    corrector (``CorrectedCacheStore.search(view_rescore_depth=...)``). Returns ``(scores, rows)`` on CPU; fewer than
-    ``top_k`` candidates give ``-inf`` and row ``-1`` with ``partial=True``, else raise ``ValueError``.
+    ``candidates``: (B, L) row indices, ``-1`` for none; ``vectors_of(rows)`` gives the vectors of those distinct
+    rows (ascending), each computed once however many queries share it. Used to re-score a search of an older
+    corrected view with the current corrector (``CorrectedCacheStore.search(view_rescore_depth=...)``). Returns
+    ``(scores, rows)`` on CPU; fewer than ``top_k`` candidates give ``-inf`` and row ``-1`` with ``partial=True``,
+    else raise ``ValueError``.
     """
     candidates = candidates.to(queries.device)
     valid = candidates >= 0
     distinct = torch.unique(candidates[valid])
-    if distinct.numel() != rows.shape[0]:
-        raise ValueError(f"rows must hold one vector per distinct candidate ({distinct.numel()}), got {rows.shape[0]}")
+    rows = vectors_of(distinct.cpu()).to(queries.device)
     scores = dot_scores(normalize_rows(queries.float(), normalize), normalize_rows(rows.float(), normalize))
     allowed = torch.zeros_like(scores, dtype=torch.bool)
     query_of = torch.arange(candidates.shape[0], device=queries.device).unsqueeze(1).expand_as(candidates)
