@@ -289,10 +289,13 @@ class CorrectedCacheStore(CacheRows, CorrectedViewMixin, persistence.StorePersis
                 (``materialize(dtype="bfloat16")``), else float32.
             view_rescore_depth: when a corrected search reads a materialised view, take each query's
                 ``view_rescore_depth`` best rows of the view and re-score them in float32 with the current corrector
-                (applied to just those rows), returning the best ``top_k`` of them. With ``max_view_age`` this keeps
+                (applied to just those rows), returning the best ``top_k`` of them. A bfloat16 view on bfloat16
+                hardware is ranked for this by its bfloat16 products alone (the exact float32 pass over the view
+                would be redundant: the rows are re-scored anyway). With ``max_view_age`` this keeps
                 an older view's ranking close to the exact one for little cost (B × L corrected rows), and the scores
                 are always the current corrector's. Exact when every row of the exact top k is among the view's
-                best L. None (default): the view's own ranking and scores.
+                best L. None (default): the view's own ranking and scores. Pool mode (``pool_size``) never reads
+                the view, so it ignores this: its candidates are already re-scored with the current corrector.
 
         Returns:
             ``(scores, indices)``: (B, top_k) float32 scores and int64 row indices on CPU, best first.
@@ -363,6 +366,7 @@ class CorrectedCacheStore(CacheRows, CorrectedViewMixin, persistence.StorePersis
             partial=partial or rescore,
             scan_dtype=scan_dtype,
             row_norms=None if view is None else view.norms,
+            exact=not rescore,  # candidates that are re-scored below need no exact view scores of their own
         )
         if not rescore:
             return scores, found

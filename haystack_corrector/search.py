@@ -78,6 +78,7 @@ def blocked_topk(
     partial: bool = False,
     scan_dtype: torch.dtype | None = None,
     row_norms: torch.Tensor | None = None,
+    exact: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top ``top_k`` rows per query over ``blocks`` of ``(start, end, rows[start:end])``, best first.
 
@@ -87,6 +88,8 @@ def blocked_topk(
     fallback scans again). ``scan_dtype=torch.bfloat16`` scores in bfloat16 first and returns the same exact float32
     top k (module docstring); without native bfloat16 (:func:`bf16_supported`) it scans in float32 directly.
     ``row_norms``: float32 L2 norms of all rows, used by the bfloat16 pass instead of computing them per block.
+    ``exact=False`` with the bfloat16 pass ranks by the bfloat16 values alone (:func:`_first_pass_topk`, no float32
+    re-scoring; the scores returned are those values): for candidates that the caller re-scores anyway.
     ``partial=True`` (shards): fewer allowed rows than ``top_k`` give ``-inf`` scores and row ``-1`` instead of an
     error. Returns ``(scores, rows)`` on CPU. Non-finite scores (a diverged corrector) raise ``ValueError``.
     """
@@ -96,6 +99,9 @@ def blocked_topk(
         if not callable(blocks):
             raise TypeError("scan_dtype=torch.bfloat16 needs blocks as a function returning a fresh iterable")
         if bf16_supported(queries.device):
+            if not exact:
+                scores, rows = _first_pass_topk(queries, blocks(), top_k, excluded, normalize, row_norms)
+                return _finish(scores, rows, partial)
             return _bf16_topk(
                 queries, blocks, top_k, excluded, normalize=normalize, partial=partial, row_norms=row_norms
             )
@@ -244,6 +250,39 @@ def _bf16_topk(
         best_scores[redo.cpu()] = scores
         best_rows[redo.cpu()] = rows
     return _finish(best_scores, best_rows, partial)
+
+
+def _first_pass_topk(
+    queries: torch.Tensor,
+    blocks: Blocks,
+    top_k: int,
+    excluded: list[set[int]],
+    normalize: bool,
+    row_norms: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top ``top_k`` rows per query by the bfloat16 first-pass value f alone, with f's values as the scores: what
+    :func:`_bf16_topk` computes before any float32 re-scoring, so it can differ from the exact top k by rows within
+    :func:`first_pass_error` of the k-th score. Fewer allowed rows than ``top_k`` give ``-inf`` scores."""
+    queries = normalize_rows(queries.float(), normalize)
+    q16 = queries.to(torch.bfloat16)
+    pair_rows, pair_queries = _exclusion_pairs(excluded)
+    best_scores = torch.empty((queries.shape[0], 0), device=queries.device)
+    best_rows = torch.empty((queries.shape[0], 0), dtype=torch.int64, device=queries.device)
+    for start, end, block in blocks:
+        rows16 = block if block.dtype == torch.bfloat16 else block.to(torch.bfloat16)
+        first = rows16 @ q16.T  # (rows, B), as in _bf16_topk
+        if normalize:
+            norms = row_norms[start:end].to(queries.device) if row_norms is not None else block.float().norm(dim=1)
+            first.mul_((1.0 / norms).to(torch.bfloat16)[:, None])
+        first = first.T
+        _exclude(first, start, end, pair_rows, pair_queries)
+        values, rows = torch.topk(first, min(top_k, first.shape[1]), dim=1)
+        best_scores, best_rows = _merge(best_scores, best_rows, values.float(), rows + start, top_k)
+    if best_scores.shape[1] < top_k:  # fewer rows than top_k in all: pad as a partial scan does
+        missing = top_k - best_scores.shape[1]
+        best_scores = torch.cat([best_scores, best_scores.new_full((best_scores.shape[0], missing), -torch.inf)], 1)
+        best_rows = torch.cat([best_rows, best_rows.new_full((best_rows.shape[0], missing), -1)], 1)
+    return best_scores, best_rows
 
 
 def _threshold_known(best_scores: torch.Tensor, top_k: int) -> bool:

@@ -98,3 +98,31 @@ def test_bad_arms_and_labels(tmp_path):
         load_labels(path)
     with pytest.raises(FileNotFoundError, match="No labels file"):
         load_labels(tmp_path / "missing.jsonl")
+
+
+def test_reader_lr_gives_the_reader_its_own_parameter_group(tiny_st_path):
+    from haystack_corrector.experiments.harness import load_model
+    from haystack_corrector.experiments.latent import parameter_groups
+    from haystack_corrector.sentence_transformers import encode_corpus
+    from haystack_corrector.sentence_transformers.latent_retrieval_loss import CrossEncoderReader, LatentRetrievalLoss
+
+    model = load_model(tiny_st_path, 32)
+    store = encode_corpus(model, [f"document {i}" for i in range(6)], show_progress_bar=False)
+    reader = CrossEncoderReader(tiny_st_path, num_labels=3, max_length=48)
+    loss = LatentRetrievalLoss(model, reader, store, top_k=2)
+    groups = parameter_groups(loss, 2e-5, 1e-4)
+    grouped = [id(p) for group in groups for p in group["params"]]
+    # Every trainable parameter in exactly one group; the reader's (all of them) at reader_lr; never the corrector.
+    assert len(grouped) == len(set(grouped))
+    assert set(grouped) == {id(p) for p in loss.parameters() if p.requires_grad}
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in reader.parameters()}
+    assert not {id(p) for p in store.corrector.parameters()} & set(grouped)
+    assert [group["lr"] for group in groups] == [2e-5, 1e-4]
+    assert [group["lr"] for group in parameter_groups(loss, 2e-5, None)] == [2e-5, 2e-5]
+
+
+def test_bad_learning_rates_are_refused_before_any_work(claims_folder, tmp_path, capsys):
+    argv = ["latent", "--data", str(claims_folder), "--reader-lr", "-1", "--output", str(tmp_path / "out")]
+    assert main(argv) == 2
+    assert "reader_lr must be > 0, got -1" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

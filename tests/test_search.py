@@ -7,7 +7,7 @@ import torch
 
 from haystack_corrector import CorrectedCacheStore, Corrector
 from haystack_corrector import search as search_module
-from haystack_corrector.search import _bf16_topk, bf16_error_bound, blocked_topk
+from haystack_corrector.search import _bf16_topk, bf16_error_bound, blocked_topk, first_pass_error
 
 
 def _blocks(rows: torch.Tensor, size: int):
@@ -55,6 +55,40 @@ def test_bf16_pass_returns_the_exact_top_k_with_exclusions(normalize):
     got = _bf16_topk(queries, _blocks(rows, 700), 10, excluded, normalize=normalize, partial=False)
     _assert_same_top_k(got, expected)
     assert not {r for query, chosen in enumerate(got[1].tolist()) for r in chosen if r in excluded[query]}
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_the_first_pass_alone_ranks_within_its_error_bound(monkeypatch, normalize):
+    # exact=False: the top k by the bfloat16 value f alone, f as the score. Oracle: f is within e of the exact float32
+    # score (first_pass_error), so every row it returns is within 2e of the exact k-th score and every row clear of
+    # the exact k-th by 2e is returned; exclusions hold; with fewer allowed rows than k the rest is -inf / -1.
+    monkeypatch.setattr(search_module, "bf16_supported", lambda device: True)  # (the ops run anywhere, if slower)
+    generator = torch.Generator().manual_seed(4)
+    rows = torch.randn(3000, 64, generator=generator) * torch.rand(3000, 1, generator=generator) * 3
+    queries = torch.randn(8, 64, generator=generator)
+    excluded = [set(torch.randint(3000, (30,), generator=generator).tolist()) for _ in range(8)]
+    kwargs = {"normalize": normalize, "scan_dtype": torch.bfloat16}
+    scores, found = blocked_topk(queries, _blocks(rows, 700), 10, excluded, exact=False, **kwargs)
+    exact = (queries @ (torch.nn.functional.normalize(rows, dim=1) if normalize else rows).T).double()
+    scale = queries.norm(dim=1) * (1.0 if normalize else float(rows.norm(dim=1).max()))
+    if normalize:
+        exact = exact / queries.norm(dim=1, keepdim=True)
+        scale = torch.ones(8)
+    for query in range(8):
+        e = first_pass_error(64, normalize) * float(scale[query])
+        allowed = [r for r in range(3000) if r not in excluded[query]]
+        ranked = sorted(allowed, key=lambda r: -float(exact[query, r]))
+        kth = float(exact[query, ranked[9]])
+        got = found[query].tolist()
+        assert not set(got) & excluded[query]
+        assert all(abs(float(scores[query, i]) - float(exact[query, r])) <= e for i, r in enumerate(got))
+        assert all(float(exact[query, r]) >= kth - 2 * e for r in got)
+        assert {r for r in ranked[:10] if float(exact[query, r]) > kth + 2 * e} <= set(got)
+    assert found.unique().numel() > 10  # the queries do not all share one answer
+    few = [set(range(2995)) for _ in range(8)]  # 5 allowed rows, k = 10
+    scores, found = blocked_topk(queries, _blocks(rows, 700), 10, few, exact=False, partial=True, **kwargs)
+    assert (found[:, 5:] == -1).all() and (scores[:, 5:] == -torch.inf).all()
+    assert sorted(found[0, :5].tolist()) == list(range(2995, 3000))
 
 
 def _near_tie_rows_and_queries():

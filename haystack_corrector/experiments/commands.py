@@ -168,6 +168,7 @@ def cmd_latent(args: argparse.Namespace) -> int:
         max_seq_length=args.max_seq_length,
         reader_max_length=args.reader_max_length,
         lr=args.lr,
+        reader_lr=args.reader_lr,
         reader_warmup_steps=args.reader_warmup_steps,
         corrector_lr=args.corrector_lr,
         max_train_claims=args.max_train_claims,
@@ -199,7 +200,8 @@ def add_latent_command(commands: Any) -> None:
     latent.add_argument("--temperature", type=float, default=0.05)
     latent.add_argument("--max-seq-length", type=int, default=128, help="the retriever's")
     latent.add_argument("--reader-max-length", type=int, default=256, help="tokens per (claim, abstract) pair")
-    latent.add_argument("--lr", type=float, default=2e-5)
+    latent.add_argument("--lr", type=float, default=2e-5, help="the retriever's (and the reader's, by default)")
+    latent.add_argument("--reader-lr", type=float, default=None, help="the reader's own learning rate (default --lr)")
     latent.add_argument("--reader-warmup-steps", type=int, default=0, help="first steps with a frozen retriever")
     latent.add_argument("--corrector-lr", type=float, default=1e-3)
     latent.add_argument("--max-train-claims", type=int, default=None)

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from haystack_corrector._validation import check_float
 from haystack_corrector.beir import document_text, load_beir
 from haystack_corrector.cache_store import CorrectedCacheStore
 from haystack_corrector.corrector import Corrector
@@ -61,6 +62,7 @@ class LatentConfig:
     max_seq_length: int = 128
     reader_max_length: int = 256
     lr: float = 2e-5
+    reader_lr: float | None = None  # the reader's own learning rate (default: lr); its new head starts from scratch
     reader_warmup_steps: int = 0
     corrector_lr: float = 1e-3
     max_train_claims: int | None = None
@@ -189,6 +191,15 @@ def evaluate(model: Any, reader: Any, task: Task, config: LatentConfig, similari
     }
 
 
+def parameter_groups(loss: Any, lr: float, reader_lr: float | None) -> list[dict[str, Any]]:
+    """AdamW groups: the retriever at ``lr``, the reader at ``reader_lr`` (``lr`` when None). Every trainable
+    parameter of ``loss`` is in exactly one group (the corrector is not among them: it trains on its drift loss)."""
+    reader = [p for p in loss.reader.parameters() if p.requires_grad]
+    in_reader = {id(p) for p in reader}
+    retriever = [p for p in loss.parameters() if p.requires_grad and id(p) not in in_reader]
+    return [{"params": retriever, "lr": lr}, {"params": reader, "lr": lr if reader_lr is None else reader_lr}]
+
+
 def run_arm(arm: str, seed: int, task: Task, config: LatentConfig, initial: Path, model_path: str) -> dict[str, Any]:
     from haystack_corrector.experiments.harness import load_model
     from haystack_corrector.sentence_transformers import _compat
@@ -213,7 +224,7 @@ def run_arm(arm: str, seed: int, task: Task, config: LatentConfig, initial: Path
         corrector_lr=config.corrector_lr,
         retriever_warmup_steps=steps if kind == "frozen" else config.reader_warmup_steps,
     )
-    optimizer = torch.optim.AdamW([p for p in loss.parameters() if p.requires_grad], lr=config.lr)
+    optimizer = torch.optim.AdamW(parameter_groups(loss, config.lr, config.reader_lr))
     rng = np.random.default_rng(seed)
     order: list[int] = []
     corpus_encodes = 0
@@ -269,6 +280,8 @@ def run_latent(config: LatentConfig) -> dict[str, Any]:
 
     for arm in config.arms:
         parse_latent_arm(arm)
+    for name in ("lr", "reader_lr", "corrector_lr"):
+        check_float(getattr(config, name), name, minimum=0.0, strict=True, optional=name == "reader_lr")
     output = claim_output_folder(config.output)
     settings = {**asdict(config), "task": "latent"}
     previous_file = output / "config.json"
