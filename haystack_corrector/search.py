@@ -214,16 +214,8 @@ def _bf16_topk(
     best_rows = torch.empty((queries.shape[0], 0), dtype=torch.int64, device=device)
     left_behind = torch.full((queries.shape[0],), -torch.inf, device=device)  # best upper bound not re-scored
     for start, end, block in make_blocks():
-        rows16 = block if block.dtype == torch.bfloat16 else block.to(torch.bfloat16)
-        norms = row_norms[start:end].to(device) if row_norms is not None else block.float().norm(dim=1)
-        first = rows16 @ q16.T  # (rows, B): the faster orientation of the product on CPU
-        if normalize:
-            first.mul_((1.0 / norms).to(torch.bfloat16)[:, None])
-            row_error = error
-        else:
-            row_error = error * norms.max()
-        first = first.T  # (B, rows), a view
-        _exclude(first, start, end, pair_rows, pair_queries)
+        first, norms = _first_pass_block(block, start, end, q16, normalize, row_norms, pair_rows, pair_queries)
+        row_error = error if normalize else error * norms.max()
         if not _threshold_known(best_scores, top_k):
             take = min(keep + 1, first.shape[1])
             ranked, ranked_rows = torch.topk(first, take, dim=1)
@@ -252,6 +244,29 @@ def _bf16_topk(
     return _finish(best_scores, best_rows, partial)
 
 
+def _first_pass_block(
+    block: torch.Tensor,
+    start: int,
+    end: int,
+    q16: torch.Tensor,
+    normalize: bool,
+    row_norms: torch.Tensor | None,
+    pair_rows: torch.Tensor,
+    pair_queries: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One block's bfloat16 first-pass values f, (B, rows) with excluded pairs at ``-inf``, and the rows' float32
+    norms. Cosine: f = bf16(q̂·x) · bf16(1/‖x‖) (:func:`first_pass_error` bounds it). bfloat16 rows are used as they
+    are; others are rounded to bfloat16 once."""
+    rows16 = block if block.dtype == torch.bfloat16 else block.to(torch.bfloat16)
+    norms = row_norms[start:end].to(q16.device) if row_norms is not None else block.float().norm(dim=1)
+    first = rows16 @ q16.T  # (rows, B): the faster orientation of the product on CPU
+    if normalize:
+        first.mul_((1.0 / norms).to(torch.bfloat16)[:, None])
+    first = first.T  # (B, rows), a view
+    _exclude(first, start, end, pair_rows, pair_queries)
+    return first, norms
+
+
 def _first_pass_topk(
     queries: torch.Tensor,
     blocks: Blocks,
@@ -263,19 +278,12 @@ def _first_pass_topk(
     """Top ``top_k`` rows per query by the bfloat16 first-pass value f alone, with f's values as the scores: what
     :func:`_bf16_topk` computes before any float32 re-scoring, so it can differ from the exact top k by rows within
     :func:`first_pass_error` of the k-th score. Fewer allowed rows than ``top_k`` give ``-inf`` scores."""
-    queries = normalize_rows(queries.float(), normalize)
-    q16 = queries.to(torch.bfloat16)
+    q16 = normalize_rows(queries.float(), normalize).to(torch.bfloat16)
     pair_rows, pair_queries = _exclusion_pairs(excluded)
     best_scores = torch.empty((queries.shape[0], 0), device=queries.device)
     best_rows = torch.empty((queries.shape[0], 0), dtype=torch.int64, device=queries.device)
     for start, end, block in blocks:
-        rows16 = block if block.dtype == torch.bfloat16 else block.to(torch.bfloat16)
-        first = rows16 @ q16.T  # (rows, B), as in _bf16_topk
-        if normalize:
-            norms = row_norms[start:end].to(queries.device) if row_norms is not None else block.float().norm(dim=1)
-            first.mul_((1.0 / norms).to(torch.bfloat16)[:, None])
-        first = first.T
-        _exclude(first, start, end, pair_rows, pair_queries)
+        first, _ = _first_pass_block(block, start, end, q16, normalize, row_norms, pair_rows, pair_queries)
         values, rows = torch.topk(first, min(top_k, first.shape[1]), dim=1)
         best_scores, best_rows = _merge(best_scores, best_rows, values.float(), rows + start, top_k)
     if best_scores.shape[1] < top_k:  # fewer rows than top_k in all: pad as a partial scan does
