@@ -163,6 +163,11 @@ class CorrectorTrainer(OfflineFitMixin):
         if rows.numel() == 0:
             raise ValueError("indices is empty: need at least one (row, fresh embedding) pair")
         fresh = as_float_matrix(fresh_embeddings, "fresh_embeddings", dim=self.store.dim)
+        if not bool(torch.isfinite(fresh.square().sum(dim=1)).all()):  # the drift loss would overflow, not the lr
+            raise ValueError(
+                "fresh_embeddings are too large for float32 arithmetic: a row's squared norm overflows (values of "
+                f"magnitude up to {float(fresh.abs().max()):.3g}); are they embeddings?"
+            )
         if fresh.shape[0] != rows.numel():
             raise ValueError(
                 f"fresh_embeddings has {fresh.shape[0]} rows but indices has {rows.numel()}: they must be paired"

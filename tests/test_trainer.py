@@ -207,3 +207,16 @@ def test_replacing_store_corrector_rebinds_the_trainer(caplog):
     assert trainer.corrector is replacement and replacement.steps == 1
     assert sum("rebinding its optimiser" in r.getMessage() for r in caplog.records) == 1
     assert trainer.state_dict()["corrector"].keys() == replacement.state_dict().keys()
+
+
+def test_fresh_embeddings_whose_squares_overflow_are_refused_before_training():
+    # Found by the fuzz test: a value of 2**64 squares to inf in float32, so the drift loss is inf whatever the lr.
+    store = CorrectedCacheStore(torch.randn(8, 4))
+    trainer = CorrectorTrainer(store, lr=1e-2)
+    before = [p.detach().clone() for p in store.corrector.parameters()]
+    fresh = torch.zeros(2, 4)
+    fresh[1, 3] = 2.0**64
+    with pytest.raises(ValueError, match="fresh_embeddings are too large for float32"):
+        trainer.observe([0, 1], fresh)
+    assert all(torch.equal(a, b) for a, b in zip(before, store.corrector.parameters()))
+    trainer.observe([0, 1], torch.randn(2, 4))  # ordinary values still train
