@@ -136,10 +136,7 @@ def candidate_topk(
     scores = scores.masked_fill(~allowed, -torch.inf)
     best_scores, position = torch.topk(scores, min(top_k, scores.shape[1]), dim=1)
     best_rows = distinct[position]
-    if best_scores.shape[1] < top_k:  # fewer distinct candidates than top_k: pad as a partial scan does
-        missing = top_k - best_scores.shape[1]
-        best_scores = torch.cat([best_scores, best_scores.new_full((best_scores.shape[0], missing), -torch.inf)], 1)
-        best_rows = torch.cat([best_rows, best_rows.new_full((best_rows.shape[0], missing), -1)], 1)
+    best_scores, best_rows = _pad(best_scores, best_rows, top_k)  # fewer distinct candidates than top_k
     if not partial and (best_scores == -torch.inf).any():
         raise ValueError(f"a query has fewer than top_k={top_k} candidates to re-score")
     return _finish(best_scores, best_rows, partial)
@@ -286,11 +283,7 @@ def _first_pass_topk(
         first, _ = _first_pass_block(block, start, end, q16, normalize, row_norms, pair_rows, pair_queries)
         values, rows = torch.topk(first, min(top_k, first.shape[1]), dim=1)
         best_scores, best_rows = _merge(best_scores, best_rows, values.float(), rows + start, top_k)
-    if best_scores.shape[1] < top_k:  # fewer rows than top_k in all: pad as a partial scan does
-        missing = top_k - best_scores.shape[1]
-        best_scores = torch.cat([best_scores, best_scores.new_full((best_scores.shape[0], missing), -torch.inf)], 1)
-        best_rows = torch.cat([best_rows, best_rows.new_full((best_rows.shape[0], missing), -1)], 1)
-    return best_scores, best_rows
+    return _pad(best_scores, best_rows, top_k)  # fewer allowed rows than top_k in all
 
 
 def _threshold_known(best_scores: torch.Tensor, top_k: int) -> bool:
@@ -346,6 +339,15 @@ def _merge(
     merged_rows = torch.cat([best_rows, rows], dim=1)
     best_scores, position = torch.topk(merged_scores, min(top_k, merged_scores.shape[1]), dim=1)
     return best_scores, torch.gather(merged_rows, 1, position)
+
+
+def _pad(best_scores: torch.Tensor, best_rows: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, m) scores and rows widened to (B, top_k) with ``-inf`` scores and row ``-1``, as a partial scan has them."""
+    missing = top_k - best_scores.shape[1]
+    if missing <= 0:
+        return best_scores, best_rows
+    best_scores = torch.cat([best_scores, best_scores.new_full((best_scores.shape[0], missing), -torch.inf)], 1)
+    return best_scores, torch.cat([best_rows, best_rows.new_full((best_rows.shape[0], missing), -1)], 1)
 
 
 def _finish(best_scores: torch.Tensor, best_rows: torch.Tensor, partial: bool) -> tuple[torch.Tensor, torch.Tensor]:
