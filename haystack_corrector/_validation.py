@@ -117,6 +117,15 @@ def check_finite(tensor: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} contains NaN or inf (first at position {tuple(bad)})")
 
 
+def check_squared_norms_finite(tensor: torch.Tensor, name: str) -> None:
+    """Refuse a float32 matrix whose rows' squared norms overflow: every loss on it would be inf whatever the lr."""
+    if tensor.numel() and not bool(torch.isfinite(tensor.square().sum(dim=1)).all()):
+        raise ValueError(
+            f"{name} are too large for float32 arithmetic: a row's squared norm overflows (values of magnitude up "
+            f"to {float(tensor.abs().max()):.3g}); are they embeddings?"
+        )
+
+
 def as_index_tensor(value: Any, name: str, *, num_rows: int) -> torch.Tensor:
     """A 1-D int64 tensor of row indices, each in [0, num_rows)."""
     if isinstance(value, torch.Tensor):

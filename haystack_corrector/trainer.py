@@ -26,6 +26,7 @@ from haystack_corrector._validation import (
     check_float,
     check_non_negative_int,
     check_positive_int,
+    check_squared_norms_finite,
 )
 from haystack_corrector.cache_store import CorrectedCacheStore
 from haystack_corrector.evaluation import relative_error
@@ -163,11 +164,7 @@ class CorrectorTrainer(OfflineFitMixin):
         if rows.numel() == 0:
             raise ValueError("indices is empty: need at least one (row, fresh embedding) pair")
         fresh = as_float_matrix(fresh_embeddings, "fresh_embeddings", dim=self.store.dim)
-        if not bool(torch.isfinite(fresh.square().sum(dim=1)).all()):  # the drift loss would overflow, not the lr
-            raise ValueError(
-                "fresh_embeddings are too large for float32 arithmetic: a row's squared norm overflows (values of "
-                f"magnitude up to {float(fresh.abs().max()):.3g}); are they embeddings?"
-            )
+        check_squared_norms_finite(fresh, "fresh_embeddings")  # the drift loss would overflow, not the lr
         if fresh.shape[0] != rows.numel():
             raise ValueError(
                 f"fresh_embeddings has {fresh.shape[0]} rows but indices has {rows.numel()}: they must be paired"
@@ -175,6 +172,7 @@ class CorrectorTrainer(OfflineFitMixin):
         queries = None
         if query_embeddings is not None:
             queries = as_float_matrix(query_embeddings, "query_embeddings", dim=self.store.dim)
+            check_squared_norms_finite(queries, "query_embeddings")  # the ranking terms would overflow
         return rows, fresh, queries
 
     def observe(

@@ -220,3 +220,16 @@ def test_fresh_embeddings_whose_squares_overflow_are_refused_before_training():
         trainer.observe([0, 1], fresh)
     assert all(torch.equal(a, b) for a, b in zip(before, store.corrector.parameters()))
     trainer.observe([0, 1], torch.randn(2, 4))  # ordinary values still train
+
+
+def test_query_embeddings_whose_squares_overflow_are_refused_before_training():
+    # The listwise and score terms multiply queries with embeddings: 2**64 would make them inf, not the lr.
+    store = CorrectedCacheStore(torch.randn(8, 4))
+    trainer = CorrectorTrainer(store, lr=1e-2, listwise_weight=1.0)
+    before = [p.detach().clone() for p in store.corrector.parameters()]
+    queries = torch.randn(2, 4)
+    queries[0, 0] = 2.0**64
+    with pytest.raises(ValueError, match="query_embeddings are too large for float32"):
+        trainer.observe([0, 1], torch.randn(2, 4), queries)
+    assert all(torch.equal(a, b) for a, b in zip(before, store.corrector.parameters()))
+    trainer.observe([0, 1], torch.randn(2, 4), torch.randn(2, 4))
