@@ -7,6 +7,7 @@ memory bounded by one block.
 
 from __future__ import annotations
 
+import math
 import mmap
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -263,6 +264,26 @@ class CacheRows:
         if indices is None:
             return torch.cat([read_rows(self._side, s, e) for s, e in self._blocks()])
         return gather_rows(self._side, as_index_tensor(indices, "indices", num_rows=self._num_rows))
+
+    def side_feature_statistics(self) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """Per-feature mean and std of the side features over every row, and the RMS norm of the stale embeddings.
+
+        Computed block by block in float64 (memory bounded by ``block_size``, also for memory maps); what
+        :meth:`Corrector.standardize_side` takes.
+        """
+        if self._side is None:
+            raise ValueError("This cache keeps no side features")
+        total = torch.zeros(self.side_dim, dtype=torch.float64)
+        squares = torch.zeros(self.side_dim, dtype=torch.float64)
+        norms = 0.0
+        for start, end in self._blocks():
+            block = read_rows(self._side, start, end).double()
+            total += block.sum(dim=0)
+            squares += block.square().sum(dim=0)
+            norms += float(self._stale_block(start, end).double().square().sum())
+        mean = total / self._num_rows
+        std = (squares / self._num_rows - mean.square()).clamp(min=0).sqrt()
+        return mean.float(), std.float(), math.sqrt(norms / self._num_rows)
 
     def _blocks(self, size: int | None = None) -> Iterator[tuple[int, int]]:
         """``(start, end)`` of consecutive blocks of ``size`` rows (default ``block_size``) covering every row."""

@@ -50,7 +50,8 @@ class CorrectedCacheStore(CacheRows, CorrectedViewMixin, persistence.StorePersis
     Args:
         embeddings: (N, d) float numpy array or torch tensor: the stale cache g'(y).
         ids: N unique string ids (default ``"0"`` .. ``"N-1"``).
-        corrector: the :class:`Corrector` to apply; default a fresh identity ``Corrector(d)``.
+        corrector: the :class:`Corrector` to apply; default a fresh identity ``Corrector(d)`` (with side features,
+            ``Corrector(d, side_dim=s)`` standardised to them: :meth:`standardize_side_features`).
         similarity: ``"cosine"`` (rows and queries L2-normalised at scoring time) or ``"dot"``.
         dtype: storage dtype, ``"float32"`` or ``"float16"``; all arithmetic is float32.
         texts: optional N target texts, for training adapters that re-encode sampled negatives.
@@ -124,6 +125,8 @@ class CorrectedCacheStore(CacheRows, CorrectedViewMixin, persistence.StorePersis
         self._init_rows(storage, ids, side)
         default = Corrector(self._dim, side_dim=self.side_dim) if corrector is None else corrector
         self._corrector = self._check_corrector(default, self._dim, self.side_dim)
+        if corrector is None and self.side_dim:
+            self.standardize_side_features()
         self._corrected_view: CorrectedView | None = None
         self._view_path: Path | None = None  # where materialize(path) keeps the view, if on disk
         self.pool: Any = None  # a FaissPool once build_pool() ran (pool mode)
@@ -161,6 +164,19 @@ class CorrectedCacheStore(CacheRows, CorrectedViewMixin, persistence.StorePersis
     def corrector(self, corrector: Corrector) -> None:
         self._corrector = self._check_corrector(corrector, self._dim, self.side_dim)
         self._corrected_view = None
+
+    def standardize_side_features(self) -> None:
+        """Set the corrector's side-feature standardisation from this cache's statistics (one pass over the rows).
+
+        The corrector then reads each side feature centred and scaled so that together they weigh about as much as
+        the embedding (:meth:`Corrector.standardize_side`). Call it after giving the store a new side-feature
+        corrector; a store's default corrector gets it at construction.
+        """
+        if not self.side_dim:
+            raise ValueError("This cache keeps no side features: nothing to standardise")
+        mean, std, embedding_norm = self.side_feature_statistics()
+        self._corrector.standardize_side(mean, std, embedding_norm if embedding_norm > 0 else 1.0)
+        self._corrected_view = None  # the corrected embeddings just changed
 
     def reduce_corrector_gradients(self) -> None:
         """Called by :class:`CorrectorTrainer` between backward and step: nothing to do in one process.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,10 @@ class Corrector(nn.Module):
         num_layers: number of linear layers in the residual branch (1 = an affine correction ``z + Wz + b``).
         normalize: L2-normalise the output (for cosine models). On unit-norm inputs the initial map is then the
             identity up to float rounding; with ``normalize=False`` it is bit-exact.
-        side_dim: width of the side features the corrector reads next to the stale embedding (0: none).
+        side_dim: width of the side features the corrector reads next to the stale embedding (0: none). The
+            residual branch reads them standardised, ``(s - side_shift) / side_scale`` (two fixed buffers; by default
+            0 and 1, the raw features): :meth:`standardize_side` sets them from the cache's statistics, which
+            :meth:`CorrectedCacheStore.standardize_side_features` does for a store's default corrector.
 
     Example:
         >>> import torch
@@ -83,6 +87,10 @@ class Corrector(nn.Module):
         nn.init.zeros_(last.bias)
         layers.append(last)
         self.residual = nn.Sequential(*layers)
+        if self.side_dim:
+            # Fixed (not trained) input standardisation of the side features; raw features until standardize_side.
+            self.register_buffer("side_shift", torch.zeros(self.side_dim))
+            self.register_buffer("side_scale", torch.ones(self.side_dim))
         # Optimiser steps taken on this corrector (by CorrectorTrainer): the one step counter of the package; a
         # materialised view's age is counted in these.
         self.steps = 0
@@ -96,7 +104,8 @@ class Corrector(nn.Module):
                     f"This corrector reads side features of width {self.side_dim} for each row, got "
                     f"{'none' if side is None else describe(side)} for {describe(stale)}"
                 )
-            out = stale + self.residual(torch.cat([stale, side.to(stale.dtype)], dim=-1))
+            side = (side.to(stale.dtype) - self.side_shift.to(stale.dtype)) / self.side_scale.to(stale.dtype)
+            out = stale + self.residual(torch.cat([stale, side], dim=-1))
         else:
             if side is not None:
                 raise ValueError(f"This corrector reads no side features (side_dim=0), got {describe(side)}")
@@ -104,6 +113,39 @@ class Corrector(nn.Module):
         if self.normalize:
             out = F.normalize(out, dim=-1)
         return out
+
+    @torch.no_grad()
+    def standardize_side(self, mean: torch.Tensor, std: torch.Tensor, embedding_norm: float = 1.0) -> None:
+        """Read side features as ``(s - mean) / (std · sqrt(side_dim) / embedding_norm)``.
+
+        Each standardised feature then has spread ``embedding_norm / sqrt(side_dim)``, so the side features together
+        weigh about as much as the embedding (of norm ``embedding_norm``) in the residual branch's first layer. Raw
+        mean-pooled hidden states are about 12x the norm of a unit embedding and mostly one offset shared by every
+        row (measured on SciFact with MiniLM), which makes the branch's first steps large and uninformative.
+        The map stays the identity at init (the last layer is zero either way). Features with zero spread get a
+        scale of 1 (they only shift).
+        """
+        if not self.side_dim:
+            raise ValueError("This corrector reads no side features (side_dim=0): nothing to standardise")
+        mean = torch.as_tensor(mean, dtype=torch.float32).reshape(-1)
+        std = torch.as_tensor(std, dtype=torch.float32).reshape(-1)
+        if mean.numel() != self.side_dim or std.numel() != self.side_dim:
+            raise ValueError(
+                f"standardize_side needs a mean and a std of width {self.side_dim}, got {mean.numel()} and {std.numel()}"
+            )
+        if not (bool(torch.isfinite(mean).all()) and bool(torch.isfinite(std).all()) and bool((std >= 0).all())):
+            raise ValueError("standardize_side needs a finite mean and a finite, non-negative std")
+        if not (isinstance(embedding_norm, (int, float)) and math.isfinite(embedding_norm) and embedding_norm > 0):
+            raise ValueError(f"embedding_norm must be a positive finite number, got {describe(embedding_norm)}")
+        scale = std * math.sqrt(self.side_dim) / float(embedding_norm)
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        self.side_shift.copy_(mean.to(self.side_shift.device))
+        self.side_scale.copy_(scale.to(self.side_scale.device))
+
+    @property
+    def side_standardized(self) -> bool:
+        """True when :meth:`standardize_side` has set the side features' shift and scale (False: raw features)."""
+        return bool(self.side_dim) and not (bool((self.side_shift == 0).all()) and bool((self.side_scale == 1).all()))
 
     @torch.no_grad()
     def reset_to_identity(self) -> None:
@@ -215,6 +257,9 @@ class Corrector(nn.Module):
         except Exception as exc:  # safetensors raises its own error types for truncated/corrupted headers
             raise ValueError(f"Corrupted corrector weights {weights_path}: {exc}") from exc
         expected = corrector.state_dict()
+        if corrector.side_dim and not {"side_shift", "side_scale"} & set(state):
+            # Saved before side features were standardised: those correctors read the raw features.
+            state = {**state, "side_shift": expected["side_shift"], "side_scale": expected["side_scale"]}
         if set(state) != set(expected):
             raise ValueError(f"{weights_path} holds tensors {sorted(state)}, expected {sorted(expected)}")
         for key, tensor in state.items():

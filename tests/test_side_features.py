@@ -126,3 +126,87 @@ def test_side_arm_needs_side_layers(tmp_path):
     assert parse_arm("corrector+side").side_features and not parse_arm("corrector").side_features
     with pytest.raises(ValueError, match="a \\+side arm needs side features"):
         ExperimentConfig(data=str(tmp_path), arms=("corrector+side",)).validate()
+
+
+def test_side_feature_statistics_match_the_full_matrix_in_every_block_size(tmp_path):
+    generator = torch.Generator().manual_seed(1)
+    stale, side = torch.randn(37, 6, generator=generator), 4.0 + 2.0 * torch.randn(37, 5, generator=generator)
+    exact = side.half().double()  # stored in float16
+    for block_size in (1, 7, 64):
+        store = CorrectedCacheStore(stale, side_features=side, block_size=block_size)
+        mean, std, norm = store.side_feature_statistics()
+        torch.testing.assert_close(mean.double(), exact.mean(0), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(std.double(), exact.std(0, unbiased=False), atol=1e-5, rtol=1e-5)
+        assert norm == pytest.approx(stale.double().square().sum(1).mean().sqrt().item(), rel=1e-6)
+    store.save(tmp_path / "s")
+    mapped = CorrectedCacheStore.load(tmp_path / "s", mmap=True)
+    torch.testing.assert_close(mapped.side_feature_statistics()[1], std)
+    with pytest.raises(ValueError, match="keeps no side features"):
+        CorrectedCacheStore(stale).side_feature_statistics()
+
+
+def test_standardised_side_input_is_the_raw_corrector_on_standardised_features():
+    """Oracle: a standardised corrector equals the same weights reading (s - mean) / (std · sqrt(s_dim) / norm)."""
+    generator = torch.Generator().manual_seed(2)
+    stale, side = torch.randn(40, 6, generator=generator), 3.0 + torch.randn(40, 5, generator=generator) * 2.0
+    store = CorrectedCacheStore(stale, side_features=side, similarity="dot")
+    assert store.corrector.side_standardized  # the default corrector of a side-feature store is standardised
+    assert torch.equal(store.corrector(stale, side), stale)  # still the identity at init
+    trained = _trained_corrector()
+    store.corrector = trained
+    assert not trained.side_standardized  # a corrector given by the user reads raw features until asked
+    raw_output = trained(stale, side).detach()
+    store.standardize_side_features()
+    mean, std, norm = store.side_feature_statistics()
+    standardised = (side - mean) / (std * 5**0.5 / norm)
+    torch.testing.assert_close(trained(stale, side), _trained_corrector()(stale, standardised))
+    assert not torch.allclose(trained(stale, side), raw_output)
+    # Together the standardised features weigh about as much as the embedding: mean squared norm = norm².
+    stored = (store.side_features() - mean) / trained.side_scale
+    assert stored.square().sum(1).mean().item() == pytest.approx(norm**2, rel=1e-3)
+
+
+def test_standardisation_is_validated_saved_and_old_saves_read_raw_features(tmp_path):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from haystack_corrector._validation import with_config_checksum
+
+    corrector = _trained_corrector()
+    with pytest.raises(ValueError, match="a mean and a std of width 5"):
+        corrector.standardize_side(torch.zeros(4), torch.ones(5))
+    with pytest.raises(ValueError, match="finite, non-negative std"):
+        corrector.standardize_side(torch.zeros(5), -torch.ones(5))
+    with pytest.raises(ValueError, match="embedding_norm must be a positive finite number"):
+        corrector.standardize_side(torch.zeros(5), torch.ones(5), embedding_norm=0.0)
+    with pytest.raises(ValueError, match="reads no side features"):
+        Corrector(6).standardize_side(torch.zeros(5), torch.ones(5))
+    corrector.standardize_side(torch.arange(5.0), torch.tensor([1.0, 2.0, 0.0, 1.0, 1.0]))
+    assert corrector.side_scale[2] == 1.0  # a constant feature only shifts
+    corrector.save(tmp_path / "c")
+    loaded = Corrector.load(tmp_path / "c")
+    assert torch.equal(loaded.side_shift, corrector.side_shift) and torch.equal(loaded.side_scale, corrector.side_scale)
+    # A save written before standardisation existed has no shift/scale tensors: it loads reading raw features.
+    weights = tmp_path / "c" / "corrector.safetensors"
+    state = {k: v for k, v in load_file(str(weights)).items() if not k.startswith("side_")}
+    save_file(state, str(weights), metadata={"format": "haystack-corrector/corrector"})
+    config_path = tmp_path / "c" / "corrector_config.json"
+    config = {
+        k: v for k, v in json.loads(config_path.read_text()).items() if k not in ("weights_sha256", "config_sha256")
+    }
+    config_path.write_text(json.dumps(with_config_checksum(config)))
+    old = Corrector.load(tmp_path / "c")
+    assert not old.side_standardized
+    z, s = torch.randn(3, 6), torch.randn(3, 5)
+    torch.testing.assert_close(old(z, s), _trained_corrector()(z, s))
+
+
+def test_side_arm_can_read_raw_features():
+    from haystack_corrector.experiments.arms import parse_arm
+
+    raw, standard = parse_arm("corrector+side:raw"), parse_arm("corrector+side+replay:4")
+    assert raw.side_features and raw.raw_side_features and raw.slug == "corrector_side-raw"
+    assert standard.side_features and not standard.raw_side_features and standard.replay_steps == 4
+    with pytest.raises(ValueError, match="unknown corrector lever 'side:log'"):
+        parse_arm("corrector+side:log")

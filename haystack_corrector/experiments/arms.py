@@ -11,7 +11,8 @@ ARM_HELP = (
     "current model), corrector (dynamic from the corrected cache), corrector+refresh:N (the corrector between "
     "re-encodes every N steps; it keeps training after each), corrector+refresh:N:reset (back to the identity after "
     "each re-encode), corrector+side (the corrector also reads side features kept by the initial pass, "
-    "--side-layers), corrector+replay:K (K extra corrector steps per training step on a buffer of recent pairs); "
+    "--side-layers; standardised to the corpus's statistics, corrector+side:raw reads them as stored), "
+    "corrector+replay:K (K extra corrector steps per training step on a buffer of recent pairs); "
     "corrector levers combine, e.g. corrector+side+replay:4"
 )
 REPLAY_SIZE = 8192  # rows buffered by the corrector+replay arms
@@ -26,6 +27,7 @@ class Arm:
     after_refresh: str | None = None  # corrector+refresh arms: "keep" or "reset"
     replay_steps: int | None = None  # corrector+replay arms
     side_features: bool = False  # corrector+side: the corrector reads the side features of the initial cache
+    raw_side_features: bool = False  # corrector+side:raw: ... without standardising them (runs before 2026-12-03)
 
     def loss_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"negatives": self.negatives}
@@ -46,7 +48,7 @@ class Arm:
 
 def parse_arm(text: str) -> Arm:
     """``"inbatch"``, ``"static"``, ``"stale"``, ``"refresh:N"``, ``"rerank:L"``, ``"corrector"``, or the corrector
-    with levers joined by ``+`` in any order: ``side``, ``replay:K``, ``refresh:N`` or ``refresh:N:reset``
+    with levers joined by ``+`` in any order: ``side`` (or ``side:raw``), ``replay:K``, ``refresh:N`` or ``refresh:N:reset``
     (e.g. ``"corrector+side+replay:4"``)."""
     if text.strip().startswith("corrector+"):
         return _corrector_arm(text.strip())
@@ -73,8 +75,8 @@ def _corrector_arm(name: str) -> Arm:
         if key in seen:
             raise ValueError(f"Arm {name!r} names the lever {key!r} twice")
         seen.add(key)
-        if key == "side" and not value:
-            levers["side_features"] = True
+        if key == "side" and value in ("", "raw"):
+            levers.update(side_features=True, raw_side_features=value == "raw")
         elif key == "replay":
             if not value.isdigit() or int(value) <= 0:
                 raise ValueError(f"Arm {name!r}: expected corrector+replay:K with K > 0 replay steps per training step")
@@ -85,5 +87,7 @@ def _corrector_arm(name: str) -> Arm:
                 raise ValueError(f"Arm {name!r}: expected corrector+refresh:N or corrector+refresh:N:reset with N > 0")
             levers.update(refresh_every=int(steps), after_refresh=mode or "keep")
         else:
-            raise ValueError(f"Arm {name!r}: unknown corrector lever {lever!r}; expected side, replay:K or refresh:N")
+            raise ValueError(
+                f"Arm {name!r}: unknown corrector lever {lever!r}; expected side, side:raw, replay:K or refresh:N"
+            )
     return Arm(name, "corrector", **levers)

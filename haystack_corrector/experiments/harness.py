@@ -213,6 +213,8 @@ def train_arm(
     if store.side_dim and not arm.side_features:  # only the +side arms read the side features of the cache
         store = store.without_side_features()
     store.corrector = Corrector(store.dim, hidden_dim=config.hidden_dim, side_dim=store.side_dim)
+    if store.side_dim and not arm.raw_side_features:
+        store.standardize_side_features()
     dataset = build_training_dataset(prepared.train_queries, prepared.corpus, prepared.train_qrels, store)
     loss = CorrectedMultipleNegativesRankingLoss(
         model,

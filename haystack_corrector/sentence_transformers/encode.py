@@ -44,8 +44,8 @@ def encode_corpus(
     With ``side_layers`` (indices into the transformer's hidden states, 0 = the embedding layer, or ``"all"``), the
     same one forward pass also keeps the attention-masked mean pool of each chosen layer as the store's
     ``side_features`` (float16; 2 bytes × hidden size × layers per row), and the corrector reads them
-    (``Corrector(side_dim=...)``): the lever that lifts a corrector past what the final embedding allows. Not
-    combinable with ``shard_dir`` yet.
+    (``Corrector(side_dim=...)``, standardised to the corpus's statistics: ``store.standardize_side_features()``):
+    the lever that lifts a corrector past what the final embedding allows. Not combinable with ``shard_dir`` yet.
 
     With ``shard_dir``, the corpus is encoded ``shard_size`` texts at a time and each finished shard is written to
     ``shard_dir`` (atomically) as it completes: a killed encode, run again with the same arguments, resumes at the
@@ -103,7 +103,7 @@ def encode_corpus(
         similarity,
         embeddings.shape[1],
     )
-    return CorrectedCacheStore(
+    store = CorrectedCacheStore(
         embeddings,
         ids=ids,
         corrector=Corrector(embeddings.shape[1], hidden_dim=hidden_dim, side_dim=0 if side is None else side.shape[1]),
@@ -112,6 +112,9 @@ def encode_corpus(
         texts=texts,
         side_features=side,
     )
+    if side is not None:
+        store.standardize_side_features()
+    return store
 
 
 def _encode_with_side(
