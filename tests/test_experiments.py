@@ -278,3 +278,20 @@ def test_corrector_levers_combine():
     ):
         with pytest.raises(ValueError, match=match):
             parse_arm(bad)
+
+
+def test_listwise_arm_lever_sets_the_corrector_loss_weight():
+    from haystack_corrector.experiments.arms import parse_arm
+
+    arm = parse_arm("corrector+replay:4+listwise:0.5")
+    assert arm.loss_kwargs() == {
+        "negatives": "corrector",
+        "replay_steps": 4,
+        "replay_size": 8192,
+        "listwise_weight": 0.5,
+    }
+    assert arm.slug == "corrector_replay-4_listwise-0.5"
+    assert "listwise_weight" not in parse_arm("corrector+replay:4").loss_kwargs()  # --listwise-weight applies
+    for bad in ("corrector+listwise", "corrector+listwise:0", "corrector+listwise:-1", "corrector+listwise:x"):
+        with pytest.raises(ValueError, match="expected corrector\\+listwise:W with a positive weight"):
+            parse_arm(bad)

@@ -12,7 +12,9 @@ ARM_HELP = (
     "re-encodes every N steps; it keeps training after each), corrector+refresh:N:reset (back to the identity after "
     "each re-encode), corrector+side (the corrector also reads side features kept by the initial pass, "
     "--side-layers; standardised to the corpus's statistics, corrector+side:raw reads them as stored), "
-    "corrector+replay:K (K extra corrector steps per training step on a buffer of recent pairs); "
+    "corrector+replay:K (K extra corrector steps per training step on a buffer of recent pairs), "
+    "corrector+listwise:W (the corrector's drift loss adds W x the listwise term: the batch's anchors rank its "
+    "targets, or with replay the buffered rows, by fresh vs corrected scores); "
     "corrector levers combine, e.g. corrector+side+replay:4"
 )
 REPLAY_SIZE = 8192  # rows buffered by the corrector+replay arms
@@ -27,6 +29,7 @@ class Arm:
     after_refresh: str | None = None  # corrector+refresh arms: "keep" or "reset"
     replay_steps: int | None = None  # corrector+replay arms
     side_features: bool = False  # corrector+side: the corrector reads the side features of the initial cache
+    listwise_weight: float | None = None  # corrector+listwise:W (overrides --listwise-weight for this arm)
     raw_side_features: bool = False  # corrector+side:raw: ... without standardising them (runs before 2026-12-03)
 
     def loss_kwargs(self) -> dict[str, Any]:
@@ -39,6 +42,8 @@ class Arm:
             kwargs["corrector_after_refresh"] = self.after_refresh
         if self.replay_steps is not None:
             kwargs.update(replay_steps=self.replay_steps, replay_size=REPLAY_SIZE)
+        if self.listwise_weight is not None:
+            kwargs["listwise_weight"] = self.listwise_weight
         return kwargs
 
     @property
@@ -48,7 +53,7 @@ class Arm:
 
 def parse_arm(text: str) -> Arm:
     """``"inbatch"``, ``"static"``, ``"stale"``, ``"refresh:N"``, ``"rerank:L"``, ``"corrector"``, or the corrector
-    with levers joined by ``+`` in any order: ``side`` (or ``side:raw``), ``replay:K``, ``refresh:N`` or ``refresh:N:reset``
+    with levers joined by ``+`` in any order: ``side`` (or ``side:raw``), ``replay:K``, ``listwise:W``, ``refresh:N`` or ``refresh:N:reset``
     (e.g. ``"corrector+side+replay:4"``)."""
     if text.strip().startswith("corrector+"):
         return _corrector_arm(text.strip())
@@ -81,6 +86,16 @@ def _corrector_arm(name: str) -> Arm:
             if not value.isdigit() or int(value) <= 0:
                 raise ValueError(f"Arm {name!r}: expected corrector+replay:K with K > 0 replay steps per training step")
             levers["replay_steps"] = int(value)
+        elif key == "listwise":
+            try:
+                weight = float(value)
+            except ValueError:
+                weight = float("nan")
+            if not (weight > 0 and weight != float("inf")):
+                raise ValueError(
+                    f"Arm {name!r}: expected corrector+listwise:W with a positive weight W, e.g. listwise:1"
+                )
+            levers["listwise_weight"] = weight
         elif key == "refresh":
             steps, _, mode = value.partition(":")
             if not steps.isdigit() or int(steps) <= 0 or mode not in ("", "reset"):
@@ -88,6 +103,7 @@ def _corrector_arm(name: str) -> Arm:
             levers.update(refresh_every=int(steps), after_refresh=mode or "keep")
         else:
             raise ValueError(
-                f"Arm {name!r}: unknown corrector lever {lever!r}; expected side, side:raw, replay:K or refresh:N"
+                f"Arm {name!r}: unknown corrector lever {lever!r}; expected side, side:raw, replay:K, listwise:W or "
+                "refresh:N"
             )
     return Arm(name, "corrector", **levers)

@@ -225,10 +225,9 @@ def train_arm(
         range_min=config.range_min,
         range_max=config.range_max,
         corrector_lr=config.corrector_lr,
-        listwise_weight=config.listwise_weight,
         seed=seed,
         encode_batch_size=config.encode_batch_size,
-        **arm.loss_kwargs(),
+        **{"listwise_weight": config.listwise_weight, **arm.loss_kwargs()},  # an arm's listwise:W overrides
     )
     if watch_loss is not None:
         watch_loss(loss)
