@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,8 +30,8 @@ class Arm:
     after_refresh: str | None = None  # corrector+refresh arms: "keep" or "reset"
     replay_steps: int | None = None  # corrector+replay arms
     side_features: bool = False  # corrector+side: the corrector reads the side features of the initial cache
-    listwise_weight: float | None = None  # corrector+listwise:W (overrides --listwise-weight for this arm)
     raw_side_features: bool = False  # corrector+side:raw: ... without standardising them (runs before 2026-12-03)
+    listwise_weight: float | None = None  # corrector+listwise:W (overrides --listwise-weight for this arm)
 
     def loss_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"negatives": self.negatives}
@@ -53,8 +54,8 @@ class Arm:
 
 def parse_arm(text: str) -> Arm:
     """``"inbatch"``, ``"static"``, ``"stale"``, ``"refresh:N"``, ``"rerank:L"``, ``"corrector"``, or the corrector
-    with levers joined by ``+`` in any order: ``side`` (or ``side:raw``), ``replay:K``, ``listwise:W``, ``refresh:N`` or ``refresh:N:reset``
-    (e.g. ``"corrector+side+replay:4"``)."""
+    with levers joined by ``+`` in any order: ``side`` (or ``side:raw``), ``replay:K``, ``listwise:W``,
+    ``refresh:N`` or ``refresh:N:reset`` (e.g. ``"corrector+side+replay:4"``)."""
     if text.strip().startswith("corrector+"):
         return _corrector_arm(text.strip())
     name, _, value = text.strip().partition(":")
@@ -90,8 +91,8 @@ def _corrector_arm(name: str) -> Arm:
             try:
                 weight = float(value)
             except ValueError:
-                weight = float("nan")
-            if not (weight > 0 and weight != float("inf")):
+                weight = 0.0
+            if not (math.isfinite(weight) and weight > 0):
                 raise ValueError(
                     f"Arm {name!r}: expected corrector+listwise:W with a positive weight W, e.g. listwise:1"
                 )
