@@ -25,6 +25,7 @@ current corrector (the loss's ``view_rescore_depth``), and the overlap check rea
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import os
 import platform
@@ -132,7 +133,7 @@ def main() -> None:
         stock = MultipleNegativesRankingLoss(model)
         model.train()
         steps = args.steps if age is None else max(args.steps, age + 1)
-        ours_seconds, stock_seconds, overlaps = run_steps(model, store, dataset, ours, stock, steps, age, args)
+        ours_seconds, stock_seconds, overlaps, clock = run_steps(model, store, dataset, ours, stock, steps, age, args)
         label = "no view (fused scan)" if age is None else f"max_view_age={age}, {args.view_dtype} view"
         if age is not None and args.view_rescore_depth:
             label += f", view_rescore_depth={args.view_rescore_depth}"
@@ -150,21 +151,98 @@ def main() -> None:
                 f"overlap@10 with the exact scan: mean {sum(overlaps) / len(overlaps):.3f}, min {min(overlaps):.3f} "
                 f"({len(overlaps)} checks)"
             )
+        print_phases(clock, steps)
+
+
+class PhaseClock:
+    """Cumulative wall seconds per named phase: blocks timed with ``with clock("phase"):`` and methods wrapped on an
+    object with ``clock.wrap(obj, "method", "phase")``. Phases may nest (a view refresh happens inside sampling)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.recording = False  # off during the untimed warm-up step
+        self._wrapped: list[tuple[object, str, object, bool]] = []
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.recording:
+                self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+
+    def wrap(self, owner, name: str, phase: str) -> None:
+        original = getattr(owner, name)
+
+        def timed(*args, **kwargs):
+            with self(phase):
+                return original(*args, **kwargs)
+
+        self._wrapped.append((owner, name, original, name in vars(owner)))
+        setattr(owner, name, timed)
+
+    def unwrap(self) -> None:
+        """Put every wrapped method back (the store is shared by the runs of several K)."""
+        for owner, name, original, own_attribute in reversed(self._wrapped):
+            if own_attribute:
+                setattr(owner, name, original)
+            else:
+                delattr(owner, name)
+        self._wrapped.clear()
+
+
+# The phases of one step, in print order: (key, label, indent). "ours: rest of forward" is computed (forward minus
+# its timed parts): the anchors' forward with gradient (served to MNRL, so MNRL's own forward skips it), the
+# relevance lookups by token keys and the bookkeeping.
+PHASES = [
+    ("tokenise", "tokenise anchors + positives", 0),
+    ("stock: tokenise negatives", "stock: tokenise negatives", 0),
+    ("stock: forward", "stock: MNRL forward", 0),
+    ("stock: backward", "stock: backward", 0),
+    ("ours: forward", "ours: loss forward", 0),
+    ("ours: sample", "sampling (anchors' search + sampler)", 1),
+    ("ours: view refresh", "of which view refresh (materialise)", 2),
+    ("ours: tokenise negatives", "tokenise negatives", 1),
+    ("ours: wrapped MNRL forward", "wrapped MNRL forward (anchors served)", 1),
+    ("ours: drift step", "drift step (corrector)", 1),
+    ("ours: rest of forward", "rest: anchors' forward, relevance lookups, bookkeeping", 1),
+    ("ours: backward", "ours: backward", 0),
+]
+
+
+def print_phases(clock: PhaseClock, steps: int) -> None:
+    seconds = dict(clock.seconds)
+    inside = ("ours: sample", "ours: tokenise negatives", "ours: wrapped MNRL forward", "ours: drift step")
+    seconds["ours: rest of forward"] = seconds.get("ours: forward", 0.0) - sum(seconds.get(k, 0.0) for k in inside)
+    print("per-step phases (s/step; the tokenisation of anchors and positives counts in both totals):")
+    for key, label, indent in PHASES:
+        if key in seconds:
+            print(f"  {'  ' * indent}{label:<{58 - 2 * indent}} {seconds[key] / steps:7.3f}")
 
 
 def run_steps(model, store, dataset, ours, stock, steps, age, args):
     def features(texts):
         return model.preprocess(texts)
 
+    clock = PhaseClock()
+    clock.wrap(ours, "_sample", "ours: sample")
+    clock.wrap(ours, "_negative_columns", "ours: tokenise negatives")
+    clock.wrap(ours.loss, "forward", "ours: wrapped MNRL forward")
+    clock.wrap(ours, "_drift", "ours: drift step")
+    clock.wrap(store, "materialize", "ours: view refresh")
     ours_seconds, stock_seconds, overlaps = 0.0, 0.0, []
     for step in range(steps + 1):  # the first step is a warm-up, not timed
+        clock.recording = step > 0
         batch = dataset.select([(step * args.batch_size + i) % len(dataset) for i in range(args.batch_size)])
         due = age is not None and step and (step % args.check_every == 0 or step == steps)
         if due and store.view_age <= age:  # (an older view is refreshed by the loss before it searches)
             with torch.no_grad():
                 anchors = model.encode(batch["anchor"], convert_to_tensor=True, show_progress_bar=False)
             model.train()  # (encode leaves the model in eval mode)
+            clock.recording = False  # (the check's exact scan is not part of a step)
             overlaps.append(overlap_at_10(store, anchors.cpu().float(), args.view_rescore_depth))
+            clock.recording = True
         chosen: list[torch.Tensor] = []
         original = ours.sampler.sample
 
@@ -174,21 +252,32 @@ def run_steps(model, store, dataset, ours, stock, steps, age, args):
 
         ours.sampler.sample = recording
         start = time.perf_counter()
-        ours([features(batch["anchor"]), features(batch["positive"])], None).backward()
+        with clock("tokenise"):
+            pair = [features(batch["anchor"]), features(batch["positive"])]
+        with clock("ours: forward"):
+            loss = ours(pair, None)
+        with clock("ours: backward"):
+            loss.backward()
         elapsed_ours = time.perf_counter() - start
         ours.sampler.sample = original
         model.zero_grad()
         negatives = chosen[-1]
         columns = [[store.texts[r] for r in negatives[:, j].tolist()] for j in range(args.num_negatives)]
         start = time.perf_counter()
-        loss = stock([features(batch["anchor"]), features(batch["positive"]), *[features(c) for c in columns]], None)
-        loss.backward()
+        pair = [features(batch["anchor"]), features(batch["positive"])]  # (timed once above, as "tokenise")
+        with clock("stock: tokenise negatives"):
+            tokenised = [features(c) for c in columns]
+        with clock("stock: forward"):
+            loss = stock([*pair, *tokenised], None)
+        with clock("stock: backward"):
+            loss.backward()
         elapsed_stock = time.perf_counter() - start
         model.zero_grad()
         if step:
             ours_seconds += elapsed_ours
             stock_seconds += elapsed_stock
-    return ours_seconds, stock_seconds, overlaps
+    clock.unwrap()
+    return ours_seconds, stock_seconds, overlaps, clock
 
 
 if __name__ == "__main__":
