@@ -212,7 +212,7 @@ def _bf16_topk(
     left_behind = torch.full((queries.shape[0],), -torch.inf, device=device)  # best upper bound not re-scored
     for start, end, block in make_blocks():
         first, norms = _first_pass_block(block, start, end, q16, normalize, row_norms, pair_rows, pair_queries)
-        row_error = error if normalize else error * norms.max()
+        row_error = error if normalize else error * norms.max()  # type: ignore[union-attr]
         if not _threshold_known(best_scores, top_k):
             take = min(keep + 1, first.shape[1])
             ranked, ranked_rows = torch.topk(first, take, dim=1)
@@ -250,15 +250,19 @@ def _first_pass_block(
     row_norms: torch.Tensor | None,
     pair_rows: torch.Tensor,
     pair_queries: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    with_norms: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One block's bfloat16 first-pass values f, (B, rows) with excluded pairs at ``-inf``, and the rows' float32
-    norms. Cosine: f = bf16(q̂·x) · bf16(1/‖x‖) (:func:`first_pass_error` bounds it). bfloat16 rows are used as they
-    are; others are rounded to bfloat16 once."""
+    norms (cosine always needs them; ``with_norms=False`` skips them for a dot-product caller that has no use for
+    them, returning None). Cosine: f = bf16(q̂·x) · bf16(1/‖x‖) (:func:`first_pass_error` bounds it). bfloat16 rows
+    are used as they are; others are rounded to bfloat16 once."""
     rows16 = block if block.dtype == torch.bfloat16 else block.to(torch.bfloat16)
-    norms = row_norms[start:end].to(q16.device) if row_norms is not None else block.float().norm(dim=1)
+    norms = None
+    if normalize or with_norms:
+        norms = row_norms[start:end].to(q16.device) if row_norms is not None else block.float().norm(dim=1)
     first = rows16 @ q16.T  # (rows, B): the faster orientation of the product on CPU
-    if normalize:
-        first.mul_((1.0 / norms).to(torch.bfloat16)[:, None])
+    if norms is not None and normalize:
+        first.mul_(norms.reciprocal().to(torch.bfloat16)[:, None])
     first = first.T  # (B, rows), a view
     _exclude(first, start, end, pair_rows, pair_queries)
     return first, norms
@@ -280,7 +284,9 @@ def _first_pass_topk(
     best_scores = torch.empty((queries.shape[0], 0), device=queries.device)
     best_rows = torch.empty((queries.shape[0], 0), dtype=torch.int64, device=queries.device)
     for start, end, block in blocks:
-        first, _ = _first_pass_block(block, start, end, q16, normalize, row_norms, pair_rows, pair_queries)
+        first, _ = _first_pass_block(
+            block, start, end, q16, normalize, row_norms, pair_rows, pair_queries, with_norms=False
+        )
         values, rows = torch.topk(first, min(top_k, first.shape[1]), dim=1)
         best_scores, best_rows = _merge(best_scores, best_rows, values.float(), rows + start, top_k)
     return _pad(best_scores, best_rows, top_k)  # fewer allowed rows than top_k in all
