@@ -23,6 +23,15 @@ def test_parse_arm_names_are_the_contract():
     assert parse_arm("stale").negatives == "stale"
     assert parse_arm("corrector").negatives == "corrector"
     assert parse_arm("refresh:50").loss_kwargs() == {"negatives": "refresh", "refresh_every": 50}
+    assert parse_arm("corrector+rerank:3").loss_kwargs() == {
+        "negatives": "rerank",
+        "rerank_depth": 3,
+        "rerank_candidates": "corrected",
+    }
+    assert parse_arm("corrector+rerank:3+replay:2").loss_kwargs()["replay_steps"] == 2
+    for bad in ("corrector+rerank:0", "corrector+rerank:x", "corrector+rerank:3+refresh:10"):
+        with pytest.raises(ValueError, match="rerank"):
+            parse_arm(bad)
     assert parse_arm("rerank:30").loss_kwargs() == {"negatives": "rerank", "rerank_depth": 30}
     assert parse_arm("refresh:50").slug == "refresh-50"
     for bad in ("refresh", "refresh:0", "rerank:x", "fresh", "corrector:3"):

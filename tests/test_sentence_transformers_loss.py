@@ -435,6 +435,101 @@ def test_rerank_picks_the_best_candidates_by_fresh_score(setup):
         assert rows[query].tolist() == candidates[query][torch.argsort(scores, descending=True)[:2]].tolist()
 
 
+def _perturbed_corrector(store, seed=0, scale=0.5):
+    """A corrector far from the identity, so the corrected and raw rankings of the cache differ."""
+    corrector = Corrector(store.dim)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in corrector.parameters():
+            parameter.add_(scale * torch.randn(parameter.shape, generator=generator))
+    store.corrector = corrector
+
+
+def test_corrected_rerank_picks_the_best_of_the_corrected_top_l_by_fresh_score(setup):
+    model, store, dataset, _ = setup
+    _perturbed_corrector(store)
+    loss = CorrectedMultipleNegativesRankingLoss(
+        model,
+        store,
+        num_negatives=2,
+        train_dataset=dataset,
+        negatives="rerank",
+        rerank_depth=6,
+        rerank_candidates="corrected",
+    )
+    batch = dataset.select(range(4))
+    model.eval()
+    anchors = model.encode(batch["anchor"], convert_to_tensor=True).cpu()
+    relevant = loss.relevance.relevant_sets(
+        loss.relevance.keys(batch["anchor"]), loss.relevance.rows(loss.relevance.keys(batch["positive"]))
+    )
+    _, corrected = store.search(anchors, 6, exclude=relevant, corrected=True)
+    _, raw = store.search(anchors, 6, exclude=relevant, corrected=False)
+    assert not torch.equal(corrected, raw)  # (otherwise this test could not tell the two candidate sources apart)
+    model.train()
+    loss(_columns(model, batch), None)
+    rows = loss.last_negative_rows
+    for query in range(4):
+        fresh = model.encode([store.texts[r] for r in corrected[query].tolist()], convert_to_tensor=True).cpu()
+        scores = torch.nn.functional.cosine_similarity(anchors[query : query + 1], fresh)
+        assert rows[query].tolist() == corrected[query][torch.argsort(scores, descending=True)[:2]].tolist()
+
+
+@pytest.mark.parametrize("candidates", ["stale", "corrected"])
+def test_rerank_candidates_train_the_corrector_once_each(setup, candidates):
+    model, store, dataset, _ = setup
+    _perturbed_corrector(store)
+    loss = CorrectedMultipleNegativesRankingLoss(
+        model,
+        store,
+        num_negatives=1,
+        train_dataset=dataset,
+        negatives="rerank",
+        rerank_depth=5,
+        rerank_candidates=candidates,
+    )
+    observed = []
+    original = loss.corrector_trainer.observe
+
+    def recording(rows, fresh, query_embeddings=None):
+        observed.append((torch.as_tensor(rows).clone(), torch.as_tensor(fresh).clone()))
+        return original(rows, fresh, query_embeddings=query_embeddings)
+
+    loss.corrector_trainer.observe = recording
+    batch = dataset.select(range(4))
+    model.train()
+    loss(_columns(model, batch), None)
+    rows, fresh = observed[-1]
+    found = [rows[:1] for rows in loss.relevance.rows(loss.relevance.keys(batch["positive"])) if rows]
+    positives = {r for rows in found for r in rows}
+    negatives = set(loss.last_negative_rows.reshape(-1).tolist())
+    targets = len(found) + loss.last_negative_rows.numel()  # the columns' targets come first, as before
+    added = rows[targets:].tolist()
+    assert len(set(added)) == len(added) and not set(added) & set(rows[:targets].tolist())  # each candidate once
+    model.eval()
+    anchors = model.encode(batch["anchor"], convert_to_tensor=True).cpu()
+    relevant = loss.relevance.relevant_sets(
+        loss.relevance.keys(batch["anchor"]), loss.relevance.rows(loss.relevance.keys(batch["positive"]))
+    )
+    _, searched = store.search(anchors, 5, exclude=relevant, corrected=candidates == "corrected")
+    candidate_rows = set(searched.reshape(-1).tolist())
+    assert set(rows.tolist()) == positives | negatives | candidate_rows
+    extra = list(range(targets, len(rows)))
+    assert extra  # (5 candidates for each of 4 anchors cannot all be targets)
+    expected = model.encode([store.texts[rows[i]] for i in extra], convert_to_tensor=True).cpu()
+    torch.testing.assert_close(fresh[extra], expected, atol=1e-5, rtol=1e-4)  # their no-grad fresh embeddings
+
+
+def test_rerank_candidates_is_validated(setup):
+    model, store, dataset, _ = setup
+    with pytest.raises(ValueError, match="rerank_candidates"):
+        CorrectedMultipleNegativesRankingLoss(model, store, train_dataset=dataset, rerank_candidates="fresh")
+    with pytest.raises(ValueError, match="applies to negatives='rerank'"):
+        CorrectedMultipleNegativesRankingLoss(
+            model, store, train_dataset=dataset, negatives="corrector", rerank_candidates="corrected"
+        )
+
+
 @pytest.mark.parametrize("negatives", ["static", "rerank", "corrector"])
 def test_copies_of_a_positive_are_relevant_too(tiny_model, negatives):
     corpus, queries, qrels = toy_corpus()

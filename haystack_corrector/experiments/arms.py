@@ -15,7 +15,8 @@ ARM_HELP = (
     "--side-layers; standardised to the corpus's statistics, corrector+side:raw reads them as stored), "
     "corrector+replay:K (K extra corrector steps per training step on a buffer of recent pairs), "
     "corrector+listwise:W (the corrector's drift loss adds W x the listwise term: the batch's anchors rank its "
-    "targets, or with replay the buffered rows, by fresh vs corrected scores); "
+    "targets, or with replay the buffered rows, by fresh vs corrected scores), corrector+rerank:L (the top L of the "
+    "corrected cache re-scored with the current model; every candidate's fresh embedding trains the corrector); "
     "corrector levers combine, e.g. corrector+side+replay:4"
 )
 REPLAY_SIZE = 8192  # rows buffered by the corrector+replay arms
@@ -32,6 +33,7 @@ class Arm:
     side_features: bool = False  # corrector+side: the corrector reads the side features of the initial cache
     raw_side_features: bool = False  # corrector+side:raw: ... without standardising them (runs before 2026-12-03)
     listwise_weight: float | None = None  # corrector+listwise:W (overrides --listwise-weight for this arm)
+    rerank_candidates: str | None = None  # corrector+rerank:L: "corrected" (rerank:L takes the raw cache's)
 
     def loss_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"negatives": self.negatives}
@@ -45,6 +47,8 @@ class Arm:
             kwargs.update(replay_steps=self.replay_steps, replay_size=REPLAY_SIZE)
         if self.listwise_weight is not None:
             kwargs["listwise_weight"] = self.listwise_weight
+        if self.rerank_candidates is not None:
+            kwargs["rerank_candidates"] = self.rerank_candidates
         return kwargs
 
     @property
@@ -55,7 +59,7 @@ class Arm:
 def parse_arm(text: str) -> Arm:
     """``"inbatch"``, ``"static"``, ``"stale"``, ``"refresh:N"``, ``"rerank:L"``, ``"corrector"``, or the corrector
     with levers joined by ``+`` in any order: ``side`` (or ``side:raw``), ``replay:K``, ``listwise:W``,
-    ``refresh:N`` or ``refresh:N:reset`` (e.g. ``"corrector+side+replay:4"``)."""
+    ``refresh:N`` or ``refresh:N:reset``, ``rerank:L`` (not with ``refresh``) (e.g. ``"corrector+side+replay:4"``)."""
     if text.strip().startswith("corrector+"):
         return _corrector_arm(text.strip())
     name, _, value = text.strip().partition(":")
@@ -102,9 +106,15 @@ def _corrector_arm(name: str) -> Arm:
             if not steps.isdigit() or int(steps) <= 0 or mode not in ("", "reset"):
                 raise ValueError(f"Arm {name!r}: expected corrector+refresh:N or corrector+refresh:N:reset with N > 0")
             levers.update(refresh_every=int(steps), after_refresh=mode or "keep")
+        elif key == "rerank":
+            if not value.isdigit() or int(value) <= 0:
+                raise ValueError(f"Arm {name!r}: expected corrector+rerank:L with L > 0 candidates per anchor")
+            levers.update(rerank_depth=int(value), rerank_candidates="corrected")
         else:
             raise ValueError(
-                f"Arm {name!r}: unknown corrector lever {lever!r}; expected side, side:raw, replay:K, listwise:W or "
-                "refresh:N"
+                f"Arm {name!r}: unknown corrector lever {lever!r}; expected side, side:raw, replay:K, listwise:W, "
+                "refresh:N or rerank:L"
             )
-    return Arm(name, "corrector", **levers)
+    if "rerank" in seen and "refresh" in seen:
+        raise ValueError(f"Arm {name!r}: rerank:L and refresh:N do not combine (re-ranking never re-encodes the cache)")
+    return Arm(name, "rerank" if "rerank" in seen else "corrector", **levers)

@@ -84,8 +84,9 @@ class CorrectedNegativesLoss(nn.Module):
             baseline; needs ``train_dataset``);
             ``"refresh"`` (sampled from the raw cache re-encoded with the current model every ``refresh_every``
             optimiser steps: the quality reference);
-            ``"rerank"`` (the ``rerank_depth`` best rows of the raw cache re-encoded without gradient; the negatives
-            are the best of them by fresh score).
+            ``"rerank"`` (the ``rerank_depth`` best rows of the raw cache, or of the corrected one with
+            ``rerank_candidates="corrected"``, re-encoded without gradient; the negatives are the best of them by
+            fresh score, and every candidate's fresh embedding also trains the corrector).
             In every mode the corrector keeps learning from the targets embedded each step, so drift is measured.
         sampling_strategy, range_min, range_max, max_score, min_score, absolute_margin, relative_margin: as in
             ``mine_hard_negatives`` (see :class:`~haystack_corrector.HardNegativeSampler`); ``sampling_strategy`` also
@@ -103,6 +104,8 @@ class CorrectedNegativesLoss(nn.Module):
             is the hybrid budget (the corrector between rare refreshes), ``corrector_after_refresh`` ``"keep"`` or
             ``"reset"`` saying whether the corrector keeps its weights after a refresh or restarts at the identity.
         rerank_depth: candidates re-scored per anchor for ``"rerank"``.
+        rerank_candidates: where ``"rerank"`` takes its candidates: ``"stale"`` (default: the raw cache) or
+            ``"corrected"`` (the corrected cache: the corrector picks what is worth re-encoding).
         prompts: the trainer's ``prompts`` (string or ``{column: prompt}``), so texts are recognised by their tokens
             and sampled negatives get the positive column's prompt.
         encode_batch_size: batch size of the no-grad encodes (static mining, refreshes, re-ranking).
@@ -179,6 +182,7 @@ class CorrectedNegativesLoss(nn.Module):
         refresh_every: int | None = None,
         corrector_after_refresh: str = "keep",
         rerank_depth: int = 100,
+        rerank_candidates: str = "stale",
         prompts: str | Mapping[str, str] | None = None,
         encode_batch_size: int = 64,
         sharded: bool | None = None,
@@ -208,6 +212,9 @@ class CorrectedNegativesLoss(nn.Module):
                 raise ValueError(f"refresh_every applies to negatives='refresh' or 'corrector', not {negatives!r}")
         if check_positive_int(rerank_depth, "rerank_depth") < num_negatives:
             raise ValueError(f"rerank_depth must be >= num_negatives ({num_negatives}), got {rerank_depth!r}")
+        check_choice(rerank_candidates, "rerank_candidates", ("stale", "corrected"))
+        if rerank_candidates != "stale" and negatives != "rerank":
+            raise ValueError(f"rerank_candidates applies to negatives='rerank', not {negatives!r}")
         model_dim = _compat.embedding_dimension(model)
         if model_dim is not None and model_dim != store.dim:
             raise ValueError(f"The store has dimension {store.dim} but the model embeds into dimension {model_dim}")
@@ -228,6 +235,7 @@ class CorrectedNegativesLoss(nn.Module):
         self.refresh_every = refresh_every
         self.corrector_after_refresh = corrector_after_refresh
         self.rerank_depth = rerank_depth
+        self.rerank_candidates = rerank_candidates
         self.prompts = prompts
         self.encode_batch_size = encode_batch_size
         self.sharded = sharded
@@ -290,7 +298,9 @@ class CorrectedNegativesLoss(nn.Module):
             }
             return StaticNegatives(self.sampler, no_grad_encoder(self.model, self.encode_batch_size, prompt), anchors)
         if mode == "rerank":
-            return RerankedNegatives(self.sampler, encode, self.rerank_depth)
+            return RerankedNegatives(
+                self.sampler, encode, self.rerank_depth, corrected=self.rerank_candidates == "corrected"
+            )
         if self.refresh_every is not None:
             return RefreshedNegatives(
                 self.sampler,
@@ -411,7 +421,8 @@ class CorrectedNegativesLoss(nn.Module):
             )
             embedded = self._re_encode(columns)
         self.costs.target_forward_passes += batch * (len(columns) - 1)
-        rows, fresh = self._targets(known_rows, negative_rows, embedded[1:])
+        extra = self.source.take_fresh_pairs() if self.source is not None else None
+        rows, fresh = self._targets(known_rows, negative_rows, embedded[1:], extra)
         if rows.numel():
             self._drift(rows, fresh, embedded[0].float())
         self.training_forwards += 1
@@ -452,9 +463,14 @@ class CorrectedNegativesLoss(nn.Module):
 
     @staticmethod
     def _targets(
-        known_rows: list[list[list[int]]], negative_rows: Tensor | None, embedded: list[Tensor]
+        known_rows: list[list[list[int]]],
+        negative_rows: Tensor | None,
+        embedded: list[Tensor],
+        extra: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """(rows, fresh embeddings) of every target in the store: the dataset's columns, then the sampled ones."""
+        """(rows, fresh embeddings) of every target in the store: the dataset's columns, then the sampled ones, then
+        the ``extra`` pairs the negative source embedded without gradient (re-ranked candidates) whose row is not
+        already a target."""
         rows: list[int] = []
         fresh: list[Tensor] = []
         for column_rows, column in zip(known_rows, embedded):
@@ -466,6 +482,13 @@ class CorrectedNegativesLoss(nn.Module):
             for j, column in enumerate(embedded[len(known_rows) :]):
                 rows += negative_rows[:, j].tolist()
                 fresh += list(column)
+        if extra is not None:
+            targets = set(rows)
+            device = fresh[0].device if fresh else extra[1].device  # (the no-grad encodes come back on CPU)
+            for row, embedding in zip(extra[0].tolist(), extra[1].to(device)):
+                if row not in targets:
+                    rows.append(row)
+                    fresh.append(embedding)
         if not rows:
             return torch.empty(0, dtype=torch.int64), torch.empty(0)
         return torch.tensor(rows, dtype=torch.int64), torch.stack(fresh).float()
@@ -540,6 +563,7 @@ class CorrectedNegativesLoss(nn.Module):
             "refresh_every": self.refresh_every,
             "corrector_after_refresh": self.corrector_after_refresh,
             "rerank_depth": self.rerank_depth,
+            "rerank_candidates": self.rerank_candidates,
             "sharded": self.sharded,
         }
 

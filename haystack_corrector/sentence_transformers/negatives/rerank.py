@@ -1,4 +1,10 @@
-"""RerankedNegatives: the best rows of the raw cache, re-encoded with the current model, best by fresh score (Atlas)."""
+"""RerankedNegatives: each anchor's best rows of the cache, re-encoded with the current model, best by fresh score.
+
+With ``corrected=False`` the candidates are the best rows of the raw cache (Atlas-style re-ranking, the baseline
+``negatives="rerank"``); with ``corrected=True`` they are the best rows of the corrected cache, so the corrector
+chooses what is worth re-encoding (``rerank_candidates="corrected"``). Either way the candidates' fresh embeddings
+are handed to the corrector's drift step (:meth:`take_fresh_pairs`): L pairs per anchor per step on top of the targets.
+"""
 
 from __future__ import annotations
 
@@ -18,24 +24,48 @@ class RerankedNegatives(NegativeSource):
     sampler: gives the store, ``num_negatives`` and ``range_min`` (skipped best candidates by fresh score).
     encode: the current model's no-grad encoder.
     depth: candidates re-encoded per anchor.
+    corrected: take the candidates from the corrected cache (True) or the raw one (False).
     """
 
-    name = "rerank"
-
-    def __init__(self, sampler: HardNegativeSampler, encode: Encode, depth: int) -> None:
+    def __init__(self, sampler: HardNegativeSampler, encode: Encode, depth: int, corrected: bool = False) -> None:
         super().__init__(sampler)
+        self.name = "rerank"
         self.encode = encode
         self.depth = depth
+        self.use_corrector = corrected
+        # (rows, fresh embeddings) of the last call's candidates: (n,) int64 and (n, dim) float32, one per row.
+        self._fresh_pairs: tuple[Tensor, Tensor] | None = None
+
+    @property
+    def corrected(self) -> bool:
+        return self.use_corrector
+
+    def take_fresh_pairs(self) -> tuple[Tensor, Tensor] | None:
+        pairs, self._fresh_pairs = self._fresh_pairs, None
+        return pairs
 
     def negatives(self, anchors: Tensor, exclude: list[set[int]], step: int, anchor_keys: Sequence[Any]) -> Tensor:
         store, k, skip = self.store, self.sampler.num_negatives, self.sampler.range_min
         depth = min(self.depth, len(store) - max(len(rows) for rows in exclude))
-        _, candidates = store.search(anchors, depth, exclude=exclude, corrected=False)
+        with torch.no_grad():
+            _, candidates = store.search(anchors, depth, exclude=exclude, corrected=self.use_corrector)
         texts = store.texts or []
         flat = candidates.reshape(-1)
-        fresh = self.encode([texts[row] for row in flat.tolist()]).reshape(candidates.shape[0], depth, -1)
+        fresh = self.encode([texts[row] for row in flat.tolist()])
         self.costs.target_forward_passes += flat.numel()
+        unique, first = _first_occurrences(flat)
+        self._fresh_pairs = (unique, fresh[first])
+        fresh = fresh.reshape(candidates.shape[0], depth, -1)
         scores = similarity_scores(anchors, fresh, normalize=store.similarity == "cosine")
         order = torch.argsort(scores, dim=1, descending=True)
         chosen = order[:, skip : skip + k] if order.shape[1] >= skip + k else order[:, :k]
         return torch.gather(candidates, 1, chosen)
+
+
+def _first_occurrences(rows: Tensor) -> tuple[Tensor, Tensor]:
+    """The distinct values of ``rows`` and the position of each one's first occurrence (a row may be a candidate of
+    several anchors; its fresh embedding is the same)."""
+    unique, inverse = torch.unique(rows, return_inverse=True)
+    positions = torch.arange(len(rows), dtype=torch.int64)
+    first = torch.full((len(unique),), len(rows), dtype=torch.int64).scatter_reduce_(0, inverse, positions, "amin")
+    return unique, first

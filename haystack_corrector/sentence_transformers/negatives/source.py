@@ -56,6 +56,11 @@ class NegativeSource:
         """(B, num_negatives) int64 rows for these anchor embeddings at optimiser step ``step``."""
         raise NotImplementedError
 
+    def take_fresh_pairs(self) -> tuple[Tensor, Tensor] | None:
+        """(rows, fresh embeddings) this source embedded without gradient in its last call, for the corrector's
+        drift step, handed over once (None when it embedded nothing)."""
+        return None
+
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint must hold for a resumed run to continue exactly, beyond the sampler's generator and the
         costs (the loss saves those)."""
