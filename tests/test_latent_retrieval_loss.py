@@ -179,3 +179,12 @@ def test_trains_in_the_stock_trainer_and_updates_the_reader(model_and_store, tmp
     SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss).train()
     assert not torch.equal(before, reader.table.detach())  # the reader's parameters were in the optimiser
     assert loss.corrector_trainer.observed == 2
+
+
+def test_predict_labels_refuses_a_store_without_texts():
+    from haystack_corrector import CorrectedCacheStore
+    from haystack_corrector.sentence_transformers.latent_retrieval_loss import predict_labels
+
+    store = CorrectedCacheStore(torch.randn(5, 8))
+    with pytest.raises(ValueError, match="no texts"):
+        predict_labels(lambda q, d: torch.zeros(len(q), 3), ["a claim"], torch.randn(1, 8), store, 2, 0.05)

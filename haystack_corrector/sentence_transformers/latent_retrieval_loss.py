@@ -129,7 +129,7 @@ class LatentRetrievalLoss(nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
             queries = self.model(features[0])["sentence_embedding"]
             rows = self.retrieve(queries)
-            texts = self.store.texts
+            texts = self.store.texts or []  # (never empty: the constructor checks)
             documents_text = [[texts[r] for r in row] for row in rows.tolist()]
             flat = [t for row in documents_text for t in row]
             doc_features = _compat.preprocess(self.model, flat)
@@ -160,10 +160,13 @@ def predict_labels(
     """argmax_y Σ_{z ∈ top-k} P(z | x) p(y | x, z) for each query: the prediction the loss trains for, with P(z | x)
     the softmax of the retrieval scores over the top k (cosine or dot, as the store scores) divided by
     ``temperature``. Returns (B,) label indices."""
+    texts = store.texts
+    if texts is None:
+        raise ValueError("The store has no texts, so the reader has nothing to read: build it with encode_corpus")
     predictions = []
     for start in range(0, len(query_texts), batch_size):
         scores, rows = store.search(query_embeddings[start : start + batch_size], top_k, corrected=corrected)
-        documents = [[store.texts[r] for r in row] for row in rows.tolist()]
+        documents = [[texts[r] for r in row] for row in rows.tolist()]
         logits = reader(query_texts[start : start + batch_size], documents).float().cpu()
         predictions.append(marginal_label_probabilities(scores, logits, temperature).argmax(dim=1))
     return torch.cat(predictions)
