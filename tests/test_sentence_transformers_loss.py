@@ -424,10 +424,7 @@ def test_rerank_picks_the_best_candidates_by_fresh_score(setup):
     loss(_columns(model, batch), None)
     rows = loss.last_negative_rows
     model.eval()
-    anchors = model.encode(batch["anchor"], convert_to_tensor=True).cpu()
-    relevant = loss.relevance.relevant_sets(
-        loss.relevance.keys(batch["anchor"]), loss.relevance.rows(loss.relevance.keys(batch["positive"]))
-    )
+    anchors, relevant = _anchors_and_relevant(model, loss, batch)
     _, candidates = store.search(anchors, 10, exclude=relevant, corrected=False)
     for query in range(3):
         fresh = model.encode([store.texts[r] for r in candidates[query].tolist()], convert_to_tensor=True).cpu()
@@ -445,6 +442,15 @@ def _perturbed_corrector(store, seed=0, scale=0.5):
     store.corrector = corrector
 
 
+def _anchors_and_relevant(model, loss, batch):
+    """The batch's anchors as the model embeds them now, and each anchor's rows the loss never samples."""
+    anchors = model.encode(batch["anchor"], convert_to_tensor=True).cpu()
+    relevant = loss.relevance.relevant_sets(
+        loss.relevance.keys(batch["anchor"]), loss.relevance.rows(loss.relevance.keys(batch["positive"]))
+    )
+    return anchors, relevant
+
+
 def test_corrected_rerank_picks_the_best_of_the_corrected_top_l_by_fresh_score(setup):
     model, store, dataset, _ = setup
     _perturbed_corrector(store)
@@ -459,10 +465,7 @@ def test_corrected_rerank_picks_the_best_of_the_corrected_top_l_by_fresh_score(s
     )
     batch = dataset.select(range(4))
     model.eval()
-    anchors = model.encode(batch["anchor"], convert_to_tensor=True).cpu()
-    relevant = loss.relevance.relevant_sets(
-        loss.relevance.keys(batch["anchor"]), loss.relevance.rows(loss.relevance.keys(batch["positive"]))
-    )
+    anchors, relevant = _anchors_and_relevant(model, loss, batch)
     _, corrected = store.search(anchors, 6, exclude=relevant, corrected=True)
     _, raw = store.search(anchors, 6, exclude=relevant, corrected=False)
     assert not torch.equal(corrected, raw)  # (otherwise this test could not tell the two candidate sources apart)
@@ -507,10 +510,7 @@ def test_rerank_candidates_train_the_corrector_once_each(setup, candidates):
     added = rows[targets:].tolist()
     assert len(set(added)) == len(added) and not set(added) & set(rows[:targets].tolist())  # each candidate once
     model.eval()
-    anchors = model.encode(batch["anchor"], convert_to_tensor=True).cpu()
-    relevant = loss.relevance.relevant_sets(
-        loss.relevance.keys(batch["anchor"]), loss.relevance.rows(loss.relevance.keys(batch["positive"]))
-    )
+    anchors, relevant = _anchors_and_relevant(model, loss, batch)
     _, searched = store.search(anchors, 5, exclude=relevant, corrected=candidates == "corrected")
     candidate_rows = set(searched.reshape(-1).tolist())
     assert set(rows.tolist()) == positives | negatives | candidate_rows

@@ -486,7 +486,8 @@ class CorrectedNegativesLoss(nn.Module):
             targets = set(rows)
             device = fresh[0].device if fresh else extra[1].device  # (the no-grad encodes come back on CPU)
             for row, embedding in zip(extra[0].tolist(), extra[1].to(device)):
-                if row not in targets:
+                if row not in targets:  # each extra row once, and never one the columns already embedded
+                    targets.add(row)
                     rows.append(row)
                     fresh.append(embedding)
         if not rows:

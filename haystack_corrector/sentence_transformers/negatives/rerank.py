@@ -33,7 +33,7 @@ class RerankedNegatives(NegativeSource):
         self.encode = encode
         self.depth = depth
         self.use_corrector = corrected
-        # (rows, fresh embeddings) of the last call's candidates: (n,) int64 and (n, dim) float32, one per row.
+        # (rows, fresh embeddings) of the last call's candidates: (B·L,) int64 and (B·L, dim) float32.
         self._fresh_pairs: tuple[Tensor, Tensor] | None = None
 
     @property
@@ -53,19 +53,9 @@ class RerankedNegatives(NegativeSource):
         flat = candidates.reshape(-1)
         fresh = self.encode([texts[row] for row in flat.tolist()])
         self.costs.target_forward_passes += flat.numel()
-        unique, first = _first_occurrences(flat)
-        self._fresh_pairs = (unique, fresh[first])
+        self._fresh_pairs = (flat, fresh)  # (a row may be a candidate of several anchors: the loss keeps one)
         fresh = fresh.reshape(candidates.shape[0], depth, -1)
         scores = similarity_scores(anchors, fresh, normalize=store.similarity == "cosine")
         order = torch.argsort(scores, dim=1, descending=True)
         chosen = order[:, skip : skip + k] if order.shape[1] >= skip + k else order[:, :k]
         return torch.gather(candidates, 1, chosen)
-
-
-def _first_occurrences(rows: Tensor) -> tuple[Tensor, Tensor]:
-    """The distinct values of ``rows`` and the position of each one's first occurrence (a row may be a candidate of
-    several anchors; its fresh embedding is the same)."""
-    unique, inverse = torch.unique(rows, return_inverse=True)
-    positions = torch.arange(len(rows), dtype=torch.int64)
-    first = torch.full((len(unique),), len(rows), dtype=torch.int64).scatter_reduce_(0, inverse, positions, "amin")
-    return unique, first
