@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from haystack_corrector.__about__ import __version__
 from haystack_corrector.experiments.commands import add_experiment_commands
@@ -253,12 +254,13 @@ def _quiet_console(args: argparse.Namespace) -> Iterator[None]:
     for name in noisy:
         logging.getLogger(name).setLevel(logging.WARNING)
     handlers: list[logging.Handler] = []
-    transformers_logging = None
+    transformers_logging: Any = None
     if getattr(args, "command", None) in ("demo", "experiment", "fidelity", "latent"):
-        from transformers.utils import logging as transformers_logging
+        from transformers.utils import logging as hf_logging
 
         from haystack_corrector.experiments.console import console_filter
 
+        transformers_logging = hf_logging
         handlers = list(logging.getLogger().handlers)
         for handler in handlers:
             handler.addFilter(console_filter)

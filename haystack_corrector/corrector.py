@@ -64,6 +64,11 @@ class Corrector(nn.Module):
         True
     """
 
+    # Declared for type checkers: buffers registered in __init__ (only when side_dim > 0) and the step counter.
+    side_shift: torch.Tensor
+    side_scale: torch.Tensor
+    steps: int
+
     def __init__(
         self, dim: int, hidden_dim: int | None = None, num_layers: int = 2, normalize: bool = False, side_dim: int = 0
     ) -> None:
@@ -151,6 +156,7 @@ class Corrector(nn.Module):
     def reset_to_identity(self) -> None:
         """Zero the residual branch's last layer: h becomes the identity again (the other layers keep their weights)."""
         last = self.residual[-1]
+        assert isinstance(last, nn.Linear)  # the branch always ends in a Linear (__init__)
         last.weight.zero_()
         last.bias.zero_()
 

@@ -71,6 +71,7 @@ def sharded_search(
     corrected: bool = True,
     group: Any = None,
     max_view_age: int | None = None,
+    scan_dtype: torch.dtype | None = None,
     view_rescore_depth: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k over the union of all ranks' shards for this rank's queries.
@@ -80,8 +81,8 @@ def sharded_search(
         row_offset: global index of the shard's first row (see :func:`shard_bounds`).
         query_embeddings: this rank's (B, d) queries (B may differ across ranks, and may be 0).
         exclude: per-query collections of GLOBAL row indices never to return.
-        max_view_age, view_rescore_depth: as in :meth:`CorrectedCacheStore.search`, for the local shard's
-            materialised view (each shard re-scores its own candidates).
+        max_view_age, scan_dtype, view_rescore_depth: as in :meth:`CorrectedCacheStore.search`, for the local
+            shard's scan and materialised view (each shard re-scores its own candidates).
 
     Returns:
         ``(scores, global_rows)`` of shape (B, top_k), best first.
@@ -120,6 +121,7 @@ def sharded_search(
         corrected,
         partial=True,
         max_view_age=max_view_age,
+        scan_dtype=scan_dtype,
         view_rescore_depth=view_rescore_depth,
     )
     global_rows = torch.where(local_rows >= 0, local_rows + row_offset, local_rows)
@@ -235,12 +237,17 @@ class ShardedCacheStore(CorrectedCacheStore):
     def view_age(self) -> int | None:
         return self.local.view_age
 
-    def materialize(self, path: str | os.PathLike[str] | None = None) -> None:
-        """Materialise this rank's shard of the corrected view (in memory, or in ``<path stem>.rank<r><suffix>``)."""
+    def materialize(
+        self, path: str | os.PathLike[str] | None = None, overwrite: bool = False, dtype: str | None = None
+    ) -> None:
+        """Materialise this rank's shard of the corrected view (in memory, or in ``<path stem>.rank<r><suffix>``).
+
+        ``overwrite`` and ``dtype`` as in :meth:`CorrectedCacheStore.materialize`, for this rank's file and view.
+        """
         if path is not None:
             path = Path(path)
             path = path.with_name(f"{path.stem}.rank{self.rank}{path.suffix}")
-        self.local.materialize(path)
+        self.local.materialize(path, overwrite=overwrite, dtype=dtype)
 
     def replace_embeddings(self, embeddings: ArrayLike) -> None:
         """Swap in a newly encoded cache of all N rows (e.g. a periodic re-encode on every rank)."""
@@ -260,6 +267,7 @@ class ShardedCacheStore(CorrectedCacheStore):
         corrected: bool = True,
         pool_size: int | None = None,
         max_view_age: int | None = None,
+        scan_dtype: torch.dtype | None = None,
         view_rescore_depth: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Collective exact top-k over all ranks' shards for this rank's queries (global row indices)."""
@@ -274,6 +282,7 @@ class ShardedCacheStore(CorrectedCacheStore):
             corrected=corrected,
             group=self.group,
             max_view_age=max_view_age,
+            scan_dtype=scan_dtype,
             view_rescore_depth=view_rescore_depth,
         )
 

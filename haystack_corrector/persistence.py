@@ -292,7 +292,7 @@ class StorePersistence:
         For caches written by another pipeline (or by ``numpy.lib.format.open_memmap``); the storage dtype is the
         file's. The file must not change while the store uses it. :meth:`save` writes a regular store directory.
         """
-        return store_from_npy(cls, file, ids, corrector, similarity, texts, block_size)
+        return store_from_npy(cls, file, ids, corrector, similarity, texts, block_size)  # type: ignore[arg-type]
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], mmap: bool = True, verify: bool | None = None) -> CorrectedCacheStore:
@@ -309,4 +309,4 @@ class StorePersistence:
         would read the whole file, which memory-mapping exists to avoid. Pass ``verify=True`` to check it (once,
         at load), e.g. after copying a store between machines; ``docs/reliability.md`` counts what each mode detects.
         """
-        return load_store(cls, path, mmap=mmap, verify=verify)
+        return load_store(cls, path, mmap=mmap, verify=verify)  # type: ignore[arg-type]

@@ -29,6 +29,7 @@ from haystack_corrector._validation import (
     check_squared_norms_finite,
 )
 from haystack_corrector.cache_store import CorrectedCacheStore
+from haystack_corrector.corrector import Corrector
 from haystack_corrector.evaluation import relative_error
 from haystack_corrector.offline_fit import OfflineFitMixin
 from haystack_corrector.replay import ReplayBuffer
@@ -108,7 +109,7 @@ class CorrectorTrainer(OfflineFitMixin):
             self._replay_generator.manual_seed(int(seed))
         self._bind(store.corrector)
 
-    def _bind(self, corrector: torch.nn.Module) -> None:
+    def _bind(self, corrector: Corrector) -> None:
         self._corrector = corrector
         self.optimizer = torch.optim.AdamW(corrector.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
@@ -118,7 +119,7 @@ class CorrectorTrainer(OfflineFitMixin):
         return self.corrector.steps
 
     @property
-    def corrector(self) -> torch.nn.Module:
+    def corrector(self) -> Corrector:
         """The corrector this trainer's optimiser updates: always ``store.corrector`` (see :meth:`_rebind_if_replaced`)."""
         self._rebind_if_replaced()
         return self._corrector

@@ -105,6 +105,9 @@ def _sharded_store_worker(rank: int, world: int, port: int, view_dir: str, out: 
         result["rescored_search"] = store.search(
             queries[rank], 7, exclude=exclude[rank], max_view_age=3, view_rescore_depth=60
         )  # 60 >= either shard's rows: every local row re-scored, exact for the current corrector
+        store.materialize(dtype="bfloat16")  # dtype and scan_dtype reach each rank's shard
+        result["bf16_view_dtype"] = store.local._corrected_view.dtype
+        result["bf16_view_search"] = store.search(queries[rank], 7, exclude=exclude[rank], scan_dtype=torch.bfloat16)
         out[rank] = result
     finally:
         dist.destroy_process_group()
@@ -139,6 +142,12 @@ def test_sharded_store_search_and_corrector_training_equal_one_process(tmp_path)
         expected = single.search(queries[rank], 7, exclude=exclude[rank])
         torch.testing.assert_close(out[rank]["rescored_search"][0], expected[0], atol=1e-5, rtol=1e-5)
         assert torch.equal(out[rank]["rescored_search"][1], expected[1])
+    single.materialize(dtype="bfloat16")
+    for rank in range(2):
+        expected = single.search(queries[rank], 7, exclude=exclude[rank], scan_dtype=torch.bfloat16)
+        assert out[rank]["bf16_view_dtype"] == "bfloat16"
+        torch.testing.assert_close(out[rank]["bf16_view_search"][0], expected[0], atol=1e-5, rtol=1e-5)
+        assert torch.equal(out[rank]["bf16_view_search"][1], expected[1])
 
 
 def test_sharded_store_needs_a_process_group():

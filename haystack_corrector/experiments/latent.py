@@ -341,10 +341,10 @@ def latent_report(summary: dict[str, Any], reference: str | None = None) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for arm, runs in by_arm.items():
-        mean = {k: np.mean([r["metrics"][k] for r in runs]) for k in ("accuracy", "macro_f1", "ndcg@10")}
+        means = {k: np.mean([r["metrics"][k] for r in runs]) for k in ("accuracy", "macro_f1", "ndcg@10")}
         lines.append(
-            f"| {arm} | {', '.join(str(r['seed']) for r in runs)} | {mean['accuracy']:.4f} | {mean['macro_f1']:.4f} | "
-            f"{mean['ndcg@10']:.4f} | {np.mean([r['corpus_encodes'] for r in runs]):.0f} | "
+            f"| {arm} | {', '.join(str(r['seed']) for r in runs)} | {means['accuracy']:.4f} | "
+            f"{means['macro_f1']:.4f} | {means['ndcg@10']:.4f} | {np.mean([r['corpus_encodes'] for r in runs]):.0f} | "
             f"{np.mean([r['target_forward_passes'] for r in runs]):,.0f} | "
             f"{np.mean([r['reader_forward_passes'] for r in runs]):,.0f} | "
             f"{np.mean([r['train_seconds'] for r in runs]):.0f} |"
