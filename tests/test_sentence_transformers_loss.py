@@ -478,6 +478,33 @@ def test_corrected_rerank_picks_the_best_of_the_corrected_top_l_by_fresh_score(s
         assert rows[query].tolist() == corrected[query][torch.argsort(scores, descending=True)[:2]].tolist()
 
 
+def test_corrected_rerank_reads_a_view_young_enough_like_the_sampler(setup):
+    # max_view_age applies to the re-ranked candidates too: with a view one corrector update old and K = 5 they are
+    # the view's top L (the old corrector's), not a scan with the current corrector (at 1M rows, a fused scan).
+    model, store, dataset, _ = setup
+    _perturbed_corrector(store, seed=0)
+    store.materialize()
+    batch = dataset.select(range(4))
+    with torch.no_grad():  # one update of the corrector: the view is 1 step old now
+        for parameter in store.corrector.parameters():
+            parameter.add_(0.5 * torch.randn(parameter.shape, generator=torch.Generator().manual_seed(1)))
+    store.corrector.steps += 1
+    kwargs = dict(num_negatives=2, train_dataset=dataset, negatives="rerank", rerank_depth=6)
+    loss = CorrectedMultipleNegativesRankingLoss(model, store, rerank_candidates="corrected", max_view_age=5, **kwargs)
+    model.eval()
+    anchors, relevant = _anchors_and_relevant(model, loss, batch)
+    _, from_view = store.search(anchors, 6, exclude=relevant, max_view_age=5)
+    _, current = store.search(anchors, 6, exclude=relevant)
+    assert store.view_age == 1 and not torch.equal(from_view, current)
+    model.train()
+    loss(_columns(model, batch), None)
+    for query in range(4):
+        fresh = model.encode([store.texts[r] for r in from_view[query].tolist()], convert_to_tensor=True).cpu()
+        scores = torch.nn.functional.cosine_similarity(anchors[query : query + 1], fresh)
+        expected = from_view[query][torch.argsort(scores, descending=True)[:2]]
+        assert loss.last_negative_rows[query].tolist() == expected.tolist()
+
+
 @pytest.mark.parametrize("candidates", ["stale", "corrected"])
 def test_rerank_candidates_train_the_corrector_once_each(setup, candidates):
     model, store, dataset, _ = setup

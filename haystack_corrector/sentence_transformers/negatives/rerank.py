@@ -48,7 +48,16 @@ class RerankedNegatives(NegativeSource):
         store, k, skip = self.store, self.sampler.num_negatives, self.sampler.range_min
         depth = min(self.depth, len(store) - max(len(rows) for rows in exclude))
         with torch.no_grad():
-            _, candidates = store.search(anchors, depth, exclude=exclude, corrected=self.use_corrector)
+            # The sampler's view options: at a large cache, corrected candidates come from the materialised view
+            # (max_view_age) instead of applying the corrector to every row at every step.
+            _, candidates = store.search(
+                anchors,
+                depth,
+                exclude=exclude,
+                corrected=self.use_corrector,
+                max_view_age=self.sampler.max_view_age,
+                view_rescore_depth=self.sampler.view_rescore_depth,
+            )
         texts = store.texts or []
         flat = candidates.reshape(-1)
         fresh = self.encode([texts[row] for row in flat.tolist()])
