@@ -20,6 +20,11 @@ current corrector (the loss's ``view_rescore_depth``), and the overlap check rea
 
     python benchmarks/loss_step_overhead.py --rows 1000000 --max-view-age 1 5 20
     python benchmarks/loss_step_overhead.py --rows 1000000 --max-view-age 5 20 --view-rescore-depth 100
+
+``--negatives`` picks the loss's negative mode (default ``corrector``: the sampling overhead above).
+``--negatives rerank --rerank-depth 3`` measures corrected re-ranking (each anchor's 3 best rows of the corrected
+cache re-encoded without gradient, the best by fresh score kept) against stock MNRL given the negatives it chose:
+the extra cost is the no-grad encodes of the candidates ("of which re-encoding the candidates").
 """
 
 from __future__ import annotations
@@ -83,6 +88,8 @@ def main() -> None:
     parser.add_argument("--max-view-age", type=int, nargs="+", default=None, help="K values (needs a view)")
     parser.add_argument("--view-dtype", default="bfloat16", choices=["float16", "bfloat16"])
     parser.add_argument("--check-every", type=int, default=5)
+    parser.add_argument("--negatives", default="corrector", choices=["corrector", "stale", "rerank"])
+    parser.add_argument("--rerank-depth", type=int, default=None, help="with --negatives rerank (the loss's default)")
     parser.add_argument(
         "--view-rescore-depth",
         type=int,
@@ -126,15 +133,20 @@ def main() -> None:
             store,
             num_negatives=args.num_negatives,
             train_dataset=dataset,
-            range_max=30,
+            **({} if args.negatives == "rerank" else {"range_max": 30}),  # (a sampled mode's window)
             max_view_age=age,
             view_rescore_depth=args.view_rescore_depth,
+            negatives=args.negatives,
+            **({"rerank_depth": args.rerank_depth} if args.rerank_depth is not None else {}),
         )
         stock = MultipleNegativesRankingLoss(model)
         model.train()
         steps = args.steps if age is None else max(args.steps, age + 1)
         ours_seconds, stock_seconds, overlaps, clock = run_steps(model, store, dataset, ours, stock, steps, age, args)
         label = "no view (fused scan)" if age is None else f"max_view_age={age}, {args.view_dtype} view"
+        label += f", negatives={args.negatives!r}" + (
+            f" (rerank_depth {ours.rerank_depth})" if args.negatives == "rerank" else ""
+        )
         if age is not None and args.view_rescore_depth:
             label += f", view_rescore_depth={args.view_rescore_depth}"
         print(
@@ -203,6 +215,7 @@ PHASES = [
     ("ours: forward", "ours: loss forward", 0),
     ("ours: sample", "sampling (anchors' search + sampler)", 1),
     ("ours: view refresh", "of which view refresh (materialise)", 2),
+    ("ours: re-encode candidates", "of which re-encoding the candidates (rerank)", 2),
     ("ours: tokenise negatives", "tokenise negatives", 1),
     ("ours: wrapped MNRL forward", "wrapped MNRL forward (anchors served)", 1),
     ("ours: drift step", "drift step (corrector)", 1),
@@ -231,6 +244,8 @@ def run_steps(model, store, dataset, ours, stock, steps, age, args):
     clock.wrap(ours.loss, "forward", "ours: wrapped MNRL forward")
     clock.wrap(ours, "_drift", "ours: drift step")
     clock.wrap(store, "materialize", "ours: view refresh")
+    if args.negatives == "rerank":  # the no-grad encodes of the candidates
+        clock.wrap(ours.source, "encode", "ours: re-encode candidates")
     ours_seconds, stock_seconds, overlaps = 0.0, 0.0, []
     for step in range(steps + 1):  # the first step is a warm-up, not timed
         clock.recording = step > 0
@@ -243,14 +258,6 @@ def run_steps(model, store, dataset, ours, stock, steps, age, args):
             clock.recording = False  # (the check's exact scan is not part of a step)
             overlaps.append(overlap_at_10(store, anchors.cpu().float(), args.view_rescore_depth))
             clock.recording = True
-        chosen: list[torch.Tensor] = []
-        original = ours.sampler.sample
-
-        def recording(q, p, chosen=chosen, original=original):  # remembers this step's negatives for the baseline
-            chosen.append(original(q, p))
-            return chosen[-1]
-
-        ours.sampler.sample = recording
         start = time.perf_counter()
         with clock("tokenise"):
             pair = [features(batch["anchor"]), features(batch["positive"])]
@@ -259,9 +266,8 @@ def run_steps(model, store, dataset, ours, stock, steps, age, args):
         with clock("ours: backward"):
             loss.backward()
         elapsed_ours = time.perf_counter() - start
-        ours.sampler.sample = original
         model.zero_grad()
-        negatives = chosen[-1]
+        negatives = ours.last_negative_rows  # this step's negatives, given to the baseline
         columns = [[store.texts[r] for r in negatives[:, j].tolist()] for j in range(args.num_negatives)]
         start = time.perf_counter()
         pair = [features(batch["anchor"]), features(batch["positive"])]  # (timed once above, as "tokenise")

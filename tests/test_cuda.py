@@ -76,6 +76,7 @@ def test_corrected_training_runs_on_cuda(tiny_model_folder, tmp_path, corrector_
         store,
         num_negatives=2,
         train_dataset=dataset,
+        negatives="corrector",
         range_max=20,
         seed=0,
         corrector_lr=5e-3,

@@ -203,7 +203,7 @@ def _ddp_loss_worker(rank: int, world: int, port: int, model_folder: str, out: d
     try:
         model, store, dataset = _loss_setup(model_folder)
         loss = CorrectedMultipleNegativesRankingLoss(
-            model, store, num_negatives=2, train_dataset=dataset, corrector_lr=0.01
+            model, store, num_negatives=2, train_dataset=dataset, negatives="corrector", corrector_lr=0.01
         )
         # What SentenceTransformerTrainer does under DDP: the loss (and the loss it wraps) get the wrapped model.
         wrapped = DistributedDataParallel(model, find_unused_parameters=True)  # as the HF Trainer sets it
@@ -234,7 +234,7 @@ def test_loss_under_ddp_samples_from_the_global_cache_like_one_process(tiny_mode
     # One process, whole batches (both ranks' halves): same negatives per anchor, same corrector after the steps.
     model, store, dataset = _loss_setup(str(tiny_model_folder))
     loss = CorrectedMultipleNegativesRankingLoss(
-        model, store, num_negatives=2, train_dataset=dataset, corrector_lr=0.01
+        model, store, num_negatives=2, train_dataset=dataset, negatives="corrector", corrector_lr=0.01
     )
     record: list[torch.Tensor] = []
     _run_loss(loss, model, [dataset.select(range(start, start + 8)) for start in (0, 8)], record)

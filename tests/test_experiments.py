@@ -32,7 +32,11 @@ def test_parse_arm_names_are_the_contract():
     for bad in ("corrector+rerank:0", "corrector+rerank:x", "corrector+rerank:3+refresh:10"):
         with pytest.raises(ValueError, match="rerank"):
             parse_arm(bad)
-    assert parse_arm("rerank:30").loss_kwargs() == {"negatives": "rerank", "rerank_depth": 30}
+    assert parse_arm("rerank:30").loss_kwargs() == {
+        "negatives": "rerank",
+        "rerank_depth": 30,
+        "rerank_candidates": "stale",
+    }
     assert parse_arm("refresh:50").slug == "refresh-50"
     for bad in ("refresh", "refresh:0", "rerank:x", "fresh", "corrector:3"):
         with pytest.raises(ValueError):
@@ -186,20 +190,31 @@ def test_demo_command_runs_end_to_end_with_a_small_model(tiny_st_path, tmp_path,
     assert main(["demo", "--model", tiny_st_path, "--steps", "9", "--output", str(tmp_path / "demo")]) == 0
     captured = capsys.readouterr()
     out = captured.out
-    for label in ("zero-shot", "stale negatives (no corrector)", "corrector negatives", "re-encode every 8 steps"):
+    labels = ("zero-shot", "stale negatives (no corrector)", "corrector negatives", "corrected re-ranking (default)")
+    for label in (*labels, "re-encode every 8 steps"):
         assert label in out
     assert (tmp_path / "demo" / "quality_vs_encodes.png").is_file() and (tmp_path / "demo" / "drift.png").is_file()
     # The console ends with the table and the sentence read from it; the trainer's per-step dicts went to log files.
     lines = out.rstrip().splitlines()
     first_table_line = lines.index("| run | nDCG@10 | corpus encodes | target-encoder forward passes | wall time (s) |")
     assert all(line.startswith("|") or not line or line.startswith("Drift") for line in lines[first_table_line:-1])
-    assert lines[-2] == "" and lines[-1].startswith("Corrector negatives ")
+    assert lines[-2] == "" and lines[-1].startswith("Corrected re-ranking (the default) ")
+    assert "Corrector negatives " in lines[-1] and "with no corpus re-encode and no extra encode" in lines[-1]
     results = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert results["arms"]["refresh:8"]["0"]["corpus_encodes"] == 1  # 9 steps: one re-encode, at step 8
     assert f"{results['arms']['refresh:8']['0']['target_forward_passes']:,}" in out
     assert "{'loss'" not in out + captured.err and "'grad_norm'" not in out + captured.err
     logs = sorted(p.name for p in (tmp_path / "demo" / "logs").glob("*.jsonl"))
-    assert logs == ["corrector__seed0.jsonl", "refresh-8__seed0.jsonl", "stale__seed0.jsonl"]
+    assert logs == [
+        "corrector__seed0.jsonl",
+        "corrector_rerank-3__seed0.jsonl",
+        "refresh-8__seed0.jsonl",
+        "stale__seed0.jsonl",
+    ]
+    rerank = results["arms"]["corrector+rerank:3"]["0"]
+    extra = rerank["target_forward_passes"] - results["arms"]["stale"]["0"]["target_forward_passes"]
+    stale_passes = results["arms"]["stale"]["0"]["target_forward_passes"]  # a positive and a negative per claim
+    assert 2 * extra == 3 * stale_passes and f"{extra:,} extra no-grad encodes" in lines[-1]  # 3 candidates each
     assert '"train_loss"' in (tmp_path / "demo" / "logs" / "corrector__seed0.jsonl").read_text()
     assert "Training arm corrector, seed 0" in (tmp_path / "demo" / "run.log").read_text()
     # main() leaves the caller's logging as it found it (no filter left on a handler, no run.log handler)

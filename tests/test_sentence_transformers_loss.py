@@ -58,11 +58,12 @@ def test_build_training_dataset_gives_plain_pairs(setup):
     assert set(dataset["positive"]) <= set(store.texts)
 
 
-def test_wrapped_mnrl_equals_mnrl_on_the_sampled_negatives_value_and_gradients(setup):
+@pytest.mark.parametrize("mode", [{}, {"negatives": "corrector", "range_max": 20}], ids=["default", "corrector"])
+def test_wrapped_mnrl_equals_mnrl_on_the_sampled_negatives_value_and_gradients(setup, mode):
     model, store, dataset, _ = setup
     model.train()
     batch = dataset.select(range(6))
-    loss = CorrectedMultipleNegativesRankingLoss(model, store, num_negatives=3, train_dataset=dataset, range_max=20)
+    loss = CorrectedMultipleNegativesRankingLoss(model, store, num_negatives=3, train_dataset=dataset, **mode)
     model.zero_grad()
     ours = loss(_columns(model, batch), None)
     assert isinstance(ours, torch.Tensor) and ours.ndim == 0  # the logged loss is the retrieval loss alone
@@ -134,13 +135,14 @@ def test_a_multi_positive_anchor_never_gets_its_other_positives(tiny_model, nega
             assert not set(rows) & relevant[anchor], anchor
 
 
-def test_without_train_dataset_the_batch_positive_and_its_copies_are_excluded(tiny_model):
+@pytest.mark.parametrize("mode", [{}, {"negatives": "corrector", "range_max": 30}], ids=["default", "corrector"])
+def test_without_train_dataset_the_batch_positive_and_its_copies_are_excluded(tiny_model, mode):
     corpus, queries, qrels = toy_corpus()
     for doc in list(corpus)[:20]:
         corpus[f"copy-of-{doc}"] = dict(corpus[doc])  # same text under another id, as in CoSQA
     ids = list(corpus)
     store = encode_corpus(tiny_model, [document_text(corpus[i]) for i in ids], ids=ids, show_progress_bar=False)
-    loss = CorrectedMultipleNegativesRankingLoss(tiny_model, store, num_negatives=10, range_max=30)
+    loss = CorrectedMultipleNegativesRankingLoss(tiny_model, store, num_negatives=10, **mode)
     tiny_model.train()
     anchors = [document_text(corpus[f"d{i}"]) for i in range(8)]  # anchor = the document itself: its hardest match
     loss([_features(tiny_model, anchors), _features(tiny_model, anchors)], None)
@@ -198,7 +200,7 @@ def test_drift_step_uses_the_embeddings_the_wrapped_loss_computed(setup):
     model, store, dataset, _ = setup
     _stale(store)
     loss = CorrectedMultipleNegativesRankingLoss(
-        model, store, num_negatives=2, train_dataset=dataset, corrector_lr=1e-2
+        model, store, num_negatives=2, train_dataset=dataset, negatives="corrector", corrector_lr=1e-2
     )
     assert not any(p is q for p in loss.parameters() for q in store.corrector.parameters())
     observed = []
@@ -237,6 +239,7 @@ def _run_one_step(model, store, inner_factory, batch, seed=0):
         inner_factory(model),
         store,
         num_negatives=2,
+        negatives="corrector",
         range_max=20,
         seed=seed,
         sampling_strategy="gumbel",
@@ -330,6 +333,7 @@ def test_config_and_citation(setup):
         store,
         num_negatives=2,
         train_dataset=dataset,
+        negatives="corrector",
         sampling_strategy="gumbel",
         range_max=10,
         min_score=0.1,
@@ -342,6 +346,40 @@ def test_config_and_citation(setup):
     assert config["sampling_strategy"] == "gumbel" and config["min_score"] == 0.1
     assert config["similarity_fct"] == "cos_sim" and config["corrector"]["dim"] == 64
     assert "monath2024fresh" in loss.citation and "2409.01890" in loss.citation
+    assert config["rerank_depth"] is None and config["rerank_candidates"] is None  # (not re-ranking)
+
+
+def test_the_default_is_corrected_re_ranking_of_three_candidates_per_negative(setup):
+    model, store, dataset, _ = setup
+    for num_negatives, range_min, depth in ((1, 0, 3), (2, 0, 6), (2, 1, 9)):
+        loss = CorrectedMultipleNegativesRankingLoss(
+            model, store, num_negatives=num_negatives, range_min=range_min, train_dataset=dataset
+        )
+        config = loss.get_config_dict()
+        assert config["negatives"] == "rerank" and config["rerank_candidates"] == "corrected"
+        assert config["rerank_depth"] == depth and loss.source.depth == depth and loss.source.corrected
+    stale = CorrectedMultipleNegativesRankingLoss(model, store, train_dataset=dataset, rerank_candidates="stale")
+    assert stale.rerank_depth == 12 and not stale.source.corrected  # num_negatives=4 by default
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        {"sampling_strategy": "gumbel"},
+        {"range_max": 20},
+        {"absolute_margin": 0.1},
+        {"relative_margin": 0.05},
+        {"max_score": 0.9},
+        {"min_score": 0.1},
+    ],
+)
+def test_sampler_options_are_refused_with_re_ranking_instead_of_ignored(setup, option):
+    model, store, dataset, _ = setup
+    ((name, value),) = option.items()
+    with pytest.raises(ValueError, match=f"{name}={value!r} applies to sampled negatives.*negatives='corrector'"):
+        CorrectedMultipleNegativesRankingLoss(model, store, train_dataset=dataset, **option)
+    loss = CorrectedMultipleNegativesRankingLoss(model, store, train_dataset=dataset, negatives="corrector", **option)
+    assert loss.negatives == "corrector"
 
 
 def test_bad_inputs(setup):
@@ -361,7 +399,7 @@ def test_bad_inputs(setup):
     with pytest.raises(ValueError, match="needs train_dataset"):
         CorrectedMultipleNegativesRankingLoss(model, store, negatives="static")
     with pytest.raises(ValueError, match="min_score"):
-        CorrectedMultipleNegativesRankingLoss(model, store, min_score=0.9, max_score=0.1)
+        CorrectedMultipleNegativesRankingLoss(model, store, negatives="corrector", min_score=0.9, max_score=0.1)
     loss = CorrectedMultipleNegativesRankingLoss(model, store, num_negatives=2, train_dataset=dataset)
     with pytest.raises(ValueError, match="at least 2 text columns"):
         loss([_features(model, dataset["anchor"][:2])], None)
@@ -603,6 +641,7 @@ def test_corrector_with_a_rare_refresh(setup, after):
         store,
         num_negatives=1,
         train_dataset=dataset,
+        negatives="corrector",
         refresh_every=2,
         corrector_after_refresh=after,
         corrector_lr=1e-2,
@@ -636,7 +675,9 @@ def test_a_loss_that_embeds_anchors_another_way_gets_its_own_forward(setup):
     model, store, dataset, _ = setup
     model.train()
     batch = dataset.select(range(6))
-    loss = CorrectedNegativesLoss(model, _CopyingMNRL(model), store, num_negatives=2, range_max=20)
+    loss = CorrectedNegativesLoss(
+        model, _CopyingMNRL(model), store, num_negatives=2, negatives="corrector", range_max=20
+    )
     assert loss._reuse_anchor_forward is None
     model.zero_grad()
     ours = loss(_columns(model, batch), None)

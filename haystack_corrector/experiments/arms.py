@@ -33,7 +33,7 @@ class Arm:
     side_features: bool = False  # corrector+side: the corrector reads the side features of the initial cache
     raw_side_features: bool = False  # corrector+side:raw: ... without standardising them (runs before 2026-12-03)
     listwise_weight: float | None = None  # corrector+listwise:W (overrides --listwise-weight for this arm)
-    rerank_candidates: str | None = None  # corrector+rerank:L: "corrected" (rerank:L takes the raw cache's)
+    rerank_candidates: str | None = None  # "stale" for rerank:L (the raw cache's), "corrected" for corrector+rerank:L
 
     def loss_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"negatives": self.negatives}
@@ -73,7 +73,7 @@ def parse_arm(text: str) -> Arm:
             )
         if name == "refresh":
             return Arm(text.strip(), "refresh", refresh_every=int(value))
-        return Arm(text.strip(), "rerank", rerank_depth=int(value))
+        return Arm(text.strip(), "rerank", rerank_depth=int(value), rerank_candidates="stale")
     raise ValueError(f"Unknown arm {text!r}; expected one of: {ARM_HELP}")
 
 

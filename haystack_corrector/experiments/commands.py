@@ -24,7 +24,7 @@ def _experiment_arguments(parser: argparse.ArgumentParser, *, arms: bool = True)
         parser.add_argument(
             "--arms",
             nargs="+",
-            default=["inbatch", "static", "stale", "refresh:50", "rerank:30", "corrector"],
+            default=["inbatch", "static", "stale", "refresh:50", "rerank:3", "corrector", "corrector+rerank:3"],
             help=f"arms to compare: {ARM_HELP}",
         )
         parser.add_argument(

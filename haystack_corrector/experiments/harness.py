@@ -216,14 +216,19 @@ def train_arm(
     if store.side_dim and not arm.raw_side_features:
         store.standardize_side_features()
     dataset = build_training_dataset(prepared.train_queries, prepared.corpus, prepared.train_qrels, store)
+    # The sampler's choice among cached scores (a re-ranking arm keeps its best candidates by fresh score).
+    sampler_options: dict[str, Any] = (
+        {}
+        if arm.negatives == "rerank"
+        else {"sampling_strategy": config.sampling_strategy, "range_max": config.range_max}
+    )
     loss = CorrectedMultipleNegativesRankingLoss(
         model,
         store,
         num_negatives=config.num_negatives,
         train_dataset=dataset,
-        sampling_strategy=config.sampling_strategy,
         range_min=config.range_min,
-        range_max=config.range_max,
+        **sampler_options,
         corrector_lr=config.corrector_lr,
         seed=seed,
         encode_batch_size=config.encode_batch_size,

@@ -39,6 +39,9 @@ from haystack_corrector.trainer import CorrectorTrainer
 logger = logging.getLogger(__name__)
 
 NEGATIVE_MODES = ("corrector", "stale", "inbatch", "static", "refresh", "rerank")  # the arm names of the harness
+# The default re-ranking depth per negative: rerank_depth = 3 x (range_min + num_negatives). Measured with one
+# negative per anchor (docs/results.md: 3 candidates), where it matched re-encoding the corpus on SciFact and CoSQA.
+RERANK_CANDIDATES_PER_NEGATIVE = 3
 
 CITATION = """
 @inproceedings{monath2024fresh,
@@ -54,12 +57,16 @@ CITATION = """
 class CorrectedNegativesLoss(nn.Module):
     """Wraps a sentence-transformers loss, the way ``MatryoshkaLoss`` does, adding hard negatives from a corrected cache.
 
-    Each training step: embeds the anchors without gradient; samples ``num_negatives`` store rows per anchor by the
-    corrected scores <q, h(g')>, never a row relevant to that anchor (its positives and their text copies, every
-    positive the training dataset pairs with the same anchor text, ``relevant``) nor one of the batch's own negative
-    columns; appends their texts as extra negative columns; calls the wrapped loss on all columns; then takes one
-    corrector step on the drift loss between h(g') and the fresh embeddings the wrapped loss computed for every target
-    (captured from its forward passes: no second encoder pass). The corrector trains only through its own optimiser.
+    Each training step (the default, corrected re-ranking): embeds the anchors without gradient; takes each anchor's
+    ``rerank_depth`` best store rows by the corrected scores <q, h(g')> (3 per negative by default), never a row
+    relevant to that anchor (its positives and their text copies, every positive the training dataset pairs with the
+    same anchor text, ``relevant``) nor one of the batch's own negative columns; re-encodes those candidates without
+    gradient and keeps the ``num_negatives`` best by fresh score; appends their texts as extra negative columns; calls
+    the wrapped loss on all columns; then takes one corrector step on the drift loss between h(g') and the fresh
+    embeddings of every target the wrapped loss computed (captured from its forward passes: no second encoder pass)
+    and of every candidate. The corrector trains only through its own optimiser. ``negatives="corrector"`` samples
+    the negatives from the corrected scores directly, with no encode beyond the wrapped loss's own (the paper's
+    method, cheaper per step and measurably worse: docs/results.md).
 
     In evaluation (``model.eval()`` or no gradient: the trainer's ``eval_dataset``) the wrapped loss runs on the
     columns as given: nothing is sampled, the corrector does not move, and ``eval_loss`` is the wrapped loss's value.
@@ -77,20 +84,23 @@ class CorrectedNegativesLoss(nn.Module):
             negatives...]) with or without a label/score column.
         relevant: ``{anchor text: [document id, ...]}`` (qrels): more rows never sampled for that anchor.
         negatives: where the hard negatives come from —
-            ``"corrector"`` (the paper: sampled from the corrected cache every step);
+            ``"rerank"`` (default: each anchor's ``rerank_depth`` best rows of the corrected cache, or of the raw
+            one with ``rerank_candidates="stale"``, re-encoded without gradient; the negatives are the best of them
+            by fresh score, and every candidate's fresh embedding also trains the corrector; its cost is
+            ``rerank_depth`` no-grad encodes per anchor per step, whatever the corpus size);
+            ``"corrector"`` (the paper: sampled from the corrected cache every step, no extra encode);
             ``"stale"`` (same sampling from the raw cache, the ablation);
             ``"inbatch"`` (no sampled negatives: exactly the wrapped loss);
             ``"static"`` (mined once from the initial cache with the initial model: the ``mine_hard_negatives``
             baseline; needs ``train_dataset``);
             ``"refresh"`` (sampled from the raw cache re-encoded with the current model every ``refresh_every``
-            optimiser steps: the quality reference);
-            ``"rerank"`` (the ``rerank_depth`` best rows of the raw cache, or of the corrected one with
-            ``rerank_candidates="corrected"``, re-encoded without gradient; the negatives are the best of them by
-            fresh score, and every candidate's fresh embedding also trains the corrector).
+            optimiser steps: the quality reference).
             In every mode the corrector keeps learning from the targets embedded each step, so drift is measured.
         sampling_strategy, range_min, range_max, max_score, min_score, absolute_margin, relative_margin: as in
             ``mine_hard_negatives`` (see :class:`~haystack_corrector.HardNegativeSampler`); ``sampling_strategy`` also
-            takes ``"gumbel"`` (sample from softmax(score / ``temperature``)).
+            takes ``"gumbel"`` (sample from softmax(score / ``temperature``)). These choose among the cache's
+            scores, so they apply to the sampled modes; with ``"rerank"`` only ``range_min`` does (the best
+            candidates by fresh score it skips), and the others are refused.
         seed: seed of the sampler's random generator.
         max_view_age: sample from a materialised corrected view refreshed every K corrector steps.
         view_rescore_depth: with ``max_view_age``, re-score each anchor's L best rows of the view with the current
@@ -103,9 +113,10 @@ class CorrectedNegativesLoss(nn.Module):
         refresh_every: optimiser steps between corpus re-encodes: needed by ``"refresh"``; with ``"corrector"`` it
             is the hybrid budget (the corrector between rare refreshes), ``corrector_after_refresh`` ``"keep"`` or
             ``"reset"`` saying whether the corrector keeps its weights after a refresh or restarts at the identity.
-        rerank_depth: candidates re-scored per anchor for ``"rerank"``.
-        rerank_candidates: where ``"rerank"`` takes its candidates: ``"stale"`` (default: the raw cache) or
-            ``"corrected"`` (the corrected cache: the corrector picks what is worth re-encoding).
+        rerank_depth: candidates re-encoded per anchor for ``"rerank"``; default ``3 * (range_min + num_negatives)``
+            (3 with one negative, the measured setting).
+        rerank_candidates: where ``"rerank"`` takes its candidates: ``"corrected"`` (default: the corrected cache, so
+            the corrector picks what is worth re-encoding) or ``"stale"`` (the raw cache: Atlas-style re-ranking).
         prompts: the trainer's ``prompts`` (string or ``{column: prompt}``), so texts are recognised by their tokens
             and sampled negatives get the positive column's prompt.
         encode_batch_size: batch size of the no-grad encodes (static mining, refreshes, re-ranking).
@@ -159,7 +170,7 @@ class CorrectedNegativesLoss(nn.Module):
         *,
         train_dataset: Any = None,
         relevant: Mapping[str, Iterable[str]] | None = None,
-        negatives: str = "corrector",
+        negatives: str = "rerank",
         sampling_strategy: str = "top",
         temperature: float = 0.05,
         range_min: int = 0,
@@ -181,8 +192,8 @@ class CorrectedNegativesLoss(nn.Module):
         corrector_warmup_steps: int = 0,
         refresh_every: int | None = None,
         corrector_after_refresh: str = "keep",
-        rerank_depth: int = 100,
-        rerank_candidates: str = "stale",
+        rerank_depth: int | None = None,
+        rerank_candidates: str | None = None,
         prompts: str | Mapping[str, str] | None = None,
         encode_batch_size: int = 64,
         sharded: bool | None = None,
@@ -210,11 +221,35 @@ class CorrectedNegativesLoss(nn.Module):
             check_positive_int(refresh_every, "refresh_every")
             if negatives not in ("refresh", "corrector"):
                 raise ValueError(f"refresh_every applies to negatives='refresh' or 'corrector', not {negatives!r}")
-        if check_positive_int(rerank_depth, "rerank_depth") < num_negatives:
+        if rerank_depth is not None and check_positive_int(rerank_depth, "rerank_depth") < num_negatives:
             raise ValueError(f"rerank_depth must be >= num_negatives ({num_negatives}), got {rerank_depth!r}")
-        check_choice(rerank_candidates, "rerank_candidates", ("stale", "corrected"))
-        if rerank_candidates != "stale" and negatives != "rerank":
-            raise ValueError(f"rerank_candidates applies to negatives='rerank', not {negatives!r}")
+        if rerank_candidates is not None:
+            check_choice(rerank_candidates, "rerank_candidates", ("stale", "corrected"))
+            if negatives != "rerank":
+                raise ValueError(f"rerank_candidates applies to negatives='rerank', not {negatives!r}")
+        if negatives == "rerank":
+            # Re-ranking keeps the best candidates by fresh score: the sampler's choice among the cache's scores
+            # (strategy, window, score filters) does not apply, so asking for it is an error, not a silent no-op.
+            ignored = {
+                "sampling_strategy": sampling_strategy if sampling_strategy != "top" else None,
+                "range_max": range_max,
+                "absolute_margin": absolute_margin,
+                "relative_margin": relative_margin,
+                "max_score": max_score,
+                "min_score": min_score,
+            }
+            given = ", ".join(f"{name}={value!r}" for name, value in ignored.items() if value is not None)
+            if given:
+                raise ValueError(
+                    f"{given} applies to sampled negatives (negatives='corrector', 'stale' or 'refresh'), not to "
+                    "negatives='rerank' (the default), which keeps the best of its rerank_depth candidates by fresh "
+                    "score: pass negatives='corrector' to sample, or drop the option"
+                )
+            # The defaults: the corrected cache's 3 best rows per negative.
+            if rerank_depth is None:
+                range_min = check_non_negative_int(range_min, "range_min")
+                rerank_depth = RERANK_CANDIDATES_PER_NEGATIVE * (range_min + num_negatives)
+            rerank_candidates = rerank_candidates or "corrected"
         model_dim = _compat.embedding_dimension(model)
         if model_dim is not None and model_dim != store.dim:
             raise ValueError(f"The store has dimension {store.dim} but the model embeds into dimension {model_dim}")
@@ -298,6 +333,7 @@ class CorrectedNegativesLoss(nn.Module):
             }
             return StaticNegatives(self.sampler, no_grad_encoder(self.model, self.encode_batch_size, prompt), anchors)
         if mode == "rerank":
+            assert self.rerank_depth is not None  # (resolved in __init__ for this mode)
             return RerankedNegatives(
                 self.sampler, encode, self.rerank_depth, corrected=self.rerank_candidates == "corrected"
             )
