@@ -18,13 +18,16 @@ class CorrectedMultipleNegativesRankingLoss(CorrectedNegativesLoss):
     Args:
         model: the SentenceTransformer being trained.
         store: the stale cache (e.g. from :func:`encode_corpus`); it must hold texts.
-        num_negatives: hard negatives sampled per anchor.
+        num_negatives: hard negatives per anchor. By default each is the best by fresh score of the corrected
+            cache's 3 best candidates per negative, re-encoded without gradient (corrected re-ranking,
+            ``negatives="rerank"``); ``negatives="corrector"`` samples them from the corrected cache with no extra
+            encode (the paper's method).
         scale: inverse temperature of the softmax (MNRL's ``scale``).
         similarity_fct: MNRL's similarity; default follows the store (``cos_sim`` or ``dot_score``).
         mnrl_kwargs: more options of ``MultipleNegativesRankingLoss`` (e.g. ``hardness_mode``,
             ``gather_across_devices``), passed through as they are.
         **kwargs: every other option of :class:`CorrectedNegativesLoss` (``train_dataset``, ``negatives``,
-            ``sampling_strategy``, ``range_max``, ``refresh_every``, ...).
+            ``rerank_depth``, ``sampling_strategy`` and ``range_max`` (sampled modes), ``refresh_every``, ...).
 
     References:
         Monath et al., "A Fresh Take on Stale Embeddings: Improving Dense Retriever Training with Corrector Networks",
