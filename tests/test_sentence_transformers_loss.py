@@ -357,9 +357,9 @@ def test_the_default_is_corrected_re_ranking_of_three_candidates_per_negative(se
         )
         config = loss.get_config_dict()
         assert config["negatives"] == "rerank" and config["rerank_candidates"] == "corrected"
-        assert config["rerank_depth"] == depth and loss.source.depth == depth and loss.source.corrected
+        assert config["rerank_depth"] == depth and loss.source.depth == depth and loss.source.use_corrector
     stale = CorrectedMultipleNegativesRankingLoss(model, store, train_dataset=dataset, rerank_candidates="stale")
-    assert stale.rerank_depth == 12 and not stale.source.corrected  # num_negatives=4 by default
+    assert stale.rerank_depth == 12 and not stale.source.use_corrector  # num_negatives=4 by default
 
 
 @pytest.mark.parametrize(
@@ -514,6 +514,22 @@ def test_corrected_rerank_picks_the_best_of_the_corrected_top_l_by_fresh_score(s
         fresh = model.encode([store.texts[r] for r in corrected[query].tolist()], convert_to_tensor=True).cpu()
         scores = torch.nn.functional.cosine_similarity(anchors[query : query + 1], fresh)
         assert rows[query].tolist() == corrected[query][torch.argsort(scores, descending=True)[:2]].tolist()
+
+
+def test_corrected_rerank_takes_raw_candidates_during_the_corrector_warm_up(setup):
+    model, store, dataset, _ = setup
+    _perturbed_corrector(store)
+    loss = CorrectedMultipleNegativesRankingLoss(
+        model, store, num_negatives=2, train_dataset=dataset, rerank_depth=6, corrector_warmup_steps=1
+    )
+    searches = []
+    search = store.search
+    store.search = lambda *args, **kwargs: (searches.append(kwargs.get("corrected", True)), search(*args, **kwargs))[1]
+    model.train()
+    for start in (0, 4):
+        loss(_columns(model, dataset.select(range(start, start + 4))), None)
+        assert loss.sampling_corrected == (start > 0)
+    assert searches == [False, True]  # step 0: the raw cache's candidates; step 1: the corrected cache's
 
 
 def test_corrected_rerank_reads_a_view_young_enough_like_the_sampler(setup):

@@ -108,8 +108,8 @@ class CorrectedNegativesLoss(nn.Module):
             of the candidates it holds (``benchmarks/loss_step_overhead.py --view-rescore-depth``). Default None.
         corrector_lr, drift_loss, listwise_weight, score_weight, drift_temperature, replay_size, replay_steps: the
             corrector's training (:class:`~haystack_corrector.CorrectorTrainer`).
-        corrector_warmup_steps: for this many first optimiser steps sample from the stale cache while the corrector
-            learns.
+        corrector_warmup_steps: for this many first optimiser steps sample (or, re-ranking, take the candidates)
+            from the stale cache while the corrector learns.
         refresh_every: optimiser steps between corpus re-encodes: needed by ``"refresh"``; with ``"corrector"`` it
             is the hybrid budget (the corrector between rare refreshes), ``corrector_after_refresh`` ``"keep"`` or
             ``"reset"`` saying whether the corrector keeps its weights after a refresh or restarts at the identity.
@@ -335,7 +335,11 @@ class CorrectedNegativesLoss(nn.Module):
         if mode == "rerank":
             assert self.rerank_depth is not None  # (resolved in __init__ for this mode)
             return RerankedNegatives(
-                self.sampler, encode, self.rerank_depth, corrected=self.rerank_candidates == "corrected"
+                self.sampler,
+                encode,
+                self.rerank_depth,
+                corrected=self.rerank_candidates == "corrected",
+                warmup_steps=self.corrector_warmup_steps,
             )
         if self.refresh_every is not None:
             return RefreshedNegatives(

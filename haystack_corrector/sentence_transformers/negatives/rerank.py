@@ -25,20 +25,27 @@ class RerankedNegatives(NegativeSource):
     encode: the current model's no-grad encoder.
     depth: candidates re-encoded per anchor.
     corrected: take the candidates from the corrected cache (True) or the raw one (False).
+    warmup_steps: with ``corrected``, take them from the raw cache for this many first optimiser steps while the
+        corrector learns.
     """
 
-    def __init__(self, sampler: HardNegativeSampler, encode: Encode, depth: int, corrected: bool = False) -> None:
+    def __init__(
+        self, sampler: HardNegativeSampler, encode: Encode, depth: int, corrected: bool = False, warmup_steps: int = 0
+    ) -> None:
         super().__init__(sampler)
         self.name = "rerank"
         self.encode = encode
         self.depth = depth
         self.use_corrector = corrected
+        self.warmup_steps = warmup_steps
+        self._corrected = False
         # (rows, fresh embeddings) of the last call's candidates: (B·L,) int64 and (B·L, dim) float32.
         self._fresh_pairs: tuple[Tensor, Tensor] | None = None
 
     @property
     def corrected(self) -> bool:
-        return self.use_corrector
+        """Whether the last candidates came from the corrected cache."""
+        return self._corrected
 
     def take_fresh_pairs(self) -> tuple[Tensor, Tensor] | None:
         pairs, self._fresh_pairs = self._fresh_pairs, None
@@ -47,6 +54,7 @@ class RerankedNegatives(NegativeSource):
     def negatives(self, anchors: Tensor, exclude: list[set[int]], step: int, anchor_keys: Sequence[Any]) -> Tensor:
         store, k, skip = self.store, self.sampler.num_negatives, self.sampler.range_min
         depth = min(self.depth, len(store) - max(len(rows) for rows in exclude))
+        self._corrected = self.use_corrector and step >= self.warmup_steps
         with torch.no_grad():
             # The sampler's view options: at a large cache, corrected candidates come from the materialised view
             # (max_view_age) instead of applying the corrector to every row at every step.
@@ -54,7 +62,7 @@ class RerankedNegatives(NegativeSource):
                 anchors,
                 depth,
                 exclude=exclude,
-                corrected=self.use_corrector,
+                corrected=self._corrected,
                 max_view_age=self.sampler.max_view_age,
                 view_rescore_depth=self.sampler.view_rescore_depth,
             )
