@@ -319,3 +319,36 @@ def test_listwise_arm_lever_sets_the_corrector_loss_weight():
     for bad in ("corrector+listwise", "corrector+listwise:0", "corrector+listwise:-1", "corrector+listwise:x"):
         with pytest.raises(ValueError, match="expected corrector\\+listwise:W with a positive weight"):
             parse_arm(bad)
+
+
+def test_demo_verdict_reads_each_case_from_the_numbers():
+    from haystack_corrector.experiments.demo import verdict
+
+    def arm(values, passes, encodes=0):
+        per_query = {f"q{i}": {"ndcg@10": v} for i, v in enumerate(values)}
+        mean = float(np.mean(values))
+        return {
+            "0": {
+                "metrics": {"ndcg@10": mean},
+                "per_query": per_query,
+                "corpus_encodes": encodes,
+                "target_forward_passes": passes,
+            }
+        }
+
+    base = np.linspace(0.2, 0.8, 40)
+    results = {
+        "arms": {
+            "stale": arm(base, 100),
+            "corrector": arm(base + 0.005, 100),
+            "corrector+rerank:3": arm(base + 0.03, 250),
+            "refresh:8": arm(base + 0.02, 400, encodes=2),
+        }
+    }
+    text = verdict(results)
+    assert text.startswith("Corrected re-ranking (the default) beat stale negatives by +0.0300")
+    assert "did better than re-encoding the corpus 2 times" in text and "150 extra no-grad encodes" in text
+    assert "Corrector negatives and stale negatives differ by +0.0050" not in text  # a constant shift is significant
+    assert "it recovered 25% of the +0.0200" in text and "no extra encode" in text
+    results["arms"]["refresh:8"] = arm(base - 0.01, 400, encodes=2)
+    assert "did not beat stale negatives in this run" in verdict(results)
