@@ -5,7 +5,7 @@ corrector), corrector negatives (the paper's method: no encode beyond the traini
 (the package's default: each claim's 3 best abstracts of the corrected cache re-encoded, the best kept) and
 re-encoding the corpus every ``refresh_every`` steps (the expensive reference). The setting is chosen so that the cache really drifts within a few minutes on two cores:
 max_seq_length 64, lr 1e-4, 24 steps of 16 claims: at the end the stale cache's top 10 overlaps the fresh ranking's
-by 0.68 on the test claims, and the whole demo took 294 s on a quiet 2-core machine (2026-12-02). The closing
+by 0.68 on the test claims, and the whole demo (four arms) took 193 s on a quiet 2-core machine (2026-12-03). The closing
 sentence is computed from the run's own numbers.
 """
 
