@@ -3,10 +3,10 @@
 Four arms from the same start, the choice a user faces: stale dynamic negatives (what a cache gives without a
 corrector), corrector negatives (the paper's method: no encode beyond the training step's own), corrected re-ranking
 (the package's default: each claim's 3 best abstracts of the corrected cache re-encoded, the best kept) and
-re-encoding the corpus every ``refresh_every`` steps (the expensive reference). The setting is chosen so that the cache really drifts within a few minutes on two cores:
-max_seq_length 64, lr 1e-4, 24 steps of 16 claims: at the end the stale cache's top 10 overlaps the fresh ranking's
-by 0.68 on the test claims, and the whole demo (four arms) took 193 s on a quiet 2-core machine (2026-12-03). The closing
-sentence is computed from the run's own numbers.
+re-encoding the corpus every ``refresh_every`` steps (the expensive reference). The setting is chosen so that the
+cache really drifts within a few minutes on two cores: max_seq_length 64, lr 1e-4, 24 steps of 16 claims: at the end
+the stale cache's top 10 overlaps the fresh ranking's by 0.68 on the test claims, and the whole demo (four arms) took
+193 s on a quiet 2-core machine (2026-12-03). The closing sentences are computed from the run's own numbers.
 """
 
 from __future__ import annotations
@@ -145,9 +145,7 @@ def summary(results: dict[str, Any]) -> str:
             f"| {LABELS.get(arm, arm)} | {d['staleness']:.4f} | {d['stale_overlap@10']:.3f} | "
             f"{d['corrected_overlap@10']:.3f} |"
         )
-    if {"stale", f"refresh:{REFRESH_EVERY}"} <= set(results["arms"]) and set(results["arms"]) & {
-        "corrector",
-        DEFAULT_ARM,
-    }:
+    arms = set(results["arms"])
+    if {"stale", f"refresh:{REFRESH_EVERY}"} <= arms and arms & {"corrector", DEFAULT_ARM}:
         rows += ["", verdict(results)]
     return "\n".join(rows)

@@ -27,6 +27,7 @@ from haystack_corrector.sentence_transformers.negatives import (
     SampledNegatives,
     StaticNegatives,
 )
+from haystack_corrector.sentence_transformers.negatives.rerank import rerank_options
 from haystack_corrector.sentence_transformers.negatives.source import no_grad_encoder
 from haystack_corrector.sentence_transformers.relevance import (
     RelevanceIndex,
@@ -39,9 +40,6 @@ from haystack_corrector.trainer import CorrectorTrainer
 logger = logging.getLogger(__name__)
 
 NEGATIVE_MODES = ("corrector", "stale", "inbatch", "static", "refresh", "rerank")  # the arm names of the harness
-# The default re-ranking depth per negative: rerank_depth = 3 x (range_min + num_negatives). Measured with one
-# negative per anchor (docs/results.md: 3 candidates), where it matched re-encoding the corpus on SciFact and CoSQA.
-RERANK_CANDIDATES_PER_NEGATIVE = 3
 
 CITATION = """
 @inproceedings{monath2024fresh,
@@ -228,28 +226,18 @@ class CorrectedNegativesLoss(nn.Module):
             if negatives != "rerank":
                 raise ValueError(f"rerank_candidates applies to negatives='rerank', not {negatives!r}")
         if negatives == "rerank":
-            # Re-ranking keeps the best candidates by fresh score: the sampler's choice among the cache's scores
-            # (strategy, window, score filters) does not apply, so asking for it is an error, not a silent no-op.
-            ignored = {
-                "sampling_strategy": sampling_strategy if sampling_strategy != "top" else None,
-                "range_max": range_max,
-                "absolute_margin": absolute_margin,
-                "relative_margin": relative_margin,
-                "max_score": max_score,
-                "min_score": min_score,
-            }
-            given = ", ".join(f"{name}={value!r}" for name, value in ignored.items() if value is not None)
-            if given:
-                raise ValueError(
-                    f"{given} applies to sampled negatives (negatives='corrector', 'stale' or 'refresh'), not to "
-                    "negatives='rerank' (the default), which keeps the best of its rerank_depth candidates by fresh "
-                    "score: pass negatives='corrector' to sample, or drop the option"
-                )
-            # The defaults: the corrected cache's 3 best rows per negative.
-            if rerank_depth is None:
-                range_min = check_non_negative_int(range_min, "range_min")
-                rerank_depth = RERANK_CANDIDATES_PER_NEGATIVE * (range_min + num_negatives)
-            rerank_candidates = rerank_candidates or "corrected"
+            rerank_depth, rerank_candidates = rerank_options(
+                num_negatives,
+                check_non_negative_int(range_min, "range_min"),
+                rerank_depth,
+                rerank_candidates,
+                sampling_strategy=sampling_strategy,
+                range_max=range_max,
+                absolute_margin=absolute_margin,
+                relative_margin=relative_margin,
+                max_score=max_score,
+                min_score=min_score,
+            )
         model_dim = _compat.embedding_dimension(model)
         if model_dim is not None and model_dim != store.dim:
             raise ValueError(f"The store has dimension {store.dim} but the model embeds into dimension {model_dim}")

@@ -18,6 +18,39 @@ from haystack_corrector.sampler import HardNegativeSampler
 from haystack_corrector.scoring import similarity_scores
 from haystack_corrector.sentence_transformers.negatives.source import Encode, NegativeSource
 
+# The default depth per negative: rerank_depth = 3 x (range_min + num_negatives). Measured with one negative per
+# anchor (docs/results.md: 3 candidates), where it matched re-encoding the corpus on SciFact and CoSQA.
+RERANK_CANDIDATES_PER_NEGATIVE = 3
+
+
+def rerank_options(
+    num_negatives: int,
+    range_min: int,
+    depth: int | None,
+    candidates: str | None,
+    **sampler_options: Any,
+) -> tuple[int, str]:
+    """The loss's ``rerank_depth`` and ``rerank_candidates`` for ``negatives="rerank"``, defaults filled in.
+
+    Re-ranking keeps the best candidates by fresh score, so the sampler's choice among the cache's scores (a strategy
+    other than ``"top"``, ``range_max``, the margins and score filters) does not apply: any of them given is an
+    error, not a silent no-op. ``sampler_options`` are those arguments as the caller received them.
+    """
+    given = ", ".join(
+        f"{name}={value!r}"
+        for name, value in sampler_options.items()
+        if value is not None and not (name == "sampling_strategy" and value == "top")
+    )
+    if given:
+        raise ValueError(
+            f"{given} applies to sampled negatives (negatives='corrector', 'stale' or 'refresh'), not to "
+            "negatives='rerank' (the default), which keeps the best of its rerank_depth candidates by fresh "
+            "score: pass negatives='corrector' to sample, or drop the option"
+        )
+    if depth is None:
+        depth = RERANK_CANDIDATES_PER_NEGATIVE * (range_min + num_negatives)
+    return depth, candidates or "corrected"
+
 
 class RerankedNegatives(NegativeSource):
     """Args:
