@@ -4,7 +4,8 @@
 - :class:`StaticNegatives` (``"static"``): mined once, before training, with the initial model.
 - :class:`RefreshedNegatives` (``"refresh"``, and ``"corrector"`` with ``refresh_every``): the cache re-encoded with
   the current model every N optimiser steps.
-- :class:`RerankedNegatives` (``"rerank"``): the best rows of the raw cache re-scored with the current model.
+- :class:`RerankedNegatives` (``"rerank"``, the loss's default): the best rows of the corrected (or raw) cache
+  re-encoded with the current model, the best by fresh score kept.
 
 Each source owns its :class:`Costs`: corpus re-encodes and target texts it ran through the model itself.
 """

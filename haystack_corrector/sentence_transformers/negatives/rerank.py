@@ -1,8 +1,9 @@
 """RerankedNegatives: each anchor's best rows of the cache, re-encoded with the current model, best by fresh score.
 
-With ``corrected=False`` the candidates are the best rows of the raw cache (Atlas-style re-ranking, the baseline
-``negatives="rerank"``); with ``corrected=True`` they are the best rows of the corrected cache, so the corrector
-chooses what is worth re-encoding (``rerank_candidates="corrected"``). Either way the candidates' fresh embeddings
+With ``corrected=True`` (the loss's default, ``rerank_candidates="corrected"``) the candidates are the best rows of
+the corrected cache, so the corrector chooses what is worth re-encoding; with ``corrected=False`` they are the best
+rows of the raw cache (Atlas-style re-ranking, ``rerank_candidates="stale"``). :func:`rerank_options` holds the
+loss's option rules for this mode. Either way the candidates' fresh embeddings
 are handed to the corrector's drift step (:meth:`take_fresh_pairs`): L pairs per anchor per step on top of the targets.
 """
 
