@@ -126,3 +126,33 @@ def test_bad_learning_rates_are_refused_before_any_work(claims_folder, tmp_path,
     assert main(argv) == 2
     assert "reader_lr must be > 0, got -1" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("forbid_bf16", [False, True])
+def test_bf16_trains_under_autocast_where_the_hardware_has_it(
+    claims_folder, tiny_st_path, tmp_path, monkeypatch, caplog, forbid_bf16
+):
+    """--bf16 records the precision it trained in: bfloat16 on bfloat16 hardware, float32 (with a warning) where
+    there is none (forced with HAYSTACK_CORRECTOR_NO_BF16=1); the frozen retriever's evaluation stays float32, so
+    it still equals the zero-shot retriever's."""
+    from haystack_corrector.search import bf16_supported
+
+    if forbid_bf16:
+        monkeypatch.setenv("HAYSTACK_CORRECTOR_NO_BF16", "1")
+    elif not bf16_supported("cpu"):
+        pytest.skip("this CPU has no bfloat16 units")
+    output = tmp_path / "out"
+    argv = [
+        "latent", "--data", str(claims_folder), "--model", tiny_st_path, "--arms", "frozen", "corrector",
+        "--epochs", "1", "--batch-size", "4", "--top-k", "2", "--max-seq-length", "32", "--reader-max-length", "48",
+        "--bf16", "--output", str(output),
+    ]  # fmt: skip
+    with caplog.at_level("WARNING", logger="haystack_corrector.experiments.latent"):
+        assert main(argv) == 0
+    results = json.loads((output / "results.json").read_text())
+    expected = "float32" if forbid_bf16 else "bfloat16"
+    assert {r["precision"] for r in results["arms"]} == {expected}
+    assert ("no bfloat16 units" in caplog.text) == forbid_bf16
+    frozen = next(r for r in results["arms"] if r["arm"] == "frozen")
+    assert frozen["metrics"]["ndcg@10"] == pytest.approx(results["zero_shot"]["ndcg@10"], abs=1e-6)
+    assert json.loads((output / "config.json").read_text())["bf16"] is True

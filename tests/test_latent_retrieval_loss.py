@@ -188,3 +188,42 @@ def test_predict_labels_refuses_a_store_without_texts():
     store = CorrectedCacheStore(torch.randn(5, 8))
     with pytest.raises(ValueError, match="no texts"):
         predict_labels(lambda q, d: torch.zeros(len(q), 3), ["a claim"], torch.randn(1, 8), store, 2, 0.05)
+
+
+def test_under_bf16_autocast_search_corrector_and_marginal_stay_float32(model_and_store, monkeypatch):
+    """The encoder and reader may compute in bfloat16; the cache search, the corrector's drift step and the marginal
+    must not (autocast is off inside them), and gradients still reach encoder and reader."""
+    model, store = model_and_store
+    reader = TableReader()
+    loss = LatentRetrievalLoss(model, reader, store, top_k=3)
+    seen: dict[str, bool] = {}
+    search, observe, marginal = store.search, loss.corrector_trainer.observe, loss.marginal_log_likelihood
+
+    def spy(name, function):
+        def wrapped(*args, **kwargs):
+            seen[name] = torch.is_autocast_enabled("cpu")
+            return function(*args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(store, "search", spy("search", search))
+    monkeypatch.setattr(loss.corrector_trainer, "observe", spy("observe", observe))
+    linear_outputs = []  # autocast is really on for the encoder: its linear layers compute in bfloat16
+    first_linear = next(m for m in model.modules() if isinstance(m, nn.Linear))
+    first_linear.register_forward_hook(lambda module, args, output: linear_outputs.append(output.dtype))
+    loss.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = loss(_features(model, CLAIMS), LABELS)
+    assert linear_outputs and set(linear_outputs) == {torch.bfloat16}
+    assert seen == {"search": False, "observe": False}
+    assert value.dtype == torch.float32 and torch.isfinite(value)
+    value.backward()
+    assert reader.table.grad is not None and reader.table.grad.abs().sum() > 0
+    assert sum(float(p.grad.abs().sum()) for p in model.parameters() if p.grad is not None) > 0
+    # The marginal is the float32 one of its inputs, also when handed bfloat16 tensors under autocast.
+    q, d = torch.randn(2, 8), torch.randn(2, 3, 8)
+    logits, labels = torch.randn(2, 3, NUM_LABELS), torch.tensor([0, 2])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = marginal(q.bfloat16(), d.bfloat16(), logits.bfloat16(), labels)
+    assert low.dtype == torch.float32
+    assert torch.allclose(low, marginal(q.bfloat16().float(), d.bfloat16().float(), logits.bfloat16().float(), labels))

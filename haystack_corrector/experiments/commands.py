@@ -174,6 +174,7 @@ def cmd_latent(args: argparse.Namespace) -> int:
         max_train_claims=args.max_train_claims,
         max_test_claims=args.max_test_claims,
         save_models=args.save_models,
+        bf16=args.bf16,
         output=args.output,
     )
     run_latent(config)
@@ -208,6 +209,12 @@ def add_latent_command(commands: Any) -> None:
     latent.add_argument("--max-test-claims", type=int, default=None)
     latent.add_argument(
         "--save-models", action="store_true", help="keep each arm's retriever and reader in <output>/models/"
+    )
+    latent.add_argument(
+        "--bf16",
+        action="store_true",
+        help="train under bfloat16 autocast (float32 weights) where the CPU/GPU has bfloat16 units; evaluation, "
+        "search and corrector stay float32",
     )
     latent.add_argument("--output", default="runs/latent")
     latent.set_defaults(handler=cmd_latent)

@@ -14,6 +14,10 @@ Arms (every arm of a seed starts from the same retriever and reader weights and 
   documents' fresh embeddings each step.
 - ``refresh:N``: the retriever learns; the corpus is re-encoded every N steps.
 
+With ``bf16`` the training steps (and refresh:N's re-encodes) run under bfloat16 autocast with float32 weights,
+where the device has bfloat16 units (elsewhere in float32, with a warning); the cache search, the corrector and the
+evaluation stay float32. On a 2-core AVX512-BF16 CPU a step at the SciFact settings takes 4.4 s instead of 11-14 s.
+
 Evaluation re-encodes the corpus with each arm's final retriever (the same for every arm), retrieves the top k for
 every test claim, and predicts argmax_y Σ_z P(z | x) p(y | x, z): label accuracy and macro-F1, and the retriever's
 nDCG@10 on the test qrels, which training never sees. Results are written per (arm, seed) as soon as they exist,
@@ -69,6 +73,7 @@ class LatentConfig:
     max_test_claims: int | None = None
     encode_batch_size: int = 64
     save_models: bool = False  # keep each arm's trained retriever and reader under <output>/models/
+    bf16: bool = False  # train (and re-encode for refresh:N) under bfloat16 autocast where the hardware has it
     output: str = "runs/latent"
 
 
@@ -200,12 +205,26 @@ def parameter_groups(loss: Any, lr: float, reader_lr: float | None) -> list[dict
     return [{"params": retriever, "lr": lr}, {"params": reader, "lr": lr if reader_lr is None else reader_lr}]
 
 
+def training_precision(config: LatentConfig) -> str:
+    """``"bfloat16"`` when ``config.bf16`` asks for it and the device has bfloat16 units, else ``"float32"``."""
+    if not config.bf16:
+        return "float32"
+    from haystack_corrector.search import bf16_supported
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if bf16_supported(device):
+        return "bfloat16"
+    logger.warning("bf16 was asked for, but %s has no bfloat16 units: training in float32", device)
+    return "float32"
+
+
 def run_arm(arm: str, seed: int, task: Task, config: LatentConfig, initial: Path, model_path: str) -> dict[str, Any]:
     from haystack_corrector.experiments.harness import load_model
     from haystack_corrector.sentence_transformers import _compat
     from haystack_corrector.sentence_transformers.latent_retrieval_loss import CrossEncoderReader, LatentRetrievalLoss
 
     kind, every = parse_latent_arm(arm)
+    precision = training_precision(config)
     torch.manual_seed(seed)
     model = load_model(model_path, config.max_seq_length)
     reader = CrossEncoderReader(model_path, num_labels=len(LABELS), max_length=config.reader_max_length)
@@ -230,9 +249,15 @@ def run_arm(arm: str, seed: int, task: Task, config: LatentConfig, initial: Path
     corpus_encodes = 0
     start = time.perf_counter()
     loss.train()
+    device = next(model.parameters()).device
+
+    def autocast() -> Any:
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
+
     for step in range(steps):
         if kind == "refresh" and every and step and step % every == 0:
-            store.replace_embeddings(_encode(model, task.corpus_texts, config.encode_batch_size))
+            with autocast():
+                store.replace_embeddings(_encode(model, task.corpus_texts, config.encode_batch_size))
             corpus_encodes += 1
         if len(order) < config.batch_size:
             order += rng.permutation(len(task.train)).tolist()
@@ -240,9 +265,9 @@ def run_arm(arm: str, seed: int, task: Task, config: LatentConfig, initial: Path
         texts = [task.train[i][1] for i in batch]
         labels = torch.tensor([task.train[i][2] for i in batch])
         features = _compat.preprocess(model, texts)
-        device = next(model.parameters()).device
         features = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
-        value = loss([features], labels)
+        with autocast():
+            value = loss([features], labels)
         value.backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -262,6 +287,7 @@ def run_arm(arm: str, seed: int, task: Task, config: LatentConfig, initial: Path
             "arm": arm,
             "seed": seed,
             "steps": steps,
+            "precision": precision,
             "corpus_encodes": corpus_encodes,
             # documents embedded with gradients in training, plus every corpus re-encode
             "target_forward_passes": examples * config.top_k + corpus_encodes * len(task.corpus_texts),
@@ -287,8 +313,11 @@ def run_latent(config: LatentConfig) -> dict[str, Any]:
     previous_file = output / "config.json"
     if previous_file.is_file():  # a resumed run must not mix arms trained under other settings
         previous = json.loads(previous_file.read_text())
+        defaults = asdict(LatentConfig(data=config.data))
         differing = sorted(
-            key for key in settings if key not in ("arms", "seeds", "output") and previous.get(key) != settings[key]
+            key
+            for key in settings
+            if key not in ("arms", "seeds", "output") and previous.get(key, defaults.get(key)) != settings[key]
         )
         if differing:
             raise ValueError(

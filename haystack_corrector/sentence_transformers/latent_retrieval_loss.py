@@ -13,6 +13,11 @@ has gradients, scores each (x, z) with a reader p(y | x, z), and minimises the n
 also train the corrector (its drift loss, as in the contrastive loss), so the next step's top k comes from a cache
 closer to the current encoder without re-encoding the corpus.
 
+Mixed precision: the loss may run under ``torch.autocast`` (the trainer's ``bf16=True``, or the harness's
+``--bf16``); the encoder and the reader then compute in the autocast dtype, while the cache search, the corrector's
+drift step and the marginal itself always run in float32 (autocast is switched off around them), so the corrector
+and the top k are what they would be in a float32 run given the same embeddings.
+
 The trainer hands a loss token ids, not texts; the reader needs the claim's text, so the anchor is decoded from its
 tokens with the model's tokenizer (for an uncased tokenizer that is the lower-cased claim, truncated at the
 retriever's ``max_seq_length``). Documents come from ``store.texts``.
@@ -97,22 +102,26 @@ class LatentRetrievalLoss(nn.Module):
         return [tokenizer.decode(row.tolist(), skip_special_tokens=True) for row in rows]
 
     def retrieve(self, queries: Tensor) -> Tensor:
-        """(B, top_k) rows of the cache nearest to the queries (no gradient)."""
-        _, rows = self.store.search(queries.detach().float(), self.top_k, corrected=self.corrected)
+        """(B, top_k) rows of the cache nearest to the queries (no gradient; float32 even under autocast)."""
+        with torch.autocast(queries.device.type, enabled=False):
+            _, rows = self.store.search(queries.detach().float(), self.top_k, corrected=self.corrected)
         return rows
 
     def marginal_log_likelihood(
         self, queries: Tensor, documents: Tensor, reader_logits: Tensor, labels: Tensor
     ) -> Tensor:
-        """log Σ_z P(z | x) p(y | x, z) per example, from (B, d) queries, (B, k, d) documents, (B, k, C) logits."""
-        normalize = self.store.similarity == "cosine"
-        q = F.normalize(queries, dim=-1) if normalize else queries
-        z = F.normalize(documents, dim=-1) if normalize else documents
-        log_p_z = torch.log_softmax(torch.einsum("bd,bkd->bk", q, z) / self.temperature, dim=1)
-        log_p_y = torch.log_softmax(reader_logits, dim=-1).gather(
-            2, labels.view(-1, 1, 1).expand(-1, reader_logits.shape[1], 1)
-        )[..., 0]
-        return torch.logsumexp(log_p_z + log_p_y, dim=1)
+        """log Σ_z P(z | x) p(y | x, z) per example, from (B, d) queries, (B, k, d) documents, (B, k, C) logits;
+        computed in float32 whatever the inputs' dtype (and under autocast)."""
+        with torch.autocast(queries.device.type, enabled=False):
+            queries, documents, reader_logits = queries.float(), documents.float(), reader_logits.float()
+            normalize = self.store.similarity == "cosine"
+            q = F.normalize(queries, dim=-1) if normalize else queries
+            z = F.normalize(documents, dim=-1) if normalize else documents
+            log_p_z = torch.log_softmax(torch.einsum("bd,bkd->bk", q, z) / self.temperature, dim=1)
+            log_p_y = torch.log_softmax(reader_logits, dim=-1).gather(
+                2, labels.view(-1, 1, 1).expand(-1, reader_logits.shape[1], 1)
+            )[..., 0]
+            return torch.logsumexp(log_p_z + log_p_y, dim=1)
 
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor) -> Tensor:
         features = list(sentence_features)
@@ -141,7 +150,8 @@ class LatentRetrievalLoss(nn.Module):
         marginal = self.marginal_log_likelihood(queries, documents, reader_logits, labels.to(device).long())
         loss = -marginal.mean()
         if self.training and not frozen and self.corrector_trainer is not None:
-            metrics = self.corrector_trainer.observe(rows.reshape(-1), fresh.detach().float().cpu())
+            with torch.autocast(device.type, enabled=False):  # the corrector trains in float32
+                metrics = self.corrector_trainer.observe(rows.reshape(-1), fresh.detach().float().cpu())
             self.last_metrics = {k: float(v) for k, v in metrics.items()}
         return loss
 
