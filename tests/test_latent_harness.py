@@ -77,6 +77,13 @@ def test_the_harness_runs_every_arm_and_resumes(claims_folder, tiny_st_path, tmp
     assert main(argv) == 0  # resumes: nothing redone
     assert {p.name: p.stat().st_mtime_ns for p in (output / "arms").iterdir()} == stamps
     assert "refresh:3" in capsys.readouterr().out
+    only_frozen = [*argv[: argv.index("--arms") + 1], "frozen", *argv[argv.index("--epochs") :]]
+    assert main(only_frozen) == 0  # a later call with fewer arms still reports every arm in the folder
+    report = (output / "results.md").read_text()
+    assert all(f"| {arm} |" in report for arm in by_arm)
+    assert "| corrector - stale |" in report and "| refresh:3 - corrector |" in report
+    assert len(json.loads((output / "results.json").read_text())["arms"]) == 4
+    capsys.readouterr()
     changed = [*argv[:-1], str(output)]
     changed[changed.index("--top-k") + 1] = "3"
     assert main(changed) == 2  # other settings into the same folder: refused before training
@@ -87,6 +94,38 @@ def test_macro_f1_against_hand_counts():
     # predicted [0, 0, 1, 2] against gold [0, 2, 1, 0]: class 0 tp 1, fp 1, fn 1 -> F1 0.5; class 1 tp 1 -> 1.0;
     # class 2 tp 0 -> 0.
     assert macro_f1([0, 0, 1, 2], [0, 2, 1, 0]) == pytest.approx((0.5 + 1.0 + 0.0) / 3)
+
+
+def test_report_pairs_arms_on_claims_averaged_over_seeds(tmp_path):
+    from haystack_corrector.experiments.latent import finished_arms, latent_report
+
+    def arm(name, seed, correct, ndcg):
+        per_query = {"correct": dict(zip("abcd", correct)), "ndcg@10": dict(zip("abcd", ndcg))}
+        metrics = {"accuracy": sum(correct) / 4, "macro_f1": 0.0, "ndcg@10": sum(ndcg) / 4}
+        counts = {"corpus_encodes": 0, "target_forward_passes": 0, "reader_forward_passes": 0, "train_seconds": 1}
+        return {"arm": name, "seed": seed, "metrics": metrics, "per_query": per_query, **counts}
+
+    folder = tmp_path / "arms"
+    folder.mkdir()
+    written = [
+        arm("refresh:5", 0, [1, 1, 1, 1], [0.9] * 4),
+        arm("stale", 1, [1, 1, 0, 0], [0.5] * 4),
+        arm("stale", 0, [1, 0, 0, 0], [0.3] * 4),
+        arm("frozen", 0, [0, 0, 0, 0], [0.6] * 4),
+    ]
+    for result in written:
+        (folder / f"{result['arm'].replace(':', '-')}__seed{result['seed']}.json").write_text(json.dumps(result))
+    arms = finished_arms(folder)
+    assert [(r["arm"], r["seed"]) for r in arms] == [("frozen", 0), ("stale", 0), ("stale", 1), ("refresh:5", 0)]
+    rows = {
+        line.split(" | ")[0].strip("| "): line for line in latent_report({"zero_shot": {"ndcg@10": 0.6}, "arms": arms})
+        .splitlines() if " - " in line
+    }  # fmt: skip
+    assert list(rows) == ["stale - frozen", "refresh:5 - frozen", "refresh:5 - stale"]
+    # stale averaged over its seeds: per claim correct [1, 0.5, 0, 0] (mean 0.375), nDCG 0.4 on every claim.
+    assert "+0.3750" in rows["stale - frozen"] and "-0.2000" in rows["stale - frozen"]
+    # refresh - stale: correct [0, 0.5, 1, 1] -> +0.625; nDCG +0.5 on every claim, so a zero-width interval.
+    assert "+0.6250" in rows["refresh:5 - stale"] and "+0.5000 [+0.5000, +0.5000]" in rows["refresh:5 - stale"]
 
 
 def test_bad_arms_and_labels(tmp_path):

@@ -336,27 +336,39 @@ def run_latent(config: LatentConfig) -> dict[str, Any]:
         _, means, _ = retriever_metrics(model, store, task, config)
         zero_shot_file.write_text(json.dumps({"ndcg@10": means["ndcg@10"]}, indent=2))
     zero_shot = json.loads(zero_shot_file.read_text())
-    results = []
     for seed in config.seeds:
         for arm in config.arms:
             path = output / "arms" / f"{arm.replace(':', '-')}__seed{seed}.json"
             if path.is_file():
-                results.append(json.loads(path.read_text()))
                 continue
             progress.info("arm %s, seed %d", arm, seed)
             result = run_arm(arm, seed, task, config, initial, model_path)
             tmp = path.with_name(path.name + ".tmp")
             tmp.write_text(json.dumps(result, indent=2))
             os.replace(tmp, path)
-            results.append(result)
-    summary = {"zero_shot": zero_shot, "arms": results}
+    summary = {"zero_shot": zero_shot, "arms": finished_arms(output / "arms")}
     (output / "results.json").write_text(json.dumps(summary, indent=2))
     (output / "results.md").write_text(latent_report(summary))
     return summary
 
 
+def finished_arms(folder: Path) -> list[dict[str, Any]]:
+    """Every arm JSON in ``folder`` (runs of earlier calls included), frozen, stale, corrector, refresh:N by N, seed."""
+
+    def order(result: dict[str, Any]) -> tuple[int, int, int]:
+        kind, every = parse_latent_arm(result["arm"])
+        return BASE_ARMS.index(kind) if kind in BASE_ARMS else len(BASE_ARMS), every or 0, result["seed"]
+
+    return sorted((json.loads(path.read_text()) for path in folder.glob("*.json")), key=order)
+
+
 def latent_report(summary: dict[str, Any], reference: str | None = None) -> str:
-    """Markdown: one row per arm (means over its seeds) and paired accuracy intervals against ``reference``."""
+    """Markdown: one row per arm (means over its seeds), then paired differences between arms.
+
+    Every arm is compared with ``reference`` (default ``frozen``: the reader trained on a zero-shot retriever), and
+    each trained arm with every trained arm listed before it (corrector - stale, refresh - stale, ...). A pair is
+    computed on per-claim values averaged over the seeds each arm has.
+    """
     from haystack_corrector.experiments.report import paired_bootstrap
 
     by_arm: dict[str, list[dict[str, Any]]] = {}
@@ -378,7 +390,12 @@ def latent_report(summary: dict[str, Any], reference: str | None = None) -> str:
             f"{np.mean([r['reader_forward_passes'] for r in runs]):,.0f} | "
             f"{np.mean([r['train_seconds'] for r in runs]):.0f} |"
         )
+    if not by_arm:
+        return "\n".join(lines) + "\n"
     reference = reference or ("frozen" if "frozen" in by_arm else next(iter(by_arm)))
+    trained = [arm for arm in by_arm if arm != reference]
+    pairs = [(arm, reference) for arm in trained]
+    pairs += [(arm, earlier) for i, arm in enumerate(trained) for earlier in trained[:i]]
 
     def per_claim(arm: str, key: str) -> dict[str, float]:
         runs = by_arm[arm]
@@ -387,17 +404,16 @@ def latent_report(summary: dict[str, Any], reference: str | None = None) -> str:
 
     lines += [
         "",
-        f"Paired differences against `{reference}` (per-claim values averaged over seeds; 95% bootstrap):",
+        "Paired differences (per-claim values averaged over each arm's seeds; 95% bootstrap over claims):",
         "",
+        "| difference | accuracy [95% CI] | nDCG@10 [95% CI] |",
+        "|---|---|---|",
     ]
-    lines += ["| arm | accuracy difference [95% CI] | nDCG@10 difference [95% CI] |", "|---|---|---|"]
-    for arm in by_arm:
-        if arm == reference:
-            continue
+    for arm, other in pairs:
         cells = []
         for key in ("correct", "ndcg@10"):
-            ours, theirs = per_claim(arm, key), per_claim(reference, key)
+            ours, theirs = per_claim(arm, key), per_claim(other, key)
             mean, low, high = paired_bootstrap(np.array([ours[q] - theirs[q] for q in sorted(ours) if q in theirs]))
             cells.append(f"{mean:+.4f} [{low:+.4f}, {high:+.4f}]")
-        lines.append(f"| {arm} | {cells[0]} | {cells[1]} |")
+        lines.append(f"| {arm} - {other} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines) + "\n"
