@@ -161,6 +161,15 @@ def as_row_sets(value: Iterable[Iterable[int]] | None, name: str, *, num_queries
         raise ValueError(f"{name} must have one collection per query: got {len(rows)} for {num_queries} queries")
     result: list[set[int]] = []
     for position, collection in enumerate(rows):
+        if isinstance(collection, (set, frozenset)) and all(type(item) is int for item in collection):
+            # Fast path (a loss step passes sets of Python ints, thousands of text copies each): one range check.
+            if collection and (min(collection) < 0 or max(collection) >= num_rows):
+                bad = min(collection) if min(collection) < 0 else max(collection)
+                raise RowIndexError(
+                    f"{name}[{position}] contains row index {bad}, out of range for a cache of {num_rows} rows"
+                )
+            result.append(set(collection))
+            continue
         items: Iterable[Any] = [collection] if isinstance(collection, (int, np.integer)) else collection
         if isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
             raise TypeError(f"{name}[{position}] must be a collection of integer row indices, got {describe(items)}")

@@ -143,11 +143,15 @@ def candidate_topk(
 
 
 def _exclusion_pairs(excluded: list[set[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    pairs = sorted((row, query) for query, rows in enumerate(excluded) for row in rows)
-    return (
-        torch.tensor([row for row, _ in pairs], dtype=torch.int64),
-        torch.tensor([query for _, query in pairs], dtype=torch.int64),
-    )
+    """Every excluded (row, query) pair as two int64 tensors sorted by row (then query), so that a block's pairs
+    are one ``searchsorted`` slice. Built with tensor ops: a loss step excludes thousands of text copies per query."""
+    counts = torch.tensor([len(rows) for rows in excluded], dtype=torch.int64)
+    if not int(counts.sum()):
+        return torch.empty(0, dtype=torch.int64), torch.empty(0, dtype=torch.int64)
+    rows = torch.tensor([row for rows in excluded for row in rows], dtype=torch.int64)
+    queries = torch.repeat_interleave(torch.arange(len(excluded), dtype=torch.int64), counts)
+    order = torch.argsort(rows * len(excluded) + queries)
+    return rows[order], queries[order]
 
 
 def _exclude(scores: torch.Tensor, start: int, end: int, pair_rows: torch.Tensor, pair_queries: torch.Tensor) -> None:

@@ -131,6 +131,10 @@ def test_bad_construction(kwargs, error, match):
         ((torch.randn(2, 4), 9), {"exclude": [[0, 1], []]}, ValueError, "top_k=9 is larger"),
         ((torch.randn(2, 4), 3), {"exclude": [[10], []]}, IndexError, "row index 10, out of range"),
         ((torch.randn(2, 4), 3), {"exclude": [[-1], []]}, IndexError, "row index -1"),
+        # Sets of Python ints take a fast path (one range check per set): the same errors.
+        ((torch.randn(2, 4), 3), {"exclude": [set(), {2, 10}]}, IndexError, r"exclude\[1\] contains row index 10"),
+        ((torch.randn(2, 4), 3), {"exclude": [{-1, 3}, set()]}, IndexError, r"exclude\[0\] contains row index -1"),
+        ((torch.randn(2, 4), 3), {"exclude": [{True}, set()]}, TypeError, "integer row indices"),
         ((torch.randn(2, 4), 3), {"exclude": [[0]]}, ValueError, "one collection per query"),
         ((torch.randn(2, 4), 3), {"exclude": [["a"], []]}, TypeError, "integer row indices"),
         ((torch.randn(2, 4).int(), 3), {}, TypeError, "floating-point"),

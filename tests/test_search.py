@@ -7,7 +7,7 @@ import torch
 
 from haystack_corrector import CorrectedCacheStore, Corrector
 from haystack_corrector import search as search_module
-from haystack_corrector.search import _bf16_topk, bf16_error_bound, blocked_topk, first_pass_error
+from haystack_corrector.search import _bf16_topk, _exclusion_pairs, bf16_error_bound, blocked_topk, first_pass_error
 
 
 def _blocks(rows: torch.Tensor, size: int):
@@ -289,3 +289,14 @@ def test_bad_view_dtype():
     store = CorrectedCacheStore(torch.randn(50, 8))
     with pytest.raises(ValueError, match="dtype"):
         store.materialize(dtype="float64")
+
+
+def test_exclusion_pairs_are_every_pair_sorted_by_row_then_query():
+    generator = torch.Generator().manual_seed(3)
+    excluded = [set(torch.randint(50, (int(n),), generator=generator).tolist()) for n in (0, 7, 30, 1, 12)]
+    rows, queries = _exclusion_pairs(excluded)
+    expected = sorted((row, query) for query, members in enumerate(excluded) for row in members)
+    assert list(zip(rows.tolist(), queries.tolist())) == expected
+    assert rows.dtype == queries.dtype == torch.int64
+    empty_rows, empty_queries = _exclusion_pairs([set(), set()])
+    assert empty_rows.numel() == empty_queries.numel() == 0
