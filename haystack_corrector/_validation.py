@@ -138,11 +138,15 @@ def as_index_tensor(value: Any, name: str, *, num_rows: int) -> torch.Tensor:
             raise TypeError(f"{name} must hold integer row indices, got values of dtype {array.dtype}")
         tensor = torch.from_numpy(array.astype(np.int64).reshape(-1))
     if tensor.numel():
-        low, high = int(tensor.min()), int(tensor.max())
-        if low < 0 or high >= num_rows:
-            bad = low if low < 0 else high
-            raise RowIndexError(f"{name} contains row index {bad}, out of range for a cache of {num_rows} rows")
+        check_row_range(int(tensor.min()), int(tensor.max()), num_rows, name)
     return tensor
+
+
+def check_row_range(low: int, high: int, num_rows: int, name: str) -> None:
+    """``RowIndexError`` naming ``name`` unless the row indices from ``low`` to ``high`` all lie in [0, num_rows)."""
+    if low < 0 or high >= num_rows:
+        bad = low if low < 0 else high
+        raise RowIndexError(f"{name} contains row index {bad}, out of range for a cache of {num_rows} rows")
 
 
 def as_row_sets(value: Iterable[Iterable[int]] | None, name: str, *, num_queries: int, num_rows: int) -> list[set[int]]:
@@ -163,11 +167,8 @@ def as_row_sets(value: Iterable[Iterable[int]] | None, name: str, *, num_queries
     for position, collection in enumerate(rows):
         if isinstance(collection, (set, frozenset)) and all(type(item) is int for item in collection):
             # Fast path (a loss step passes sets of Python ints, thousands of text copies each): one range check.
-            if collection and (min(collection) < 0 or max(collection) >= num_rows):
-                bad = min(collection) if min(collection) < 0 else max(collection)
-                raise RowIndexError(
-                    f"{name}[{position}] contains row index {bad}, out of range for a cache of {num_rows} rows"
-                )
+            if collection:
+                check_row_range(min(collection), max(collection), num_rows, f"{name}[{position}]")
             result.append(set(collection))
             continue
         items: Iterable[Any] = [collection] if isinstance(collection, (int, np.integer)) else collection
@@ -179,10 +180,7 @@ def as_row_sets(value: Iterable[Iterable[int]] | None, name: str, *, num_queries
                 item = item.item()
             if isinstance(item, (bool, np.bool_)) or not isinstance(item, (int, np.integer)):
                 raise TypeError(f"{name}[{position}] must hold integer row indices, got {describe(item)}")
-            if not 0 <= int(item) < num_rows:
-                raise RowIndexError(
-                    f"{name}[{position}] contains row index {int(item)}, out of range for a cache of {num_rows} rows"
-                )
+            check_row_range(int(item), int(item), num_rows, f"{name}[{position}]")
             members.add(int(item))
         result.append(members)
     return result

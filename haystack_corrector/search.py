@@ -146,11 +146,9 @@ def _exclusion_pairs(excluded: list[set[int]]) -> tuple[torch.Tensor, torch.Tens
     """Every excluded (row, query) pair as two int64 tensors sorted by row (then query), so that a block's pairs
     are one ``searchsorted`` slice. Built with tensor ops: a loss step excludes thousands of text copies per query."""
     counts = torch.tensor([len(rows) for rows in excluded], dtype=torch.int64)
-    if not int(counts.sum()):
-        return torch.empty(0, dtype=torch.int64), torch.empty(0, dtype=torch.int64)
     rows = torch.tensor([row for rows in excluded for row in rows], dtype=torch.int64)
-    queries = torch.repeat_interleave(torch.arange(len(excluded), dtype=torch.int64), counts)
-    order = torch.argsort(rows * len(excluded) + queries)
+    queries = torch.repeat_interleave(torch.arange(len(excluded)), counts)  # ascending, so a stable sort by row
+    order = torch.argsort(rows, stable=True)  # keeps each row's queries in order
     return rows[order], queries[order]
 
 
