@@ -36,6 +36,7 @@ from haystack_corrector.cache_rows import CacheRows, DefaultIds, read_rows
 from haystack_corrector.corrected_view import CorrectedView, CorrectedViewMixin
 from haystack_corrector.corrector import CORRECTOR_CHUNK_ROWS, Corrector
 from haystack_corrector.persistence import DTYPES
+from haystack_corrector.precision import float32
 from haystack_corrector.scoring import SIMILARITIES, normalize_rows
 from haystack_corrector.search import blocked_topk, candidate_topk
 
@@ -210,6 +211,10 @@ class CorrectedCacheStore(CacheRows, CorrectedViewMixin, persistence.StorePersis
 
     def corrected_embeddings(self, indices: ArrayLike | Sequence[int] | None = None) -> torch.Tensor:
         """h(g') for these rows (all rows if None), computed in float32 with the current corrector, on CPU."""
+        with float32():
+            return self._corrected_embeddings(indices)
+
+    def _corrected_embeddings(self, indices: ArrayLike | Sequence[int] | None) -> torch.Tensor:
         if indices is None:
             return torch.cat([self._correct_block(s, e).cpu() for s, e in self._blocks()])
         rows = as_index_tensor(indices, "indices", num_rows=self._num_rows)
@@ -325,19 +330,20 @@ class CorrectedCacheStore(CacheRows, CorrectedViewMixin, persistence.StorePersis
                 f"top_k={top_k} is larger than the number of rows left to return ({available} of {self._num_rows} "
                 f"after exclusions)"
             )
-        if pool_size is not None:
-            from haystack_corrector.faiss_pool import pool_search
+        with float32():  # float32 scores (and the corrector) even inside a caller's autocast region
+            if pool_size is not None:
+                from haystack_corrector.faiss_pool import pool_search
 
-            return pool_search(self, queries, top_k, excluded, pool_size, corrected)
-        return self._search(
-            queries,
-            top_k,
-            excluded,
-            corrected,
-            max_view_age=max_view_age,
-            scan_dtype=scan_dtype,
-            view_rescore_depth=view_rescore_depth,
-        )
+                return pool_search(self, queries, top_k, excluded, pool_size, corrected)
+            return self._search(
+                queries,
+                top_k,
+                excluded,
+                corrected,
+                max_view_age=max_view_age,
+                scan_dtype=scan_dtype,
+                view_rescore_depth=view_rescore_depth,
+            )
 
     @torch.no_grad()
     def _search(

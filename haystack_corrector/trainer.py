@@ -32,6 +32,7 @@ from haystack_corrector.cache_store import CorrectedCacheStore
 from haystack_corrector.corrector import Corrector
 from haystack_corrector.evaluation import relative_error
 from haystack_corrector.offline_fit import OfflineFitMixin
+from haystack_corrector.precision import float32
 from haystack_corrector.replay import ReplayBuffer
 
 logger = logging.getLogger(__name__)
@@ -186,8 +187,18 @@ class CorrectorTrainer(OfflineFitMixin):
 
         Returns floats: ``drift_loss`` (the total loss of the step), ``staleness`` (mean ||g'-g||²/||g||² on these
         rows), ``corrected_error`` (mean ||h(g')-g||²/||g||², measured before the step), and ``embedding_loss``,
-        ``listwise_loss``/``score_loss`` when those terms are on.
+        ``listwise_loss``/``score_loss`` when those terms are on. Computed in float32, also inside a caller's
+        autocast region (a trainer's ``bf16=True``).
         """
+        with float32():
+            return self._observe(indices, fresh_embeddings, query_embeddings)
+
+    def _observe(
+        self,
+        indices: ArrayLike | Sequence[int],
+        fresh_embeddings: ArrayLike,
+        query_embeddings: ArrayLike | None,
+    ) -> dict[str, float]:
         rows, fresh, queries = self._inputs(indices, fresh_embeddings, query_embeddings)
         metrics = self._step(rows, fresh, queries)
         self.observed += 1

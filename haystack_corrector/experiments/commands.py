@@ -61,6 +61,24 @@ def _experiment_arguments(parser: argparse.ArgumentParser, *, arms: bool = True)
         help="train on a seeded random subset of this many train queries (the corpus stays whole)",
     )
     parser.add_argument("--eval-split", default="test")
+    parser.add_argument(
+        "--corpus-size",
+        type=int,
+        default=None,
+        help="a nested subset of the corpus: every judged document (train positives, evaluation qrels), then seeded "
+        "others up to this many (the same documents at every size)",
+    )
+    parser.add_argument(
+        "--bf16",
+        action="store_true",
+        help="train and encode (initial cache, candidates, refreshes, evaluation) under bfloat16 autocast where the "
+        "CPU/GPU has bfloat16 units; search, corrector and metrics stay float32",
+    )
+    parser.add_argument(
+        "--keep-embeddings",
+        action="store_true",
+        help="write each arm's fresh document and query embeddings and its corrector to <output>/embeddings/",
+    )
     parser.add_argument("--output", default="runs/experiment", help="folder for results (resumable)")
 
 
@@ -99,6 +117,9 @@ def _config(args: argparse.Namespace, arms: Sequence[str], seeds: Sequence[int])
         train_split=args.train_split,
         max_train_queries=args.max_train_queries,
         eval_split=args.eval_split,
+        corpus_size=args.corpus_size,
+        bf16=bool(args.bf16),
+        keep_embeddings=bool(args.keep_embeddings),
         verbose=bool(getattr(args, "verbose", False)),
     )
 
@@ -113,7 +134,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"re-encoding the corpus every {REFRESH_EVERY} steps.\n"
     )
     results = run_demo(
-        output=args.output, steps=args.steps, fresh=args.fresh, model=args.model, verbose=bool(args.verbose)
+        output=args.output,
+        steps=args.steps,
+        fresh=args.fresh,
+        model=args.model,
+        verbose=bool(args.verbose),
+        bf16=bool(args.bf16),
     )
     print(
         f"\nFiles: {Path(args.output) / 'results.md'}, {Path(args.output) / 'quality_vs_encodes.png'}, "
@@ -232,6 +258,11 @@ def add_experiment_commands(commands: Any) -> None:
     demo.add_argument("--steps", type=int, default=24, help="training steps per run")
     demo.add_argument("--model", default=None, help=argparse.SUPPRESS)
     demo.add_argument("--fresh", action="store_true", help="discard results of an earlier demo in --output")
+    demo.add_argument(
+        "--bf16",
+        action="store_true",
+        help="train and encode under bfloat16 autocast where the CPU/GPU has bfloat16 units (a separate --output)",
+    )
     demo.set_defaults(handler=cmd_demo)
 
     experiment = commands.add_parser(

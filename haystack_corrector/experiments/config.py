@@ -37,6 +37,9 @@ class ExperimentConfig:
     max_train_queries: int | None = None  # a seeded random subset of the train queries (same for every arm and seed)
     eval_split: str = "test"
     encode_batch_size: int = 64
+    bf16: bool = False  # every encode and training step under bfloat16 autocast where the hardware has it
+    corpus_size: int | None = None  # a nested subset of the corpus: every judged document, then seeded others
+    keep_embeddings: bool = False  # write each arm's fresh document/query embeddings and its corrector
     warmup_ratio: float = 0.1
     logging_steps: int = 5
     verbose: bool = False  # every library's log lines and every progress bar on the console
@@ -63,6 +66,8 @@ class ExperimentConfig:
             raise ValueError(f"epochs must be > 0, got {self.epochs}")
         if not self.seeds:
             raise ValueError("seeds is empty")
+        if self.corpus_size is not None and self.corpus_size <= 0:
+            raise ValueError(f"corpus_size must be > 0, got {self.corpus_size}")
         if self.max_train_queries is not None and self.max_train_queries <= 0:
             raise ValueError(f"max_train_queries must be > 0, got {self.max_train_queries}")
         if not Path(self.data).is_dir():
@@ -72,7 +77,9 @@ class ExperimentConfig:
 
 # Settings that may change between two runs into one output folder: what is run, and how it is logged or batched
 # for encoding. Everything else defines the comparison, and mixing arms trained under different values would be wrong.
-RESUMABLE_SETTINGS = frozenset({"arms", "seeds", "output", "logging_steps", "encode_batch_size", "verbose"})
+RESUMABLE_SETTINGS = frozenset(
+    {"arms", "seeds", "output", "logging_steps", "encode_batch_size", "verbose", "keep_embeddings"}
+)
 
 
 def check_resumable(config: ExperimentConfig) -> None:
@@ -84,9 +91,10 @@ def check_resumable(config: ExperimentConfig) -> None:
     if "strategy" in saved and "sampling_strategy" not in saved:  # folders written before the rename
         saved["sampling_strategy"] = saved.pop("strategy")
     current = json.loads(json.dumps(asdict(config)))  # tuples -> lists, as saved
-    changed = sorted(
-        key for key in current if key not in RESUMABLE_SETTINGS and key in saved and saved[key] != current[key]
-    )
+    # A setting missing from an older folder's config.json was at its default there (it did not exist yet).
+    defaults = json.loads(json.dumps(asdict(ExperimentConfig(data=config.data))))
+    saved = {key: saved.get(key, defaults.get(key)) for key in set(saved) | set(current)}
+    changed = sorted(key for key in current if key not in RESUMABLE_SETTINGS and saved[key] != current[key])
     if changed:
         details = ", ".join(f"{key}: {saved[key]!r} there, {current[key]!r} now" for key in changed)
         raise ValueError(

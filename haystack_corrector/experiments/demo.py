@@ -31,7 +31,9 @@ LABELS = {
 }
 
 
-def demo_config(output: str, steps: int = 24, model: str | None = None, verbose: bool = False) -> ExperimentConfig:
+def demo_config(
+    output: str, steps: int = 24, model: str | None = None, verbose: bool = False, bf16: bool = False
+) -> ExperimentConfig:
     return ExperimentConfig(
         data=str(DEMO_DATA),
         model=model,
@@ -46,6 +48,7 @@ def demo_config(output: str, steps: int = 24, model: str | None = None, verbose:
         range_max=30,
         output=output,
         logging_steps=4,
+        bf16=bf16,
         verbose=verbose,
     )
 
@@ -56,10 +59,11 @@ def run_demo(
     fresh: bool = False,
     model: str | None = None,
     verbose: bool = False,
+    bf16: bool = False,
 ) -> dict[str, Any]:
     if fresh:
         clear_output_folder(output)  # only the files the demo writes; refuses a folder that is not ours
-    return run_experiment(demo_config(output, steps, model, verbose))
+    return run_experiment(demo_config(output, steps, model, verbose, bf16))
 
 
 def _run(results: dict[str, Any], arm: str) -> dict[str, Any]:

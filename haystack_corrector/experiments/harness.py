@@ -28,7 +28,9 @@ from haystack_corrector.distinct_texts import distinct_texts, encode_distinct
 from haystack_corrector.evaluation import overlap_at_k, relative_error, retrieval_metrics, run_from_search
 from haystack_corrector.experiments.arms import Arm
 from haystack_corrector.experiments.config import ExperimentConfig, check_resumable
+from haystack_corrector.experiments.corpus_subset import judged_documents, nested_subset
 from haystack_corrector.experiments.output_folder import claim_output_folder
+from haystack_corrector.precision import bf16_encodes, bf16_supported
 
 logger = logging.getLogger(__name__)
 progress = logging.getLogger("haystack_corrector.progress")  # the console's lines (experiments/console.py)
@@ -58,6 +60,23 @@ def load_model(path: str, max_seq_length: int) -> Any:
     model = SentenceTransformer(path, device="cuda" if torch.cuda.is_available() else "cpu")
     model.max_seq_length = max_seq_length
     return model
+
+
+def training_precision(bf16: bool) -> str:
+    """``"bfloat16"`` when ``bf16`` asks for it and the device has bfloat16 units, else ``"float32"`` (with a warning
+    when it was asked for)."""
+    if not bf16:
+        return "float32"
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if bf16_supported(device):
+        return "bfloat16"
+    logger.warning("bf16 was asked for, but %s has no bfloat16 units: running in float32", device)
+    return "float32"
+
+
+def _encodes(model: Any, bf16: bool) -> Any:
+    """The precision of the harness's own no-grad encodes (initial cache, evaluation): bfloat16 with ``--bf16``."""
+    return bf16_encodes(next(model.parameters()).device, enabled=bf16)
 
 
 def machine() -> str:
@@ -120,13 +139,28 @@ def subset_queries(
     return {q: queries[q] for q in chosen}, {q: qrels[q] for q in chosen if q in qrels}
 
 
-def prepare(config: ExperimentConfig) -> Prepared:
-    """Load the data; build (or reuse) the one initial cache; evaluate the initial model (zero-shot)."""
-    output = claim_output_folder(config.output)
+def load_data(
+    config: ExperimentConfig,
+) -> tuple[
+    dict[str, dict[str, str]], dict[str, str], dict[str, dict[str, int]], dict[str, str], dict[str, dict[str, int]]
+]:
+    """``(corpus, train queries, train qrels, eval queries, eval qrels)`` as the config selects them: the seeded
+    train-query subset (``max_train_queries``) and the nested corpus subset (``corpus_size``, which keeps every
+    document judged for those train queries and the evaluation queries)."""
     corpus, train_queries, train_qrels = load_beir(config.data, config.train_split)
     if config.max_train_queries is not None and config.max_train_queries < len(train_queries):
         train_queries, train_qrels = subset_queries(train_queries, train_qrels, config.max_train_queries)
     _, eval_queries, eval_qrels = load_beir(config.data, config.eval_split)
+    if config.corpus_size is not None and config.corpus_size < len(corpus):
+        kept = nested_subset(list(corpus), judged_documents(train_qrels, eval_qrels), config.corpus_size)
+        corpus = {doc: corpus[doc] for doc in kept}
+    return corpus, train_queries, train_qrels, eval_queries, eval_qrels
+
+
+def prepare(config: ExperimentConfig) -> Prepared:
+    """Load the data; build (or reuse) the one initial cache; evaluate the initial model (zero-shot)."""
+    output = claim_output_folder(config.output)
+    corpus, train_queries, train_qrels, eval_queries, eval_qrels = load_data(config)
     corpus_ids = list(corpus)
     corpus_texts = [document_text(corpus[i]) for i in corpus_ids]
     model_path = resolve_model_path(config.model)
@@ -152,15 +186,23 @@ def prepare(config: ExperimentConfig) -> Prepared:
 
     model = load_model(model_path, config.max_seq_length)
     start = time.perf_counter()
-    store = encode_corpus(
-        model, corpus_texts, ids=corpus_ids, batch_size=config.encode_batch_size, side_layers=config.side_layers
-    )
+    with _encodes(model, config.bf16):
+        store = encode_corpus(
+            model, corpus_texts, ids=corpus_ids, batch_size=config.encode_batch_size, side_layers=config.side_layers
+        )
     encode_seconds = time.perf_counter() - start
     store.save(cache_path)
     docs, similarity = store.stale_embeddings(), store.similarity
-    queries = encode(model, [eval_queries[q] for q in eval_queries], config.encode_batch_size, "evaluation queries")
+    with _encodes(model, config.bf16):
+        queries = encode(model, [eval_queries[q] for q in eval_queries], config.encode_batch_size, "evaluation queries")
     means, per_query, _ = evaluate_rankings(docs, queries, prepared, similarity)
-    prepared.zero_shot = {"metrics": means, "per_query": per_query, "corpus_encode_seconds": encode_seconds}
+    prepared.zero_shot = {
+        "metrics": means,
+        "per_query": per_query,
+        "corpus_encode_seconds": encode_seconds,
+        "corpus_size": len(corpus_ids),
+        "precision": training_precision(config.bf16),
+    }
     _write_json(zero_shot_path, prepared.zero_shot)
     progress.info("zero-shot nDCG@10 %.4f (initial cache: %.0f s)", means["ndcg@10"], encode_seconds)
     return prepared
@@ -232,6 +274,7 @@ def train_arm(
         corrector_lr=config.corrector_lr,
         seed=seed,
         encode_batch_size=config.encode_batch_size,
+        bf16_encodes=config.bf16,
         **{"listwise_weight": config.listwise_weight, **arm.loss_kwargs()},  # an arm's listwise:W overrides
     )
     if watch_loss is not None:
@@ -251,6 +294,7 @@ def train_arm(
         logging_steps=config.logging_steps,
         report_to=[],
         use_cpu=not torch.cuda.is_available(),
+        bf16=training_precision(config.bf16) == "bfloat16",
         disable_tqdm=not config.verbose,  # our own bar per arm instead (console.ArmProgress)
     )
     log_file = Path(config.output) / "logs" / f"{arm.slug}__seed{seed}.jsonl"
@@ -304,18 +348,21 @@ def run_arm(config: ExperimentConfig, arm: Arm, seed: int, prepared: Prepared) -
     model, store, loss = trained.model, trained.store, trained.loss
     start = time.perf_counter()
     progress.info("%s seed %d: trained in %.0f s; evaluating", arm.name, seed, trained.train_seconds)
-    fresh_docs = encode(
-        model, prepared.corpus_texts, config.encode_batch_size, f"{arm.name}: evaluation corpus", config.verbose
-    )
-    queries = encode(
-        model,
-        [prepared.eval_queries[q] for q in prepared.eval_queries],
-        config.encode_batch_size,
-        f"{arm.name}: evaluation queries",
-        config.verbose,
-    )
+    with _encodes(model, config.bf16):
+        fresh_docs = encode(
+            model, prepared.corpus_texts, config.encode_batch_size, f"{arm.name}: evaluation corpus", config.verbose
+        )
+        queries = encode(
+            model,
+            [prepared.eval_queries[q] for q in prepared.eval_queries],
+            config.encode_batch_size,
+            f"{arm.name}: evaluation queries",
+            config.verbose,
+        )
     means, per_query, fresh_rows = evaluate_rankings(fresh_docs, queries, prepared, store.similarity)
     eval_seconds = time.perf_counter() - start
+    if config.keep_embeddings:
+        keep_embeddings(embeddings_path(config, arm, seed), fresh_docs, queries, store)
     history = [
         {"step": e["step"], **{key.split("/")[1]: e[key] for key in e if key.startswith("corrector/")}}
         for e in trained.trainer.state.log_history
@@ -327,6 +374,7 @@ def run_arm(config: ExperimentConfig, arm: Arm, seed: int, prepared: Prepared) -
         "metrics": means,
         "per_query": per_query,
         "steps": trained.trainer.state.global_step,
+        "precision": training_precision(config.bf16),
         "train_seconds": trained.train_seconds,
         "eval_seconds": eval_seconds,
         **loss.costs.as_dict(),  # corpus_encodes, target_forward_passes
@@ -346,6 +394,21 @@ def run_arm(config: ExperimentConfig, arm: Arm, seed: int, prepared: Prepared) -
         eval_seconds,
     )
     return result
+
+
+def embeddings_path(config: ExperimentConfig, arm: Arm, seed: int) -> Path:
+    return Path(config.output) / "embeddings" / f"{arm.slug}__seed{seed}"
+
+
+def keep_embeddings(folder: Path, documents: torch.Tensor, queries: torch.Tensor, store: CorrectedCacheStore) -> None:
+    """The arm's end state for offline analysis: fresh document embeddings (float16, corpus order), fresh evaluation
+    query embeddings (float32, query order) and the corrector as training left it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, matrix in (("documents.npy", documents.half()), ("queries.npy", queries.float())):
+        tmp = folder / (name + ".tmp.npy")
+        np.save(tmp, matrix.numpy())
+        os.replace(tmp, folder / name)
+    store.corrector.save(folder / "corrector", overwrite=True)
 
 
 def finished_seeds(config: ExperimentConfig, arm: Arm) -> list[int]:

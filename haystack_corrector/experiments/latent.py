@@ -207,15 +207,9 @@ def parameter_groups(loss: Any, lr: float, reader_lr: float | None) -> list[dict
 
 def training_precision(config: LatentConfig) -> str:
     """``"bfloat16"`` when ``config.bf16`` asks for it and the device has bfloat16 units, else ``"float32"``."""
-    if not config.bf16:
-        return "float32"
-    from haystack_corrector.search import bf16_supported
+    from haystack_corrector.experiments.harness import training_precision as precision
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    if bf16_supported(device):
-        return "bfloat16"
-    logger.warning("bf16 was asked for, but %s has no bfloat16 units: training in float32", device)
-    return "float32"
+    return precision(config.bf16)
 
 
 def run_arm(arm: str, seed: int, task: Task, config: LatentConfig, initial: Path, model_path: str) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from haystack_corrector import precision
 from haystack_corrector._validation import check_bool, check_choice, check_non_negative_int, check_positive_int
 from haystack_corrector.cache_store import CorrectedCacheStore
 from haystack_corrector.distributed import ShardedCacheStore, is_distributed
@@ -118,6 +119,11 @@ class CorrectedNegativesLoss(nn.Module):
         prompts: the trainer's ``prompts`` (string or ``{column: prompt}``), so texts are recognised by their tokens
             and sampled negatives get the positive column's prompt.
         encode_batch_size: batch size of the no-grad encodes (static mining, refreshes, re-ranking).
+        bf16_encodes: run those no-grad encodes (and the anchors' sampling pass when it is a separate one) under
+            bfloat16 autocast where the model's device has bfloat16 units (CUDA, or a CPU with AVX512-BF16/AMX;
+            float32 elsewhere): they feed only a ranking, and run several times faster (docs/performance.md).
+            ``False``: float32, also inside the trainer's ``bf16=True``. Whatever the precision of the training
+            step, the cache search, the re-ranking scores and the corrector compute in float32.
         sharded: under DDP, sample through :class:`~haystack_corrector.distributed.ShardedCacheStore` (``None``:
             when a group of several processes is running; ``False``: each rank searches its own full copy).
 
@@ -194,6 +200,7 @@ class CorrectedNegativesLoss(nn.Module):
         rerank_candidates: str | None = None,
         prompts: str | Mapping[str, str] | None = None,
         encode_batch_size: int = 64,
+        bf16_encodes: bool = True,
         sharded: bool | None = None,
     ) -> None:
         super().__init__()
@@ -213,6 +220,7 @@ class CorrectedNegativesLoss(nn.Module):
         check_non_negative_int(corrector_warmup_steps, "corrector_warmup_steps")
         check_choice(corrector_after_refresh, "corrector_after_refresh", ("keep", "reset"))
         check_bool(sharded, "sharded", optional=True)
+        check_bool(bf16_encodes, "bf16_encodes")
         if negatives == "refresh" and refresh_every is None:
             raise ValueError("negatives='refresh' needs refresh_every (optimiser steps between corpus re-encodes)")
         if refresh_every is not None:
@@ -261,6 +269,7 @@ class CorrectedNegativesLoss(nn.Module):
         self.rerank_candidates = rerank_candidates
         self.prompts = prompts
         self.encode_batch_size = encode_batch_size
+        self.bf16_encodes = bf16_encodes
         self.sharded = sharded
         self.relevance = RelevanceIndex(model, store, train_dataset=train_dataset, relevant=relevant, prompts=prompts)
         self.sampler = HardNegativeSampler(
@@ -308,7 +317,7 @@ class CorrectedNegativesLoss(nn.Module):
         mode = self.negatives
         if mode == "inbatch":
             return None
-        encode = no_grad_encoder(self.model, self.encode_batch_size, self.negative_prompt)
+        encode = no_grad_encoder(self.model, self.encode_batch_size, self.negative_prompt, bf16=self.bf16_encodes)
         if mode == "static":
             if train_dataset is None:
                 raise ValueError("negatives='static' needs train_dataset: its anchors are mined once, before training")
@@ -319,7 +328,8 @@ class CorrectedNegativesLoss(nn.Module):
                 key: (text, self.relevance.anchor_relevant(key))
                 for text, key in zip(texts, self.relevance.keys(texts, prompt))
             }
-            return StaticNegatives(self.sampler, no_grad_encoder(self.model, self.encode_batch_size, prompt), anchors)
+            anchor_encoder = no_grad_encoder(self.model, self.encode_batch_size, prompt, bf16=self.bf16_encodes)
+            return StaticNegatives(self.sampler, anchor_encoder, anchors)
         if mode == "rerank":
             assert self.rerank_depth is not None  # (resolved in __init__ for this mode)
             return RerankedNegatives(
@@ -476,9 +486,12 @@ class CorrectedNegativesLoss(nn.Module):
         if anchor_output is not None:
             anchors = anchor_output["sentence_embedding"].detach().float().cpu()
         else:
-            with torch.no_grad():  # the current anchors, to sample with (the wrapped loss embeds them again)
+            device = features[0]["input_ids"].device
+            with torch.no_grad(), precision.bf16_encodes(device, enabled=self.bf16_encodes):
+                # the current anchors, to sample with (the wrapped loss embeds them again)
                 anchors = self._unwrapped_model(dict(features[0]))["sentence_embedding"].detach().float().cpu()
-        return self.source.negatives(anchors, exclude, self.step, anchor_keys)  # type: ignore[union-attr]
+        with precision.float32():  # the choice among scores is float32 whatever the trainer's precision
+            return self.source.negatives(anchors, exclude, self.step, anchor_keys)  # type: ignore[union-attr]
 
     def _negative_columns(self, negative_rows: Tensor | None, like: dict[str, Any]) -> list[dict[str, Any]]:
         """The sampled rows' texts, tokenised as extra negative columns (column j: every anchor's j-th negative)."""
@@ -523,7 +536,8 @@ class CorrectedNegativesLoss(nn.Module):
         return torch.tensor(rows, dtype=torch.int64), torch.stack(fresh).float()
 
     def _re_encode(self, columns: list[dict[str, Any]]) -> list[Tensor]:
-        with torch.no_grad():
+        device = columns[0]["input_ids"].device
+        with torch.no_grad(), precision.bf16_encodes(device, enabled=self.bf16_encodes):
             return [self._unwrapped_model(dict(column))["sentence_embedding"].detach() for column in columns]
 
     def _drift(self, rows: Tensor, fresh: Tensor, queries: Tensor) -> None:
@@ -593,6 +607,7 @@ class CorrectedNegativesLoss(nn.Module):
             "corrector_after_refresh": self.corrector_after_refresh,
             "rerank_depth": self.rerank_depth,
             "rerank_candidates": self.rerank_candidates,
+            "bf16_encodes": self.bf16_encodes,
             "sharded": self.sharded,
         }
 

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from haystack_corrector.precision import bf16_encodes
 from haystack_corrector.sampler import HardNegativeSampler
 
 Encode = Callable[[Sequence[str]], Tensor]  # texts -> (n, dim) float32 CPU embeddings by the current model
@@ -70,8 +71,12 @@ class NegativeSource:
         pass
 
 
-def no_grad_encoder(model: Any, batch_size: int, prompt: str | None = None) -> Encode:
-    """``texts -> embeddings`` by the model as it is now, without gradient; leaves the model's train/eval mode as is."""
+def no_grad_encoder(model: Any, batch_size: int, prompt: str | None = None, bf16: bool = False) -> Encode:
+    """``texts -> embeddings`` by the model as it is now, without gradient; leaves the model's train/eval mode as is.
+
+    ``bf16``: encode under bfloat16 autocast where the model's device has bfloat16 units
+    (:func:`~haystack_corrector.precision.bf16_encodes`); otherwise, and with ``bf16=False``, in float32 even inside
+    a caller's autocast region. The embeddings come back float32 either way."""
     unwrapped = getattr(model, "module", model)  # the trainer may swap in a DDP wrapper, which has no encode
 
     def encode(texts: Sequence[str]) -> Tensor:
@@ -79,8 +84,9 @@ def no_grad_encoder(model: Any, batch_size: int, prompt: str | None = None) -> E
         kwargs: dict[str, Any] = {"batch_size": batch_size, "convert_to_tensor": True, "show_progress_bar": False}
         if prompt is not None:
             kwargs["prompt"] = prompt
+        device = next(unwrapped.parameters()).device
         try:
-            with torch.no_grad():
+            with torch.no_grad(), bf16_encodes(device, enabled=bf16):
                 embeddings = unwrapped.encode(list(texts), **kwargs)
         finally:
             model.train(was_training)
