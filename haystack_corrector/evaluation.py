@@ -35,6 +35,34 @@ Run = dict[str, dict[str, float]]
 Qrels = dict[str, dict[str, int]]
 
 
+def hardest_negative_rank(
+    queries: torch.Tensor,
+    cache: torch.Tensor,
+    fresh: torch.Tensor,
+    relevant: Sequence[Sequence[int]],
+    depth: int,
+    block: int = 64,
+) -> torch.Tensor:
+    """Where each query's fresh hardest negative sits in the cache's ranking: a re-ranking step that re-encodes the
+    cache's top L candidates finds it when the rank is < L.
+
+    The fresh hardest negative of query i is its best row by ``queries @ fresh.T`` outside ``relevant[i]``; its rank
+    is its 0-based position among the query's rows by ``queries @ cache.T``, relevant rows left out, or ``depth``
+    when it is not in the top ``depth``. Scores are dot products (pass unit rows for cosine). Returns (B,) int64.
+    """
+    ranks = []
+    for start in range(0, len(queries), block):
+        q = queries[start : start + block]
+        fresh_scores, cache_scores = q @ fresh.T, q @ cache.T
+        for i, rows in enumerate(relevant[start : start + block]):
+            fresh_scores[i, list(rows)] = float("-inf")
+            cache_scores[i, list(rows)] = float("-inf")
+        hardest = fresh_scores.argmax(dim=1)
+        found = cache_scores.topk(min(depth, cache.shape[0]), dim=1).indices == hardest[:, None]
+        ranks.append(torch.where(found.any(dim=1), found.int().argmax(dim=1), torch.tensor(depth)))
+    return torch.cat(ranks).long()
+
+
 def run_from_search(scores: torch.Tensor, indices: torch.Tensor, query_ids: Sequence[str], ids: Sequence[str]) -> Run:
     """Turn ``store.search`` output into a TREC-style run ``{query_id: {doc_id: score}}``."""
     if scores.shape != indices.shape or scores.shape[0] != len(query_ids):

@@ -6,6 +6,7 @@ Skipped where CUDA is absent, as in CI. On a GPU machine: ``python -m pytest tes
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -62,8 +63,10 @@ def test_loss_without_negatives_equals_mnrl_on_cuda(tiny_model_folder):
     torch.testing.assert_close(value, reference(features, None))
 
 
+@pytest.mark.parametrize("mode", [{"negatives": "corrector", "range_max": 20}, {}], ids=["corrector", "default"])
+@pytest.mark.parametrize("bf16", [False, True], ids=["float32", "bf16"])
 @pytest.mark.parametrize("corrector_device", ["cpu", "cuda"])
-def test_corrected_training_runs_on_cuda(tiny_model_folder, tmp_path, corrector_device):
+def test_corrected_training_runs_on_cuda(tiny_model_folder, tmp_path, corrector_device, bf16, mode):
     model = load_tiny_model(tiny_model_folder, device="cuda")
     corpus, queries, qrels = toy_corpus(num_docs=300, num_queries=48)
     ids = list(corpus)
@@ -76,8 +79,7 @@ def test_corrected_training_runs_on_cuda(tiny_model_folder, tmp_path, corrector_
         store,
         num_negatives=2,
         train_dataset=dataset,
-        negatives="corrector",
-        range_max=20,
+        **mode,
         seed=0,
         corrector_lr=5e-3,
         listwise_weight=0.1,
@@ -93,6 +95,7 @@ def test_corrected_training_runs_on_cuda(tiny_model_folder, tmp_path, corrector_
         batch_sampler="no_duplicates",
         seed=0,
         report_to=[],
+        bf16=bf16,
         disable_tqdm=True,
     )
     before = [p.detach().clone() for p in store.corrector.parameters()]
@@ -106,7 +109,9 @@ def test_corrected_training_runs_on_cuda(tiny_model_folder, tmp_path, corrector_
     assert any(not torch.equal(a, b) for a, b in zip(before, store.corrector.parameters()))
     logged = [entry for entry in trainer.state.log_history if "corrector/staleness" in entry]
     assert logged and logged[-1]["corrector/staleness"] > 0
-    assert all(torch.isfinite(torch.tensor(entry["drift"])) for entry in logged)
+    for key in ("corrector/drift_loss", "corrector/staleness", "corrector/corrected_error"):
+        assert all(math.isfinite(entry[key]) for entry in logged), key
+    assert all(p.dtype == torch.float32 for p in store.corrector.parameters())  # bf16 autocast, float32 corrector
     # The checkpointed corrector is the one trained on the GPU.
     saved = Corrector.load(tmp_path / "run" / "checkpoint-6" / STATE_DIR / "corrector")
     for ours, theirs in zip(store.corrector.state_dict().values(), saved.state_dict().values()):

