@@ -284,6 +284,7 @@ def run_steps(model, store, dataset, ours, stock, steps, age, args):
     if args.negatives == "rerank":  # the no-grad encodes of the candidates
         clock.wrap(ours.source, "encode", "ours: re-encode candidates")
     ours_seconds, stock_seconds, overlaps = 0.0, 0.0, []
+    previous_negatives = None  # (set by step 0, which runs ours first)
     for step in range(steps + 1):  # the first step is a warm-up, not timed
         clock.recording = step > 0
         batch = dataset.select([(step * args.batch_size + i) % len(dataset) for i in range(args.batch_size)])
@@ -295,29 +296,45 @@ def run_steps(model, store, dataset, ours, stock, steps, age, args):
             clock.recording = False  # (the check's exact scan is not part of a step)
             overlaps.append(overlap_at_10(store, anchors.cpu().float(), args.view_rescore_depth))
             clock.recording = True
-        start = time.perf_counter()
-        with clock("tokenise"):
-            pair = [features(batch["anchor"]), features(batch["positive"])]
-        with clock("ours: forward"), autocast(args.device, args.bf16):
-            loss = ours(pair, None)
-        with clock("ours: backward"):
-            loss.backward()
-            sync(model.device)
-        elapsed_ours = time.perf_counter() - start
-        model.zero_grad()
-        negatives = ours.last_negative_rows  # this step's negatives, given to the baseline
-        columns = [[store.texts[r] for r in negatives[:, j].tolist()] for j in range(args.num_negatives)]
-        start = time.perf_counter()
-        pair = [features(batch["anchor"]), features(batch["positive"])]  # (timed once above, as "tokenise")
-        with clock("stock: tokenise negatives"):
-            tokenised = [features(c) for c in columns]
-        with clock("stock: forward"), autocast(args.device, args.bf16):
-            loss = stock([*pair, *tokenised], None)
-        with clock("stock: backward"):
-            loss.backward()
-            sync(model.device)
-        elapsed_stock = time.perf_counter() - start
-        model.zero_grad()
+
+        def run_ours(batch=batch) -> float:
+            start = time.perf_counter()
+            with clock("tokenise"):
+                pair = [features(batch["anchor"]), features(batch["positive"])]
+            with clock("ours: forward"), autocast(args.device, args.bf16):
+                loss = ours(pair, None)
+            with clock("ours: backward"):
+                loss.backward()
+                sync(model.device)
+            elapsed = time.perf_counter() - start
+            model.zero_grad()
+            return elapsed
+
+        def run_stock(negatives: torch.Tensor, batch=batch) -> float:
+            columns = [[store.texts[r] for r in negatives[:, j].tolist()] for j in range(args.num_negatives)]
+            start = time.perf_counter()
+            pair = [features(batch["anchor"]), features(batch["positive"])]  # (timed once, as "tokenise")
+            with clock("stock: tokenise negatives"):
+                tokenised = [features(c) for c in columns]
+            with clock("stock: forward"), autocast(args.device, args.bf16):
+                loss = stock([*pair, *tokenised], None)
+            with clock("stock: backward"):
+                loss.backward()
+                sync(model.device)
+            elapsed = time.perf_counter() - start
+            model.zero_grad()
+            return elapsed
+
+        # The two steps alternate which runs first (a step that follows another runs on warm caches and a freed
+        # allocator): on even steps ours first and stock MNRL given the negatives ours just chose; on odd steps stock
+        # MNRL first, given the previous step's negatives (same count, same kind of texts).
+        if step % 2 == 0:
+            elapsed_ours = run_ours()
+            elapsed_stock = run_stock(ours.last_negative_rows)
+        else:
+            elapsed_stock = run_stock(previous_negatives)
+            elapsed_ours = run_ours()
+        previous_negatives = ours.last_negative_rows
         if step:
             ours_seconds += elapsed_ours
             stock_seconds += elapsed_stock

@@ -7,6 +7,7 @@ is held out as the trainer's ``eval_dataset``; an ``InformationRetrievalEvaluato
     python benchmarks/st_scifact_finetune.py --data ../shared/data/scifact --output runs/st-scifact-mnrl --loss mnrl
     python benchmarks/st_scifact_finetune.py --data ../shared/data/scifact --output runs/st-scifact-cached \
         --loss cached-mnrl --mini-batch-size 16
+    python benchmarks/st_scifact_finetune.py ... --bf16   # the trainer's bf16=True (bfloat16 autocast steps)
 
 The peak resident memory of the training phase (Linux VmHWM, reset before training) is printed and saved.
 
@@ -87,6 +88,12 @@ def main() -> None:
     parser.add_argument("--corrector-lr", type=float, default=1e-3)
     parser.add_argument("--hidden-dim", type=int, default=768)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--bf16", action="store_true", help="train under the trainer's bf16=True (bfloat16 autocast, float32 weights)"
+    )
+    parser.add_argument(
+        "--no-bf16-encodes", action="store_true", help="the loss's no-grad encodes in float32 (bf16_encodes=False)"
+    )
     args = parser.parse_args()
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -172,6 +179,7 @@ def main() -> None:
         range_max=args.range_max,
         corrector_lr=args.corrector_lr,
         seed=args.seed,
+        bf16_encodes=not args.no_bf16_encodes,
     )
     evaluator = InformationRetrievalEvaluator(
         queries={q: test_queries[q] for q in test_qrels if q in test_queries},
@@ -194,6 +202,7 @@ def main() -> None:
         seed=args.seed,
         report_to=[],
         use_cpu=True,
+        bf16=args.bf16,
     )
     trainer = SentenceTransformerTrainer(
         model=model,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("sentence_transformers")
 pytest.importorskip("pytrec_eval")
@@ -14,6 +15,7 @@ pytest.importorskip("pytrec_eval")
 from haystack_corrector.cli import main  # noqa: E402
 from haystack_corrector.experiments import harness, report  # noqa: E402
 from haystack_corrector.experiments.arms import parse_arm  # noqa: E402
+from haystack_corrector.experiments.config import check_resumable  # noqa: E402
 from haystack_corrector.experiments.harness import ExperimentConfig, run_experiment  # noqa: E402
 
 
@@ -352,3 +354,76 @@ def test_demo_verdict_reads_each_case_from_the_numbers():
     assert "it recovered 25% of the +0.0200" in text and "no extra encode" in text
     results["arms"]["refresh:8"] = arm(base - 0.01, 400, encodes=2)
     assert "did not beat stale negatives in this run" in verdict(results)
+
+
+def test_bf16_arm_trains_under_autocast_records_it_and_keeps_its_embeddings(
+    toy_beir, tiny_st_path, tmp_path, monkeypatch
+):
+    """--bf16 turns the trainer's bf16 on and the loss's encodes to bfloat16 (removing either fails this); the arm's
+    JSON says so; --keep-embeddings writes the fresh embeddings and the corrector the probe reads."""
+    from haystack_corrector import Corrector, precision
+
+    monkeypatch.setattr(precision, "bf16_supported", lambda device: True)
+    monkeypatch.setattr(harness, "bf16_supported", lambda device: True)
+    seen, corrector_at_end = {}, {}
+    real_train = harness.train_arm
+
+    def spying(config, arm, seed, prepared, watch_loss=None):
+        def watch(loss):
+            seen["bf16_encodes"] = loss.bf16_encodes
+
+        trained = real_train(config, arm, seed, prepared, watch_loss=watch)
+        seen["trainer_bf16"] = trained.trainer.args.bf16
+        corrector_at_end.update({k: v.clone() for k, v in trained.store.corrector.state_dict().items()})
+        return trained
+
+    monkeypatch.setattr(harness, "train_arm", spying)
+    config = _config(toy_beir, tiny_st_path, tmp_path / "bf16", arms=("corrector",))
+    config.bf16, config.keep_embeddings = True, True
+    result = run_experiment(config)["arms"]["corrector"]["0"]
+    assert seen == {"bf16_encodes": True, "trainer_bf16": True}
+    assert result["precision"] == "bfloat16"
+    assert json.loads((tmp_path / "bf16" / "zero_shot.json").read_text())["precision"] == "bfloat16"
+    kept = tmp_path / "bf16" / "embeddings" / "corrector__seed0"
+    documents, queries = np.load(kept / "documents.npy"), np.load(kept / "queries.npy")
+    assert (
+        documents.dtype == np.float16
+        and documents.shape[0] == json.loads((tmp_path / "bf16" / "zero_shot.json").read_text())["corpus_size"]
+    )
+    assert queries.shape == (12, documents.shape[1])
+    saved = Corrector.load(kept / "corrector").state_dict()
+    for key, value in corrector_at_end.items():  # the arm's corrector as training left it
+        assert torch.equal(saved[key], value), key
+    # A float32 run into the same folder is another comparison: refused, naming the setting.
+    config.bf16 = False
+    with pytest.raises(ValueError, match="bf16: True there, False now"):
+        run_experiment(config)
+    # Without --bf16 every encode and step stays float32, as the recorded float32 runs were.
+    config.output = str(tmp_path / "fp32")
+    assert run_experiment(config)["arms"]["corrector"]["0"]["precision"] == "float32"
+    assert seen == {"bf16_encodes": False, "trainer_bf16": False}
+
+
+def test_a_setting_missing_from_an_older_folder_counts_as_its_default(toy_beir, tiny_st_path, tmp_path):
+    config = _config(toy_beir, tiny_st_path, tmp_path / "old", arms=("inbatch",))
+    run_experiment(config)
+    saved = json.loads((tmp_path / "old" / "config.json").read_text())
+    del saved["bf16"], saved["corpus_size"]  # a folder written before these settings existed
+    (tmp_path / "old" / "config.json").write_text(json.dumps(saved))
+    check_resumable(config)  # the defaults: resumable
+    config.bf16 = True
+    with pytest.raises(ValueError, match="bf16: False there, True now"):
+        check_resumable(config)
+
+
+def test_corpus_size_keeps_the_judged_documents_and_nests(toy_beir, tiny_st_path, tmp_path):
+    config = _config(toy_beir, tiny_st_path, tmp_path / "x", arms=("inbatch",))
+    full, _, train_qrels, _, eval_qrels = harness.load_data(config)
+    judged = {d for qrels in (train_qrels, eval_qrels) for j in qrels.values() for d, g in j.items() if g > 0}
+    subsets = []
+    for size in (len(judged) + 5, len(judged) + 20):
+        config.corpus_size = size
+        corpus = harness.load_data(config)[0]
+        assert len(corpus) == size and judged <= set(corpus) and list(corpus) == [d for d in full if d in corpus]
+        subsets.append(set(corpus))
+    assert subsets[0] < subsets[1]
