@@ -571,6 +571,7 @@ def test_rerank_candidates_train_the_corrector_once_each(setup, candidates):
         negatives="rerank",
         rerank_depth=5,
         rerank_candidates=candidates,
+        bf16_encodes=False,  # float32 encodes, compared exactly below (bfloat16: tests/test_precision.py)
     )
     observed = []
     original = loss.corrector_trainer.observe
@@ -661,6 +662,7 @@ def test_corrector_with_a_rare_refresh(setup, after):
         refresh_every=2,
         corrector_after_refresh=after,
         corrector_lr=1e-2,
+        bf16_encodes=False,  # the re-encoded cache is compared exactly with a float32 encode below
     )
     model.train()
     with torch.no_grad():  # move the encoder so that the refreshed cache differs from the initial one
