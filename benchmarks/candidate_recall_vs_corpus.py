@@ -123,7 +123,7 @@ def plot(results: dict, depths: list[int], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     sizes = [entry["documents"] for entry in results["sizes"]]
-    figure, axis = plt.subplots(figsize=(6.4, 4.2))
+    figure, axis = plt.subplots(figsize=(8.4, 4.4))
     for L, color in zip(depths, plt.rcParams["axes.prop_cycle"].by_key()["color"]):
         for source, style in (("stale", "--"), ("corrected", "-")):
             values = [entry["by_depth"][str(L)][source] for entry in results["sizes"]]
@@ -131,9 +131,9 @@ def plot(results: dict, depths: list[int], path: Path) -> None:
     axis.set_xscale("log")
     axis.set_xlabel("documents in the corpus (nested subsets)")
     axis.set_ylabel("share of queries whose fresh hardest negative is inside")
-    axis.set_title(f"Candidates from the stale vs the corrected cache ({results['arm']} arm's end state)")
+    axis.set_title(f"Stale vs corrected candidates ({results['arm']} arm's end state)")
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=8, ncol=2)
+    axis.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     figure.tight_layout()
     figure.savefig(path, dpi=120)
 
