@@ -427,3 +427,20 @@ def test_corpus_size_keeps_the_judged_documents_and_nests(toy_beir, tiny_st_path
         assert len(corpus) == size and judged <= set(corpus) and list(corpus) == [d for d in full if d in corpus]
         subsets.append(set(corpus))
     assert subsets[0] < subsets[1]
+
+
+def test_demo_bf16_flag_reaches_the_experiment_config(monkeypatch, tmp_path):
+    """``demo --bf16`` runs the demo's comparison with the harness's bf16 setting (and without it, float32)."""
+    from haystack_corrector.experiments import demo
+
+    configs = []
+
+    def capture(config):
+        configs.append(config)
+        raise SystemExit(0)  # stop before any work: only the config is under test
+
+    monkeypatch.setattr(demo, "run_experiment", capture)
+    for flags in (["--bf16"], []):
+        with pytest.raises(SystemExit):
+            main(["demo", "--output", str(tmp_path / "d"), *flags])
+    assert [c.bf16 for c in configs] == [True, False]
