@@ -205,20 +205,13 @@ def parameter_groups(loss: Any, lr: float, reader_lr: float | None) -> list[dict
     return [{"params": retriever, "lr": lr}, {"params": reader, "lr": lr if reader_lr is None else reader_lr}]
 
 
-def training_precision(config: LatentConfig) -> str:
-    """``"bfloat16"`` when ``config.bf16`` asks for it and the device has bfloat16 units, else ``"float32"``."""
-    from haystack_corrector.experiments.harness import training_precision as precision
-
-    return precision(config.bf16)
-
-
 def run_arm(arm: str, seed: int, task: Task, config: LatentConfig, initial: Path, model_path: str) -> dict[str, Any]:
-    from haystack_corrector.experiments.harness import load_model
+    from haystack_corrector.experiments.harness import load_model, training_precision
     from haystack_corrector.sentence_transformers import _compat
     from haystack_corrector.sentence_transformers.latent_retrieval_loss import CrossEncoderReader, LatentRetrievalLoss
 
     kind, every = parse_latent_arm(arm)
-    precision = training_precision(config)
+    precision = training_precision(config.bf16)
     torch.manual_seed(seed)
     model = load_model(model_path, config.max_seq_length)
     reader = CrossEncoderReader(model_path, num_labels=len(LABELS), max_length=config.reader_max_length)
