@@ -81,6 +81,7 @@ def test_two_step_two_arm_smoke_run_and_resume(toy_beir, tiny_st_path, tmp_path,
     assert run["steps"] == 2 and run["corpus_encodes"] == 0 and run["target_forward_passes"] == 2 * 4 * 3
     assert set(run["metrics"]) == {"ndcg@10", "recall@100", "mrr@10"}
     assert len(run["per_query"]) == 12 and run["drift_history"]
+    assert run["train_cpu_seconds"] > 0 and run["eval_cpu_seconds"] > 0  # what a paused or shared machine leaves honest
     assert "corrector" in (output / "results.md").read_text() and "95% interval" in (output / "results.md").read_text()
     assert results["zero_shot"]["metrics"]["ndcg@10"] == saved["zero_shot"]["metrics"]["ndcg@10"]
 

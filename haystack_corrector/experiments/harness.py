@@ -227,6 +227,7 @@ class TrainedArm:
     loss: Any
     trainer: Any
     train_seconds: float
+    train_cpu_seconds: float  # process CPU time (all threads): unaffected by a pause, little by a busy machine
 
 
 def train_arm(
@@ -310,9 +311,11 @@ def train_arm(
 
         trainer.remove_callback(PrinterCallback)  # the per-step dicts go to the arm's log file, not the console
     logger.info("Training arm %s, seed %d", arm.name, seed)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     trainer.train()
-    return TrainedArm(model, store, loss, trainer, time.perf_counter() - start)
+    return TrainedArm(
+        model, store, loss, trainer, time.perf_counter() - start, time.process_time() - cpu_start
+    )
 
 
 def fidelity_of(
@@ -346,7 +349,7 @@ def run_arm(config: ExperimentConfig, arm: Arm, seed: int, prepared: Prepared) -
     path.parent.mkdir(parents=True, exist_ok=True)
     trained = train_arm(config, arm, seed, prepared)
     model, store, loss = trained.model, trained.store, trained.loss
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     progress.info("%s seed %d: trained in %.0f s; evaluating", arm.name, seed, trained.train_seconds)
     with _encodes(model, config.bf16):
         fresh_docs = encode(
@@ -360,7 +363,7 @@ def run_arm(config: ExperimentConfig, arm: Arm, seed: int, prepared: Prepared) -
             config.verbose,
         )
     means, per_query, fresh_rows = evaluate_rankings(fresh_docs, queries, prepared, store.similarity)
-    eval_seconds = time.perf_counter() - start
+    eval_seconds, eval_cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     if config.keep_embeddings:
         keep_embeddings(embeddings_path(config, arm, seed), fresh_docs, queries, store)
     history = [
@@ -377,6 +380,9 @@ def run_arm(config: ExperimentConfig, arm: Arm, seed: int, prepared: Prepared) -
         "precision": training_precision(config.bf16),
         "train_seconds": trained.train_seconds,
         "eval_seconds": eval_seconds,
+        # CPU seconds of all this process's threads: wall time is spoiled by a paused or shared machine, these less so.
+        "train_cpu_seconds": trained.train_cpu_seconds,
+        "eval_cpu_seconds": eval_cpu_seconds,
         **loss.costs.as_dict(),  # corpus_encodes, target_forward_passes
         "drift_history": history,
         # Fidelity at the end of training, for free: the arm's cache (stale and corrected) vs the fresh encode.
