@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,36 +33,42 @@ def with_config_checksum(config: dict[str, Any]) -> dict[str, Any]:
     return {**config, CONFIG_CHECKSUM_KEY: digest}
 
 
-def check_config_checksum(config: dict[str, Any], path: Any, keys: Iterable[str]) -> dict[str, Any]:
-    """The config without its checksum; ``ValueError`` naming ``path`` if it was changed.
+class MissingChecksumError(ValueError):
+    """A saved file without the checksum that every save of this version writes (an old save, or one edited)."""
 
-    ``keys`` are the keys a config of this kind may hold: an unknown key is damage too (a flipped bit in the
-    checksum's own key would otherwise pass for an older save without a checksum).
+
+def check_config_checksum(
+    config: dict[str, Any], path: Any, keys: Iterable[str], *, accept_missing_checksums: bool = False
+) -> dict[str, Any]:
+    """The config without its checksum; ``ValueError`` naming ``path`` if it was changed or has no checksum.
+
+    ``keys`` are the keys a config of this kind may hold: an unknown key is damage too. A config without its
+    checksum (saves of 0.1) loads only with ``accept_missing_checksums=True``. The checksum catches accidental damage
+    (a flipped bit, a truncated copy, a hand edit); anyone can recompute it, so it does not prove who wrote the file.
     """
     unknown = sorted(set(config) - set(keys) - {CONFIG_CHECKSUM_KEY})
     if unknown:
         raise ValueError(f"{path} is corrupted: unexpected key {unknown[0]!r}")
     config = dict(config)
     saved = config.pop(CONFIG_CHECKSUM_KEY, None)
-    if saved is not None and with_config_checksum(config)[CONFIG_CHECKSUM_KEY] != saved:
+    if saved is None:
+        if not accept_missing_checksums:
+            raise MissingChecksumError(
+                f"{path} has no {CONFIG_CHECKSUM_KEY}: every save of this version writes one, so it is an old save "
+                "or it was edited. Load it with accept_missing_checksums=True if you trust it"
+            )
+    elif with_config_checksum(config)[CONFIG_CHECKSUM_KEY] != saved:
         raise ValueError(f"{path} is corrupted: its content does not match the checksum saved in it")
     return config
 
 
-def read_config(path: Any, kind: str, keys: Iterable[str], what: str) -> dict[str, Any]:
-    """A saved config file of ``kind`` (its ``format``), checked against its own checksum and allowed ``keys``."""
-    config = read_json(path, what)
+def check_saved_config(
+    config: Any, path: Any, kind: str, keys: Iterable[str], what: str, *, accept_missing_checksums: bool = False
+) -> dict[str, Any]:
+    """A parsed saved config of ``kind`` (its ``format``), checked against its own checksum and allowed ``keys``."""
     if not isinstance(config, dict) or config.get("format") != kind:
         raise ValueError(f"{path} is not a haystack-corrector {what}")
-    return check_config_checksum(config, path, keys)
-
-
-def read_json(path: Any, what: str) -> Any:
-    """Parse a JSON file of a save; any damage becomes a ``ValueError`` that names the file."""
-    try:
-        return json.loads(Path(path).read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"Corrupted {what} {path}: {exc}") from exc
+    return check_config_checksum(config, path, keys, accept_missing_checksums=accept_missing_checksums)
 
 
 def describe(value: Any) -> str:
@@ -115,6 +120,28 @@ def check_finite(tensor: torch.Tensor, name: str) -> None:
     if tensor.numel() and not bool(torch.isfinite(tensor).all()):
         bad = (~torch.isfinite(tensor)).nonzero()[0].tolist()
         raise ValueError(f"{name} contains NaN or inf (first at position {tuple(bad)})")
+
+
+def check_rows_scorable(rows: torch.Tensor, name: str, *, offset: int = 0, norms: bool = True) -> None:
+    """Refuse rows with NaN/inf values, or (``norms``) whose squared norm overflows float32: neither can be scored.
+
+    Cosine and dot scores are computed in float32; a row of finite values above ~1.8e19 overflows its norm and would
+    score 0 or inf. ``offset`` is the block's first row, for the message.
+    """
+    if not rows.numel():
+        return
+    finite = torch.isfinite(rows).all(dim=-1)
+    if not bool(finite.all()):
+        bad = int((~finite).nonzero()[0, 0])
+        raise ValueError(f"{name}: row {offset + bad} holds NaN or inf; embeddings are finite, so this data is damaged")
+    if norms and rows.dtype in (torch.float32, torch.float64):
+        squared = rows.float().square().sum(dim=-1)
+        if not bool(torch.isfinite(squared).all()):
+            bad = int((~torch.isfinite(squared)).nonzero()[0, 0])
+            raise ValueError(
+                f"{name}: row {offset + bad} has values up to {float(rows[bad].abs().max()):.3g}, too large to score "
+                "in float32 (its squared norm overflows); are they embeddings?"
+            )
 
 
 def check_squared_norms_finite(tensor: torch.Tensor, name: str) -> None:

@@ -31,6 +31,7 @@ from haystack_corrector._validation import (
     check_finite,
     check_int,
     check_positive_int,
+    check_rows_scorable,
 )
 from haystack_corrector.cache_rows import CacheRows, DefaultIds, read_rows
 from haystack_corrector.corrected_view import CorrectedView, CorrectedViewMixin
@@ -38,7 +39,7 @@ from haystack_corrector.corrector import CORRECTOR_CHUNK_ROWS, Corrector
 from haystack_corrector.persistence import DTYPES
 from haystack_corrector.precision import float32
 from haystack_corrector.scoring import SIMILARITIES, normalize_rows
-from haystack_corrector.search import blocked_topk, candidate_topk
+from haystack_corrector.search import NonFiniteScoresError, blocked_topk, candidate_topk
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ class CorrectedCacheStore(CacheRows, CorrectedViewMixin, persistence.StorePersis
         self.block_size = check_positive_int(block_size, "block_size")
         matrix = as_float_matrix(embeddings, "embeddings")
         storage = matrix.to(DTYPES[self.dtype]).cpu().contiguous()
-        check_finite(storage, f"embeddings (after conversion to {self.dtype})")
+        _check_scorable(storage, f"embeddings (after conversion to {self.dtype})", self.block_size)
         side = None
         if side_features is not None:
             side = as_float_matrix(side_features, "side_features").to(torch.float16).cpu().contiguous()
@@ -230,7 +231,7 @@ class CorrectedCacheStore(CacheRows, CorrectedViewMixin, persistence.StorePersis
         if matrix.shape[0] != self._num_rows:
             raise ValueError(f"embeddings has {matrix.shape[0]} rows but the cache has {self._num_rows}")
         storage = matrix.to(DTYPES[self.dtype]).cpu().contiguous()
-        check_finite(storage, f"embeddings (after conversion to {self.dtype})")
+        _check_scorable(storage, f"embeddings (after conversion to {self.dtype})", self.block_size)
         self._storage = storage
         self._corrected_view = None
         if self.pool is not None:
@@ -322,6 +323,7 @@ class CorrectedCacheStore(CacheRows, CorrectedViewMixin, persistence.StorePersis
             ``(scores, indices)``: (B, top_k) float32 scores and int64 row indices on CPU, best first.
         """
         queries = as_float_matrix(query_embeddings, "query_embeddings", dim=self._dim)
+        check_rows_scorable(queries, "query_embeddings")
         top_k = check_positive_int(top_k, "top_k")
         excluded = as_row_sets(exclude, "exclude", num_queries=queries.shape[0], num_rows=self._num_rows)
         available = self._num_rows - max((len(rows) for rows in excluded), default=0)
@@ -330,20 +332,44 @@ class CorrectedCacheStore(CacheRows, CorrectedViewMixin, persistence.StorePersis
                 f"top_k={top_k} is larger than the number of rows left to return ({available} of {self._num_rows} "
                 f"after exclusions)"
             )
-        with float32():  # float32 scores (and the corrector) even inside a caller's autocast region
-            if pool_size is not None:
-                from haystack_corrector.faiss_pool import pool_search
+        try:
+            with float32():  # float32 scores (and the corrector) even inside a caller's autocast region
+                return self._search_any(
+                    queries, top_k, excluded, corrected, pool_size, max_view_age, scan_dtype, view_rescore_depth
+                )
+        except NonFiniteScoresError:
+            if corrected:
+                raise
+            raise ValueError(
+                "The stale cache's rows produced non-finite scores (corrected=False, so not the corrector): its rows "
+                "hold NaN/inf or values too large for float32, e.g. a memory-mapped file changed after it was "
+                "loaded. Load it with verify=True to find the row"
+            ) from None
 
-                return pool_search(self, queries, top_k, excluded, pool_size, corrected)
-            return self._search(
-                queries,
-                top_k,
-                excluded,
-                corrected,
-                max_view_age=max_view_age,
-                scan_dtype=scan_dtype,
-                view_rescore_depth=view_rescore_depth,
-            )
+    def _search_any(
+        self,
+        queries: torch.Tensor,
+        top_k: int,
+        excluded: list[set[int]],
+        corrected: bool,
+        pool_size: int | None,
+        max_view_age: int | None,
+        scan_dtype: Any,
+        view_rescore_depth: int | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if pool_size is not None:
+            from haystack_corrector.faiss_pool import pool_search
+
+            return pool_search(self, queries, top_k, excluded, pool_size, corrected)
+        return self._search(
+            queries,
+            top_k,
+            excluded,
+            corrected,
+            max_view_age=max_view_age,
+            scan_dtype=scan_dtype,
+            view_rescore_depth=view_rescore_depth,
+        )
 
     @torch.no_grad()
     def _search(
@@ -400,3 +426,9 @@ class CorrectedCacheStore(CacheRows, CorrectedViewMixin, persistence.StorePersis
             normalize=normalize,
             partial=partial,
         )
+
+
+def _check_scorable(storage: torch.Tensor, name: str, block_size: int) -> None:
+    """Every row finite and scorable in float32 (:func:`check_rows_scorable`), checked block by block."""
+    for start in range(0, storage.shape[0], block_size):
+        check_rows_scorable(storage[start : start + block_size], name, offset=start)

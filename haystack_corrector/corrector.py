@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 from pathlib import Path
@@ -11,23 +9,18 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from haystack_corrector._atomic import atomic_directory, step
-from haystack_corrector._validation import (
-    check_non_negative_int,
-    check_positive_int,
-    describe,
-    read_config,
-    with_config_checksum,
+from haystack_corrector._atomic import atomic_directory
+from haystack_corrector._validation import check_non_negative_int, check_positive_int, describe
+from haystack_corrector.corrector_persistence import (
+    CONFIG_FILE,
+    FORMAT,
+    LAYOUT,
+    read_corrector,
+    write_corrector,
 )
-
-CONFIG_FILE = "corrector_config.json"
-WEIGHTS_FILE = "corrector.safetensors"
-_FORMAT = "haystack-corrector/corrector"
-_FORMAT_VERSION = 1
-OWNED_FILES = frozenset({CONFIG_FILE, WEIGHTS_FILE})
+from haystack_corrector.saved_folder import read_one_generation
 
 # Rows per corrector call when a store corrects a block (and materialises its view). A block of 65,536 rows makes
 # hidden activations of ~200 MB that glibc allocates with fresh mmaps (page faults on every call); 8,192 rows keep
@@ -191,93 +184,33 @@ class Corrector(nn.Module):
         }
 
     def save(self, path: str | os.PathLike[str], overwrite: bool = False) -> None:
-        """Write ``corrector_config.json`` and ``corrector.safetensors`` into the directory ``path``, atomically.
+        """Write ``corrector_config.json`` and ``corrector.safetensors`` into the folder ``path``, atomically.
 
         ``path`` may be new, empty, or a previous corrector save. A folder holding anything else is refused
-        (:class:`FileExistsError`) unless ``overwrite=True``, which replaces only the two files and keeps the rest.
+        (:class:`FileExistsError`) unless ``overwrite=True``, which replaces only the two files and keeps the rest
+        (the rules: :mod:`haystack_corrector._atomic`).
         """
-        with atomic_directory(
-            path, kind=_FORMAT, config_file=CONFIG_FILE, owned=OWNED_FILES, overwrite=overwrite
-        ) as tmp:
+        with atomic_directory(path, kind=FORMAT, config_file=CONFIG_FILE, layout=LAYOUT, overwrite=overwrite) as tmp:
             self.save_to(tmp)
 
     def save_to(self, directory: Path) -> None:
-        """Write the two files into an existing directory (no atomicity; used inside other atomic saves)."""
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": _FORMAT})
-        step(f"wrote {WEIGHTS_FILE}")
-        config = with_config_checksum(
-            {
-                "format": _FORMAT,
-                "format_version": _FORMAT_VERSION,
-                **self.get_config_dict(),
-                "weights_sha256": hashlib.sha256((directory / WEIGHTS_FILE).read_bytes()).hexdigest(),
-            }
-        )
-        (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2))
-        step(f"wrote {CONFIG_FILE}")
+        """Write the two files into an existing folder (no atomicity; used inside other atomic saves)."""
+        write_corrector(self, directory)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Corrector:
-        """Load a corrector saved with :meth:`save` (a directory, or a store directory that contains one)."""
-        from haystack_corrector._atomic import resolve_saved_directory
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        map_location: str | torch.device = "cpu",
+        accept_missing_checksums: bool = False,
+    ) -> Corrector:
+        """Load a corrector saved with :meth:`save` (its folder, or a store folder that contains one).
 
-        directory = resolve_saved_directory(path)
-        config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
-        if not config_path.is_file() or not weights_path.is_file():
-            raise FileNotFoundError(
-                f"{directory} is not a saved Corrector: expected {CONFIG_FILE} and {WEIGHTS_FILE} in it"
-            )
-        keys = (
-            "format",
-            "format_version",
-            "dim",
-            "hidden_dim",
-            "num_layers",
-            "normalize",
-            "side_dim",
-            "weights_sha256",
-        )
-        config = read_config(config_path, _FORMAT, keys, "corrector config")
-        if not isinstance(config.get("format_version", 0), int) or config.get("format_version", 0) > _FORMAT_VERSION:
-            raise ValueError(
-                f"{config_path} was written by a newer haystack-corrector (format {config['format_version']}); upgrade"
-            )
-        try:
-            corrector = cls(
-                dim=config["dim"],
-                hidden_dim=config["hidden_dim"],
-                num_layers=config["num_layers"],
-                normalize=config["normalize"],
-                side_dim=config.get("side_dim", 0),  # saves before side features had none
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"Corrupted corrector config {config_path}: {exc}") from exc
-        checksum = config.get("weights_sha256")  # absent in saves of 0.1 and earlier
-        if checksum is not None and hashlib.sha256(weights_path.read_bytes()).hexdigest() != checksum:
-            raise ValueError(
-                f"Corrupted corrector weights {weights_path}: its SHA-256 checksum does not match {config_path}"
-            )
-        try:
-            state = load_file(str(weights_path), device=str(map_location))
-        except Exception as exc:  # safetensors raises its own error types for truncated/corrupted headers
-            raise ValueError(f"Corrupted corrector weights {weights_path}: {exc}") from exc
-        expected = corrector.state_dict()
-        if corrector.side_dim and not {"side_shift", "side_scale"} & set(state):
-            # Saved before side features were standardised: those correctors read the raw features.
-            state = {**state, "side_shift": expected["side_shift"], "side_scale": expected["side_scale"]}
-        if set(state) != set(expected):
-            raise ValueError(f"{weights_path} holds tensors {sorted(state)}, expected {sorted(expected)}")
-        for key, tensor in state.items():
-            if tensor.shape != expected[key].shape or tensor.dtype != expected[key].dtype:
-                raise ValueError(
-                    f"{weights_path}: tensor {key!r} has shape {tuple(tensor.shape)} and dtype {tensor.dtype}, "
-                    f"config says {tuple(expected[key].shape)} and {expected[key].dtype}"
-                )
-            if not bool(torch.isfinite(tensor).all()):
-                raise ValueError(f"{weights_path}: tensor {key!r} holds NaN or inf")
-        corrector.load_state_dict(state)
-        return corrector.to(map_location)
+        Every file is checked (:mod:`haystack_corrector.corrector_persistence`): shapes against the weights file
+        before anything is allocated, SHA-256 checksums, finite weights. Checksums catch accidental damage, not a
+        deliberate edit. ``accept_missing_checksums=True`` loads a save of 0.1, written before checksums.
+        """
+        return read_one_generation(path, lambda folder: read_corrector(folder, map_location, accept_missing_checksums))
 
     def extra_repr(self) -> str:
         side = f", side_dim={self.side_dim}" if self.side_dim else ""

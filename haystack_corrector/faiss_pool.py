@@ -98,6 +98,18 @@ class FaissPool:
     def load(self, path: str | os.PathLike[str]) -> None:
         self.index = _faiss().read_index(str(path))
 
+    def load_bytes(self, data: bytes, file: os.PathLike[str], *, num_rows: int, dim: int) -> None:
+        """Read a serialised index (trusted input: FAISS's reader parses it) and check it fits its store."""
+        try:
+            index = _faiss().deserialize_index(np.frombuffer(data, dtype=np.uint8))
+        except Exception as exc:  # faiss raises RuntimeError with its C++ message
+            raise ValueError(f"{file} is not a FAISS index FAISS can read: {str(exc).splitlines()[0]}") from exc
+        if index.ntotal != num_rows or index.d != dim:
+            raise ValueError(
+                f"{file} indexes {index.ntotal} vectors of dimension {index.d}; its store has {num_rows} of {dim}"
+            )
+        self.index = index
+
 
 @torch.no_grad()
 def pool_search(

@@ -1,9 +1,16 @@
 """Saving and loading a cache store: plain ``.npy``, JSON and safetensors files, each one checked on load.
 
 A saved store is a folder: ``embeddings.npy`` (the stale cache, memory-mappable), ``ids.json``, ``texts.json``
-(optional), ``corrector/`` (a :class:`Corrector` save), ``index.faiss`` (optional pool) and ``store_config.json``,
-which records every file's size and SHA-256 and carries a checksum of its own. Nothing is ever unpickled. Saves
-follow the rule of :mod:`haystack_corrector._atomic`: atomic, and never deleting a file they did not write.
+(optional), ``side_features.npy`` (optional), ``corrector/`` (a :class:`Corrector` save), ``index.faiss`` (optional
+pool) and ``store_config.json``, which records every file's size and SHA-256 and carries a checksum of its own.
+
+- **Saves** follow :mod:`haystack_corrector._atomic`: atomic, serialised across processes, and never deleting,
+  moving or rewriting an entry they did not write. Rows are checked (finite, scorable) as they are written.
+- **Loads** read one generation (:mod:`haystack_corrector.saved_folder`): a save landing mid-load never mixes two.
+- **Trusted input.** Nothing is unpickled, and every size is checked against the bytes on disk before anything is
+  allocated. Checksums (required) catch accidental damage — a flipped bit, a truncated copy, a hand edit — but
+  anyone can recompute them: they do not authenticate a file. ``index.faiss`` is parsed by FAISS's own reader once
+  its checksum matches; load pool indexes only from stores you trust.
 """
 
 from __future__ import annotations
@@ -13,22 +20,23 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
 
-from haystack_corrector._atomic import atomic_directory, check_save_target, resolve_saved_directory, step
+from haystack_corrector import corrector_persistence
+from haystack_corrector._atomic import atomic_directory, check_save_target, step
 from haystack_corrector._validation import (
     check_choice,
     check_positive_int,
-    describe,
-    read_config,
-    read_json,
+    check_rows_scorable,
+    check_saved_config,
     with_config_checksum,
 )
 from haystack_corrector.cache_rows import DefaultIds
 from haystack_corrector.corrector import Corrector
+from haystack_corrector.saved_folder import SavedFolder, parse_json, read_npy, read_one_generation, sha256_of
 from haystack_corrector.scoring import SIMILARITIES
 
 if TYPE_CHECKING:
@@ -45,7 +53,17 @@ CONFIG_FILE = "store_config.json"
 CORRECTOR_DIR = "corrector"
 INDEX_FILE = "index.faiss"
 SIDE_FILE = "side_features.npy"
-OWNED_FILES = frozenset({EMBEDDINGS_FILE, IDS_FILE, TEXTS_FILE, CONFIG_FILE, CORRECTOR_DIR, INDEX_FILE, SIDE_FILE})
+LAYOUT: dict[str, frozenset[str] | None] = {
+    EMBEDDINGS_FILE: None,
+    IDS_FILE: None,
+    TEXTS_FILE: None,
+    CONFIG_FILE: None,
+    CORRECTOR_DIR: corrector_persistence.FILES,
+    INDEX_FILE: None,
+    SIDE_FILE: None,
+}
+_CONFIG_KEYS = ("format", "format_version", "num_rows", "dim", "dtype", "similarity", "block_size", "pool", "files")
+_CHUNK = 1 << 24
 
 
 class SavedStore(NamedTuple):
@@ -59,29 +77,21 @@ class SavedStore(NamedTuple):
     dtype: str
     block_size: int
     texts: list[str] | None
-    pool: dict[str, Any] | None
+    pool: Any
     side: torch.Tensor | np.ndarray | None
 
 
-def sha256_of(path: Path, chunk: int = 1 << 24) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def save_store(store: CorrectedCacheStore, path: str | os.PathLike[str], overwrite: bool = False) -> None:
-    """Write ``store`` into the directory ``path`` atomically (the save rule of :mod:`haystack_corrector._atomic`)."""
-    with atomic_directory(path, kind=FORMAT, config_file=CONFIG_FILE, owned=OWNED_FILES, overwrite=overwrite) as tmp:
-        _write_rows(store, store._storage, tmp / EMBEDDINGS_FILE, NUMPY_DTYPES[store.dtype])
+    """Write ``store`` into the folder ``path`` atomically (the save rule of :mod:`haystack_corrector._atomic`)."""
+    with atomic_directory(path, kind=FORMAT, config_file=CONFIG_FILE, layout=LAYOUT, overwrite=overwrite) as tmp:
+        _write_rows(store, store._storage, tmp / EMBEDDINGS_FILE, NUMPY_DTYPES[store.dtype], "embeddings")
         step(f"wrote {EMBEDDINGS_FILE}")
         # Default ids are saved as null: a million "0".."N-1" strings would cost memory on every load.
         (tmp / IDS_FILE).write_text(json.dumps(None if isinstance(store.ids, DefaultIds) else list(store.ids)))
         step(f"wrote {IDS_FILE}")
         saved = [EMBEDDINGS_FILE, IDS_FILE]
         if store._side is not None:
-            _write_rows(store, store._side, tmp / SIDE_FILE, np.float16)
+            _write_rows(store, store._side, tmp / SIDE_FILE, np.float16, "side features")
             step(f"wrote {SIDE_FILE}")
             saved.append(SIDE_FILE)
         if store.texts is not None:
@@ -94,14 +104,11 @@ def save_store(store: CorrectedCacheStore, path: str | os.PathLike[str], overwri
             saved.append(INDEX_FILE)
         (tmp / CORRECTOR_DIR).mkdir()
         store.corrector.save_to(tmp / CORRECTOR_DIR)
-        files = {
-            name: {"size": (tmp / name).stat().st_size, "sha256": sha256_of(tmp / name)}
-            for name in (
-                *saved,
-                f"{CORRECTOR_DIR}/corrector.safetensors",
-                f"{CORRECTOR_DIR}/corrector_config.json",
-            )
-        }
+        saved += [f"{CORRECTOR_DIR}/{name}" for name in sorted(corrector_persistence.FILES)]
+        files = {}
+        for name in saved:
+            with open(tmp / name, "rb") as handle:
+                files[name] = {"size": os.fstat(handle.fileno()).st_size, "sha256": sha256_of(handle)}
         config = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -117,101 +124,145 @@ def save_store(store: CorrectedCacheStore, path: str | os.PathLike[str], overwri
         step(f"wrote {CONFIG_FILE}")
 
 
-def _write_rows(store: CorrectedCacheStore, storage: Any, path: Path, dtype: Any) -> None:
-    """Copy row storage block by block into a ``.npy`` file, in its own dtype (no float32 round trip)."""
+def _write_rows(store: CorrectedCacheStore, storage: Any, path: Path, dtype: Any, what: str) -> None:
+    """Copy row storage block by block into a ``.npy`` file, in its own dtype, refusing rows that cannot be scored."""
     out = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=tuple(int(n) for n in storage.shape))
     for start, end in store._blocks():
         block = storage[start:end]
-        out[start:end] = block.numpy() if isinstance(block, torch.Tensor) else block
+        block = block if isinstance(block, torch.Tensor) else torch.from_numpy(np.asarray(block))
+        check_rows_scorable(block, f"The store's {what} (not saved)", offset=start, norms=what == "embeddings")
+        out[start:end] = block.numpy()
     out.flush()
     del out
 
 
 def check_save_path(path: str | os.PathLike[str], overwrite: bool = False) -> None:
     """Raise the error :func:`save_store` would raise for ``path``, before any expensive work."""
-    check_save_target(path, kind=FORMAT, config_file=CONFIG_FILE, owned=OWNED_FILES, overwrite=overwrite)
+    check_save_target(path, kind=FORMAT, config_file=CONFIG_FILE, layout=LAYOUT, overwrite=overwrite)
 
 
-def read_store(path: str | os.PathLike[str], mmap: bool = True, verify: bool | None = None) -> SavedStore:
-    """Read and check every file of a saved store: the parts a :class:`CorrectedCacheStore` is built from."""
-    directory = resolve_saved_directory(path)
-    config_path = directory / CONFIG_FILE
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{directory} is not a saved CorrectedCacheStore: {CONFIG_FILE} is missing")
-    keys = ("format", "format_version", "num_rows", "dim", "dtype", "similarity", "block_size", "pool", "files")
-    config = read_config(config_path, FORMAT, keys, "store config")
+def read_store(
+    path: str | os.PathLike[str], mmap: bool = True, verify: bool | None = None, accept_missing_checksums: bool = False
+) -> SavedStore:
+    """Read and check every file of a saved store, all of one generation: the parts a store is built from."""
+    verify = (not mmap) if verify is None else verify
+    return read_one_generation(path, lambda folder: _read_store(folder, mmap, verify, accept_missing_checksums))
+
+
+def _read_store(folder: SavedFolder, mmap: bool, verify: bool, accept_missing_checksums: bool) -> SavedStore:
+    config_path = folder.file(CONFIG_FILE)
+    if not folder.exists(CONFIG_FILE):
+        raise FileNotFoundError(f"{folder.path} is not a saved CorrectedCacheStore: {CONFIG_FILE} is missing")
+    config = check_saved_config(
+        folder.read_json(CONFIG_FILE, "store config"),
+        config_path,
+        FORMAT,
+        _CONFIG_KEYS,
+        "store config",
+        accept_missing_checksums=accept_missing_checksums,
+    )
     if not isinstance(config.get("format_version", 0), int) or config.get("format_version", 0) > FORMAT_VERSION:
-        raise ValueError(f"{directory} was written by a newer haystack-corrector; upgrade to load it")
+        raise ValueError(f"{folder.path} was written by a newer haystack-corrector; upgrade to load it")
     try:
-        files = dict(config["files"])
-        for name, expected in files.items():
-            if not isinstance(name, str) or "/" in name.replace(f"{CORRECTOR_DIR}/", "", 1) or ".." in name:
-                raise ValueError(f"unexpected file name {name!r}")
-            int(expected["size"]), str(expected["sha256"])
-        num_rows, dim, dtype = int(config["num_rows"]), int(config["dim"]), str(config["dtype"])
+        files = _checked_file_list(config["files"])
+        num_rows = check_positive_int(config["num_rows"], "num_rows")
+        dim = check_positive_int(config["dim"], "dim")
+        dtype = check_choice(config["dtype"], "dtype", tuple(DTYPES))
         similarity = check_choice(config["similarity"], "similarity", SIMILARITIES)
         block_size = check_positive_int(config.get("block_size", 16384), "block_size")
-        check_choice(dtype, "dtype", tuple(DTYPES))
-    except (KeyError, TypeError, ValueError) as exc:
+        pool_config = config.get("pool")
+        if pool_config is not None and (not isinstance(pool_config, dict) or INDEX_FILE not in files):
+            raise ValueError(f"a pool config needs a dict and {INDEX_FILE} in the file list")
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise ValueError(f"Corrupted store config {config_path}: {exc}") from exc
-    for required in (EMBEDDINGS_FILE, IDS_FILE, f"{CORRECTOR_DIR}/corrector.safetensors"):
+    for required in (EMBEDDINGS_FILE, IDS_FILE, f"{CORRECTOR_DIR}/{corrector_persistence.WEIGHTS_FILE}"):
         if required not in files:
             raise ValueError(f"Corrupted store config {config_path}: it does not list {required}")
-    verify = (not mmap) if verify is None else verify
-    for name, expected in files.items():
-        file = directory / name
-        if not file.is_file():
-            raise FileNotFoundError(f"{directory} is incomplete: {name} is missing")
-        size = file.stat().st_size
-        if size != int(expected["size"]):
-            raise ValueError(f"{file} is truncated or corrupted: {size} bytes, expected {expected['size']}")
-        if (name != EMBEDDINGS_FILE or verify) and sha256_of(file) != expected["sha256"]:
-            raise ValueError(f"{file} is corrupted: its SHA-256 checksum does not match the one saved with it")
-    array = load_npy(directory / EMBEDDINGS_FILE, mmap)
-    if array.shape != (num_rows, dim) or array.dtype != NUMPY_DTYPES[dtype]:
+    # Small files: read once, size and checksum checked on the very bytes that are parsed.
+    small = {name: _checked_bytes(folder, name, files[name]) for name in files if not name.endswith(".npy")}
+    with folder.open(EMBEDDINGS_FILE) as handle:
+        _check_size(handle, folder.file(EMBEDDINGS_FILE), files[EMBEDDINGS_FILE])
+        if verify:
+            _check_sha(handle, folder.file(EMBEDDINGS_FILE), files[EMBEDDINGS_FILE])
+        array = read_npy(handle, folder.file(EMBEDDINGS_FILE), mmap, (np.dtype(NUMPY_DTYPES[dtype]),))
+    if array.shape != (num_rows, dim):
         raise ValueError(
-            f"{directory / EMBEDDINGS_FILE} holds {describe(array)}, but the config says shape "
-            f"({num_rows}, {dim}) and dtype {dtype}"
+            f"{folder.file(EMBEDDINGS_FILE)} holds shape {array.shape}, but the config says shape ({num_rows}, {dim})"
         )
-    ids = read_json(directory / IDS_FILE, "ids file")
-    if ids is not None and not isinstance(ids, list):
-        raise ValueError(f"Corrupted ids file {directory / IDS_FILE}: expected a list or null")
-    corrector = Corrector.load(directory / CORRECTOR_DIR)
-    storage: torch.Tensor | np.ndarray = array if mmap else torch.from_numpy(array)
-    side: torch.Tensor | np.ndarray | None = None
+    if verify:
+        _check_scorable_file(array, folder.file(EMBEDDINGS_FILE), norms=True)
+    side = None
     if SIDE_FILE in files:
-        side_array = load_npy(directory / SIDE_FILE, mmap)
-        if side_array.ndim != 2 or side_array.shape[0] != num_rows or side_array.dtype != np.float16:
-            raise ValueError(f"{directory / SIDE_FILE} holds {describe(side_array)}; expected ({num_rows}, s) float16")
-        side = side_array if mmap else torch.from_numpy(side_array)
-    texts = None
-    if (directory / TEXTS_FILE).is_file() and TEXTS_FILE in files:
-        texts = read_json(directory / TEXTS_FILE, "texts file")
-    return SavedStore(
-        directory, storage, ids, corrector, similarity, dtype, block_size, texts, config.get("pool"), side
-    )
+        with folder.open(SIDE_FILE) as handle:
+            _check_size(handle, folder.file(SIDE_FILE), files[SIDE_FILE])
+            _check_sha(handle, folder.file(SIDE_FILE), files[SIDE_FILE])
+            side = read_npy(handle, folder.file(SIDE_FILE), mmap, (np.dtype(np.float16),))
+        if side.ndim != 2 or side.shape[0] != num_rows:
+            raise ValueError(f"{folder.file(SIDE_FILE)} holds shape {side.shape}; expected ({num_rows}, s)")
+    ids = parse_json(small[IDS_FILE], folder.file(IDS_FILE), "ids file")
+    if ids is not None and not isinstance(ids, list):
+        raise ValueError(f"Corrupted ids file {folder.file(IDS_FILE)}: expected a list or null")
+    texts = parse_json(small[TEXTS_FILE], folder.file(TEXTS_FILE), "texts file") if TEXTS_FILE in small else None
+    with folder.sub(CORRECTOR_DIR) as inner:
+        corrector = corrector_persistence.read_corrector(inner, "cpu", accept_missing_checksums)
+    pool = None
+    if pool_config is not None:
+        pool = _read_pool(pool_config, small[INDEX_FILE], folder.file(INDEX_FILE), num_rows, dim, config_path)
+    storage: torch.Tensor | np.ndarray = array if mmap else torch.from_numpy(array)
+    side_storage = None if side is None else side if mmap else torch.from_numpy(side)
+    return SavedStore(folder.path, storage, ids, corrector, similarity, dtype, block_size, texts, pool, side_storage)
 
 
-def load_npy(file: Path, mmap: bool) -> np.ndarray:
-    """A ``.npy`` file whose header, size and dtype are checked first (never unpickled), memory-mapped or read."""
-    with open(file, "rb") as handle:
-        try:
-            version = np.lib.format.read_magic(handle)
-            if version == (1, 0):
-                shape, _, dtype = np.lib.format.read_array_header_1_0(handle)
-            elif version == (2, 0):
-                shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
-            else:
-                raise ValueError(f"unsupported .npy format version {version}")
-        except Exception as exc:  # numpy's header parser raises ValueError, SyntaxError or tokenize errors
-            raise ValueError(f"{file} is not a valid .npy file: {exc}") from exc
-        offset = handle.tell()
-    expected = offset + int(np.prod(shape)) * np.dtype(dtype).itemsize
-    if file.stat().st_size != expected:
-        raise ValueError(f"{file} is truncated or corrupted: {file.stat().st_size} bytes, expected {expected}")
-    if np.dtype(dtype).hasobject:
-        raise ValueError(f"{file} holds Python objects; refusing to load it")
-    return np.load(file, mmap_mode="r" if mmap else None, allow_pickle=False)
+def _checked_file_list(listed: Any) -> dict[str, dict[str, Any]]:
+    """The config's ``files``: every name one of ours, every size an int and every checksum a hex string."""
+    files = dict(listed)
+    allowed = {name for name, children in LAYOUT.items() if children is None}
+    allowed |= {f"{CORRECTOR_DIR}/{name}" for name in corrector_persistence.FILES}
+    for name, expected in files.items():
+        if name not in allowed or name == CONFIG_FILE:
+            raise ValueError(f"unexpected file name {name!r}")
+        if not isinstance(expected, dict) or not isinstance(expected.get("sha256"), str):
+            raise ValueError(f"{name}: no sha256")
+        check_positive_int(expected.get("size"), f"{name} size")
+    return files
+
+
+def _check_size(handle: IO[bytes], file: Path, expected: dict[str, Any]) -> None:
+    size = os.fstat(handle.fileno()).st_size
+    if size != expected["size"]:
+        raise ValueError(f"{file} is truncated or corrupted: {size} bytes, expected {expected['size']}")
+
+
+def _check_sha(handle: IO[bytes], file: Path, expected: dict[str, Any]) -> None:
+    if sha256_of(handle) != expected["sha256"]:
+        raise ValueError(f"{file} is corrupted: its SHA-256 checksum does not match the one saved with it")
+
+
+def _checked_bytes(folder: SavedFolder, name: str, expected: dict[str, Any]) -> bytes:
+    with folder.open(name) as handle:
+        _check_size(handle, folder.file(name), expected)
+        data = handle.read()
+    if hashlib.sha256(data).hexdigest() != expected["sha256"]:
+        raise ValueError(f"{folder.file(name)} is corrupted: its SHA-256 checksum does not match the one saved with it")
+    return data
+
+
+def _check_scorable_file(array: np.ndarray, file: Path, norms: bool) -> None:
+    rows = max(1, _CHUNK // max(1, array.shape[1] * array.itemsize))
+    for start in range(0, array.shape[0], rows):
+        block = torch.from_numpy(np.asarray(array[start : start + rows]))
+        check_rows_scorable(block, f"{file}", offset=start, norms=norms)
+
+
+def _read_pool(config: dict[str, Any], data: bytes, file: Path, num_rows: int, dim: int, config_path: Path) -> Any:
+    from haystack_corrector.faiss_pool import FaissPool
+
+    try:
+        pool = FaissPool(**config)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"Corrupted store config {config_path}: its pool config: {exc}") from exc
+    pool.load_bytes(data, file, num_rows=num_rows, dim=dim)
+    return pool
 
 
 def store_from_npy(
@@ -222,25 +273,33 @@ def store_from_npy(
     similarity: str,
     texts: Sequence[str] | None,
     block_size: int,
+    verify: bool = True,
 ) -> CorrectedCacheStore:
     """A store memory-mapping an existing (N, d) float16/float32 ``.npy`` file (:meth:`CorrectedCacheStore.from_npy`)."""
     file = Path(file)
     if not file.is_file():
         raise FileNotFoundError(f"{file} does not exist")
-    array = load_npy(file, mmap=True)
+    with open(file, "rb") as handle:
+        array = read_npy(handle, file, mmap=True, dtypes=(np.dtype(np.float16), np.dtype(np.float32)))
+    if array.ndim != 2 or 0 in array.shape:
+        raise ValueError(f"{file} must hold a non-empty 2-D float16 or float32 array, got shape {array.shape}")
+    if verify:
+        _check_scorable_file(array, file, norms=True)
     names = {np.dtype(np.float16): "float16", np.dtype(np.float32): "float32"}
-    if array.ndim != 2 or array.dtype not in names or 0 in array.shape:
-        raise ValueError(f"{file} must hold a non-empty 2-D float16 or float32 array, got {describe(array)}")
     store = cls._from_storage(array, ids, corrector, similarity, names[array.dtype], block_size)
     store.texts = texts  # type: ignore[assignment]
     return store
 
 
 def load_store(
-    cls: type[CorrectedCacheStore], path: str | os.PathLike[str], mmap: bool, verify: bool | None
+    cls: type[CorrectedCacheStore],
+    path: str | os.PathLike[str],
+    mmap: bool,
+    verify: bool | None,
+    accept_missing_checksums: bool = False,
 ) -> CorrectedCacheStore:
     """A store from a saved folder, every file checked (:meth:`CorrectedCacheStore.load`)."""
-    saved = read_store(path, mmap=mmap, verify=verify)
+    saved = read_store(path, mmap=mmap, verify=verify, accept_missing_checksums=accept_missing_checksums)
     try:
         store = cls._from_storage(
             saved.storage, saved.ids, saved.corrector, saved.similarity, saved.dtype, saved.block_size, saved.side
@@ -248,11 +307,7 @@ def load_store(
         store.texts = saved.texts  # type: ignore[assignment]
     except (TypeError, ValueError) as exc:
         raise ValueError(f"Corrupted store {saved.directory}: {exc}") from exc
-    if saved.pool:
-        from haystack_corrector.faiss_pool import FaissPool
-
-        store.pool = FaissPool(**saved.pool)
-        store.pool.load(saved.directory / INDEX_FILE)
+    store.pool = saved.pool
     return store
 
 
@@ -267,8 +322,11 @@ class StorePersistence:
 
         ``path`` may be new, empty, or a previous store save. A folder holding anything else is refused
         (:class:`FileExistsError`) unless ``overwrite=True``, which replaces only the store's own files
-        (``embeddings.npy``, ``ids.json``, ``texts.json``, ``store_config.json``, ``corrector/``, ``index.faiss``) and
-        keeps every other entry. A materialised view is a cache and is not saved.
+        (``embeddings.npy``, ``ids.json``, ``texts.json``, ``side_features.npy``, ``store_config.json``,
+        ``corrector/``, ``index.faiss``) and keeps every other entry where it is. A folder entry named like one of
+        these that a save did not write (a user's file, a symlink) is always refused. A symlink to a folder saves
+        into the real folder. Saves of one folder from several processes run one after the other (a lock).
+        A materialised view is a cache and is not saved.
         """
         save_store(self, path, overwrite=overwrite)
 
@@ -286,27 +344,42 @@ class StorePersistence:
         similarity: str = "cosine",
         texts: Sequence[str] | None = None,
         block_size: int = 16384,
+        verify: bool = True,
     ) -> CorrectedCacheStore:  # type: ignore[misc]
         """Memory-map an existing (N, d) float16/float32 ``.npy`` file of embeddings as the stale cache, without copying.
 
         For caches written by another pipeline (or by ``numpy.lib.format.open_memmap``); the storage dtype is the
         file's. The file must not change while the store uses it. :meth:`save` writes a regular store directory.
+        ``verify`` (default True) reads the file once to refuse NaN/inf rows and rows too large to score in float32
+        (``ValueError`` naming the file and the row); ``verify=False`` skips that read for a file you trust.
         """
-        return store_from_npy(cls, file, ids, corrector, similarity, texts, block_size)  # type: ignore[arg-type]
+        return store_from_npy(cls, file, ids, corrector, similarity, texts, block_size, verify)  # type: ignore[arg-type]
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], mmap: bool = True, verify: bool | None = None) -> CorrectedCacheStore:
-        """Load a store saved with :meth:`save`.
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        mmap: bool = True,
+        verify: bool | None = None,
+        accept_missing_checksums: bool = False,
+    ) -> CorrectedCacheStore:
+        """Load a store saved with :meth:`save`: one generation, even while another process saves to ``path``.
 
         Args:
-            path: the saved directory.
+            path: the saved folder.
             mmap: memory-map the embeddings (read lazily, block by block) instead of reading them into memory.
-            verify: check the embeddings' SHA-256 (reads the whole file). Default: only when ``mmap=False``, since
-                the file is read in full then anyway. Every other file (config, ids, texts, corrector) is always
-                checked against its checksum, and the embeddings' size and header always.
+            verify: check the embeddings' SHA-256 and that every row is finite and scorable (reads the whole file).
+                Default: only when ``mmap=False``, since the file is read in full then anyway. Every other file
+                (config, ids, texts, side features, corrector, pool index) is always checked against its checksum,
+                and the embeddings' size and header always.
+            accept_missing_checksums: load a save of 0.1, written before checksums were required.
+
+        Raises ``ValueError`` naming the file for any damage, ``FileNotFoundError`` for a missing folder or file.
+        What is trusted: nothing is unpickled and no size is believed before it matches the bytes on disk, but a
+        pool's ``index.faiss`` is parsed by FAISS's reader; checksums catch accidents, not a deliberate forgery.
 
         A flipped bit inside the embeddings of a memory-mapped load (the default) is **not** detected: checking it
         would read the whole file, which memory-mapping exists to avoid. Pass ``verify=True`` to check it (once,
         at load), e.g. after copying a store between machines; ``docs/reliability.md`` counts what each mode detects.
         """
-        return load_store(cls, path, mmap=mmap, verify=verify)  # type: ignore[arg-type]
+        return load_store(cls, path, mmap, verify, accept_missing_checksums)  # type: ignore[arg-type]

@@ -358,14 +358,20 @@ def _pad(best_scores: torch.Tensor, best_rows: torch.Tensor, top_k: int) -> tupl
     return best_scores, torch.cat([best_rows, best_rows.new_full((best_rows.shape[0], missing), -1)], 1)
 
 
+class NonFiniteScoresError(ValueError):
+    """Scores came out NaN or inf: the rows searched produced them (the store says which rows those were)."""
+
+
 def _finish(best_scores: torch.Tensor, best_rows: torch.Tensor, partial: bool) -> tuple[torch.Tensor, torch.Tensor]:
     if partial:
         missing = best_scores == -torch.inf
         best_rows[missing] = -1
         if torch.isnan(best_scores).any() or (best_scores == torch.inf).any():
-            raise ValueError("The corrector produced non-finite scores; it has diverged (check its learning rate)")
+            raise NonFiniteScoresError(
+                "The corrector produced non-finite scores; it has diverged (check its learning rate)"
+            )
     elif not torch.isfinite(best_scores).all():
-        raise ValueError(
+        raise NonFiniteScoresError(
             "The corrector produced non-finite scores; it has diverged (check its learning rate) or the queries "
             "are degenerate"
         )

@@ -131,7 +131,7 @@ def test_corrupted_saves_raise_clear_errors(tmp_path, how, error, match, verify)
 
 
 def test_load_missing_directory(tmp_path):
-    with pytest.raises(FileNotFoundError, match="No saved haystack-corrector directory"):
+    with pytest.raises(FileNotFoundError, match="No saved haystack-corrector folder"):
         CorrectedCacheStore.load(tmp_path / "nothing")
 
 
@@ -271,10 +271,10 @@ def test_from_npy_memory_maps_an_existing_file_and_searches_like_memory(tmp_path
             store.stale_embeddings(),
         )
     np.save(tmp_path / "ints.npy", np.arange(12).reshape(3, 4))
-    with pytest.raises(ValueError, match="2-D float16 or float32"):
+    with pytest.raises(ValueError, match="float16 or float32"):
         CorrectedCacheStore.from_npy(tmp_path / "ints.npy")
     np.save(tmp_path / "flat.npy", np.zeros(5, dtype=np.float32))
-    with pytest.raises(ValueError, match="2-D float16 or float32"):
+    with pytest.raises(ValueError, match="float16 or float32"):
         CorrectedCacheStore.from_npy(tmp_path / "flat.npy")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         CorrectedCacheStore.from_npy(tmp_path / "missing.npy")

@@ -196,7 +196,9 @@ def test_standardisation_is_validated_saved_and_old_saves_read_raw_features(tmp_
         k: v for k, v in json.loads(config_path.read_text()).items() if k not in ("weights_sha256", "config_sha256")
     }
     config_path.write_text(json.dumps(with_config_checksum(config)))
-    old = Corrector.load(tmp_path / "c")
+    with pytest.raises(ValueError, match="no weights_sha256.*accept_missing_checksums=True"):
+        Corrector.load(tmp_path / "c")
+    old = Corrector.load(tmp_path / "c", accept_missing_checksums=True)
     assert not old.side_standardized
     z, s = torch.randn(3, 6), torch.randn(3, 5)
     torch.testing.assert_close(old(z, s), _trained_corrector()(z, s))

@@ -313,9 +313,7 @@ def train_arm(
     logger.info("Training arm %s, seed %d", arm.name, seed)
     start, cpu_start = time.perf_counter(), time.process_time()
     trainer.train()
-    return TrainedArm(
-        model, store, loss, trainer, time.perf_counter() - start, time.process_time() - cpu_start
-    )
+    return TrainedArm(model, store, loss, trainer, time.perf_counter() - start, time.process_time() - cpu_start)
 
 
 def fidelity_of(

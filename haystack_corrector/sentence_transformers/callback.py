@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import io
 import json
 import logging
 import os
@@ -11,8 +13,10 @@ from typing import Any
 
 import torch
 
-from haystack_corrector._atomic import atomic_directory, previous_directory, resolve_saved_directory, step
-from haystack_corrector.corrector import Corrector
+from haystack_corrector import corrector_persistence
+from haystack_corrector._atomic import atomic_directory, previous_directory, step
+from haystack_corrector._validation import check_saved_config, with_config_checksum
+from haystack_corrector.saved_folder import SavedFolder, read_one_generation
 from haystack_corrector.sentence_transformers import _compat
 from haystack_corrector.sentence_transformers.corrected_negatives_loss import CorrectedNegativesLoss
 
@@ -21,7 +25,13 @@ logger = logging.getLogger(__name__)
 STATE_DIR = "corrector_state"
 STATE_FILE = "state.json"
 STATE_FORMAT = "haystack-corrector/trainer-state"
-STATE_FILES = frozenset({"corrector", "corrector_optimizer.pt", "loss_state.pt", STATE_FILE})
+STATE_LAYOUT: dict[str, frozenset[str] | None] = {
+    "corrector": corrector_persistence.FILES,
+    "corrector_optimizer.pt": None,
+    "loss_state.pt": None,
+    STATE_FILE: None,
+}
+_STATE_KEYS = ("format", "corrector_steps", "optimizer_step", "sha256", "sampler_stats")
 _TrainerCallback = _compat.trainer_callback_base()
 
 
@@ -80,7 +90,7 @@ class CorrectorCallback(_TrainerCallback):  # type: ignore[misc, valid-type]
     def save_state(self, directory: str | os.PathLike[str]) -> None:
         """Write ``corrector_state/`` into ``directory`` atomically: a kill mid-save leaves the previous state whole."""
         with atomic_directory(
-            Path(directory) / STATE_DIR, kind=STATE_FORMAT, config_file=STATE_FILE, owned=STATE_FILES
+            Path(directory) / STATE_DIR, kind=STATE_FORMAT, config_file=STATE_FILE, layout=STATE_LAYOUT
         ) as target:
             (target / "corrector").mkdir()
             self.loss.store.corrector.save_to(target / "corrector")
@@ -100,16 +110,39 @@ class CorrectorCallback(_TrainerCallback):  # type: ignore[misc, valid-type]
                 "format": STATE_FORMAT,
                 "corrector_steps": trainer_state["steps"],
                 "optimizer_step": self.loss.optimizer_step,
+                "sha256": {
+                    name: hashlib.sha256((target / name).read_bytes()).hexdigest()
+                    for name in ("corrector_optimizer.pt", "loss_state.pt")
+                },
             }
-            (target / STATE_FILE).write_text(json.dumps(meta, indent=2))
+            (target / STATE_FILE).write_text(json.dumps(with_config_checksum(meta), indent=2))
             step(f"wrote {STATE_FILE}")
 
     def load_state(self, directory: str | os.PathLike[str]) -> None:
+        """Restore everything :meth:`save_state` wrote (one generation; every file checked against its checksum)."""
         if not has_state(directory):
             raise FileNotFoundError(f"{directory} has no {STATE_DIR}/: it was not saved with a CorrectorCallback")
-        # A save killed mid-swap leaves the previous state under a hidden name; resolve_saved_directory finds it.
-        source = resolve_saved_directory(Path(directory) / STATE_DIR)
-        corrector = Corrector.load(source / "corrector")
+        # A save killed mid-swap leaves the previous state under a hidden name; the read falls back to it.
+        read_one_generation(Path(directory) / STATE_DIR, self._restore)
+
+    def _restore(self, folder: SavedFolder) -> None:
+        meta_file = folder.file(STATE_FILE)
+        raw = folder.read_json(STATE_FILE, "corrector state")
+        old = isinstance(raw, dict) and "sha256" not in raw  # written by 0.1-0.2: no checksums yet
+        meta = check_saved_config(
+            raw, meta_file, STATE_FORMAT, _STATE_KEYS, "corrector state", accept_missing_checksums=old
+        )
+        payloads = {}
+        for name in ("corrector_optimizer.pt", "loss_state.pt"):
+            if not folder.exists(name):
+                continue
+            data = folder.read_bytes(name)
+            expected = meta.get("sha256", {}).get(name)
+            if not old and hashlib.sha256(data).hexdigest() != expected:
+                raise ValueError(f"{folder.file(name)} is corrupted: its SHA-256 checksum does not match {meta_file}")
+            payloads[name] = data
+        with folder.sub("corrector") as inner:
+            corrector = corrector_persistence.read_corrector(inner, "cpu", accept_missing_checksums=old)
         store_corrector = self.loss.store.corrector
         if corrector.get_config_dict() != store_corrector.get_config_dict():
             raise ValueError(
@@ -118,8 +151,7 @@ class CorrectorCallback(_TrainerCallback):  # type: ignore[misc, valid-type]
             )
         device = next(store_corrector.parameters()).device
         store_corrector.load_state_dict({k: v.to(device) for k, v in corrector.state_dict().items()})
-        state = torch.load(source / "corrector_optimizer.pt", map_location=device, weights_only=True)
-        meta = json.loads((source / "state.json").read_text())
+        state = torch.load(io.BytesIO(payloads["corrector_optimizer.pt"]), map_location=device, weights_only=True)
         self.loss.corrector_trainer.load_state_dict(
             {
                 "corrector": store_corrector.state_dict(),
@@ -128,16 +160,19 @@ class CorrectorCallback(_TrainerCallback):  # type: ignore[misc, valid-type]
                 **state.get("replay", {}),
             }
         )
-        if (source / "loss_state.pt").is_file():
-            self.loss.load_checkpoint_state(torch.load(source / "loss_state.pt", map_location="cpu", weights_only=True))
+        if "loss_state.pt" in payloads:
+            self.loss.load_checkpoint_state(
+                torch.load(io.BytesIO(payloads["loss_state.pt"]), map_location="cpu", weights_only=True)
+            )
         else:  # saved by haystack-corrector 0.1: the sampler's state only
             if "generator" in state:
                 self.loss.sampler.generator.set_state(state["generator"].cpu())
             self.loss.sampler.stats.update(meta.get("sampler_stats", {}))
             logger.warning(
-                "%s was saved by an older version: step counters and the negative source's state start afresh", source
+                "%s was saved by an older version: step counters and the negative source's state start afresh",
+                folder.path,
             )
-        logger.info("Restored the corrector from %s (after %d corrector steps)", source, meta["corrector_steps"])
+        logger.info("Restored the corrector from %s (after %d corrector steps)", folder.path, meta["corrector_steps"])
 
     # ----------------------------------------------------------------------------------------------- events
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
