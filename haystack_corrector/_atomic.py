@@ -44,7 +44,7 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +96,7 @@ def save_target(path: str | os.PathLike[str]) -> Path:
     return real
 
 
-def _check_parent(target: Path) -> None:
+def check_parent(target: Path) -> None:
     """Raise what creating hidden siblings of ``target`` would raise: parent not a folder, not writable, name long."""
     ancestor = target.parent
     while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
@@ -177,13 +177,23 @@ def foreign_entries(directory: Path, config_file: str, kind: str, layout: Layout
 
 
 def check_save_target(
-    path: str | os.PathLike[str], *, kind: str, config_file: str, layout: Layout, overwrite: bool = False
+    path: str | os.PathLike[str],
+    *,
+    kind: str,
+    config_file: str,
+    layout: Layout,
+    overwrite: bool = False,
+    writes: Collection[str] | None = None,
 ) -> Path:
-    """Raise the error a save to ``path`` would raise, before any expensive work; return the real target folder."""
+    """Raise the error a save to ``path`` would raise, before any expensive work; return the real target folder.
+
+    ``writes``: the layout's names this save will write (default: all of them); a foreign entry under one of those
+    names is refused, a foreign entry under another name stays where it is.
+    """
     if not isinstance(overwrite, bool):
         raise TypeError(f"overwrite must be a bool, got {type(overwrite).__name__}")
     target = save_target(path)
-    _check_parent(target)
+    check_parent(target)
     if os.path.lexists(target) and not target.is_dir():
         raise FileExistsError(f"Cannot save to {target}: it exists and is not a folder")
     previous = previous_directory(target)
@@ -194,7 +204,7 @@ def check_save_target(
         )
     if target.is_dir():
         foreign = foreign_entries(target, config_file, kind, layout)
-        clashing = [name for name in foreign if name in layout]
+        clashing = [name for name in foreign if name in (layout if writes is None else writes)]
         if clashing:
             raise FileExistsError(
                 f"Refusing to save into {target}: it holds {clashing[0]!r}, which haystack-corrector did not write "
@@ -369,6 +379,7 @@ def atomic_directory(
     config_file: str,
     layout: Layout,
     overwrite: bool = False,
+    writes: Collection[str] | None = None,
 ) -> Iterator[Path]:
     """Yield an empty temporary folder to write a save into; swap it into ``path`` when the block succeeds.
 
@@ -379,6 +390,7 @@ def atomic_directory(
         layout: every top-level name a save of this kind writes (None: a file; a set: a sub-folder's files). The
             temporary folder must hold only these.
         overwrite: save into a folder that holds foreign entries too (they are kept, moved into the new folder).
+        writes: the layout's names this save writes (default: all). The temporary folder must hold only these.
 
     Raises:
         FileExistsError: ``path`` is a file, or holds foreign entries (see the module docstring).
@@ -386,17 +398,17 @@ def atomic_directory(
             too long for the hidden siblings a save writes.
     """
     target = save_target(path)
-    _check_parent(target)
+    check_parent(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     with _save_lock(target.parent):
         recover_interrupted_save(target)  # first: it may put the user's files back in place
-        check_save_target(target, kind=kind, config_file=config_file, layout=layout, overwrite=overwrite)
+        check_save_target(target, kind=kind, config_file=config_file, layout=layout, overwrite=overwrite, writes=writes)
         _remove_dead_temporaries(target, layout)
         step("mkdtemp")
         tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-{os.getpid()}-"))
         try:
             yield tmp
-            unexpected = sorted(set(os.listdir(tmp)) - set(layout))
+            unexpected = sorted(set(os.listdir(tmp)) - set(layout if writes is None else writes))
             if unexpected:
                 raise RuntimeError(f"internal error: a {kind} save wrote unregistered entries {unexpected}")
             step("fsync")

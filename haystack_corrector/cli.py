@@ -39,7 +39,7 @@ def cmd_build_cache(args: argparse.Namespace) -> int:
     from haystack_corrector.sentence_transformers import encode_corpus
 
     CorrectedCacheStore.check_save_path(args.output, overwrite=args.overwrite)  # before the encode, not after
-    corpus, _, _ = load_beir(args.data, args.split)
+    corpus, _, _ = load_beir(args.data, args.split, max_tokens=args.max_seq_length)
     model = load_model(resolve_model_path(args.model), args.max_seq_length)
     ids = list(corpus)
     start = time.perf_counter()
@@ -59,6 +59,7 @@ def cmd_build_cache(args: argparse.Namespace) -> int:
 def cmd_mine(args: argparse.Namespace) -> int:
 
     from haystack_corrector import CorrectedCacheStore, HardNegativeSampler
+    from haystack_corrector._atomic import check_parent
     from haystack_corrector.beir import load_beir
     from haystack_corrector.experiments.harness import load_model, resolve_model_path
 
@@ -67,10 +68,11 @@ def cmd_mine(args: argparse.Namespace) -> int:
         raise IsADirectoryError(f"--output {output} is a folder; give the path of a JSONL file")
     if output.exists() and not args.overwrite:
         raise FileExistsError(f"--output {output} exists; choose a new file or pass --overwrite to replace it")
+    check_parent(output.resolve())  # a parent that is a file, not writable, or a name too long: before the work
     store = CorrectedCacheStore.load(args.store)
     if store.texts is None:
         raise ValueError(f"The store {args.store} has no texts; build it with `haystack-corrector build-cache`")
-    _, queries, qrels = load_beir(args.data, args.split)
+    _, queries, qrels = load_beir(args.data, args.split, max_tokens=args.max_seq_length)
     model = load_model(resolve_model_path(args.model), args.max_seq_length)
     sampler = HardNegativeSampler(
         store,
@@ -136,7 +138,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from haystack_corrector.experiments.harness import load_model, resolve_model_path
     from haystack_corrector.sentence_transformers.encode import model_similarity
 
-    corpus, queries, qrels = load_beir(args.data, args.split)
+    corpus, queries, qrels = load_beir(args.data, args.split, max_tokens=args.max_seq_length)
     model = load_model(resolve_model_path(args.model), args.max_seq_length)
     if args.store:
         store = CorrectedCacheStore.load(args.store)

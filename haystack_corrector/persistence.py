@@ -62,6 +62,8 @@ LAYOUT: dict[str, frozenset[str] | None] = {
     INDEX_FILE: None,
     SIDE_FILE: None,
 }
+# What every store save writes; a save writes the optional files (texts, side features, pool) only when it has them.
+ALWAYS_WRITTEN = (EMBEDDINGS_FILE, IDS_FILE, CONFIG_FILE, CORRECTOR_DIR)
 _CONFIG_KEYS = ("format", "format_version", "num_rows", "dim", "dtype", "similarity", "block_size", "pool", "files")
 _CHUNK = 1 << 24
 
@@ -83,7 +85,13 @@ class SavedStore(NamedTuple):
 
 def save_store(store: CorrectedCacheStore, path: str | os.PathLike[str], overwrite: bool = False) -> None:
     """Write ``store`` into the folder ``path`` atomically (the save rule of :mod:`haystack_corrector._atomic`)."""
-    with atomic_directory(path, kind=FORMAT, config_file=CONFIG_FILE, layout=LAYOUT, overwrite=overwrite) as tmp:
+    writes = [*ALWAYS_WRITTEN]
+    writes += [SIDE_FILE] if store._side is not None else []
+    writes += [TEXTS_FILE] if store.texts is not None else []
+    writes += [INDEX_FILE] if store.pool is not None else []
+    with atomic_directory(
+        path, kind=FORMAT, config_file=CONFIG_FILE, layout=LAYOUT, overwrite=overwrite, writes=writes
+    ) as tmp:
         _write_rows(store, store._storage, tmp / EMBEDDINGS_FILE, NUMPY_DTYPES[store.dtype], "embeddings")
         step(f"wrote {EMBEDDINGS_FILE}")
         # Default ids are saved as null: a million "0".."N-1" strings would cost memory on every load.
@@ -136,9 +144,10 @@ def _write_rows(store: CorrectedCacheStore, storage: Any, path: Path, dtype: Any
     del out
 
 
-def check_save_path(path: str | os.PathLike[str], overwrite: bool = False) -> None:
-    """Raise the error :func:`save_store` would raise for ``path``, before any expensive work."""
-    check_save_target(path, kind=FORMAT, config_file=CONFIG_FILE, layout=LAYOUT, overwrite=overwrite)
+def check_save_path(path: str | os.PathLike[str], overwrite: bool = False, texts: bool = True) -> None:
+    """Raise the error :func:`save_store` would raise for ``path`` (a store with ``texts``), before any work."""
+    writes = [*ALWAYS_WRITTEN, *([TEXTS_FILE] if texts else [])]
+    check_save_target(path, kind=FORMAT, config_file=CONFIG_FILE, layout=LAYOUT, overwrite=overwrite, writes=writes)
 
 
 def read_store(

@@ -119,10 +119,10 @@ def read_one_generation(path: str | os.PathLike[str], read: Callable[[SavedFolde
         last = attempt == ATTEMPTS - 1
         try:
             folder = SavedFolder(resolve_saved_directory(path))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             if last:
                 raise
-            continue  # between the two renames of a save's swap, or a restore: look again
+            continue  # a save's swap renamed the folder between two looks: look again
         try:
             return read(folder)
         except (OSError, ValueError):

@@ -152,3 +152,82 @@ def probe_steps(folder, name: str) -> list[str]:
     prepare, save, *_ = scenario(name, target)
     prepare()
     return count_steps(save)
+
+
+# ------------------------------------------------------------------------------ generations for the race tests
+def generation_store(k: int, n: int = 30, d: int = 8) -> CorrectedCacheStore:
+    """A store whose every part says which generation ``k`` it is: rows, ids, texts and the corrector's bias."""
+    rows = torch.arange(n * d, dtype=torch.float32).reshape(n, d) / 1000 + k
+    store = CorrectedCacheStore(
+        rows, ids=[f"g{k}-{i}" for i in range(n)], texts=[f"text {k} {i}" for i in range(n)], similarity="dot"
+    )
+    with torch.no_grad():
+        store.corrector.residual[-1].bias.fill_(float(k))
+    return store
+
+
+def generations_in(store: CorrectedCacheStore) -> set[int]:
+    """The generation numbers a loaded store's parts carry: one number for a whole load, several for a torn one."""
+    return {
+        int(float(store.stale_embeddings([0])[0, 0])),
+        int(store.ids[0].split("-")[0][1:]),
+        int(store.texts[0].split()[1]),
+        int(float(store.corrector.residual[-1].bias[0])),
+    }
+
+
+def soak(folder, loads: int, mode: str = "store") -> dict[str, int]:
+    """A saver process and this process racing on ``folder``; returns the loads' outcome counts.
+
+    ``mode="store"``: one process saves generations 1, 2, ... in a loop while this one loads ``loads`` times
+    (alternating mmap and verify=True). ``mode="overwrite"``: two processes save overwrite=True into a folder that
+    also holds a user's file, while this one loads. Counts: loads, whole (one generation), torn (parts of several),
+    errors (any exception: on a healthy store, false), save_errors (raised by a saver).
+    """
+    import multiprocessing as mp
+    import traceback
+
+    context = mp.get_context("fork")
+    stop = context.Event()
+    save_errors = context.Value("i", 0)
+    folder.mkdir(parents=True, exist_ok=True)
+    if mode == "overwrite":
+        (folder / "notes.txt").write_text("the user's notes")
+        generation_store(0).save(folder, overwrite=True)
+    else:
+        generation_store(0).save(folder)
+
+    def saver(first: int, step_by: int) -> None:
+        torch.set_num_threads(1)
+        k = first
+        while not stop.is_set():
+            try:
+                generation_store(k).save(folder, overwrite=mode == "overwrite")
+            except Exception:  # counted: a save must not fail because another process saves or loads
+                traceback.print_exc()
+                with save_errors.get_lock():
+                    save_errors.value += 1
+            k += step_by
+
+    savers = [context.Process(target=saver, args=(1, 1))]
+    if mode == "overwrite":
+        savers = [context.Process(target=saver, args=(1, 2)), context.Process(target=saver, args=(2, 2))]
+    for process in savers:
+        process.start()
+    counts = {"loads": 0, "whole": 0, "torn": 0, "errors": 0}
+    try:
+        for index in range(loads):
+            counts["loads"] += 1
+            try:
+                loaded = CorrectedCacheStore.load(folder, mmap=index % 2 == 0, verify=index % 4 == 1)
+            except Exception:
+                traceback.print_exc()
+                counts["errors"] += 1
+                continue
+            counts["whole" if len(generations_in(loaded)) == 1 else "torn"] += 1
+    finally:
+        stop.set()
+        for process in savers:
+            process.join(60)
+    counts["save_errors"] = save_errors.value
+    return counts

@@ -79,9 +79,9 @@ def _one_line_error(capsys, rc: int, match: str) -> None:
     [
         ("build-cache missing data", "is not a BEIR folder"),
         ("build-cache empty corpus", "holds no documents"),
-        ("build-cache wrong columns", "has no '_id' field"),
+        ("build-cache wrong columns", 'corpus.jsonl:1 has no "_id" field'),
         ("build-cache foreign output", "Refusing to save into"),
-        ("mine missing store", "No saved haystack-corrector directory"),
+        ("mine missing store", "No saved haystack-corrector folder"),
         ("mine unknown ids", "None of the"),
         ("mine existing output", "exists; choose a new file or pass --overwrite"),
         ("evaluate missing data", "is not a BEIR folder"),
@@ -221,3 +221,85 @@ def test_evaluate_scores_a_dot_product_model_by_dot_product(capsys, tmp_path, to
         run[query_id] = {ids[i]: float(scores[i]) for i in top}
     means, _ = retrieval_metrics(run, qrels)
     assert f"ndcg@10 {means['ndcg@10']:.4f}" in out
+
+
+CORPUS_CASES = {
+    "duplicate id": (
+        ['{"_id": "a", "text": "x"}', '{"_id": "a", "text": "y"}'],
+        "corpus.jsonl:2: duplicate id 'a' (first on line 1)",
+    ),
+    "3 and '3' collide": (['{"_id": 3, "text": "x"}', '{"_id": "3", "text": "y"}'], "corpus.jsonl:2: duplicate id '3'"),
+    "null id": (['{"_id": null, "text": "x"}'], 'corpus.jsonl:1: "_id" must be a string or an integer, got None'),
+    "missing text": (['{"_id": "a", "title": "t"}'], "corpus.jsonl:1 (id 'a'): \"text\" must be a string, got None"),
+    "not an object": (["[1, 2]"], "corpus.jsonl:1 is not a JSON object"),
+    "bad JSON": (['{"_id": "a", "text": "x"}', "{oops"], "corpus.jsonl:2 is not valid JSON"),
+    "deep JSON": (
+        ['{"_id": "a", "text": "x"}', "[" * 100000 + "]" * 100000],
+        "corpus.jsonl:2: its JSON is nested too deeply",
+    ),
+    "not UTF-8": (None, "corpus.jsonl:2 is not UTF-8 text"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CORPUS_CASES))
+def test_a_bad_corpus_line_is_named_by_file_and_line(case, capsys, tmp_path, toy_beir, tiny_st_path):
+    folder = tmp_path / "data"
+    shutil.copytree(toy_beir, folder)
+    lines, match = CORPUS_CASES[case]
+    if lines is None:
+        (folder / "corpus.jsonl").write_bytes(b'{"_id": "a", "text": "x"}\n{"_id": "b", "text": "caf\xe9"}\n')
+    else:
+        (folder / "corpus.jsonl").write_text("\n".join(lines) + "\n")
+    argv = ["build-cache", "--data", str(folder), "--model", tiny_st_path, "--output", str(tmp_path / "store")]
+    _one_line_error(capsys, main(argv), match)
+    assert not (tmp_path / "store").exists()
+
+
+def test_a_huge_line_is_cut_before_tokenising_to_what_max_seq_length_reads(tmp_path, toy_beir, tiny_st_path):
+    from haystack_corrector import CorrectedCacheStore
+
+    folder = tmp_path / "data"
+    shutil.copytree(toy_beir, folder)
+    huge = "word " * 1_000_000 + "x" * 4_000_000  # a 9 MB line
+    with open(folder / "corpus.jsonl", "a") as handle:
+        handle.write(json.dumps({"_id": "huge", "text": huge}) + "\n")
+    store_path = tmp_path / "store"
+    argv = ["build-cache", "--data", str(folder), "--model", tiny_st_path, "--output", str(store_path)]
+    assert main([*argv, "--max-seq-length", "32"]) == 0
+    store = CorrectedCacheStore.load(store_path)
+    text = store.texts[store.rows_of(["huge"])[0]]
+    assert text == "word " * 32 + "word"  # 33 words: every token a 32-token tokenizer keeps, and no more
+
+
+def test_cut_text_keeps_every_token_the_tokenizer_keeps(tiny_st_path):
+    """Exact for WordPiece, long words and whitespace runs included (a word over 1,000 characters glued to
+    punctuation is the documented exception: see cut_text's docstring)."""
+    import random
+
+    from transformers import AutoTokenizer
+
+    from haystack_corrector.beir import cut_text
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_st_path)
+    rng = random.Random(0)
+    pieces = [
+        "a",
+        "word",
+        "naïve",
+        "x" * 150,
+        "y" * 1500 + " ",  # a word over 1,000 characters: one [UNK] whether cut or not
+        "(f(x)=y);",
+        "\t\t",
+        "\n\n    ",
+        " " * 1500,
+        "数据",
+        "self.x",
+    ]
+    for max_tokens in (1, 5, 32, 128):
+        for _ in range(50):
+            text = "".join(rng.choice(pieces) + rng.choice(["", " ", "  "]) for _ in range(rng.randint(0, 400)))
+            cut = cut_text(text, max_tokens)
+            assert len(cut) <= min(len(text), 2000 * (max_tokens + 1))
+            full = tokenizer(text, truncation=True, max_length=max_tokens, add_special_tokens=False)["input_ids"]
+            kept = tokenizer(cut, truncation=True, max_length=max_tokens, add_special_tokens=False)["input_ids"]
+            assert kept == full, (max_tokens, text[:80])
