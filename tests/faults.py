@@ -171,7 +171,7 @@ def generations_in(store: CorrectedCacheStore) -> set[int]:
     return {
         int(float(store.stale_embeddings([0])[0, 0])),
         int(store.ids[0].split("-")[0][1:]),
-        int(store.texts[0].split()[1]),
+        int(store.texts[0].split()[1]) if store.texts else -1,  # a load that lost its texts is torn too
         int(float(store.corrector.residual[-1].bias[0])),
     }
 
@@ -182,7 +182,7 @@ def soak(folder, loads: int, mode: str = "store") -> dict[str, int]:
     ``mode="store"``: one process saves generations 1, 2, ... in a loop while this one loads ``loads`` times
     (alternating mmap and verify=True). ``mode="overwrite"``: two processes save overwrite=True into a folder that
     also holds a user's file, while this one loads. Counts: loads, whole (one generation), torn (parts of several),
-    errors (any exception: on a healthy store, false), save_errors (raised by a saver).
+    errors (any exception: on a healthy store, false), saves (completed by the savers), save_errors (raised by one).
     """
     import multiprocessing as mp
     import traceback
@@ -190,6 +190,7 @@ def soak(folder, loads: int, mode: str = "store") -> dict[str, int]:
     context = mp.get_context("fork")
     stop = context.Event()
     save_errors = context.Value("i", 0)
+    saves = context.Value("i", 0)
     folder.mkdir(parents=True, exist_ok=True)
     if mode == "overwrite":
         (folder / "notes.txt").write_text("the user's notes")
@@ -203,6 +204,8 @@ def soak(folder, loads: int, mode: str = "store") -> dict[str, int]:
         while not stop.is_set():
             try:
                 generation_store(k).save(folder, overwrite=mode == "overwrite")
+                with saves.get_lock():
+                    saves.value += 1
             except Exception:  # counted: a save must not fail because another process saves or loads
                 traceback.print_exc()
                 with save_errors.get_lock():
@@ -230,4 +233,5 @@ def soak(folder, loads: int, mode: str = "store") -> dict[str, int]:
         for process in savers:
             process.join(60)
     counts["save_errors"] = save_errors.value
+    counts["saves"] = saves.value
     return counts

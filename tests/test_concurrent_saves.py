@@ -81,6 +81,7 @@ def test_two_processes_saving_and_loading_never_tear_a_load_or_raise(tmp_path):
     counts = soak(tmp_path / "store", loads=2000)
     assert counts["loads"] == 2000 and counts["whole"] == 2000, counts
     assert counts["torn"] == 0 and counts["errors"] == 0 and counts["save_errors"] == 0, counts
+    assert counts["saves"] >= 20, counts  # the loads really raced saves
     assert len(generations_in(CorrectedCacheStore.load(tmp_path / "store"))) == 1
 
 
@@ -88,5 +89,6 @@ def test_two_processes_saving_and_loading_never_tear_a_load_or_raise(tmp_path):
 def test_concurrent_overwrite_saves_are_serialised_and_keep_the_users_file(tmp_path):
     counts = soak(tmp_path / "store", loads=300, mode="overwrite")
     assert counts["torn"] == 0 and counts["errors"] == 0 and counts["save_errors"] == 0, counts
+    assert counts["saves"] >= 10, counts
     assert (tmp_path / "store" / "notes.txt").read_text() == "the user's notes"
     assert sorted(os.listdir(tmp_path)) == ["store"], "no hidden folder or journal may be left behind"

@@ -276,6 +276,110 @@ def test_fuzz_load_corrupted_files(kind, victim, mode, data, mmap, verify):
         shutil.rmtree(folder.parent, ignore_errors=True)
 
 
+# Crafted files: consistent forgeries (checksums recomputed), as a user editing a save by hand or a file from
+# someone else would make them. Every load must reject them with a ValueError/OSError of ours naming the file, or
+# load them; a size it accepts must be the true one (no allocation from a size the bytes on disk contradict).
+JSON_VALUES = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**70), 2**70),
+        st.sampled_from([0, -1, 1, 2, 6, 12, 40000, 10**9, 2**62, 2**64 + 6]),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.text(max_size=5),
+    ),
+    lambda children: st.one_of(
+        st.lists(children, max_size=3), st.dictionaries(st.text(max_size=5), children, max_size=3)
+    ),
+    max_leaves=6,
+)
+STORE_KEYS = ["num_rows", "dim", "dtype", "similarity", "block_size", "pool", "format_version", "files"]
+CORRECTOR_KEYS = ["dim", "hidden_dim", "num_layers", "side_dim", "normalize", "format_version"]
+SIZE_KEYS = {"num_rows", "dim", "hidden_dim", "num_layers", "side_dim"}
+
+
+def _resign(folder: Path, config_name: str, edit) -> None:
+    from haystack_corrector._validation import CONFIG_CHECKSUM_KEY, with_config_checksum
+
+    path = folder / config_name
+    config = json.loads(path.read_text())
+    config.pop(CONFIG_CHECKSUM_KEY, None)
+    edit(config)
+    path.write_text(json.dumps(with_config_checksum(config)))
+
+
+def _resign_file(folder: Path, name: str) -> None:
+    import hashlib
+
+    data = (folder / name).read_bytes()
+
+    def edit(config):
+        config["files"][name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+    _resign(folder, "store_config.json", edit)
+
+
+@FUZZ
+@given(
+    target=st.sampled_from(["store config", "corrector config", "ids.json", "texts.json", "npy shape", "deep json"]),
+    data=st.data(),
+    mmap=st.booleans(),
+)
+def test_fuzz_load_crafted_files(target, data, mmap):
+    CASES["CorrectedCacheStore.load / Corrector.load (crafted files)"] += 1
+    folder = Path(tempfile.mkdtemp(prefix="hc-fuzz-case-")) / "store"
+    shutil.copytree(_saved("store"), folder)
+    key, value = None, None
+    try:
+        if target == "store config":
+            key, value = data.draw(st.sampled_from(STORE_KEYS)), data.draw(JSON_VALUES)
+            _resign(folder, "store_config.json", lambda c: c.update({key: value}))
+        elif target == "corrector config":
+            key, value = data.draw(st.sampled_from(CORRECTOR_KEYS)), data.draw(JSON_VALUES)
+            _resign(folder / "corrector", "corrector_config.json", lambda c: c.update({key: value}))
+            import hashlib
+
+            raw = (folder / "corrector" / "corrector_config.json").read_bytes()
+            _resign(
+                folder,
+                "store_config.json",
+                lambda c: c["files"].update(
+                    {"corrector/corrector_config.json": {"size": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}}
+                ),
+            )
+        elif target in ("ids.json", "texts.json"):
+            (folder / target).write_text(json.dumps(data.draw(JSON_VALUES)))
+            _resign_file(folder, target)
+        elif target == "deep json":
+            depth = data.draw(st.integers(500, 50000))
+            (folder / "ids.json").write_text("[" * depth + "]" * depth)
+            _resign_file(folder, "ids.json")
+        else:
+            shape = data.draw(st.tuples(st.integers(-(2**63), 2**63), st.integers(-(2**63), 2**63)))
+            raw = bytearray((folder / "embeddings.npy").read_bytes())
+            length = int.from_bytes(raw[8:10], "little")
+            header = raw[10 : 10 + length].decode("latin1")
+            start = header.index("'shape': (") + len("'shape': (")
+            forged = (header[:start] + f"{shape[0]}, {shape[1]}" + header[header.index(")", start) :]).rstrip()
+            if len(forged) >= length:
+                return  # does not fit the header's padding: not a same-size forgery
+            raw[10 : 10 + length] = (forged.ljust(length - 1) + "\n").encode("latin1")
+            (folder / "embeddings.npy").write_bytes(bytes(raw))
+            _resign_file(folder, "embeddings.npy")
+        try:
+            loaded = CorrectedCacheStore.load(folder, mmap=mmap)
+        except Exception as exc:  # noqa: BLE001
+            assert isinstance(exc, (ValueError, OSError)), f"{type(exc).__name__}: {exc}"
+            _rejected_clearly(exc, str(folder))
+            return
+        original = CorrectedCacheStore.load(_saved("store"))
+        assert loaded.stale_embeddings().shape == original.stale_embeddings().shape
+        if key in SIZE_KEYS:
+            assert value == (original.corrector.get_config_dict() | {"num_rows": len(original)}).get(key, value)
+    finally:
+        shutil.rmtree(folder.parent, ignore_errors=True)
+
+
 def test_zz_fuzz_counts():
     """Every target ran; with HC_FUZZ_REPORT set, write the counts for docs/reliability.md."""
     targets = [
@@ -284,6 +388,7 @@ def test_zz_fuzz_counts():
         "HardNegativeSampler.sample",
         "CorrectorTrainer.observe/fit",
         "Corrector.load / CorrectedCacheStore.load (corrupted files)",
+        "CorrectedCacheStore.load / Corrector.load (crafted files)",
     ]
     ran = {target: CASES[target] for target in targets}
     if all(ran.values()) and os.environ.get("HC_FUZZ_REPORT"):
