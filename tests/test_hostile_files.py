@@ -165,7 +165,8 @@ CASES = {
         _resign_store_file(folder, "embeddings.npy"),
     ),
     "npy shape that wraps": lambda folder: (
-        _forge_npy_header(folder / "embeddings.npy", f"{2**62}, 4"),
+        # (2**62 + 30) * 4 = 2**64 + 120 wraps to 120 in int64: the 20 x 6 rows' true element count
+        _forge_npy_header(folder / "embeddings.npy", f"{2**62 + 30}, 4"),
         _resign_store_file(folder, "embeddings.npy"),
     ),
     "unknown pool key": lambda folder: _rewrite_config(
