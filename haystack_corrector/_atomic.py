@@ -41,9 +41,9 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import stat
-import tempfile
 from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -371,6 +371,18 @@ def recover_interrupted_save(target: Path) -> None:
     _finish_swap(target, ours)
 
 
+def _make_temporary(target: Path) -> Path:
+    """A new hidden sibling ``.<name>.tmp-<pid>-<random>``, created with the umask's permissions (as the final
+    folder should have; ``tempfile.mkdtemp`` would make it 0700)."""
+    while True:
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+        try:
+            os.mkdir(tmp, 0o777)
+            return tmp
+        except FileExistsError:
+            continue
+
+
 @contextlib.contextmanager
 def atomic_directory(
     path: str | os.PathLike[str],
@@ -405,7 +417,7 @@ def atomic_directory(
         check_save_target(target, kind=kind, config_file=config_file, layout=layout, overwrite=overwrite, writes=writes)
         _remove_dead_temporaries(target, layout)
         step("mkdtemp")
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-{os.getpid()}-"))
+        tmp = _make_temporary(target)
         try:
             yield tmp
             unexpected = sorted(set(os.listdir(tmp)) - set(layout if writes is None else writes))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 
 import numpy as np
 import pytest
@@ -232,3 +233,15 @@ def test_disk_full_at_any_operation_keeps_the_previous_save(tmp_path, scenario):
         assert same(loaded, old) or (same(loaded, new) and label.startswith(("remove", "rmdir", "move")))
         save()  # the next save succeeds and finishes any interrupted clean-up
         assert same(load(), new) and sorted(os.listdir(folder.parent)) == ["target"], label
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_a_saved_folder_has_the_umasks_permissions(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        _store(0).save(tmp_path / "s")
+        _corrector(1).save(tmp_path / "c")
+    finally:
+        os.umask(previous)
+    for folder in ("s", "c"):
+        assert stat.S_IMODE(os.stat(tmp_path / folder).st_mode) == 0o777 & ~umask, folder
