@@ -130,8 +130,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     print("haystack-corrector demo: all-MiniLM-L6-v2 on a 1,700-document SciFact subset (CC BY-NC 2.0), offline.")
     print(
-        "Fine-tunes three times from the same start: stale negatives from the cache, corrector negatives, and "
-        f"re-encoding the corpus every {REFRESH_EVERY} steps.\n"
+        "Fine-tunes four times from the same start: stale negatives from the cache, negatives sampled from the "
+        "corrected cache, the corrected cache's candidates re-ranked (the default), and re-encoding the corpus every "
+        f"{REFRESH_EVERY} steps.\n"
     )
     results = run_demo(
         output=args.output,
@@ -250,7 +251,7 @@ def add_experiment_commands(commands: Any) -> None:
     """Add ``demo``, ``experiment``, ``fidelity`` and ``latent`` to the ``haystack-corrector`` sub-command parser."""
     demo = commands.add_parser(
         "demo",
-        help="short offline run on the shipped SciFact subset (about 6-8 minutes on 2 cores)",
+        help="short offline run on the shipped SciFact subset (four arms, about 3-4 minutes on 2 cores)",
         description="Fine-tune all-MiniLM-L6-v2 briefly with static and with corrector negatives "
         "on a shipped SciFact subset; print a table and write plots.",
     )
