@@ -21,11 +21,15 @@ current corrector (the loss's ``view_rescore_depth``), and the overlap check rea
     python benchmarks/loss_step_overhead.py --rows 1000000 --max-view-age 1 5 20
     python benchmarks/loss_step_overhead.py --rows 1000000 --max-view-age 5 20 --view-rescore-depth 100
 
-``--negatives`` picks the loss's negative mode (default ``rerank``, the loss's default: corrected re-ranking, each
-anchor's ``rerank_depth`` best rows of the corrected cache re-encoded without gradient, the best by fresh score kept)
-against stock MNRL given the negatives it chose, so both steps have the same number of negative columns: the extra
-cost is mostly the no-grad encodes of the candidates ("of which re-encoding the candidates"). ``--negatives
-corrector`` measures the sampling overhead above.
+``--negatives`` picks the loss's negative source by its arm name (default ``corrector+rerank``, the loss's default:
+corrected re-ranking, each anchor's 3 best rows per negative of the corrected cache re-encoded without gradient, the
+best by fresh score kept; ``corrector+rerank:L`` sets the depth) against stock MNRL given the negatives it chose, so
+both steps have the same number of negative columns: the extra cost is mostly the no-grad encodes of the candidates
+("of which re-encoding the candidates"). ``--negatives corrector`` measures the sampling overhead above.
+``--num-negatives 1 4`` runs each count in turn (the default and stock MNRL always with the same columns):
+
+    python benchmarks/loss_step_overhead.py --num-negatives 1 4
+    python benchmarks/loss_step_overhead.py --num-negatives 4 --negatives corrector+rerank:6   # depth N + 2
 
 Precision (docs/performance.md): by default the loss encodes its candidates under bfloat16 autocast where the CPU/GPU
 has bfloat16 units and both training steps run in float32; ``--no-bf16-encodes`` makes those encodes float32 (the
@@ -91,15 +95,16 @@ def main() -> None:
     parser.add_argument("--data", default=str(DEMO_DATA))
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--num-negatives", type=int, default=1)
+    parser.add_argument("--num-negatives", type=int, nargs="+", default=[1], help="one run per count")
     parser.add_argument("--max-seq-length", type=int, default=128)
     parser.add_argument("--rows", type=int, default=None, help="pad the cache with filler rows up to this many")
     parser.add_argument("--filler-noise", type=float, default=0.3)
     parser.add_argument("--max-view-age", type=int, nargs="+", default=None, help="K values (needs a view)")
     parser.add_argument("--view-dtype", default="bfloat16", choices=["float16", "bfloat16"])
     parser.add_argument("--check-every", type=int, default=5)
-    parser.add_argument("--negatives", default="rerank", choices=["corrector", "stale", "rerank"])
-    parser.add_argument("--rerank-depth", type=int, default=None, help="with --negatives rerank (the loss's default)")
+    parser.add_argument(
+        "--negatives", default="corrector+rerank", help="an arm name: corrector+rerank[:L], rerank:L, corrector, stale"
+    )
     parser.add_argument(
         "--view-rescore-depth",
         type=int,
@@ -123,6 +128,7 @@ def main() -> None:
         build_training_dataset,
         encode_corpus,
     )
+    from haystack_corrector.sentence_transformers.negatives import parse_negatives
 
     print(
         f"# {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
@@ -139,7 +145,7 @@ def main() -> None:
     if args.rows is not None and args.rows > len(store):
         store, dtype = padded_store(store, args.rows, args.filler_noise, "float16"), "float16"
     dataset = build_training_dataset(queries, corpus, qrels, store)
-    for age in args.max_view_age or [None]:
+    for num_negatives, age in [(n, a) for n in args.num_negatives for a in args.max_view_age or [None]]:
         model = copy.deepcopy(initial)
         store.corrector = Corrector(store.dim)  # identity, as after encode_corpus
         materialise = None
@@ -150,13 +156,11 @@ def main() -> None:
         ours = CorrectedMultipleNegativesRankingLoss(
             model,
             store,
-            num_negatives=args.num_negatives,
+            num_negatives=num_negatives,
             train_dataset=dataset,
-            **({} if args.negatives == "rerank" else {"range_max": 30}),  # (a sampled mode's window)
             max_view_age=age,
             view_rescore_depth=args.view_rescore_depth,
-            negatives=args.negatives,
-            **({"rerank_depth": args.rerank_depth} if args.rerank_depth is not None else {}),
+            negatives=parse_negatives(args.negatives, **({} if "rerank" in args.negatives else {"range_max": 30})),
             bf16_encodes=not args.no_bf16_encodes,
         )
         stock = MultipleNegativesRankingLoss(model)
@@ -164,15 +168,13 @@ def main() -> None:
         steps = args.steps if age is None else max(args.steps, age + 1)
         ours_seconds, stock_seconds, overlaps, clock = run_steps(model, store, dataset, ours, stock, steps, age, args)
         label = "no view (fused scan)" if age is None else f"max_view_age={age}, {args.view_dtype} view"
-        label += f", negatives={args.negatives!r}" + (
-            f" (rerank_depth {ours.rerank_depth})" if args.negatives == "rerank" else ""
-        )
+        label += f", negatives={ours.source.name!r}"
         if age is not None and args.view_rescore_depth:
             label += f", view_rescore_depth={args.view_rescore_depth}"
         step_precision = "bfloat16 autocast" if args.bf16 else "float32"
         encodes = "float32" if args.no_bf16_encodes or not bf16_supported(args.device) else "bfloat16"
         print(
-            f"\n## {label}: {steps} steps, batch {args.batch_size}, {args.num_negatives} negative(s), "
+            f"\n## {label}: {steps} steps, batch {args.batch_size}, {num_negatives} negative(s), "
             f"cache of {len(store)} rows ({dtype}); training steps in {step_precision}, the loss's no-grad encodes "
             f"in {encodes}"
         )
@@ -276,12 +278,12 @@ def run_steps(model, store, dataset, ours, stock, steps, age, args):
         return {k: v.to(model.device) if torch.is_tensor(v) else v for k, v in model.preprocess(texts).items()}
 
     clock = PhaseClock()
-    clock.wrap(ours, "_sample", "ours: sample")
+    clock.wrap(ours, "_choose_negatives", "ours: choose negatives")
     clock.wrap(ours, "_negative_columns", "ours: tokenise negatives")
     clock.wrap(ours.loss, "forward", "ours: wrapped MNRL forward")
-    clock.wrap(ours, "_drift", "ours: drift step")
+    clock.wrap(ours, "_drift_step", "ours: drift step")
     clock.wrap(store, "materialize", "ours: view refresh")
-    if args.negatives == "rerank":  # the no-grad encodes of the candidates
+    if "rerank" in args.negatives:  # the no-grad encodes of the candidates
         clock.wrap(ours.source, "encode", "ours: re-encode candidates")
     ours_seconds, stock_seconds, overlaps = 0.0, 0.0, []
     previous_negatives = None  # (set by step 0, which runs ours first)
@@ -311,7 +313,7 @@ def run_steps(model, store, dataset, ours, stock, steps, age, args):
             return elapsed
 
         def run_stock(negatives: torch.Tensor, batch=batch) -> float:
-            columns = [[store.texts[r] for r in negatives[:, j].tolist()] for j in range(args.num_negatives)]
+            columns = [[store.texts[r] for r in negatives[:, j].tolist()] for j in range(negatives.shape[1])]
             start = time.perf_counter()
             pair = [features(batch["anchor"]), features(batch["positive"])]  # (timed once, as "tokenise")
             with clock("stock: tokenise negatives"):

@@ -82,7 +82,11 @@ def main() -> None:
     parser.add_argument("--loss", default="mnrl", choices=["mnrl", "cached-mnrl"], help="the wrapped loss")
     parser.add_argument("--mini-batch-size", type=int, default=16, help="CachedMNRL's mini_batch_size")
     parser.add_argument("--eval-fraction", type=float, default=0.1, help="train queries held out as eval_dataset")
-    parser.add_argument("--negatives", default="corrector", choices=["corrector", "stale", "inbatch"])
+    parser.add_argument(
+        "--negatives",
+        default="corrector",
+        help="an arm name: corrector, stale, inbatch, corrector+rerank[:L], rerank:L",
+    )
     parser.add_argument("--train-max-seq-length", type=int, default=128)
     parser.add_argument("--eval-max-seq-length", type=int, nargs="+", default=[128, 256])
     parser.add_argument("--corrector-lr", type=float, default=1e-3)
@@ -167,18 +171,25 @@ def main() -> None:
         if args.loss == "mnrl"
         else st_losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=args.mini_batch_size)
     )
+    from haystack_corrector.sentence_transformers.negatives import SampledNegatives, parse_negatives
+
+    negatives = (
+        SampledNegatives(
+            args.negatives == "corrector", sampling_strategy=args.sampling_strategy, range_max=args.range_max
+        )
+        if args.negatives in ("corrector", "stale")
+        else parse_negatives(args.negatives)
+    )
     loss = CorrectedNegativesLoss(
         model,
         inner,
         store,
         num_negatives=args.num_negatives,
         train_dataset=dataset,
-        negatives=args.negatives,
-        sampling_strategy=args.sampling_strategy,
-        range_min=args.range_min,
-        range_max=args.range_max,
+        negatives=negatives,
+        range_min=args.range_min if negatives.adds_columns else 0,
         corrector_lr=args.corrector_lr,
-        seed=args.seed,
+        seed=args.seed if negatives.draws_random else None,  # (else the trainer's seed, through the callback)
         bf16_encodes=not args.no_bf16_encodes,
     )
     evaluator = InformationRetrievalEvaluator(

@@ -132,12 +132,16 @@ class CorrectedCacheStore(CacheRows, CorrectedViewMixin, persistence.StorePersis
         self._corrected_view: CorrectedView | None = None
         self._view_path: Path | None = None  # where materialize(path) keeps the view, if on disk
         self.pool: Any = None  # a FaissPool once build_pool() ran (pool mode)
+        # What built the rows (encode_corpus fills it: model, max_seq_length, normalize, similarity), saved with the
+        # store; a training loss refuses a store another setting built. None: unknown (built from plain arrays).
+        self.encoder: dict[str, Any] | None = None
 
     def _share_rows_of(self, other: CorrectedCacheStore) -> None:
         """Become a second handle on ``other``'s rows, ids, texts and corrector: shared, not copied or re-checked."""
         self.similarity, self.dtype, self.block_size = other.similarity, other.dtype, other.block_size
         self._init_storage(other._storage, None, other._corrector, other._side)
         self._ids, self._texts = other._ids, other._texts
+        self.encoder = other.encoder
 
     @staticmethod
     def _check_corrector(corrector: Any, dim: int, side_dim: int = 0) -> Corrector:

@@ -87,8 +87,10 @@ def cmd_mine(args: argparse.Namespace) -> int:
         min_score=args.min_score,
         corrected=not args.stale,
         seed=args.seed,
+        fill_missing=args.fill_missing,
     )
-    pairs = query_positive_rows(store, queries, qrels)
+    sampler.raise_when_unfillable = False  # a query that cannot be filled is dropped and counted, never fatal
+    pairs, not_in_store = query_positive_rows(store, queries, qrels)
     if not pairs:
         raise ValueError(
             f"None of the {sum(len(j) for j in qrels.values())} judged documents of {args.data} [{args.split}] is in "
@@ -97,7 +99,7 @@ def cmd_mine(args: argparse.Namespace) -> int:
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(f".{output.name}.partial-{os.getpid()}")
     try:
-        written = _write_negatives(partial, pairs, model, sampler, queries, store)
+        written, short = _write_negatives(partial, pairs, model, sampler, queries, store)
     except BaseException:
         partial.unlink(missing_ok=True)  # our own temporary file, never the user's --output
         raise
@@ -105,30 +107,46 @@ def cmd_mine(args: argparse.Namespace) -> int:
     stats = sampler.stats
     print(
         f"Wrote {written} rows (anchor, positive, negative_1..{args.num_negatives}) to {args.output} "
-        f"from the {'stale' if args.stale else 'corrected'} cache. Filled {stats['filled_negatives']} negatives "
-        f"({stats['filled_queries']} queries) with random rows because the window/filters left too few."
+        f"from the {'stale' if args.stale else 'corrected'} cache."
     )
+    dropped = [
+        f"{short[0]} queries ({short[1]} pairs) because the window and filters left fewer than "
+        f"{args.num_negatives} candidates" + ("" if args.fill_missing else " (--fill-missing fills them at random)"),
+        f"{not_in_store} judged pairs whose positive is not in the store",
+    ]
+    print("Dropped " + "; ".join(dropped) + ".")
+    if stats["filled_negatives"]:
+        print(f"Filled {stats['filled_negatives']} negatives ({stats['filled_queries']} queries) with random rows.")
+    if not written:
+        print("Nothing to train on: loosen the filters (--min-score, --max-score, margins) or widen --range-max.")
     print(f'Load it with: datasets.load_dataset("json", data_files="{args.output}")["train"]')
     return 0
 
 
-def _write_negatives(path, pairs, model, sampler, queries, store) -> int:  # type: ignore[no-untyped-def]
-    """Write one JSONL row (anchor, positive, negative_1..k) per (query, positive) pair; return the row count."""
+def _write_negatives(path, pairs, model, sampler, queries, store) -> tuple[int, tuple[int, int]]:  # type: ignore[no-untyped-def]
+    """Write one JSONL row (anchor, positive, negative_1..k) per (query, positive) pair whose query got all k
+    negatives (``mine_hard_negatives`` drops the others too); return the row count and the (queries, pairs) dropped."""
     from tqdm.auto import tqdm
 
-    written = 0
+    from haystack_corrector.sampler import MISSING
+
+    written = short_queries = short_pairs = 0
     with open(path, "w", encoding="utf-8") as handle:
         for start in tqdm(range(0, len(pairs), 256), desc="Mining", unit="batch"):
             chunk = pairs[start : start + 256]
             embeddings = model.encode([queries[q] for q, _ in chunk], convert_to_tensor=True).float().cpu()
             negatives = sampler.sample(embeddings, [rows for _, rows in chunk])
             for (query_id, rows), negative_rows in zip(chunk, negatives.tolist()):
+                if MISSING in negative_rows:
+                    short_queries += 1
+                    short_pairs += len(rows)
+                    continue
                 for row in rows:
                     record = {"anchor": queries[query_id], "positive": store.texts[row]}
                     record.update({f"negative_{i + 1}": store.texts[n] for i, n in enumerate(negative_rows)})
                     handle.write(json.dumps(record) + "\n")
                     written += 1
-    return written
+    return written, (short_queries, short_pairs)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -175,14 +193,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def query_positive_rows(store, queries, qrels):  # type: ignore[no-untyped-def]
-    """(query id, rows of its positive documents in ``store``) for every judged query; one id lookup per pair."""
+    """(query id, rows of its positive documents in ``store``) for every judged query, and the number of judged
+    (query, positive) pairs left out because the positive is not in the store; one id lookup per pair."""
     known = set(store.ids)  # built once: a membership test per (query, document) pair stays O(1)
     pairs = []
+    missing = 0
     for query_id, judged in qrels.items():
-        docs = [doc for doc, grade in judged.items() if grade > 0 and doc in known]
-        if docs and query_id in queries:
+        if query_id not in queries:
+            continue
+        positives = [doc for doc, grade in judged.items() if grade > 0]
+        docs = [doc for doc in positives if doc in known]
+        missing += len(positives) - len(docs)
+        if docs:
             pairs.append((query_id, store.rows_of(docs)))
-    return pairs
+    return pairs, missing
 
 
 # ------------------------------------------------------------------------------------------------------ parser
@@ -216,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     mine.add_argument("--model", default=None, help="query encoder (default all-MiniLM-L6-v2)")
     mine.add_argument("--output", required=True, help="JSONL file (refused if it exists, unless --overwrite)")
     mine.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
-    mine.add_argument("--num-negatives", type=int, default=3)
+    mine.add_argument("--num-negatives", type=int, default=1, help="negatives per row (default 1, as the loss)")
     mine.add_argument("--sampling-strategy", default="top", choices=["top", "gumbel", "random"])
     mine.add_argument("--temperature", type=float, default=0.05)
     mine.add_argument("--range-min", type=int, default=0)
@@ -226,6 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
     mine.add_argument("--max-score", type=float, default=None)
     mine.add_argument("--min-score", type=float, default=None)
     mine.add_argument("--stale", action="store_true", help="ignore the store's corrector")
+    mine.add_argument(
+        "--fill-missing",
+        action="store_true",
+        help="fill what the window and filters cannot provide with random rows instead of dropping the query",
+    )
     mine.add_argument("--seed", type=int, default=0)
     mine.add_argument("--max-seq-length", type=int, default=128)
     mine.set_defaults(handler=cmd_mine)

@@ -64,7 +64,18 @@ LAYOUT: dict[str, frozenset[str] | None] = {
 }
 # What every store save writes; a save writes the optional files (texts, side features, pool) only when it has them.
 ALWAYS_WRITTEN = (EMBEDDINGS_FILE, IDS_FILE, CONFIG_FILE, CORRECTOR_DIR)
-_CONFIG_KEYS = ("format", "format_version", "num_rows", "dim", "dtype", "similarity", "block_size", "pool", "files")
+_CONFIG_KEYS = (
+    "format",
+    "format_version",
+    "num_rows",
+    "dim",
+    "dtype",
+    "similarity",
+    "block_size",
+    "pool",
+    "files",
+    "encoder",
+)
 _CHUNK = 1 << 24
 
 
@@ -81,6 +92,7 @@ class SavedStore(NamedTuple):
     texts: list[str] | None
     pool: Any
     side: torch.Tensor | np.ndarray | None
+    encoder: dict[str, Any] | None = None
 
 
 def save_store(store: CorrectedCacheStore, path: str | os.PathLike[str], overwrite: bool = False) -> None:
@@ -128,6 +140,8 @@ def save_store(store: CorrectedCacheStore, path: str | os.PathLike[str], overwri
             "pool": store.pool.get_config_dict() if store.pool is not None else None,
             "files": files,
         }
+        if store.encoder is not None:
+            config["encoder"] = store.encoder
         (tmp / CONFIG_FILE).write_text(json.dumps(with_config_checksum(config), indent=2))
         step(f"wrote {CONFIG_FILE}")
 
@@ -179,6 +193,7 @@ def _read_store(folder: SavedFolder, mmap: bool, verify: bool, accept_missing_ch
         dtype = check_choice(config["dtype"], "dtype", tuple(DTYPES))
         similarity = check_choice(config["similarity"], "similarity", SIMILARITIES)
         block_size = check_positive_int(config.get("block_size", 16384), "block_size")
+        encoder = check_encoder_record(config.get("encoder"))
         pool_config = config.get("pool")
         if pool_config is not None and (not isinstance(pool_config, dict) or INDEX_FILE not in files):
             raise ValueError(f"a pool config needs a dict and {INDEX_FILE} in the file list")
@@ -219,7 +234,22 @@ def _read_store(folder: SavedFolder, mmap: bool, verify: bool, accept_missing_ch
         pool = _read_pool(pool_config, small[INDEX_FILE], folder.file(INDEX_FILE), num_rows, dim, config_path)
     storage: torch.Tensor | np.ndarray = array if mmap else torch.from_numpy(array)
     side_storage = None if side is None else side if mmap else torch.from_numpy(side)
-    return SavedStore(folder.path, storage, ids, corrector, similarity, dtype, block_size, texts, pool, side_storage)
+    return SavedStore(
+        folder.path, storage, ids, corrector, similarity, dtype, block_size, texts, pool, side_storage, encoder
+    )
+
+
+def check_encoder_record(record: Any) -> dict[str, Any] | None:
+    """A store's record of what built it: None, or a flat dict of short strings, ints, bools and nulls."""
+    if record is None:
+        return None
+    if not isinstance(record, dict) or len(record) > 16:
+        raise ValueError("encoder must be a dict of at most 16 entries")
+    for key, value in record.items():
+        short = isinstance(value, str) and len(value) <= 4096
+        if not (isinstance(key, str) and (value is None or short or isinstance(value, (bool, int)))):
+            raise ValueError(f"encoder[{key!r}] must be a short string, an int, a bool or null")
+    return dict(record)
 
 
 def _checked_file_list(listed: Any) -> dict[str, dict[str, Any]]:
@@ -317,6 +347,7 @@ def load_store(
     except (TypeError, ValueError) as exc:
         raise ValueError(f"Corrupted store {saved.directory}: {exc}") from exc
     store.pool = saved.pool
+    store.encoder = saved.encoder
     return store
 
 

@@ -10,11 +10,13 @@ Argument names and filter semantics follow sentence-transformers' ``mine_hard_ne
 4. ``sampling_strategy`` picks ``num_negatives`` of the rest: ``"top"`` the best, ``"gumbel"`` a sample without replacement from
    softmax(score / temperature) (Gumbel-top-k), ``"random"`` a uniform sample.
 
-When the filters leave fewer than ``num_negatives`` candidates, the gap is filled with uniformly random rows from
-outside the window that are not positives and pass the score filters (a row the window rejected, by a filter or as
-one of the ``range_min`` likely false negatives, never comes back through the fill); fills are counted in
-:attr:`HardNegativeSampler.stats` and logged once per call. When not even that is enough, :meth:`sample` raises
-``ValueError`` and counts the query in ``stats["unfillable_queries"]``.
+When the filters leave fewer than ``num_negatives`` candidates, ``fill_missing=False`` marks the gap with
+:data:`MISSING` (-1) and counts the query in ``stats["short_queries"]`` (``mine_hard_negatives`` drops such samples;
+the loss and ``haystack-corrector mine`` skip them). ``fill_missing=True`` (the default here, for callers that need
+every slot) fills it with uniformly random rows from outside the window that are not positives and pass the score
+filters (a row the window rejected, by a filter or as one of the ``range_min`` likely false negatives, never comes
+back through the fill); fills are counted in :attr:`HardNegativeSampler.stats` and logged once per call. When not
+even that is enough, :meth:`sample` raises ``ValueError`` and counts the query in ``stats["unfillable_queries"]``.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from haystack_corrector.scoring import similarity_scores
 logger = logging.getLogger(__name__)
 
 SAMPLING_STRATEGIES = ("top", "gumbel", "random")
+MISSING = -1  # with fill_missing=False: a negative the window and filters could not provide
 _DEFAULT_WINDOW_FACTOR = 10
 
 
@@ -70,6 +73,8 @@ class HardNegativeSampler:
         exclude_text_copies: also never sample a row whose text is identical to a positive's
             (:meth:`CorrectedCacheStore.with_text_copies`; needs ``store.texts``): a copy of the positive is a false
             negative. Default True.
+        fill_missing: fill what the window and filters cannot provide with random rows (True, default) or leave
+            :data:`MISSING` there (False).
 
     Example:
         >>> import torch
@@ -97,6 +102,7 @@ class HardNegativeSampler:
         max_view_age: int | None = None,
         exclude_text_copies: bool = True,
         view_rescore_depth: int | None = None,
+        fill_missing: bool = True,
     ) -> None:
         if not isinstance(store, CorrectedCacheStore):
             raise TypeError(f"store must be a CorrectedCacheStore, got {type(store).__name__}")
@@ -129,6 +135,11 @@ class HardNegativeSampler:
         if not isinstance(exclude_text_copies, bool):
             raise TypeError(f"exclude_text_copies must be a bool, got {describe(exclude_text_copies)}")
         self.exclude_text_copies = exclude_text_copies
+        if not isinstance(fill_missing, bool):
+            raise TypeError(f"fill_missing must be a bool, got {describe(fill_missing)}")
+        self.fill_missing = fill_missing
+        # A training loss must not raise mid-run for a data condition: it sets this False and skips the query.
+        self.raise_when_unfillable = True
         self.seed = seed
         self.max_view_age = None if max_view_age is None else check_non_negative_int(max_view_age, "max_view_age")
         self.view_rescore_depth = (
@@ -149,6 +160,8 @@ class HardNegativeSampler:
             "skipped_max_score": 0,
             "skipped_min_score": 0,
             "unfillable_queries": 0,
+            "short_queries": 0,
+            "missing_negatives": 0,
         }
 
     @property
@@ -182,6 +195,7 @@ class HardNegativeSampler:
             "max_view_age": self.max_view_age,
             "view_rescore_depth": self.view_rescore_depth,
             "exclude_text_copies": self.exclude_text_copies,
+            "fill_missing": self.fill_missing,
         }
 
     def sample(self, query_embeddings: ArrayLike, positives: Iterable[Iterable[int]]) -> torch.Tensor:
@@ -290,17 +304,24 @@ class HardNegativeSampler:
         likely false negative), so fill rows come from outside the window, and must pass the same score filters.
         """
         result = torch.empty((negatives.shape[0], self.num_negatives), dtype=torch.int64)
-        filled_queries = filled = 0
+        filled_queries = filled = short = 0
         for query in range(negatives.shape[0]):
             kept = negatives[query][chosen_valid[query]].tolist()
             missing = self.num_negatives - len(kept)
-            if missing:
+            if missing and not self.fill_missing:
+                kept += [MISSING] * missing
+                short += 1
+                self.stats["missing_negatives"] += missing
+            elif missing:
                 forbidden = positive_sets[query] | set(window_rows[query].tolist())
                 query_lowest = None if lowest is None else lowest[query : query + 1].view(1, 1)
-                kept += self._fill_rows(queries[query : query + 1], missing, forbidden, query_lowest, query)
+                fill = self._fill_rows(queries[query : query + 1], missing, forbidden, query_lowest, query)
+                kept += fill + [MISSING] * (missing - len(fill))  # (short only when it may not raise)
+                short += len(fill) < missing
                 filled_queries += 1
-                filled += missing
+                filled += len(fill)
             result[query] = torch.tensor(kept, dtype=torch.int64)
+        self.stats["short_queries"] += short
         self.stats["calls"] += 1
         self.stats["queries"] += negatives.shape[0]
         self.stats["filled_queries"] += filled_queries
@@ -352,6 +373,8 @@ class HardNegativeSampler:
             if len(picked) == count:
                 return picked
         self.stats["unfillable_queries"] += 1
+        if not self.raise_when_unfillable:
+            return picked
         raise ValueError(
             f"Cannot sample {self.num_negatives} negatives for query {position}: only {self.num_negatives - count + len(picked)} "
             f"rows of {num_rows} are neither positives nor rejected by range_min={self.range_min} and the score "

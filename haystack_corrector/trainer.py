@@ -104,11 +104,15 @@ class CorrectorTrainer(OfflineFitMixin):
         self.replay = ReplayBuffer(self.replay_size, store.dim, self.replay_max_age) if self.replay_size else None
         self.observed = 0  # observe() calls: the clock of replay_max_age
         self._replay_generator = torch.Generator()
+        self.reseed(seed)
+        self._bind(store.corrector)
+
+    def reseed(self, seed: int | None) -> None:
+        """Seed the replay buffer's draws (None: from entropy)."""
         if seed is None:
             self._replay_generator.seed()
         else:
             self._replay_generator.manual_seed(int(seed))
-        self._bind(store.corrector)
 
     def _bind(self, corrector: Corrector) -> None:
         self._corrector = corrector

@@ -60,3 +60,16 @@ def toy_beir(tmp_path_factory):
                 for doc_id, grade in qrels[query_id].items():
                     handle.write(f"{query_id}\t{doc_id}\t{grade}\n")
     return str(folder)
+
+
+@pytest.fixture
+def toy_training(tiny_model):
+    """(tiny model, its store of the toy corpus, the (anchor, positive) training dataset, qrels)."""
+    from haystack_corrector.beir import document_text
+    from haystack_corrector.sentence_transformers import build_training_dataset, encode_corpus
+    from tests.tiny_model import toy_corpus
+
+    corpus, queries, qrels = toy_corpus()
+    ids = list(corpus)
+    store = encode_corpus(tiny_model, [document_text(corpus[i]) for i in ids], ids=ids, show_progress_bar=False)
+    return tiny_model, store, build_training_dataset(queries, corpus, qrels, store), qrels

@@ -93,5 +93,7 @@ def test_load_errors(tmp_path):
     edited = json.loads(config.read_text())
     edited.pop(CONFIG_CHECKSUM_KEY)
     config.write_text(json.dumps(with_config_checksum(edited)))
-    with pytest.raises(ValueError, match=r"does not hold the tensors .* describes .*residual.0.weight.*\(4, 4\) in the file, \(4, 6\)"):
+    with pytest.raises(
+        ValueError, match=r"does not hold the tensors .* describes .*residual.0.weight.*\(4, 4\) in the file, \(4, 6\)"
+    ):
         Corrector.load(tmp_path / "h2")

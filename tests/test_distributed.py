@@ -177,14 +177,14 @@ def _loss_setup(model_folder: str):
 
 
 def _run_loss(loss, model, batches, record):
-    original = loss.sampler.sample
+    original = loss.source.sampler.sample
 
     def recording(queries, positives):
         rows = original(queries, positives)
         record.append(rows.clone())
         return rows
 
-    loss.sampler.sample = recording
+    loss.source.sampler.sample = recording
     model.train()
     for batch in batches:
         features = [model.preprocess(batch["anchor"]), model.preprocess(batch["positive"])]

@@ -24,21 +24,14 @@ def test_parse_arm_names_are_the_contract():
     assert parse_arm("static").negatives == "static"
     assert parse_arm("stale").negatives == "stale"
     assert parse_arm("corrector").negatives == "corrector"
-    assert parse_arm("refresh:50").loss_kwargs() == {"negatives": "refresh", "refresh_every": 50}
-    assert parse_arm("corrector+rerank:3").loss_kwargs() == {
-        "negatives": "rerank",
-        "rerank_depth": 3,
-        "rerank_candidates": "corrected",
-    }
+    assert parse_arm("refresh:50").negatives_name == "refresh:50"
+    assert parse_arm("corrector+rerank:3").negatives_name == "corrector+rerank:3"
+    assert parse_arm("corrector+refresh:8:reset").negatives_name == "corrector+refresh:8:reset"
     assert parse_arm("corrector+rerank:3+replay:2").loss_kwargs()["replay_steps"] == 2
     for bad in ("corrector+rerank:0", "corrector+rerank:x", "corrector+rerank:3+refresh:10"):
         with pytest.raises(ValueError, match="rerank"):
             parse_arm(bad)
-    assert parse_arm("rerank:30").loss_kwargs() == {
-        "negatives": "rerank",
-        "rerank_depth": 30,
-        "rerank_candidates": "stale",
-    }
+    assert parse_arm("rerank:30").negatives_name == "rerank:30"
     assert parse_arm("refresh:50").slug == "refresh-50"
     for bad in ("refresh", "refresh:0", "rerank:x", "fresh", "corrector:3"):
         with pytest.raises(ValueError):
@@ -269,10 +262,31 @@ def test_max_train_queries_limits_the_training_rows(toy_beir, tiny_st_path, tmp_
         config.validate()
 
 
+def test_every_arm_trains_the_loss_source_of_the_same_name():
+    """The harness's arm names and the loss's negative sources are one vocabulary."""
+    pytest.importorskip("sentence_transformers")
+    from haystack_corrector.sentence_transformers.negatives import parse_negatives
+
+    for name in (
+        "inbatch",
+        "static",
+        "stale",
+        "corrector",
+        "refresh:7",
+        "rerank:5",
+        "corrector+rerank:3",
+        "corrector+refresh:4",
+        "corrector+refresh:4:reset",
+        "corrector+side+rerank:3+replay:2",
+    ):
+        arm = parse_arm(name)
+        assert parse_negatives(arm.negatives_name).name == arm.negatives_name, name
+
+
 def test_hybrid_arms_parse():
     keep, reset = parse_arm("corrector+refresh:32"), parse_arm("corrector+refresh:32:reset")
-    assert keep.loss_kwargs() == {"negatives": "corrector", "refresh_every": 32, "corrector_after_refresh": "keep"}
-    assert reset.loss_kwargs()["corrector_after_refresh"] == "reset" and reset.slug == "corrector_refresh-32-reset"
+    assert keep.negatives_name == "corrector+refresh:32" and keep.loss_kwargs() == {}
+    assert reset.negatives_name == "corrector+refresh:32:reset" and reset.slug == "corrector_refresh-32-reset"
     for bad in ("corrector+refresh:0", "corrector+refresh:x", "corrector+refresh:4:forget"):
         with pytest.raises(ValueError, match="corrector\\+refresh:N"):
             parse_arm(bad)
@@ -280,7 +294,7 @@ def test_hybrid_arms_parse():
 
 def test_replay_arm_parses():
     arm = parse_arm("corrector+replay:4")
-    assert arm.loss_kwargs() == {"negatives": "corrector", "replay_steps": 4, "replay_size": 8192}
+    assert arm.loss_kwargs() == {"replay_steps": 4, "replay_size": 8192} and arm.negatives_name == "corrector"
     with pytest.raises(ValueError, match="corrector\\+replay:K"):
         parse_arm("corrector+replay:0")
 
@@ -288,15 +302,10 @@ def test_replay_arm_parses():
 def test_corrector_levers_combine():
     arm = parse_arm("corrector+side+replay:4")
     assert arm.side_features and arm.replay_steps == 4 and arm.negatives == "corrector"
-    assert arm.loss_kwargs() == {"negatives": "corrector", "replay_steps": 4, "replay_size": 8192}
+    assert arm.loss_kwargs() == {"replay_steps": 4, "replay_size": 8192}
     both = parse_arm("corrector+replay:2+refresh:32:reset")
-    assert both.loss_kwargs() == {
-        "negatives": "corrector",
-        "refresh_every": 32,
-        "corrector_after_refresh": "reset",
-        "replay_steps": 2,
-        "replay_size": 8192,
-    }
+    assert both.negatives_name == "corrector+refresh:32:reset"
+    assert both.loss_kwargs() == {"replay_steps": 2, "replay_size": 8192}
     assert parse_arm("corrector+side+replay:4").slug == "corrector_side_replay-4"
     for bad, match in (
         ("corrector+side+side", "twice"),
@@ -312,7 +321,6 @@ def test_listwise_arm_lever_sets_the_corrector_loss_weight():
 
     arm = parse_arm("corrector+replay:4+listwise:0.5")
     assert arm.loss_kwargs() == {
-        "negatives": "corrector",
         "replay_steps": 4,
         "replay_size": 8192,
         "listwise_weight": 0.5,

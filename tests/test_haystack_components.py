@@ -172,7 +172,7 @@ class TestCorrectedHardNegativeMiner:
             "init_parameters": {
                 "document_store": document_store.to_dict(),
                 "corrector_path": None,
-                "num_negatives": 4,
+                "num_negatives": 1,
                 "sampling_strategy": "top",
                 "temperature": 0.05,
                 "range_min": 0,

@@ -122,7 +122,12 @@ def test_bf16_reranking_picks_the_float32_negatives_where_scores_are_well_separa
     chosen, dtypes, fresh = {}, {}, {}
     for bf16 in (False, True):
         loss = CorrectedMultipleNegativesRankingLoss(
-            model, store, num_negatives=1, train_dataset=dataset, rerank_depth=depth, bf16_encodes=bf16
+            model,
+            store,
+            num_negatives=1,
+            train_dataset=dataset,
+            negatives=f"corrector+rerank:{depth}",
+            bf16_encodes=bf16,
         )
         encode, seen = loss.source.encode, []
 
@@ -159,7 +164,7 @@ def _run(model, output_dir, max_steps, resume=None, bf16=True):
     torch.manual_seed(0)
     store.corrector = Corrector(store.dim, hidden_dim=128)
     loss = CorrectedMultipleNegativesRankingLoss(
-        model, store, num_negatives=1, train_dataset=dataset, seed=0, corrector_lr=5e-3
+        model, store, num_negatives=1, train_dataset=dataset, corrector_lr=5e-3
     )
     args = SentenceTransformerTrainingArguments(
         output_dir=str(output_dir),
@@ -177,7 +182,11 @@ def _run(model, output_dir, max_steps, resume=None, bf16=True):
         disable_tqdm=True,
     )
     trainer = SentenceTransformerTrainer(
-        model=model, args=args, train_dataset=dataset, loss=loss, callbacks=[CorrectorCallback(loss)]
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        loss=loss,
+        callbacks=[CorrectorCallback(loss, resume_from_checkpoint=resume)],
     )
     with linear_output_dtypes(model[0]) as model_dtypes, linear_output_dtypes(store.corrector) as corrector_dtypes:
         trainer.train(resume_from_checkpoint=resume)

@@ -17,6 +17,9 @@ from haystack_corrector.beir import document_text  # noqa: E402
 from haystack_corrector.sentence_transformers import (  # noqa: E402
     CorrectedMultipleNegativesRankingLoss,
     CorrectedNegativesLoss,
+    RefreshedNegatives,
+    RerankedNegatives,
+    SampledNegatives,
     build_training_dataset,
     encode_corpus,
 )
@@ -24,12 +27,8 @@ from tests.tiny_model import load_tiny_model, toy_corpus  # noqa: E402
 
 
 @pytest.fixture
-def setup(tiny_model):
-    corpus, queries, qrels = toy_corpus()
-    ids = list(corpus)
-    store = encode_corpus(tiny_model, [document_text(corpus[i]) for i in ids], ids=ids, show_progress_bar=False)
-    dataset = build_training_dataset(queries, corpus, qrels, store)
-    return tiny_model, store, dataset, qrels
+def setup(toy_training):
+    return toy_training
 
 
 def _features(model, texts):
@@ -58,7 +57,7 @@ def test_build_training_dataset_gives_plain_pairs(setup):
     assert set(dataset["positive"]) <= set(store.texts)
 
 
-@pytest.mark.parametrize("mode", [{}, {"negatives": "corrector", "range_max": 20}], ids=["default", "corrector"])
+@pytest.mark.parametrize("mode", [{}, {"negatives": SampledNegatives(range_max=20)}], ids=["default", "corrector"])
 def test_wrapped_mnrl_equals_mnrl_on_the_sampled_negatives_value_and_gradients(setup, mode):
     model, store, dataset, _ = setup
     model.train()
@@ -116,9 +115,7 @@ def test_a_multi_positive_anchor_never_gets_its_other_positives(tiny_model, nega
         store,
         num_negatives=8,
         train_dataset=dataset,
-        negatives=negatives,
-        sampling_strategy="random",
-        range_max=40,
+        negatives=SampledNegatives(negatives == "corrector", sampling_strategy="random", range_max=40),
         seed=0,
     )
     relevant = _relevant_rows(store, qrels, queries)
@@ -135,7 +132,7 @@ def test_a_multi_positive_anchor_never_gets_its_other_positives(tiny_model, nega
             assert not set(rows) & relevant[anchor], anchor
 
 
-@pytest.mark.parametrize("mode", [{}, {"negatives": "corrector", "range_max": 30}], ids=["default", "corrector"])
+@pytest.mark.parametrize("mode", [{}, {"negatives": SampledNegatives(range_max=30)}], ids=["default", "corrector"])
 def test_without_train_dataset_the_batch_positive_and_its_copies_are_excluded(tiny_model, mode):
     corpus, queries, qrels = toy_corpus()
     for doc in list(corpus)[:20]:
@@ -155,11 +152,11 @@ def test_relevant_by_id_adds_rows_never_sampled(setup):
     model, store, dataset, _ = setup
     model.train()
     anchor = dataset[0]["anchor"]
-    plain = CorrectedMultipleNegativesRankingLoss(model, store, num_negatives=3, train_dataset=dataset, seed=0)
+    plain = CorrectedMultipleNegativesRankingLoss(model, store, num_negatives=3, train_dataset=dataset)
     plain([_features(model, [anchor]), _features(model, [dataset[0]["positive"]])], None)
     banned = [store.ids[r] for r in plain.last_negative_rows[0].tolist()]
     loss = CorrectedMultipleNegativesRankingLoss(
-        model, store, num_negatives=3, train_dataset=dataset, relevant={anchor: banned}, seed=0
+        model, store, num_negatives=3, train_dataset=dataset, relevant={anchor: banned}
     )
     loss([_features(model, [anchor]), _features(model, [dataset[0]["positive"]])], None)
     assert not set(loss.last_negative_rows[0].tolist()) & set(store.rows_of(banned))
@@ -182,7 +179,7 @@ def test_mine_hard_negatives_output_trains_and_its_negatives_are_kept(setup):
     )
     assert mined.column_names == ["anchor", "positive", "negative_1", "negative_2"]
     model.train()
-    loss = CorrectedMultipleNegativesRankingLoss(model, store, num_negatives=2, train_dataset=mined, seed=0)
+    loss = CorrectedMultipleNegativesRankingLoss(model, store, num_negatives=2, train_dataset=mined)
     batch = mined.select(range(6))
     columns = _columns(model, batch, mined.column_names)
     value = loss(columns, None)
@@ -229,7 +226,9 @@ def test_drift_step_uses_the_embeddings_the_wrapped_loss_computed(setup):
     assert all(p.grad is None for p in model.parameters())  # the drift step does not touch the encoder
     assert any(not torch.equal(a, b) for a, b in zip(before, store.corrector.parameters()))
     metrics = loss.pop_metrics()
-    assert metrics["corrector/staleness"] > 1e-4 and metrics["corrector/drift_loss"] > 0
+    assert metrics["corrector/staleness"] > 1e-4 and metrics["corrector/corrected_error"] > 0
+    # Why 8: under MSE alone the drift loss is the corrected error again; it is logged only when it adds a term.
+    assert "corrector/drift_loss" not in metrics
     assert metrics["corrector/target_forward_passes"] == 12
 
 
@@ -239,10 +238,8 @@ def _run_one_step(model, store, inner_factory, batch, seed=0):
         inner_factory(model),
         store,
         num_negatives=2,
-        negatives="corrector",
-        range_max=20,
+        negatives=SampledNegatives(range_max=20, sampling_strategy="gumbel"),
         seed=seed,
-        sampling_strategy="gumbel",
         corrector_lr=1e-2,
     )
     model.train()
@@ -296,7 +293,7 @@ def test_wrapped_gist_filters_as_unwrapped_gist(setup, tiny_model_folder, cached
 
     _stale(store)
     # GISTEmbedLoss takes (anchor, positive[, negative]): one sampled negative.
-    loss = CorrectedNegativesLoss(model, gist(), store, num_negatives=1, train_dataset=dataset, seed=0)
+    loss = CorrectedNegativesLoss(model, gist(), store, num_negatives=1, train_dataset=dataset)
     batch = dataset.select(range(8))
     model.train()
     before = [p.detach().clone() for p in store.corrector.parameters()]
@@ -312,8 +309,8 @@ def test_wrapped_gist_filters_as_unwrapped_gist(setup, tiny_model_folder, cached
 def test_evaluation_neither_samples_nor_trains(setup):
     model, store, dataset, _ = setup
     _stale(store)
-    loss = CorrectedMultipleNegativesRankingLoss(model, store, num_negatives=2, train_dataset=dataset, seed=0)
-    generator_state = loss.sampler.generator.get_state()
+    loss = CorrectedMultipleNegativesRankingLoss(model, store, num_negatives=2, train_dataset=dataset)
+    generator_state = loss.generator.get_state()
     weights = {k: v.clone() for k, v in store.corrector.state_dict().items()}
     unseen = Dataset.from_dict({"anchor": ["a question never seen", "another one"], "positive": ["text x", "text y"]})
     model.eval()
@@ -322,7 +319,7 @@ def test_evaluation_neither_samples_nor_trains(setup):
         reference = st_losses.MultipleNegativesRankingLoss(model)(_columns(model, unseen), None)
     torch.testing.assert_close(value, reference)
     assert loss.last_negative_rows is None and loss.training_forwards == 0
-    assert torch.equal(loss.sampler.generator.get_state(), generator_state)
+    assert torch.equal(loss.generator.get_state(), generator_state)
     assert all(torch.equal(weights[k], v) for k, v in store.corrector.state_dict().items())
 
 
@@ -333,58 +330,82 @@ def test_config_and_citation(setup):
         store,
         num_negatives=2,
         train_dataset=dataset,
-        negatives="corrector",
-        sampling_strategy="gumbel",
-        range_max=10,
-        min_score=0.1,
+        negatives=SampledNegatives(sampling_strategy="gumbel", range_max=10, min_score=0.1),
         max_view_age=5,
         view_rescore_depth=50,
     )
     config = loss.get_config_dict()
-    assert config["max_view_age"] == 5 and config["view_rescore_depth"] == 50 and loss.sampler.view_rescore_depth == 50
+    assert config["max_view_age"] == 5 and config["view_rescore_depth"] == 50
+    assert loss.source.sampler.view_rescore_depth == 50
     assert config["num_negatives"] == 2 and config["negatives"] == "corrector"
-    assert config["sampling_strategy"] == "gumbel" and config["min_score"] == 0.1
-    assert config["similarity_fct"] == "cos_sim" and config["corrector"]["dim"] == 64
+    assert config["negatives_sampling_strategy"] == "gumbel" and config["negatives_min_score"] == 0.1
+    assert config["negatives_temperature"] == 0.05  # gumbel's, by default
+    assert config["loss"] == "MultipleNegativesRankingLoss" and config["loss_config"]["similarity_fct"] == "cos_sim"
+    assert config["corrector"]["dim"] == 64 and config["corrector"]["lr"] == 1e-3
     assert "monath2024fresh" in loss.citation and "2409.01890" in loss.citation
-    assert config["rerank_depth"] is None and config["rerank_candidates"] is None  # (not re-ranking)
+    # Nothing that had no effect: no re-ranking options, no seed, no refresh, no max_score.
+    flat = str(config)
+    for absent in ("'negatives_depth'", "candidates", "every", "max_score", "'seed'", "range_min", "warmup"):
+        assert absent not in flat, absent
 
 
 def test_the_default_is_corrected_re_ranking_of_three_candidates_per_negative(setup):
     model, store, dataset, _ = setup
+    default = CorrectedMultipleNegativesRankingLoss(model, store, train_dataset=dataset)
+    assert default.num_negatives == 1 and default.get_config_dict()["negatives"] == "corrector+rerank:3"
     for num_negatives, range_min, depth in ((1, 0, 3), (2, 0, 6), (2, 1, 9)):
         loss = CorrectedMultipleNegativesRankingLoss(
             model, store, num_negatives=num_negatives, range_min=range_min, train_dataset=dataset
         )
         config = loss.get_config_dict()
-        assert config["negatives"] == "rerank" and config["rerank_candidates"] == "corrected"
-        assert config["rerank_depth"] == depth and loss.source.depth == depth and loss.source.use_corrector
-    stale = CorrectedMultipleNegativesRankingLoss(model, store, train_dataset=dataset, rerank_candidates="stale")
-    assert stale.rerank_depth == 12 and not stale.source.use_corrector  # num_negatives=4 by default
+        assert config["negatives"] == f"corrector+rerank:{depth}" and config["negatives_candidates"] == "corrected"
+        assert loss.source.depth == depth and loss.source.searches_corrected
+    stale = CorrectedMultipleNegativesRankingLoss(model, store, train_dataset=dataset, negatives="rerank:3")
+    assert stale.source.depth == 3 and not stale.source.searches_corrected
 
 
 @pytest.mark.parametrize(
     "option",
-    [
-        {"sampling_strategy": "gumbel"},
-        {"range_max": 20},
-        {"absolute_margin": 0.1},
-        {"relative_margin": 0.05},
-        {"max_score": 0.9},
-        {"min_score": 0.1},
-    ],
+    ["sampling_strategy", "temperature", "range_max", "absolute_margin", "relative_margin", "max_score", "min_score"],
 )
-def test_sampler_options_are_refused_with_re_ranking_instead_of_ignored(setup, option):
+def test_sampler_options_are_refused_by_the_loss_and_named_where_they_live(setup, option):
     model, store, dataset, _ = setup
-    ((name, value),) = option.items()
-    with pytest.raises(ValueError, match=f"{name}={value!r} applies to sampled negatives.*negatives='corrector'"):
-        CorrectedMultipleNegativesRankingLoss(model, store, train_dataset=dataset, **option)
-    loss = CorrectedMultipleNegativesRankingLoss(model, store, train_dataset=dataset, negatives="corrector", **option)
-    assert loss.negatives == "corrector"
+    with pytest.raises(TypeError, match=f"no longer takes {option}: it is an option of the negative source"):
+        CorrectedMultipleNegativesRankingLoss(model, store, train_dataset=dataset, **{option: 0.1})
+
+
+def test_options_without_effect_are_refused_whichever_source(setup):
+    """Why 6: re-ranking took temperature and seed, inbatch ignored sampling options, margins out of range passed."""
+    model, store, dataset, _ = setup
+    build = lambda **kw: CorrectedMultipleNegativesRankingLoss(model, store, train_dataset=dataset, **kw)  # noqa: E731
+    with pytest.raises(ValueError, match="seed=0 \\(this setting draws no random numbers\\)"):
+        build(seed=0)  # the default re-ranking is deterministic
+    with pytest.raises(ValueError, match="temperature applies to sampling_strategy='gumbel' only"):
+        SampledNegatives(temperature=0.1)
+    with pytest.raises(ValueError, match="range_min=1 \\(in-batch negatives"):
+        build(negatives="inbatch", range_min=1)
+    with pytest.raises(ValueError, match="applies to the sources that sample"):
+        build(
+            negatives=__import__("haystack_corrector.sentence_transformers.negatives", fromlist=["x"]).parse_negatives(
+                "inbatch", range_max=5
+            )
+        )
+    for name in ("corrector_warmup_steps", "max_view_age"):
+        with pytest.raises(ValueError, match=f"{name}=2 \\(the corrected cache is never searched\\)"):
+            build(negatives="stale", **{name: 2})
+    with pytest.raises(ValueError, match="view_rescore_depth without max_view_age"):
+        build(view_rescore_depth=4)
+    with pytest.raises(ValueError, match="relative_margin must be in \\[0, 1\\)"):
+        SampledNegatives(relative_margin=1.5)
+    with pytest.raises(ValueError, match="absolute_margin must be >= 0"):
+        SampledNegatives(absolute_margin=-0.2)
+    assert build(negatives=SampledNegatives(sampling_strategy="gumbel"), seed=0).seed == 0  # it draws: accepted
+    assert build(replay_size=64, replay_steps=1, seed=0).seed == 0  # the replay draws: accepted
 
 
 def test_bad_inputs(setup):
     model, store, dataset, _ = setup
-    with pytest.raises(TypeError, match="train_dataset is a keyword argument now"):
+    with pytest.raises(TypeError, match="pass the dataset as train_dataset"):
         CorrectedMultipleNegativesRankingLoss(model, store, dataset)
     with pytest.raises(ValueError, match="store has dimension 8 but the model embeds into dimension 64"):
         CorrectedMultipleNegativesRankingLoss(model, CorrectedCacheStore(torch.randn(60, 8), texts=["t"] * 60))
@@ -392,17 +413,23 @@ def test_bad_inputs(setup):
         CorrectedMultipleNegativesRankingLoss(model, store, train_dataset=dataset.select_columns(["anchor"]))
     with pytest.raises(ValueError, match="Unknown negatives 'fresh'"):
         CorrectedMultipleNegativesRankingLoss(model, store, train_dataset=dataset, negatives="fresh")
+    with pytest.raises(ValueError, match="'rerank' meant corrected re-ranking in earlier versions"):
+        CorrectedMultipleNegativesRankingLoss(model, store, train_dataset=dataset, negatives="rerank")
     with pytest.raises(ValueError, match="no texts"):
         CorrectedMultipleNegativesRankingLoss(model, CorrectedCacheStore(store.stale_embeddings()))
     with pytest.raises(TypeError, match="an nn.Module"):
         CorrectedNegativesLoss(model, "MultipleNegativesRankingLoss", store)
-    with pytest.raises(ValueError, match="needs train_dataset"):
+    with pytest.raises(ValueError, match="needs the loss's train_dataset"):
         CorrectedMultipleNegativesRankingLoss(model, store, negatives="static")
     with pytest.raises(ValueError, match="min_score"):
-        CorrectedMultipleNegativesRankingLoss(model, store, negatives="corrector", min_score=0.9, max_score=0.1)
+        SampledNegatives(min_score=0.9, max_score=0.1)
     loss = CorrectedMultipleNegativesRankingLoss(model, store, num_negatives=2, train_dataset=dataset)
     with pytest.raises(ValueError, match="at least 2 text columns"):
         loss([_features(model, dataset["anchor"][:2])], None)
+    with pytest.raises(ValueError, match="already serves another loss"):
+        source = SampledNegatives()
+        CorrectedMultipleNegativesRankingLoss(model, store, train_dataset=dataset, negatives=source)
+        CorrectedMultipleNegativesRankingLoss(model, store, train_dataset=dataset, negatives=source)
 
 
 def test_warns_once_without_the_callback(setup, caplog):
@@ -437,7 +464,7 @@ def test_static_negatives_are_mined_once_with_the_initial_model(setup):
 def test_refresh_re_encodes_the_corpus_every_n_steps(setup):
     model, store, dataset, _ = setup
     loss = CorrectedMultipleNegativesRankingLoss(
-        model, store, num_negatives=2, train_dataset=dataset, negatives="refresh", refresh_every=2
+        model, store, num_negatives=2, train_dataset=dataset, negatives="refresh:2"
     )
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
@@ -448,14 +475,14 @@ def test_refresh_re_encodes_the_corpus_every_n_steps(setup):
         optimizer.step()
     assert loss.costs.corpus_encodes == 2  # before steps 2 and 4
     assert loss.costs.target_forward_passes == 5 * 4 * 3 + 2 * len(set(store.texts))
-    with pytest.raises(ValueError, match="refresh_every"):
+    with pytest.raises(ValueError, match=r"give the steps between re-encodes: 'refresh:N'"):
         CorrectedMultipleNegativesRankingLoss(model, store, train_dataset=dataset, negatives="refresh")
 
 
 def test_rerank_picks_the_best_candidates_by_fresh_score(setup):
     model, store, dataset, _ = setup
     loss = CorrectedMultipleNegativesRankingLoss(
-        model, store, num_negatives=2, train_dataset=dataset, negatives="rerank", rerank_depth=10
+        model, store, num_negatives=2, train_dataset=dataset, negatives="rerank:10"
     )
     batch = dataset.select(range(3))
     model.train()
@@ -497,9 +524,7 @@ def test_corrected_rerank_picks_the_best_of_the_corrected_top_l_by_fresh_score(s
         store,
         num_negatives=2,
         train_dataset=dataset,
-        negatives="rerank",
-        rerank_depth=6,
-        rerank_candidates="corrected",
+        negatives="corrector+rerank:6",
     )
     batch = dataset.select(range(4))
     model.eval()
@@ -520,7 +545,7 @@ def test_corrected_rerank_takes_raw_candidates_during_the_corrector_warm_up(setu
     model, store, dataset, _ = setup
     _perturbed_corrector(store)
     loss = CorrectedMultipleNegativesRankingLoss(
-        model, store, num_negatives=2, train_dataset=dataset, rerank_depth=6, corrector_warmup_steps=1
+        model, store, num_negatives=2, train_dataset=dataset, negatives=RerankedNegatives(6), corrector_warmup_steps=1
     )
     searches = []
     search = store.search
@@ -543,8 +568,8 @@ def test_corrected_rerank_reads_a_view_young_enough_like_the_sampler(setup):
         for parameter in store.corrector.parameters():
             parameter.add_(0.5 * torch.randn(parameter.shape, generator=torch.Generator().manual_seed(1)))
     store.corrector.steps += 1
-    kwargs = dict(num_negatives=2, train_dataset=dataset, negatives="rerank", rerank_depth=6)
-    loss = CorrectedMultipleNegativesRankingLoss(model, store, rerank_candidates="corrected", max_view_age=5, **kwargs)
+    kwargs = dict(num_negatives=2, train_dataset=dataset, negatives="corrector+rerank:6")
+    loss = CorrectedMultipleNegativesRankingLoss(model, store, max_view_age=5, **kwargs)
     model.eval()
     anchors, relevant = _anchors_and_relevant(model, loss, batch)
     _, from_view = store.search(anchors, 6, exclude=relevant, max_view_age=5)
@@ -568,9 +593,7 @@ def test_rerank_candidates_train_the_corrector_once_each(setup, candidates):
         store,
         num_negatives=1,
         train_dataset=dataset,
-        negatives="rerank",
-        rerank_depth=5,
-        rerank_candidates=candidates,
+        negatives=RerankedNegatives(5, candidates=candidates),
         bf16_encodes=False,  # float32 encodes, compared exactly below (bfloat16: tests/test_precision.py)
     )
     observed = []
@@ -604,15 +627,15 @@ def test_rerank_candidates_train_the_corrector_once_each(setup, candidates):
 
 def test_rerank_candidates_is_validated(setup):
     model, store, dataset, _ = setup
-    with pytest.raises(ValueError, match="rerank_candidates"):
-        CorrectedMultipleNegativesRankingLoss(model, store, train_dataset=dataset, rerank_candidates="fresh")
-    with pytest.raises(ValueError, match="applies to negatives='rerank'"):
+    with pytest.raises(ValueError, match="Unknown candidates 'fresh'"):
+        RerankedNegatives(3, candidates="fresh")
+    with pytest.raises(TypeError, match="no longer takes rerank_candidates.*RerankedNegatives"):
         CorrectedMultipleNegativesRankingLoss(
             model, store, train_dataset=dataset, negatives="corrector", rerank_candidates="corrected"
         )
 
 
-@pytest.mark.parametrize("negatives", ["static", "rerank", "corrector"])
+@pytest.mark.parametrize("negatives", ["static", "rerank:10", "corrector"])
 def test_copies_of_a_positive_are_relevant_too(tiny_model, negatives):
     corpus, queries, qrels = toy_corpus()
     positives = sorted({d for judged in qrels.values() for d, g in judged.items() if g > 0})
@@ -622,7 +645,7 @@ def test_copies_of_a_positive_are_relevant_too(tiny_model, negatives):
     store = encode_corpus(tiny_model, [document_text(corpus[i]) for i in ids], ids=ids, show_progress_bar=False)
     dataset = build_training_dataset(queries, corpus, qrels, store)
     loss = CorrectedMultipleNegativesRankingLoss(
-        tiny_model, store, num_negatives=3, train_dataset=dataset, negatives=negatives, rerank_depth=10
+        tiny_model, store, num_negatives=3, train_dataset=dataset, negatives=negatives
     )
     relevant = _relevant_rows(store, qrels, queries)
     assert any(len(rows) > len({store.texts[r] for r in rows}) for rows in relevant.values())
@@ -658,9 +681,7 @@ def test_corrector_with_a_rare_refresh(setup, after):
         store,
         num_negatives=1,
         train_dataset=dataset,
-        negatives="corrector",
-        refresh_every=2,
-        corrector_after_refresh=after,
+        negatives=RefreshedNegatives(2, corrected=True, after_refresh=after),
         corrector_lr=1e-2,
         bf16_encodes=False,  # the re-encoded cache is compared exactly with a float32 encode below
     )
@@ -676,8 +697,8 @@ def test_corrector_with_a_rare_refresh(setup, after):
     torch.testing.assert_close(store.stale_embeddings(), fresh, atol=1e-5, rtol=1e-4)
     steps = {int(state["step"]) for state in loss.corrector_trainer.optimizer.state.values()}
     assert steps == ({1} if after == "reset" else {3}), "reset starts a fresh optimiser at the refresh"
-    with pytest.raises(ValueError, match="refresh_every applies to negatives='refresh' or 'corrector'"):
-        CorrectedMultipleNegativesRankingLoss(model, store, train_dataset=dataset, negatives="stale", refresh_every=2)
+    with pytest.raises(ValueError, match="after_refresh applies to corrected=True"):
+        RefreshedNegatives(2, after_refresh="reset")
 
 
 class _CopyingMNRL(st_losses.MultipleNegativesRankingLoss):
@@ -694,7 +715,7 @@ def test_a_loss_that_embeds_anchors_another_way_gets_its_own_forward(setup):
     model.train()
     batch = dataset.select(range(6))
     loss = CorrectedNegativesLoss(
-        model, _CopyingMNRL(model), store, num_negatives=2, negatives="corrector", range_max=20
+        model, _CopyingMNRL(model), store, num_negatives=2, negatives=SampledNegatives(range_max=20)
     )
     assert loss._reuse_anchor_forward is None
     model.zero_grad()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -15,13 +17,34 @@ from haystack_corrector.evaluation import relative_error  # noqa: E402
 from haystack_corrector.sentence_transformers import (  # noqa: E402
     CorrectedMultipleNegativesRankingLoss,
     CorrectorCallback,
+    RefreshedNegatives,
+    SampledNegatives,
     build_training_dataset,
     encode_corpus,
 )
 from tests.tiny_model import load_tiny_model, toy_corpus  # noqa: E402
 
+SOURCES = {
+    "corrector": lambda: SampledNegatives(sampling_strategy="gumbel", range_max=20),
+    "refresh": lambda: RefreshedNegatives(3, sampling_strategy="gumbel", range_max=20),
+    "rerank": lambda: "corrector+rerank",
+}
 
-def _run(model, output_dir, max_steps, save_steps=2, resume=None, record_rows=None, negatives="corrector", **extra):
+
+def _run(
+    model,
+    output_dir,
+    max_steps,
+    save_steps=2,
+    resume=None,
+    record_rows=None,
+    negatives="corrector",
+    tell_callback=True,
+    loss_seed=0,
+    trainer_seed=0,
+    record_negatives=None,
+    **extra,
+):
     corpus, queries, qrels = toy_corpus(num_docs=300, num_queries=48)
     ids = list(corpus)
     texts = [document_text(corpus[i]) for i in ids]
@@ -34,12 +57,13 @@ def _run(model, output_dir, max_steps, save_steps=2, resume=None, record_rows=No
         store,
         num_negatives=2,
         train_dataset=dataset,
-        negatives=negatives,
-        **({} if negatives == "rerank" else {"sampling_strategy": "gumbel", "range_max": 20}),  # (sampled modes)
-        seed=0,
+        negatives=SOURCES[negatives](),
+        seed=None if negatives == "rerank" else loss_seed,  # (re-ranking draws nothing at random)
         corrector_lr=5e-3,
-        **({"refresh_every": 3} if negatives == "refresh" else {}),
     )
+    if record_negatives is not None:
+        choose = loss.source.negatives
+        loss.source.negatives = lambda *a: (lambda rows: (record_negatives.append(rows.tolist()), rows)[1])(choose(*a))
     if record_rows is not None:
         original = loss.corrector_trainer.observe
 
@@ -58,12 +82,12 @@ def _run(model, output_dir, max_steps, save_steps=2, resume=None, record_rows=No
         save_steps=save_steps,
         save_strategy="steps",
         batch_sampler="no_duplicates",
-        seed=0,
+        seed=trainer_seed,
         report_to=[],
         use_cpu=True,
         disable_tqdm=True,
     )
-    callback = CorrectorCallback(loss)
+    callback = CorrectorCallback(loss, resume_from_checkpoint=resume if tell_callback else None)
     trainer = SentenceTransformerTrainer(
         model=model, args=args, train_dataset=dataset, loss=loss, callbacks=[callback], **extra
     )
@@ -81,8 +105,8 @@ def test_training_logs_drift_and_corrector_generalises_to_unseen_rows(tiny_model
     for key in (
         "corrector/staleness",
         "corrector/corrected_error",
-        "corrector/drift_loss",
-        "corrector/filled_negatives",
+        "corrector/skipped_anchors",
+        "corrector/target_forward_passes",
     ):
         assert key in logged[-1], (key, logged[-1])
     assert logged[-1]["corrector/staleness"] > 0  # the encoder really moved
@@ -125,6 +149,53 @@ def test_resume_from_a_copied_checkpoint_ends_as_the_uninterrupted_run(tiny_mode
     for key, value in resumed.model.state_dict().items():
         torch.testing.assert_close(value, final_encoder[key], atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(resumed_store.stale_embeddings(), final_cache)  # refresh: the re-encoded cache is back
+
+
+def test_resume_from_elsewhere_without_telling_the_callback_is_a_clear_error(tiny_model_folder, tmp_path, caplog):
+    """Why 7: resume no longer reads transformers' stack frames; a checkpoint the trainer's arguments and output_dir
+    do not name is refused before any step, saying how to name it. One under output_dir is found by itself."""
+    import shutil
+
+    _run(load_tiny_model(tiny_model_folder), tmp_path / "run", max_steps=4, save_steps=2, negatives="rerank")
+    elsewhere = tmp_path / "moved" / "checkpoint-2"
+    shutil.copytree(tmp_path / "run" / "checkpoint-2", elsewhere)
+    with pytest.raises(ValueError, match="CorrectorCallback\\(loss, resume_from_checkpoint=path\\)"):
+        _run(
+            load_tiny_model(tiny_model_folder),
+            tmp_path / "other",
+            max_steps=4,
+            resume=str(elsewhere),
+            negatives="rerank",
+            tell_callback=False,
+        )
+    with caplog.at_level(logging.INFO, logger="haystack_corrector"):
+        trainer, _, _ = _run(
+            load_tiny_model(tiny_model_folder), tmp_path / "run", max_steps=6, resume=True, negatives="rerank"
+        )
+    assert trainer.state.global_step == 6
+    restored = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Restored the corrector")]
+    assert len(restored) == 1 and "checkpoint-4" in restored[0]  # the trainer's own last checkpoint, found by name
+
+
+def test_the_loss_follows_the_trainers_seed(tiny_model_folder, tmp_path):
+    """Why 5: a loss without its own seed samples with the trainer's: same seed, same negatives; another, others."""
+
+    def negatives_of(trainer_seed, folder):
+        seen = []
+        _run(
+            load_tiny_model(tiny_model_folder),
+            tmp_path / folder,
+            max_steps=2,
+            save_steps=100,
+            loss_seed=None,
+            trainer_seed=trainer_seed,
+            record_negatives=seen,
+        )
+        return seen
+
+    first, again, other = negatives_of(3, "a"), negatives_of(3, "b"), negatives_of(4, "c")
+    assert first and first == again
+    assert first != other
 
 
 def test_eval_dataset_and_evaluator_run_during_training(tiny_model_folder, tmp_path):

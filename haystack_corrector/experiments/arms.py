@@ -35,20 +35,24 @@ class Arm:
     listwise_weight: float | None = None  # corrector+listwise:W (overrides --listwise-weight for this arm)
     rerank_candidates: str | None = None  # "stale" for rerank:L (the raw cache's), "corrected" for corrector+rerank:L
 
+    @property
+    def negatives_name(self) -> str:
+        """The loss's ``negatives`` for this arm: the name of its negative source (the corrector levers aside)."""
+        if self.negatives == "rerank":
+            return f"{'rerank' if self.rerank_candidates == 'stale' else 'corrector+rerank'}:{self.rerank_depth}"
+        if self.negatives == "refresh":
+            return f"refresh:{self.refresh_every}"
+        if self.negatives == "corrector" and self.refresh_every is not None:
+            return f"corrector+refresh:{self.refresh_every}" + (":reset" if self.after_refresh == "reset" else "")
+        return self.negatives
+
     def loss_kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"negatives": self.negatives}
-        if self.refresh_every is not None:
-            kwargs["refresh_every"] = self.refresh_every
-        if self.rerank_depth is not None:
-            kwargs["rerank_depth"] = self.rerank_depth
-        if self.after_refresh is not None:
-            kwargs["corrector_after_refresh"] = self.after_refresh
+        """The corrector's training levers of this arm, as loss options (its negatives are :attr:`negatives_name`)."""
+        kwargs: dict[str, Any] = {}
         if self.replay_steps is not None:
             kwargs.update(replay_steps=self.replay_steps, replay_size=REPLAY_SIZE)
         if self.listwise_weight is not None:
             kwargs["listwise_weight"] = self.listwise_weight
-        if self.rerank_candidates is not None:
-            kwargs["rerank_candidates"] = self.rerank_candidates
         return kwargs
 
     @property

@@ -230,6 +230,17 @@ class TrainedArm:
     train_cpu_seconds: float  # process CPU time (all threads): unaffected by a pause, little by a busy machine
 
 
+def negative_source(arm: Arm, config: ExperimentConfig) -> Any:
+    """The arm's negative source, with the run's window and strategy when it samples among the cache's scores."""
+    from haystack_corrector.sentence_transformers.negatives import SampledNegatives, parse_negatives
+
+    source = parse_negatives(arm.negatives_name)
+    if isinstance(source, SampledNegatives):
+        sampling = {"sampling_strategy": config.sampling_strategy, "range_max": config.range_max}
+        return parse_negatives(arm.negatives_name, **sampling)
+    return source
+
+
 def train_arm(
     config: ExperimentConfig,
     arm: Arm,
@@ -259,21 +270,18 @@ def train_arm(
     if store.side_dim and not arm.raw_side_features:
         store.standardize_side_features()
     dataset = build_training_dataset(prepared.train_queries, prepared.corpus, prepared.train_qrels, store)
-    # The sampler's choice among cached scores (a re-ranking arm keeps its best candidates by fresh score).
-    sampler_options: dict[str, Any] = (
-        {}
-        if arm.negatives == "rerank"
-        else {"sampling_strategy": config.sampling_strategy, "range_max": config.range_max}
-    )
+    negatives = negative_source(arm, config)
     loss = CorrectedMultipleNegativesRankingLoss(
         model,
         store,
         num_negatives=config.num_negatives,
+        negatives=negatives,
         train_dataset=dataset,
         range_min=config.range_min,
-        **sampler_options,
         corrector_lr=config.corrector_lr,
-        seed=seed,
+        # A source that draws random numbers mines with them at construction (static): seed it now; the rest follow
+        # the trainer's seed through CorrectorCallback.
+        seed=seed if negatives.draws_random else None,
         encode_batch_size=config.encode_batch_size,
         bf16_encodes=config.bf16,
         **{"listwise_weight": config.listwise_weight, **arm.loss_kwargs()},  # an arm's listwise:W overrides
@@ -385,7 +393,8 @@ def run_arm(config: ExperimentConfig, arm: Arm, seed: int, prepared: Prepared) -
         "drift_history": history,
         # Fidelity at the end of training, for free: the arm's cache (stale and corrected) vs the fresh encode.
         "final_drift": fidelity_of(store, fresh_docs, queries, fresh_rows),
-        "sampler_stats": dict(loss.sampler.stats),
+        "sampler_stats": dict(getattr(loss.source, "stats", {})),
+        "skipped_anchors": loss.stats["skipped_anchors"],
     }
     _write_json(path, result)
     progress.info(

@@ -19,6 +19,14 @@ from haystack_corrector.sentence_transformers.latent_retrieval_loss import (  # 
     CrossEncoderReader,
     LatentRetrievalLoss,
 )
+from haystack_corrector.sentence_transformers.negatives import (  # noqa: E402
+    InBatchNegatives,
+    NegativeSource,
+    RefreshedNegatives,
+    RerankedNegatives,
+    SampledNegatives,
+    StaticNegatives,
+)
 from haystack_corrector.sentence_transformers.training_data import build_training_dataset  # noqa: E402
 
 __all__ = [
@@ -26,7 +34,13 @@ __all__ = [
     "CorrectedNegativesLoss",
     "CorrectorCallback",
     "CrossEncoderReader",
+    "InBatchNegatives",
     "LatentRetrievalLoss",
+    "NegativeSource",
+    "RefreshedNegatives",
+    "RerankedNegatives",
+    "SampledNegatives",
+    "StaticNegatives",
     "build_training_dataset",
     "encode_corpus",
 ]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import inspect
 import io
 import json
 import logging
@@ -41,24 +40,31 @@ def has_state(checkpoint: str | os.PathLike[str]) -> bool:
     return state.is_dir() or previous_directory(state).is_dir()
 
 
-def resumed_checkpoint() -> str | None:
-    """The checkpoint folder the running ``Trainer.train`` resumes from, wherever it lies (None when not resuming).
+def resumed_checkpoint(args: Any, global_step: int, explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The checkpoint a run resuming at ``global_step`` started from, told by the trainer's own arguments and state.
 
-    ``TrainerCallback`` events are not told the path, so it is read from the trainer's own call frames
-    (``resume_from_checkpoint`` of ``_inner_training_loop`` / ``train``), after the trainer resolved ``True`` to
-    the last checkpoint of ``output_dir``.
+    In order: ``explicit`` (``CorrectorCallback(loss, resume_from_checkpoint=...)``), the trainer's
+    ``args.resume_from_checkpoint``, then ``args.output_dir/checkpoint-<global_step>`` (the trainer's own naming) when
+    its ``trainer_state.json`` is at that step. ``TrainerCallback`` events are not told the path
+    ``trainer.train(resume_from_checkpoint=...)`` was given, so a checkpoint elsewhere must be named explicitly: a
+    ``ValueError`` says so rather than guessing.
     """
-    frame = inspect.currentframe()
+    for given in (explicit, getattr(args, "resume_from_checkpoint", None)):
+        if isinstance(given, (str, os.PathLike)):
+            return Path(given)
+    candidate = Path(args.output_dir) / f"checkpoint-{global_step}"
     try:
-        while frame is not None:
-            if frame.f_code.co_name in ("_inner_training_loop", "train"):
-                value = frame.f_locals.get("resume_from_checkpoint")
-                if isinstance(value, (str, os.PathLike)):
-                    return os.fspath(value)
-            frame = frame.f_back
-    finally:
-        del frame
-    return None
+        saved_step = json.loads((candidate / "trainer_state.json").read_text()).get("global_step")
+    except (OSError, ValueError, AttributeError):
+        saved_step = None
+    if saved_step == global_step:
+        return candidate
+    raise ValueError(
+        f"The trainer resumes at step {global_step}, but the corrector's checkpoint cannot be told: "
+        f"{candidate} is not a checkpoint of that step and no path was given. Pass the folder given to "
+        "trainer.train(resume_from_checkpoint=...) to the callback as well: "
+        "CorrectorCallback(loss, resume_from_checkpoint=path)"
+    )
 
 
 class CorrectorCallback(_TrainerCallback):  # type: ignore[misc, valid-type]
@@ -67,22 +73,28 @@ class CorrectorCallback(_TrainerCallback):  # type: ignore[misc, valid-type]
     - **Checkpoints**: on every trainer save, writes ``corrector_state/`` into the checkpoint folder: the corrector
       (safetensors + JSON), its optimiser state, step count and replay buffer, the sampler's random state and
       counters, the loss's step counters, and the negative source's state (for ``refresh``, the re-encoded cache).
-    - **Resume**: when training starts from a checkpoint (``trainer.train(resume_from_checkpoint=...)``, any path,
-      or ``True``), restores all of that from the checkpoint's ``corrector_state/``, so the run continues exactly.
+    - **Resume**: when training starts from a checkpoint, restores all of that from the checkpoint's
+      ``corrector_state/``, so the run continues exactly. The checkpoint is ``resume_from_checkpoint`` given here,
+      else the trainer's ``args.resume_from_checkpoint``, else ``output_dir/checkpoint-<step>`` (what
+      ``trainer.train(resume_from_checkpoint=True)`` resumes); a checkpoint elsewhere must be named here too.
+    - **Seed**: a loss without its own ``seed`` takes the trainer's ``args.seed`` at the start of training.
     - **Steps**: keeps the loss's step counter on the trainer's optimiser steps (``refresh_every`` and
       ``corrector_warmup_steps`` count optimiser steps, also under gradient accumulation).
     - **Logging**: on every trainer log, adds the mean drift metrics of the steps since the last log
-      (``corrector/staleness``, ``corrector/corrected_error``, ``corrector/drift_loss``) and the sampler's fallback
-      counts (``corrector/filled_negatives``, ``corrector/filled_queries``) to the log record (so they are in
-      ``trainer.state.log_history`` and ``trainer_state.json``) and to the ``haystack_corrector`` logger.
+      (``corrector/staleness``, ``corrector/corrected_error``; ``corrector/drift_loss`` when it is more than MSE),
+      the anchors skipped for want of negatives (``corrector/skipped_anchors``) and the costs to the log record (so
+      they are in ``trainer.state.log_history`` and ``trainer_state.json``) and to the ``haystack_corrector`` logger.
 
     A materialised corrected view refreshed every K corrector steps is the loss's ``max_view_age=K`` option.
     """
 
-    def __init__(self, loss: CorrectedNegativesLoss) -> None:
+    def __init__(
+        self, loss: CorrectedNegativesLoss, resume_from_checkpoint: str | os.PathLike[str] | None = None
+    ) -> None:
         if not isinstance(loss, CorrectedNegativesLoss):
             raise TypeError(f"loss must be a CorrectedNegativesLoss, got {type(loss).__name__}")
         self.loss = loss
+        self.resume_from_checkpoint = resume_from_checkpoint
         loss.callback_attached = True
         self._restored_step: int | None = None
 
@@ -166,8 +178,8 @@ class CorrectorCallback(_TrainerCallback):  # type: ignore[misc, valid-type]
             )
         else:  # saved by haystack-corrector 0.1: the sampler's state only
             if "generator" in state:
-                self.loss.sampler.generator.set_state(state["generator"].cpu())
-            self.loss.sampler.stats.update(meta.get("sampler_stats", {}))
+                self.loss.generator.set_state(state["generator"].cpu())
+            getattr(self.loss.source, "stats", {}).update(meta.get("sampler_stats", {}))
             logger.warning(
                 "%s was saved by an older version: step counters and the negative source's state start afresh",
                 folder.path,
@@ -176,15 +188,17 @@ class CorrectorCallback(_TrainerCallback):  # type: ignore[misc, valid-type]
 
     # ----------------------------------------------------------------------------------------------- events
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.loss.optimizer_step = state.global_step
+        if self.loss.seed is None and self._restored_step is None:
+            self.loss.reseed(args.seed)  # one seed for the run: the trainer's
         if state.global_step > 0 and self._restored_step != state.global_step:
-            checkpoint = Path(resumed_checkpoint() or Path(args.output_dir) / f"checkpoint-{state.global_step}")
+            checkpoint = resumed_checkpoint(args, state.global_step, self.resume_from_checkpoint)
             if has_state(checkpoint):
                 self.load_state(checkpoint)
                 self._restored_step = state.global_step
             else:
                 logger.warning(
-                    "Resuming at step %d but %s has no %s/: the corrector starts from its current weights",
+                    "Resuming at step %d but %s has no %s/ (saved without CorrectorCallback): the corrector starts "
+                    "from its current weights",
                     state.global_step,
                     checkpoint,
                     STATE_DIR,

@@ -18,16 +18,16 @@ class CorrectedMultipleNegativesRankingLoss(CorrectedNegativesLoss):
     Args:
         model: the SentenceTransformer being trained.
         store: the stale cache (e.g. from :func:`encode_corpus`); it must hold texts.
-        num_negatives: hard negatives per anchor. By default each is the best by fresh score of the corrected
-            cache's 3 best candidates per negative, re-encoded without gradient (corrected re-ranking,
-            ``negatives="rerank"``); ``negatives="corrector"`` samples them from the corrected cache with no extra
-            encode (the paper's method).
+        num_negatives: hard negatives per anchor (default 1, the measured setting). By default each is the best by
+            fresh score of the corrected cache's 3 best candidates per negative, re-encoded without gradient
+            (``negatives="corrector+rerank"``); ``negatives="corrector"`` samples them from the corrected cache with
+            no extra encode (the paper's method).
         scale: inverse temperature of the softmax (MNRL's ``scale``).
-        similarity_fct: MNRL's similarity; default follows the store (``cos_sim`` or ``dot_score``).
+        similarity_fct: MNRL's similarity; default ``cos_sim``, as ``MultipleNegativesRankingLoss(model)``.
         mnrl_kwargs: more options of ``MultipleNegativesRankingLoss`` (e.g. ``hardness_mode``,
             ``gather_across_devices``), passed through as they are.
         **kwargs: every other option of :class:`CorrectedNegativesLoss` (``train_dataset``, ``negatives``,
-            ``rerank_depth``, ``sampling_strategy`` and ``range_max`` (sampled modes), ``refresh_every``, ...).
+            ``range_min``, ``seed``, ``check_model``, ...).
 
     References:
         Monath et al., "A Fresh Take on Stale Embeddings: Improving Dense Retriever Training with Corrector Networks",
@@ -62,7 +62,7 @@ class CorrectedMultipleNegativesRankingLoss(CorrectedNegativesLoss):
 
             store = encode_corpus(model, corpus_texts, ids=corpus_ids)
             train_dataset = Dataset.from_dict({"anchor": questions, "positive": answers})
-            loss = CorrectedMultipleNegativesRankingLoss(model, store, num_negatives=4, train_dataset=train_dataset)
+            loss = CorrectedMultipleNegativesRankingLoss(model, store, train_dataset=train_dataset)
             trainer = SentenceTransformerTrainer(model=model, train_dataset=train_dataset, loss=loss,
                                                  callbacks=[CorrectorCallback(loss)])
             trainer.train()
@@ -72,7 +72,7 @@ class CorrectedMultipleNegativesRankingLoss(CorrectedNegativesLoss):
         self,
         model: Any,
         store: CorrectedCacheStore,
-        num_negatives: int = 4,
+        num_negatives: int = 1,
         *,
         scale: float = 20.0,
         similarity_fct: Callable[[Tensor, Tensor], Tensor] | None = None,
@@ -82,20 +82,10 @@ class CorrectedMultipleNegativesRankingLoss(CorrectedNegativesLoss):
         if not isinstance(store, CorrectedCacheStore):
             raise TypeError(f"store must be a CorrectedCacheStore, got {type(store).__name__}")
         if similarity_fct is None:
-            cos_sim, dot_score = _compat.similarity_functions()
-            similarity_fct = cos_sim if store.similarity == "cosine" else dot_score
+            similarity_fct = _compat.similarity_functions()[0]  # cos_sim: MultipleNegativesRankingLoss's default
         mnrl = _compat.multiple_negatives_ranking_loss()(
             model, scale=scale, similarity_fct=similarity_fct, **(mnrl_kwargs or {})
         )
         super().__init__(model, mnrl, store, num_negatives, **kwargs)
         self.scale = scale
         self.similarity_fct = similarity_fct
-
-    def get_config_dict(self) -> dict[str, Any]:
-        config = super().get_config_dict()
-        config.pop("loss")
-        return {
-            **config,
-            "scale": self.scale,
-            "similarity_fct": getattr(self.similarity_fct, "__name__", str(self.similarity_fct)),
-        }

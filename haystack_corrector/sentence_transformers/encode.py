@@ -18,6 +18,7 @@ from haystack_corrector._validation import check_non_negative_int, check_positiv
 from haystack_corrector.cache_store import CorrectedCacheStore
 from haystack_corrector.corrector import Corrector
 from haystack_corrector.distinct_texts import distinct_texts, encode_distinct
+from haystack_corrector.sentence_transformers.store_provenance import encoder_record
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,10 @@ def encode_corpus(
 ) -> CorrectedCacheStore:
     """Encode ``corpus_texts`` with ``model`` into a :class:`CorrectedCacheStore` (texts kept for re-encoding).
 
-    The store's similarity follows the model's (``cosine`` or ``dot``); its corrector is a fresh identity
+    The store records what built it (:func:`~haystack_corrector.sentence_transformers.store_provenance.encoder_record`:
+    model, architecture, max_seq_length, normalisation, similarity, prompt), saved with it, so a training loss can
+    refuse a store another setting built. The store's similarity follows the model's (``cosine`` or ``dot``); its
+    corrector is a fresh identity
     ``Corrector(dim, hidden_dim)``. Each distinct text is encoded once; its copies (same text, other ids) get the
     same row.
 
@@ -114,6 +118,7 @@ def encode_corpus(
     )
     if side is not None:
         store.standardize_side_features()
+    store.encoder = encoder_record(model, prompt)  # saved with the store; the loss checks it against its model
     return store
 
 

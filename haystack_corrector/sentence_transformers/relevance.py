@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor
@@ -66,6 +67,27 @@ def column_prompt(prompts: str | Mapping[str, str] | None, column: str) -> str |
     if prompts is None or isinstance(prompts, str):
         return prompts
     return prompts.get(column)
+
+
+@dataclass
+class BatchRelevance:
+    """What a training step knows of its batch: anchor keys, the store rows of each target column, relevant rows."""
+
+    anchor_keys: list[TokenKey]
+    known_rows: list[list[list[int]]]  # [target column][anchor] -> rows holding that text
+    relevant: list[set[int]]  # per anchor: rows never to give it as a negative
+
+    def exclude(self) -> list[set[int]]:
+        """Per anchor: its relevant rows and the rows of its own negative columns."""
+        return [rows | {r for column in self.known_rows[1:] for r in column[i]} for i, rows in enumerate(self.relevant)]
+
+    def select(self, keep: list[int]) -> BatchRelevance:
+        """The same for the anchors at positions ``keep``."""
+        return BatchRelevance(
+            [self.anchor_keys[i] for i in keep],
+            [[column[i] for i in keep] for column in self.known_rows],
+            [self.relevant[i] for i in keep],
+        )
 
 
 class RelevanceIndex:
@@ -140,10 +162,12 @@ class RelevanceIndex:
             )
         if len(dataset) == 0:
             raise ValueError("train_dataset is empty")
-        for column in columns:
-            first = dataset[0][column]
-            if not isinstance(first, str):
-                raise ValueError(f"train_dataset column {column!r} must hold texts, got {type(first).__name__}")
+        for column in columns:  # every row, not the first only: a bad row would otherwise fail mid-training
+            bad = next(((row, value) for row, value in enumerate(dataset[column]) if not isinstance(value, str)), None)
+            if bad is not None:
+                raise ValueError(
+                    f"train_dataset column {column!r} must hold texts, got {type(bad[1]).__name__} (row {bad[0]})"
+                )
         self.anchor_column, self.positive_column = columns[0], columns[1]
         anchors, positives = list(dataset[columns[0]]), list(dataset[columns[1]])
         relevant_by_text: dict[str, set[int]] = {}
@@ -198,6 +222,12 @@ class RelevanceIndex:
         for key, rows in zip(anchor_keys, positive_rows):
             in_batch.setdefault(key, set()).update(rows)
         return [self._anchor_relevant.get(key, set()) | in_batch[key] for key in anchor_keys]
+
+    def read_batch(self, features: Sequence[Mapping[str, Any]]) -> BatchRelevance:
+        """The relevance of a batch's columns (anchor, positive[, negatives...]) as the trainer tokenised them."""
+        anchor_keys = token_keys(features[0])
+        known_rows = [self.rows(token_keys(column)) for column in features[1:]]
+        return BatchRelevance(anchor_keys, known_rows, self.relevant_sets(anchor_keys, known_rows[0]))
 
     def anchor_relevant(self, key: TokenKey) -> set[int]:
         return set(self._anchor_relevant.get(key, set()))

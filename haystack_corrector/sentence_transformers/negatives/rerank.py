@@ -1,10 +1,10 @@
 """RerankedNegatives: each anchor's best rows of the cache, re-encoded with the current model, best by fresh score.
 
-With ``corrected=True`` (the loss's default, ``rerank_candidates="corrected"``) the candidates are the best rows of
-the corrected cache, so the corrector chooses what is worth re-encoding; with ``corrected=False`` they are the best
-rows of the raw cache (Atlas-style re-ranking, ``rerank_candidates="stale"``). :func:`rerank_options` holds the
-loss's option rules for this mode. Either way the candidates' fresh embeddings
-are handed to the corrector's drift step (:meth:`take_fresh_pairs`): L pairs per anchor per step on top of the targets.
+With ``candidates="corrected"`` (the loss's default, the arm ``corrector+rerank:L``) the candidates are the best rows
+of the corrected cache, so the corrector chooses what is worth re-encoding; with ``candidates="stale"`` they are the
+best rows of the raw cache (Atlas-style re-ranking, the arm ``rerank:L``). Either way the candidates' fresh
+embeddings are handed to the corrector's drift step (:meth:`take_fresh_pairs`): L pairs per anchor per step on top of
+the targets. Its cost is L no-grad encodes per anchor per step, whatever the corpus size.
 """
 
 from __future__ import annotations
@@ -15,90 +15,77 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from haystack_corrector.sampler import HardNegativeSampler
+from haystack_corrector._validation import check_choice, check_positive_int
 from haystack_corrector.scoring import similarity_scores
-from haystack_corrector.sentence_transformers.negatives.source import Encode, NegativeSource
+from haystack_corrector.sentence_transformers.negatives.source import NegativeSource
 
-# The default depth per negative: rerank_depth = 3 x (range_min + num_negatives). Measured with one negative per
-# anchor (docs/results.md: 3 candidates), where it matched re-encoding the corpus on SciFact and CoSQA.
-RERANK_CANDIDATES_PER_NEGATIVE = 3
-
-
-def rerank_options(
-    num_negatives: int,
-    range_min: int,
-    depth: int | None,
-    candidates: str | None,
-    **sampler_options: Any,
-) -> tuple[int, str]:
-    """The loss's ``rerank_depth`` and ``rerank_candidates`` for ``negatives="rerank"``, defaults filled in.
-
-    Re-ranking keeps the best candidates by fresh score, so the sampler's choice among the cache's scores (a strategy
-    other than ``"top"``, ``range_max``, the margins and score filters) does not apply: any of them given is an
-    error, not a silent no-op. ``sampler_options`` are those arguments as the caller received them.
-    """
-    given = ", ".join(
-        f"{name}={value!r}"
-        for name, value in sampler_options.items()
-        if value is not None and not (name == "sampling_strategy" and value == "top")
-    )
-    if given:
-        raise ValueError(
-            f"{given} applies to sampled negatives (negatives='corrector', 'stale' or 'refresh'), not to "
-            "negatives='rerank' (the default), which keeps the best of its rerank_depth candidates by fresh "
-            "score: pass negatives='corrector' to sample, or drop the option"
-        )
-    if depth is None:
-        depth = RERANK_CANDIDATES_PER_NEGATIVE * (range_min + num_negatives)
-    return depth, candidates or "corrected"
+# The default depth per negative: depth = 3 x (range_min + num_negatives). Measured with one negative per anchor
+# (docs/results.md: 3 candidates), where it matched re-encoding the corpus on SciFact and CoSQA.
+CANDIDATES_PER_NEGATIVE = 3
 
 
 class RerankedNegatives(NegativeSource):
     """Args:
-    sampler: gives the store, ``num_negatives`` and ``range_min`` (skipped best candidates by fresh score).
-    encode: the current model's no-grad encoder.
-    depth: candidates re-encoded per anchor.
-    corrected: take the candidates from the corrected cache (True) or the raw one (False).
-    warmup_steps: with ``corrected``, take them from the raw cache for this many first optimiser steps while the
-        corrector learns.
+    depth: candidates re-encoded per anchor (default ``3 * (range_min + num_negatives)``: 3 with one negative, the
+        measured setting); at least ``range_min + num_negatives``.
+    candidates: ``"corrected"`` (default: the corrected cache's best rows) or ``"stale"`` (the raw cache's).
     """
 
-    def __init__(
-        self, sampler: HardNegativeSampler, encode: Encode, depth: int, corrected: bool = False, warmup_steps: int = 0
-    ) -> None:
-        super().__init__(sampler)
-        self.name = "rerank"
-        self.encode = encode
-        self.depth = depth
-        self.use_corrector = corrected
-        self.warmup_steps = warmup_steps
+    def __init__(self, depth: int | None = None, candidates: str = "corrected") -> None:
+        super().__init__()
+        self.depth = None if depth is None else check_positive_int(depth, "depth")
+        self.candidates = check_choice(candidates, "candidates", ("corrected", "stale"))
+        self.warmup_steps = 0
+        self.encode: Any = None
         self._corrected = False
         # (rows, fresh embeddings) of the last call's candidates: (B·L,) int64 and (B·L, dim) float32.
         self._fresh_pairs: tuple[Tensor, Tensor] | None = None
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        depth = "" if self.depth is None else f":{self.depth}"
+        return ("corrector+rerank" if self.candidates == "corrected" else "rerank") + depth
+
+    @property
+    def searches_corrected(self) -> bool:
+        return self.candidates == "corrected"
 
     @property
     def corrected(self) -> bool:
         """Whether the last candidates came from the corrected cache."""
         return self._corrected
 
+    def bind(self, loss: Any) -> None:
+        super().bind(loss)
+        needed = loss.range_min + loss.num_negatives
+        if self.depth is None:
+            self.depth = CANDIDATES_PER_NEGATIVE * needed
+        elif self.depth < needed:
+            raise ValueError(
+                f"depth={self.depth} re-ranks too few candidates: range_min + num_negatives = {needed} are needed"
+            )
+        self.warmup_steps = loss.corrector_warmup_steps
+        self.encode = loss.encoder(loss.negative_prompt)
+
     def take_fresh_pairs(self) -> tuple[Tensor, Tensor] | None:
         pairs, self._fresh_pairs = self._fresh_pairs, None
         return pairs
 
     def negatives(self, anchors: Tensor, exclude: list[set[int]], step: int, anchor_keys: Sequence[Any]) -> Tensor:
-        store, k, skip = self.store, self.sampler.num_negatives, self.sampler.range_min
-        depth = min(self.depth, len(store) - max(len(rows) for rows in exclude))
-        self._corrected = self.use_corrector and step >= self.warmup_steps
+        loss, store = self.loss, self.store
+        k, skip = loss.num_negatives, loss.range_min
+        depth = min(int(self.depth or 0), len(store) - max(len(rows) for rows in exclude))
+        self._corrected = self.searches_corrected and step >= self.warmup_steps
         with torch.no_grad():
-            # The sampler's view options: at a large cache, corrected candidates come from the materialised view
-            # (max_view_age) instead of applying the corrector to every row at every step.
+            # At a large cache, corrected candidates may come from the materialised view (the loss's max_view_age)
+            # instead of applying the corrector to every row at every step.
             _, candidates = store.search(
                 anchors,
                 depth,
                 exclude=exclude,
                 corrected=self._corrected,
-                max_view_age=self.sampler.max_view_age,
-                view_rescore_depth=self.sampler.view_rescore_depth,
+                max_view_age=loss.max_view_age,
+                view_rescore_depth=loss.view_rescore_depth,
             )
         texts = store.texts or []
         flat = candidates.reshape(-1)
@@ -108,5 +95,11 @@ class RerankedNegatives(NegativeSource):
         fresh = fresh.reshape(candidates.shape[0], depth, -1)
         scores = similarity_scores(anchors, fresh, normalize=store.similarity == "cosine")
         order = torch.argsort(scores, dim=1, descending=True)
-        chosen = order[:, skip : skip + k] if order.shape[1] >= skip + k else order[:, :k]
-        return torch.gather(candidates, 1, chosen)
+        chosen = order[:, skip : skip + k]
+        rows = torch.gather(candidates, 1, chosen)
+        if rows.shape[1] < k:  # anchors with so many relevant rows that fewer candidates remain: skipped
+            rows = torch.cat([rows, torch.full((rows.shape[0], k - rows.shape[1]), -1, dtype=torch.int64)], dim=1)
+        return rows
+
+    def get_config_dict(self) -> dict[str, Any]:
+        return {"depth": self.depth, "candidates": self.candidates}

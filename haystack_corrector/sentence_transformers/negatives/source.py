@@ -1,4 +1,11 @@
-"""NegativeSource: the interface every negative source implements, its cost counters, and the no-grad encoder."""
+"""NegativeSource: what every negative source is, its cost counters, and the no-grad encoder they share.
+
+A source is built by the user (``negatives=RerankedNegatives(depth=3)``) or from an arm name
+(``negatives="corrector+rerank:3"``, :func:`~haystack_corrector.sentence_transformers.negatives.parse_negatives`), with
+its own options checked at construction. :class:`~haystack_corrector.sentence_transformers.CorrectedNegativesLoss`
+then binds it once (:meth:`NegativeSource.bind`), handing over the store, the number of negatives and the rest of
+the loss's setting, and asks it each training step for ``num_negatives`` store rows per anchor.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +17,9 @@ import torch
 from torch import Tensor
 
 from haystack_corrector.precision import bf16_encodes
-from haystack_corrector.sampler import HardNegativeSampler
 
 Encode = Callable[[Sequence[str]], Tensor]  # texts -> (n, dim) float32 CPU embeddings by the current model
+MISSING = -1  # a negative the filters could not fill: the loss skips that anchor's extra columns for the step
 
 
 @dataclass
@@ -32,21 +39,37 @@ class Costs:
 
 
 class NegativeSource:
-    """Gives ``sampler.num_negatives`` store rows per anchor, never one in that anchor's ``exclude`` set.
+    """Gives ``num_negatives`` store rows per anchor, never one in that anchor's ``exclude`` set.
 
-    Args:
-        sampler: the :class:`~haystack_corrector.HardNegativeSampler` whose window, filters and strategy apply.
+    Subclasses set :attr:`name` (the harness's arm name), :attr:`searches_corrected` (whether the corrected cache is
+    ever searched: the loss's corrector warm-up and view options apply only then) and :attr:`draws_random` (whether
+    the loss's ``seed`` changes anything), and implement :meth:`negatives`.
     """
 
     name = "source"
+    adds_columns = True  # False only for in-batch negatives: the wrapped loss runs on the dataset's columns alone
 
-    def __init__(self, sampler: HardNegativeSampler) -> None:
-        self.sampler = sampler
+    def __init__(self) -> None:
         self.costs = Costs()
+        self.loss: Any = None
+
+    @property
+    def searches_corrected(self) -> bool:
+        return False
+
+    @property
+    def draws_random(self) -> bool:
+        return False
+
+    def bind(self, loss: Any) -> None:
+        """Take the loss's store, ``num_negatives``, ``range_min``, seed and encoder; called once, at construction."""
+        if self.loss is not None and self.loss is not loss:
+            raise ValueError(f"{self!r} already serves another loss: build one negative source per loss")
+        self.loss = loss
 
     @property
     def store(self) -> Any:
-        return self.sampler.store
+        return self.loss.store
 
     @property
     def corrected(self) -> bool:
@@ -54,7 +77,8 @@ class NegativeSource:
         return False
 
     def negatives(self, anchors: Tensor, exclude: list[set[int]], step: int, anchor_keys: Sequence[Any]) -> Tensor:
-        """(B, num_negatives) int64 rows for these anchor embeddings at optimiser step ``step``."""
+        """(B, num_negatives) int64 rows for these anchor embeddings at optimiser step ``step``; :data:`MISSING`
+        where the filters left too few candidates."""
         raise NotImplementedError
 
     def take_fresh_pairs(self) -> tuple[Tensor, Tensor] | None:
@@ -63,12 +87,29 @@ class NegativeSource:
         return None
 
     def state_dict(self) -> dict[str, Any]:
-        """What a checkpoint must hold for a resumed run to continue exactly, beyond the sampler's generator and the
-        costs (the loss saves those)."""
+        """What a checkpoint must hold for a resumed run to continue exactly (beyond the loss's own state)."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+    def get_config_dict(self) -> dict[str, Any]:
+        """The options that shape the negatives, for the model card (only those that have an effect)."""
+        return {}
+
+    def __repr__(self) -> str:
+        options = ", ".join(f"{k}={v!r}" for k, v in self.get_config_dict().items())
+        return f"{type(self).__name__}({options})"
+
+
+class InBatchNegatives(NegativeSource):
+    """No sampled negatives: exactly the wrapped loss on the dataset's columns (the arm ``inbatch``)."""
+
+    name = "inbatch"
+    adds_columns = False
+
+    def negatives(self, anchors: Tensor, exclude: list[set[int]], step: int, anchor_keys: Sequence[Any]) -> Tensor:
+        return torch.empty((anchors.shape[0], 0), dtype=torch.int64)
 
 
 def no_grad_encoder(model: Any, batch_size: int, prompt: str | None = None, bf16: bool = False) -> Encode:

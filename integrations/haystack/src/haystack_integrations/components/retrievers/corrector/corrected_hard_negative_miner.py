@@ -49,7 +49,7 @@ class CorrectedHardNegativeMiner(SnapshotComponent):
         self,
         document_store: Any = None,
         corrector_path: str | None = None,
-        num_negatives: int = 4,
+        num_negatives: int = 1,
         sampling_strategy: str = "top",
         temperature: float = 0.05,
         range_min: int = 0,
@@ -67,7 +67,7 @@ class CorrectedHardNegativeMiner(SnapshotComponent):
         :param document_store: any Haystack DocumentStore holding documents with (stale) embeddings.
         :param corrector_path: directory of a saved ``haystack_corrector.Corrector``; ``None`` mines from the stored
             embeddings as they are.
-        :param num_negatives: negatives per query.
+        :param num_negatives: negatives per query (default 1, as the sentence-transformers loss and `haystack-corrector mine`).
         :param sampling_strategy: ``"top"``, ``"gumbel"`` (sample from softmax(score/temperature)) or ``"random"``.
         :param range_min, range_max, absolute_margin, relative_margin, max_score, min_score: as in
             ``mine_hard_negatives`` (see ``haystack_corrector.HardNegativeSampler``).
