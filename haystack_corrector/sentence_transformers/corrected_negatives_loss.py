@@ -155,7 +155,6 @@ class CorrectedNegativesLoss(LossState, nn.Module):
         self.gradient_cached = loss_checks.uses_gradient_cache(loss)
         self._reuse_anchor_forward: bool | None = None  # reuse the sampling forward: None until a step shows it works
         self.relevance = RelevanceIndex(model, store, train_dataset=train_dataset, relevant=relevant, prompts=prompts)
-        self._train_dataset = train_dataset
         self.generator = torch.Generator()
         self.corrector_trainer = CorrectorTrainer(
             store,
@@ -186,15 +185,6 @@ class CorrectedNegativesLoss(LossState, nn.Module):
     @property
     def anchor_prompt(self) -> str | None:
         return column_prompt(self.prompts, self.relevance.anchor_column)
-
-    def training_anchors(self) -> dict[Any, tuple[str, set[int]]]:
-        """``{anchor key: (text, rows never to give it)}`` for every anchor of ``train_dataset`` (static mining)."""
-        if self._train_dataset is None:
-            return {}
-        column = self.relevance.anchor_column
-        texts = sorted({text for dataset in each_dataset(self._train_dataset) for text in dataset[column]})
-        keys = self.relevance.keys(texts, self.anchor_prompt)
-        return {key: (text, self.relevance.anchor_relevant(key)) for text, key in zip(texts, keys)}
 
     # --------------------------------------------------------------------------------------------- forward
     @property
@@ -284,7 +274,7 @@ class CorrectedNegativesLoss(LossState, nn.Module):
         self.stats["skipped_anchors"] += int(short.sum())
         self.warn_once(
             "short",
-            "Some anchors got fewer than %d negatives from %r and are skipped for their step "
+            "Some anchors got fewer than num_negatives=%d negatives from %r and are skipped for their step "
             "(corrector/skipped_anchors counts them)",
             self.num_negatives,
             self.source,

@@ -119,6 +119,7 @@ class RelevanceIndex:
         self._anchor_relevant: dict[TokenKey, set[int]] = {}
         self._store_indexed = False
         self.anchor_column, self.positive_column = "anchor", "positive"
+        self.train_dataset = train_dataset
         for dataset in each_dataset(train_dataset):
             self._read_dataset(dataset)
         if relevant is not None:
@@ -228,6 +229,12 @@ class RelevanceIndex:
         anchor_keys = token_keys(features[0])
         known_rows = [self.rows(token_keys(column)) for column in features[1:]]
         return BatchRelevance(anchor_keys, known_rows, self.relevant_sets(anchor_keys, known_rows[0]))
+
+    def training_anchors(self) -> dict[TokenKey, tuple[str, set[int]]]:
+        """``{anchor key: (text, rows never to give it)}`` for every anchor of ``train_dataset`` (empty without one)."""
+        texts = sorted({text for dataset in each_dataset(self.train_dataset) for text in dataset[self.anchor_column]})
+        keys = self.keys(texts, column_prompt(self.prompts, self.anchor_column))
+        return {key: (text, self.anchor_relevant(key)) for text, key in zip(texts, keys)}
 
     def anchor_relevant(self, key: TokenKey) -> set[int]:
         return set(self._anchor_relevant.get(key, set()))

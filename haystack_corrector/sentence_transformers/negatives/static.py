@@ -32,7 +32,7 @@ class StaticNegatives(SampledNegatives):
 
     def bind(self, loss: Any) -> None:
         super().bind(loss)
-        anchors = loss.training_anchors()
+        anchors = loss.relevance.training_anchors()
         if not anchors:
             raise ValueError(
                 "StaticNegatives needs the loss's train_dataset: its anchors are mined once, before training"
