@@ -60,7 +60,7 @@ class LossState:
     @property
     def sampling_corrected(self) -> bool:
         """Whether the last negatives were chosen through the corrector."""
-        return bool(self.source.corrected)
+        return bool(self.source.last_corrected)
 
     @property
     def step(self) -> int:

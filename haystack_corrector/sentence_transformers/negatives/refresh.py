@@ -42,7 +42,7 @@ class RefreshedNegatives(SampledNegatives):
 
     @property
     def name(self) -> str:  # type: ignore[override]
-        if not self.use_corrector:
+        if not self.corrected:
             return f"refresh:{self.every}"
         return f"corrector+refresh:{self.every}" + (":reset" if self.after_refresh == "reset" else "")
 
@@ -62,7 +62,7 @@ class RefreshedNegatives(SampledNegatives):
         store.replace_embeddings(encode_distinct(texts, self.encode))
         self.costs.corpus_encodes += 1
         self.costs.target_forward_passes += len(distinct_texts(texts)[0])  # each distinct text is encoded once
-        if self.use_corrector and self.after_refresh == "reset":
+        if self.corrected and self.after_refresh == "reset":
             store.corrector.reset_to_identity()  # the new cache is fresh: nothing to correct yet
             self.loss.corrector_trainer.reset_optimizer()
         self.last_refresh = step
@@ -80,6 +80,6 @@ class RefreshedNegatives(SampledNegatives):
 
     def get_config_dict(self) -> dict[str, Any]:
         config = {"every": self.every, **super().get_config_dict()}
-        if self.use_corrector:
+        if self.corrected:
             config["after_refresh"] = self.after_refresh
         return config

@@ -37,7 +37,7 @@ class RerankedNegatives(NegativeSource):
         self.candidates = check_choice(candidates, "candidates", ("corrected", "stale"))
         self.warmup_steps = 0
         self.encode: Any = None
-        self._corrected = False
+        self._last_corrected = False
         # (rows, fresh embeddings) of the last call's candidates: (B·L,) int64 and (B·L, dim) float32.
         self._fresh_pairs: tuple[Tensor, Tensor] | None = None
 
@@ -51,9 +51,9 @@ class RerankedNegatives(NegativeSource):
         return self.candidates == "corrected"
 
     @property
-    def corrected(self) -> bool:
+    def last_corrected(self) -> bool:
         """Whether the last candidates came from the corrected cache."""
-        return self._corrected
+        return self._last_corrected
 
     def bind(self, loss: Any) -> None:
         super().bind(loss)
@@ -75,7 +75,7 @@ class RerankedNegatives(NegativeSource):
         loss, store = self.loss, self.store
         k, skip = loss.num_negatives, loss.range_min
         depth = min(int(self.depth or 0), len(store) - max(len(rows) for rows in exclude))
-        self._corrected = self.searches_corrected and step >= self.warmup_steps
+        self._last_corrected = self.searches_corrected and step >= self.warmup_steps
         with torch.no_grad():
             # At a large cache, corrected candidates may come from the materialised view (the loss's max_view_age)
             # instead of applying the corrector to every row at every step.
@@ -83,7 +83,7 @@ class RerankedNegatives(NegativeSource):
                 anchors,
                 depth,
                 exclude=exclude,
-                corrected=self._corrected,
+                corrected=self._last_corrected,
                 max_view_age=loss.max_view_age,
                 view_rescore_depth=loss.view_rescore_depth,
             )

@@ -51,7 +51,7 @@ class SampledNegatives(NegativeSource):
         fill_missing: bool = False,
     ) -> None:
         super().__init__()
-        self.use_corrector = check_bool(corrected, "corrected")
+        self.corrected = check_bool(corrected, "corrected")
         self.sampling_strategy = check_choice(sampling_strategy, "sampling_strategy", SAMPLING_STRATEGIES)
         if temperature is not None and sampling_strategy != "gumbel":
             raise ValueError(
@@ -73,24 +73,24 @@ class SampledNegatives(NegativeSource):
             )
         self.fill_missing = check_bool(fill_missing, "fill_missing")
         self.warmup_steps = 0
-        self._corrected = False
+        self._last_corrected = False
         self.sampler: HardNegativeSampler | None = None
 
     @property
     def name(self) -> str:  # type: ignore[override]
-        return "corrector" if self.use_corrector else "stale"
+        return "corrector" if self.corrected else "stale"
 
     @property
     def searches_corrected(self) -> bool:
-        return self.use_corrector
+        return self.corrected
 
     @property
     def draws_random(self) -> bool:
         return self.sampling_strategy != "top" or self.fill_missing
 
     @property
-    def corrected(self) -> bool:
-        return self._corrected
+    def last_corrected(self) -> bool:
+        return self._last_corrected
 
     def bind(self, loss: Any) -> None:
         super().bind(loss)
@@ -106,7 +106,7 @@ class SampledNegatives(NegativeSource):
             relative_margin=self.relative_margin,
             max_score=self.max_score,
             min_score=self.min_score,
-            corrected=self.use_corrector,
+            corrected=self.corrected,
             max_view_age=loss.max_view_age,
             view_rescore_depth=loss.view_rescore_depth,
             exclude_text_copies=False,  # the loss's relevance index already counts every copy of a positive's text
@@ -117,8 +117,8 @@ class SampledNegatives(NegativeSource):
 
     def negatives(self, anchors: Tensor, exclude: list[set[int]], step: int, anchor_keys: Sequence[Any]) -> Tensor:
         assert self.sampler is not None, "bind() first"
-        self._corrected = self.use_corrector and step >= self.warmup_steps
-        self.sampler.corrected = self._corrected
+        self._last_corrected = self.corrected and step >= self.warmup_steps
+        self.sampler.corrected = self._last_corrected
         with torch.no_grad():
             return self.sampler.sample(anchors, exclude)
 
@@ -127,7 +127,7 @@ class SampledNegatives(NegativeSource):
         return self.sampler.stats if self.sampler is not None else {}
 
     def get_config_dict(self) -> dict[str, Any]:
-        config: dict[str, Any] = {"corrected": self.use_corrector, "sampling_strategy": self.sampling_strategy}
+        config: dict[str, Any] = {"corrected": self.corrected, "sampling_strategy": self.sampling_strategy}
         if self.sampling_strategy == "gumbel":
             config["temperature"] = DEFAULT_TEMPERATURE if self.temperature is None else self.temperature
         for key in ("range_max", "max_score", "min_score", "absolute_margin", "relative_margin"):

@@ -72,8 +72,8 @@ class NegativeSource:
         return self.loss.store
 
     @property
-    def corrected(self) -> bool:
-        """Whether the last negatives were scored against the corrected cache."""
+    def last_corrected(self) -> bool:
+        """Whether the last call searched the corrected cache (False during a corrector warm-up)."""
         return False
 
     def negatives(self, anchors: Tensor, exclude: list[set[int]], step: int, anchor_keys: Sequence[Any]) -> Tensor:
