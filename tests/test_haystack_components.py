@@ -8,7 +8,9 @@ import torch
 pytest.importorskip("haystack")
 
 from haystack import Document, Pipeline  # noqa: E402
+from haystack.components.retrievers.in_memory import InMemoryEmbeddingRetriever  # noqa: E402
 from haystack.document_stores.in_memory import InMemoryDocumentStore  # noqa: E402
+from haystack_integrations.common.corrector.correctors import corrector_fingerprint  # noqa: E402
 from haystack_integrations.components.embedders.corrector import CorrectorFitter, EmbeddingCorrector  # noqa: E402
 from haystack_integrations.components.retrievers.corrector import (  # noqa: E402
     CorrectedEmbeddingRetriever,
@@ -80,6 +82,7 @@ class TestCorrectedEmbeddingRetriever:
                 "similarity": None,
                 "retriever": None,
                 "pool_size": 100,
+                "corrector_fingerprint": corrector_fingerprint(corrector_path),
                 "filter_policy": "replace",
             },
         }
@@ -130,6 +133,9 @@ class TestCorrectedEmbeddingRetriever:
         found = retriever.run(query_embedding=[1.0, 0.0, 0.0, 0.0], filters=filters, scale_score=True)["documents"]
         assert len(found) == 10 and all(d.meta["group"] == 1 for d in found)
         assert all(0.0 <= d.score <= 1.0 for d in found)
+        # top_k=0 means what it means to InMemoryEmbeddingRetriever: nothing (issue 37, Why 8)
+        stock = InMemoryEmbeddingRetriever(document_store, top_k=50)
+        assert stock.run(query_embedding=[1.0, 0.0, 0.0, 0.0], top_k=0)["documents"] == []
         assert retriever.run(query_embedding=[1.0, 0.0, 0.0, 0.0], top_k=0)["documents"] == []
 
     def test_snapshot_follows_new_documents(self, document_store):
@@ -185,6 +191,7 @@ class TestCorrectedHardNegativeMiner:
                 "similarity": None,
                 "retriever": None,
                 "pool_size": 100,
+                "corrector_fingerprint": None,
             },
         }
 

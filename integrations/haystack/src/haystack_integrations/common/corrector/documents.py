@@ -13,16 +13,32 @@ from haystack import Document
 logger = logging.getLogger(__name__)
 
 SIMILARITIES = {"cosine": "cosine", "dot_product": "dot", "dot": "dot"}
-# Where stores keep the metric their index ranks by: InMemory, Qdrant, Chroma (private, no public accessor).
-_STORE_METRIC_ATTRIBUTES = ("embedding_similarity_function", "similarity", "_distance_function")
-_STORE_METRICS = {**SIMILARITIES, "ip": "dot"}
+# Where stores keep the metric their index ranks by: InMemory, Qdrant, Chroma (private, no public accessor), pgvector.
+_STORE_METRIC_ATTRIBUTES = ("embedding_similarity_function", "similarity", "_distance_function", "vector_function")
+_STORE_METRICS = {**SIMILARITIES, "ip": "dot", "cosine_similarity": "cosine", "inner_product": "dot"}
+# A document whose meta holds this key is in the new encoder's space already: corrected by DocumentStoreCorrector /
+# EmbeddingCorrector (the value is the corrector's fingerprint) or embedded by the new encoder (mark it with
+# FRESH_MARKER). No component ever applies a corrector to it.
+CORRECTOR_META = "corrector"
+FRESH_MARKER = "fresh"
+
+
+def has_embedding(document: Document) -> bool:
+    """Whether the document carries an embedding: None, and the ``{}`` or ``[]`` some stores return, count as none."""
+    return document.embedding is not None and len(document.embedding) > 0
+
+
+def in_new_space(document: Document) -> bool:
+    """Whether the document's embedding is not to be corrected (its meta holds :data:`CORRECTOR_META`)."""
+    return CORRECTOR_META in (document.meta or {})
 
 
 def store_similarity(document_store: Any, similarity: str | None) -> str:
-    """The similarity to score with: explicit, else the metric of the store's index, else dot product.
+    """The similarity to score with: explicit, else the metric of the store's index.
 
-    Stores whose index ranks by a distance a corrector cannot score (``"l2"``, Chroma's default) need an explicit
-    ``similarity``.
+    A store whose metric cannot be read, or whose index ranks by a distance a corrector cannot score (``"l2"``,
+    Chroma's default; pgvector's ``"l2_distance"``), needs an explicit ``similarity``: guessing would rank silently
+    differently from the store.
     """
     if similarity is not None:
         if similarity not in SIMILARITIES:
@@ -33,7 +49,10 @@ def store_similarity(document_store: Any, similarity: str | None) -> str:
         if isinstance(metric, str):
             break
     else:
-        return "dot"
+        raise ValueError(
+            f"Cannot tell which metric {type(document_store).__name__} ranks by; pass similarity='cosine' or "
+            "similarity='dot_product' explicitly"
+        )
     if metric not in _STORE_METRICS:
         raise ValueError(
             f"{type(document_store).__name__} ranks by {metric!r}, which corrected scores cannot reproduce; pass "
@@ -53,7 +72,7 @@ def check_document_store(document_store: Any) -> None:
 
 def with_embeddings(documents: list[Document], what: str) -> list[Document]:
     """The documents that have an embedding; one warning says how many were skipped (as stock retrievers skip them)."""
-    kept = [doc for doc in documents if doc.embedding is not None]
+    kept = [doc for doc in documents if has_embedding(doc)]
     if len(kept) < len(documents):
         logger.warning(
             "Skipped %d of %d %s without an embedding (first id: %r); embed them to make them retrievable, and if "
@@ -61,14 +80,14 @@ def with_embeddings(documents: list[Document], what: str) -> list[Document]:
             len(documents) - len(kept),
             len(documents),
             what,
-            next(doc.id for doc in documents if doc.embedding is None),
+            next(doc.id for doc in documents if not has_embedding(doc)),
         )
     return kept
 
 
 def embedding_matrix(documents: list[Document], what: str) -> np.ndarray:
     """Stack document embeddings, with a clear error for documents that have none."""
-    missing = [doc.id for doc in documents if doc.embedding is None]
+    missing = [doc.id for doc in documents if not has_embedding(doc)]
     if missing:
         raise ValueError(
             f"{len(missing)} of {len(documents)} {what} have no embedding (first id: {missing[0]!r}). Embed them "
@@ -96,5 +115,21 @@ def query_matrix(query_embeddings: Any, dim: int | None, name: str) -> torch.Ten
 
 def output_document(document: Document, score: float | None, return_embedding: bool) -> Document:
     """A copy of a stored document for output: score set, embedding kept (as plain floats) or dropped."""
-    embedding = [float(x) for x in document.embedding] if return_embedding and document.embedding is not None else None
+    embedding = [float(x) for x in document.embedding] if return_embedding and has_embedding(document) else None
     return dataclasses.replace(document, score=score, embedding=embedding)
+
+
+def corrected_matrix(documents: list[Document], corrector: Any, what: str) -> np.ndarray:
+    """The documents' embeddings with ``corrector`` applied to each one not already in the new space (float32)."""
+    matrix = embedding_matrix(documents, what)
+    if corrector is None:
+        return matrix
+    if corrector.dim != matrix.shape[1]:
+        raise ValueError(
+            f"The corrector has dimension {corrector.dim} but the stored embeddings have dimension {matrix.shape[1]}"
+        )
+    stale = [row for row, doc in enumerate(documents) if not in_new_space(doc)]
+    if stale:
+        with torch.no_grad():
+            matrix[stale] = corrector(torch.from_numpy(matrix[stale])).float().numpy()
+    return matrix

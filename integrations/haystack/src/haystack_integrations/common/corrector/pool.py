@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 from haystack import Document
-from haystack_integrations.common.corrector.documents import embedding_matrix, with_embeddings
+from haystack_integrations.common.corrector.documents import corrected_matrix, has_embedding, with_embeddings
 
 from haystack_corrector import CorrectedCacheStore, Corrector
 from haystack_corrector._validation import check_positive_int
@@ -52,41 +52,62 @@ class RetrieverPool:
             )
         self.retriever = retriever
         self.pool_size = check_positive_int(pool_size, "pool_size")
+        # What run(top_k=0) means to this retriever: Haystack's own return nothing; the integrations (Qdrant, Chroma)
+        # read `top_k or self.top_k`, i.e. their init top_k. The wrapper answers as the retriever it wraps would.
+        self.zero_is_empty = type(retriever).__module__.startswith("haystack.")
         # Ask for the candidates' embeddings where the retriever leaves them out by default (InMemory, Qdrant).
         self._extra = {"return_embedding": True} if "return_embedding" in parameters else {}
 
     def _arguments(self, query_embedding: list[float], filters: dict[str, Any] | None) -> dict[str, Any]:
         return {"query_embedding": query_embedding, "filters": filters, "top_k": self.pool_size, **self._extra}
 
-    def fetch(self, query_embedding: list[float], filters: dict[str, Any] | None) -> list[Document]:
-        return self.retriever.run(**self._arguments(query_embedding, filters))["documents"]
+    def fetch(self, query_embedding: list[float], filters: dict[str, Any] | None, **extra: Any) -> list[Document]:
+        return self._checked(self.retriever.run(**self._arguments(query_embedding, filters), **extra)["documents"])
 
-    async def fetch_async(self, query_embedding: list[float], filters: dict[str, Any] | None) -> list[Document]:
+    async def fetch_async(
+        self, query_embedding: list[float], filters: dict[str, Any] | None, **extra: Any
+    ) -> list[Document]:
         run_async = getattr(self.retriever, "run_async", None)
         if run_async is None:
-            return await asyncio.to_thread(self.fetch, query_embedding, filters)
-        return (await run_async(**self._arguments(query_embedding, filters)))["documents"]
+            return await asyncio.to_thread(self.fetch, query_embedding, filters, **extra)
+        return self._checked((await run_async(**self._arguments(query_embedding, filters), **extra))["documents"])
+
+    def _checked(self, documents: list[Document]) -> list[Document]:
+        """The candidates, refused when none carries an embedding: re-ranking needs them, and an empty answer would
+        reach a RAG pipeline as an empty context without a word."""
+        if documents and not any(has_embedding(doc) for doc in documents):
+            raise ValueError(
+                f"{type(self.retriever).__name__} returned {len(documents)} candidates without embeddings: pool mode "
+                "re-scores their stored embeddings. Make it return them (return_embedding=True on the retriever, or "
+                "the store's option that keeps embeddings in query results)"
+            )
+        return documents
+
+    def close(self) -> None:
+        """Close the wrapped retriever, or its document store, where they offer close()."""
+        for owner in (self.retriever, inner_document_store(self.retriever)):
+            close = getattr(owner, "close", None)
+            if callable(close):
+                close()
+                return
 
 
 def corrected_pool(
     documents: list[Document], corrector: Corrector | None, similarity: str
 ) -> tuple[list[Document], CorrectedCacheStore | None]:
-    """The candidates that have embeddings, and a corrected cache over them (None when there are none).
+    """The candidates that have embeddings, and a cache of their corrected embeddings (None when there are none).
 
-    The cache scores exactly as the snapshot mode's does (same store class, same storage precision).
+    The corrector is applied here, once, to every candidate not already in the new space (``in_new_space``): a
+    document corrected by ``DocumentStoreCorrector`` or marked fresh is never corrected again. The cache's own
+    corrector is the identity.
     """
     documents = with_embeddings(documents, "candidates from the retriever")
     if not documents:
         return [], None
-    matrix = embedding_matrix(documents, "candidates from the retriever")
-    if corrector is not None and corrector.dim != matrix.shape[1]:
-        raise ValueError(
-            f"The corrector has dimension {corrector.dim} but the stored embeddings have dimension {matrix.shape[1]}"
-        )
+    matrix = corrected_matrix(documents, corrector, "candidates from the retriever")
     cache = CorrectedCacheStore(
         matrix,
         ids=[doc.id for doc in documents],
-        corrector=corrector,
         similarity=similarity,
         texts=[doc.content or "" for doc in documents],
     )
@@ -98,24 +119,17 @@ def rank_pool(
 ) -> list[tuple[Document, float]]:
     """The ``top_k`` candidates by corrected similarity to ``query`` (a (1, d) tensor), best first.
 
-    Scores as the snapshot mode's cache does (float32, the corrector's output, cosine or dot product), without
-    building a cache per query.
+    Scores as the snapshot mode's cache does (float32, the corrector's output for documents not already in the new
+    space, cosine or dot product), without building a cache per query.
     """
     documents = with_embeddings(documents, "candidates from the retriever")
     if not documents or top_k == 0:
         return []
-    matrix = torch.from_numpy(embedding_matrix(documents, "candidates from the retriever"))
+    matrix = torch.from_numpy(corrected_matrix(documents, corrector, "candidates from the retriever"))
     if query.shape[-1] != matrix.shape[1]:
         raise ValueError(
             f"query_embedding has dimension {query.shape[-1]} but the stored embeddings have dimension {matrix.shape[1]}"
         )
-    if corrector is not None:
-        if corrector.dim != matrix.shape[1]:
-            raise ValueError(
-                f"The corrector has dimension {corrector.dim} but the stored embeddings have dimension {matrix.shape[1]}"
-            )
-        with torch.no_grad():
-            matrix = corrector(matrix)
     scores = similarity_scores(query, matrix, normalize=similarity == "cosine")[0]
     if not bool(torch.isfinite(scores).all()):
         raise ValueError("The corrector produced non-finite scores; it has diverged (check its learning rate)")

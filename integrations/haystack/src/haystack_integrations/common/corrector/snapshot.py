@@ -16,8 +16,8 @@ import logging
 from typing import Any
 
 from haystack import Document
-from haystack_integrations.common.corrector.correctors import load_corrector
-from haystack_integrations.common.corrector.documents import embedding_matrix, with_embeddings
+from haystack_integrations.common.corrector.correctors import load_corrector, pinned_fingerprint
+from haystack_integrations.common.corrector.documents import corrected_matrix, with_embeddings
 
 from haystack_corrector import CorrectedCacheStore, Corrector
 
@@ -49,16 +49,12 @@ class DocumentSnapshot:
         if not documents:
             self.cache, self.documents = None, []
             return
-        matrix = embedding_matrix(documents, "documents in the document store")
-        corrector = self.corrector
-        if corrector is not None and corrector.dim != matrix.shape[1]:
-            raise ValueError(
-                f"The corrector has dimension {corrector.dim} but the stored embeddings have dimension {matrix.shape[1]}"
-            )
+        # Corrected once, here, for every document not already in the new space (never a second time); the cache's
+        # own corrector is the identity.
+        matrix = corrected_matrix(documents, self.corrector, "documents in the document store")
         self.cache = CorrectedCacheStore(
             matrix,
             ids=[doc.id for doc in documents],
-            corrector=corrector,
             similarity=self.similarity,
             # Contents let the miner treat a copy of a positive (same content, other id) as a positive.
             texts=[doc.content or "" for doc in documents],
@@ -94,15 +90,26 @@ class SnapshotComponent:
 
     document_store: Any
     corrector_path: str | None
+    corrector_fingerprint: str | None  # pinned by pinned_fingerprint() in __init__, checked again here
     _similarity: str
     _snapshot: DocumentSnapshot | None
 
     def warm_up(self) -> None:
-        """Load the corrector (once; later calls do nothing)."""
+        """Load the corrector (once; later calls do nothing), refusing one that is not the pinned fingerprint."""
         if self._snapshot is None:
+            self.corrector_fingerprint = pinned_fingerprint(
+                self.corrector_path, self.corrector_fingerprint, loading=True
+            )
             self._snapshot = DocumentSnapshot(
                 self.document_store, load_corrector(self.corrector_path), self._similarity
             )
+
+    def close(self) -> None:
+        """Release what the component holds: the snapshot and corrector, and the wrapped retriever (pool mode)."""
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.close()
+        self._snapshot = None
 
     def refresh(self) -> None:
         """Re-read the document store now (e.g. after documents were overwritten in place); pool mode has no copy."""

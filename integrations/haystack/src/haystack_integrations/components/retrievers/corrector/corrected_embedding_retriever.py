@@ -8,6 +8,7 @@ from typing import Any
 
 from haystack import Document, component, default_from_dict, default_to_dict
 from haystack.document_stores.types import FilterPolicy, apply_filter_policy
+from haystack_integrations.common.corrector.correctors import pinned_fingerprint
 from haystack_integrations.common.corrector.documents import (
     check_document_store,
     output_document,
@@ -65,6 +66,7 @@ class CorrectedEmbeddingRetriever(SnapshotComponent):
         similarity: str | None = None,
         retriever: Any = None,
         pool_size: int = 100,
+        corrector_fingerprint: str | None = None,
         filter_policy: str | FilterPolicy = FilterPolicy.REPLACE,
     ) -> None:
         """
@@ -79,6 +81,8 @@ class CorrectedEmbeddingRetriever(SnapshotComponent):
             the dot product; an ``"l2"`` index needs an explicit choice), else dot product.
         :param retriever: pool mode: the store's own embedding retriever; its candidates are re-ranked.
         :param pool_size: pool mode: candidates fetched per query; must be > 0 and should be well above ``top_k``.
+        :param corrector_fingerprint: the fingerprint of the corrector at ``corrector_path`` (written by ``to_dict``);
+            a folder that holds another corrector is refused at ``warm_up`` (both fingerprints in the error).
         :param filter_policy: ``"replace"`` (run-time filters replace the init filters) or ``"merge"``. In pool mode
             the resulting filters are passed to the inner retriever, where they replace its own init filters (unless
             none result, in which case its own apply).
@@ -90,12 +94,18 @@ class CorrectedEmbeddingRetriever(SnapshotComponent):
             )
         check_positive_int(top_k, "top_k")
         self._pool = None if retriever is None else RetrieverPool(retriever, pool_size)
+        if self._pool is not None and top_k > pool_size:
+            raise ValueError(
+                f"top_k={top_k} is larger than pool_size={pool_size}: pool mode returns at most pool_size documents. "
+                "Raise pool_size (well above top_k) or lower top_k"
+            )
         if document_store is not None:
             check_document_store(document_store)
         self.document_store = document_store
         self.retriever = retriever
         self.pool_size = pool_size
         self.corrector_path = corrector_path
+        self.corrector_fingerprint = pinned_fingerprint(corrector_path, corrector_fingerprint)
         self.top_k = top_k
         self.filters = filters
         self.scale_score = scale_score
@@ -126,6 +136,7 @@ class CorrectedEmbeddingRetriever(SnapshotComponent):
             similarity=self.similarity,
             retriever=self.retriever,
             pool_size=self.pool_size,
+            corrector_fingerprint=self.corrector_fingerprint,
             filter_policy=self.filter_policy.value,
         )
 
@@ -146,7 +157,9 @@ class CorrectedEmbeddingRetriever(SnapshotComponent):
 
         :param query_embedding: the query's embedding (from the new encoder).
         :param filters: Haystack filters; combined with the init filters by ``filter_policy``.
-        :param top_k: overrides the init ``top_k``; 0 returns no documents.
+        :param top_k: overrides the init ``top_k``; None means the init ``top_k``. 0 means what it means to the
+            store's own retriever: no documents for Haystack's in-memory one (and in snapshot mode), the init
+            ``top_k`` for the integrations that read ``top_k or self.top_k`` (Qdrant, Chroma).
         :param scale_score: overrides the init ``scale_score``.
         :param return_embedding: overrides the init ``return_embedding``.
         """
@@ -184,8 +197,11 @@ class CorrectedEmbeddingRetriever(SnapshotComponent):
         scale_score: bool | None,
         return_embedding: bool | None,
     ) -> dict[str, Any]:
-        top_k = self.top_k if top_k is None else top_k
+        if top_k is None or (top_k == 0 and self._pool is not None and not self._pool.zero_is_empty):
+            top_k = self.top_k
         check_non_negative_int(top_k, "top_k")
+        if self._pool is not None and top_k > self.pool_size:
+            raise ValueError(f"top_k={top_k} is larger than pool_size={self.pool_size}: raise pool_size")
         return {
             "query": query_matrix([query_embedding], None, "query_embedding"),
             "filters": apply_filter_policy(self.filter_policy, self.filters, filters) or None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from haystack import Document, component, default_from_dict, default_to_dict
+from haystack_integrations.common.corrector.correctors import pinned_fingerprint
 from haystack_integrations.common.corrector.documents import (
     check_document_store,
     output_document,
@@ -62,6 +63,7 @@ class CorrectedHardNegativeMiner(SnapshotComponent):
         similarity: str | None = None,
         retriever: Any = None,
         pool_size: int = 100,
+        corrector_fingerprint: str | None = None,
     ) -> None:
         """
         :param document_store: any Haystack DocumentStore holding documents with (stale) embeddings.
@@ -88,6 +90,7 @@ class CorrectedHardNegativeMiner(SnapshotComponent):
         self.retriever = retriever
         self.pool_size = pool_size
         self.corrector_path = corrector_path
+        self.corrector_fingerprint = pinned_fingerprint(corrector_path, corrector_fingerprint)
         self.num_negatives = num_negatives
         self.sampling_strategy = sampling_strategy
         self.temperature = temperature
@@ -139,6 +142,7 @@ class CorrectedHardNegativeMiner(SnapshotComponent):
             similarity=self.similarity,
             retriever=self.retriever,
             pool_size=self.pool_size,
+            corrector_fingerprint=self.corrector_fingerprint,
         )
 
     @classmethod

@@ -8,7 +8,7 @@ from typing import Any
 from haystack import component, default_from_dict, default_to_dict
 from haystack.document_stores.types import DuplicatePolicy
 from haystack_integrations.common.corrector.correctors import CORRECTOR_META
-from haystack_integrations.common.corrector.documents import check_document_store, with_embeddings
+from haystack_integrations.common.corrector.documents import FRESH_MARKER, check_document_store, with_embeddings
 from haystack_integrations.components.embedders.corrector.embedding_corrector import EmbeddingCorrector
 from tqdm.auto import tqdm
 
@@ -99,6 +99,10 @@ class DocumentStoreCorrector:
             self.document_store.filter_documents(filters=filters) if filters else self.document_store.filter_documents()
         )
         embedded = with_embeddings(documents, "documents in the store")  # one warning for those without
+        fresh = [doc for doc in embedded if (doc.meta or {}).get(CORRECTOR_META) == FRESH_MARKER]
+        if fresh:
+            logger.info("%d documents are marked as embedded by the new encoder; never corrected", len(fresh))
+        embedded = [doc for doc in embedded if (doc.meta or {}).get(CORRECTOR_META) != FRESH_MARKER]
         done = [doc for doc in embedded if (doc.meta or {}).get(CORRECTOR_META) == fingerprint]
         todo = [doc for doc in embedded if (doc.meta or {}).get(CORRECTOR_META) != fingerprint]
         if done:
