@@ -342,12 +342,12 @@ class TestCorrectorFitter:
         torch.manual_seed(123)
         expected_next = torch.rand(3)
         torch.manual_seed(123)
-        CorrectorFitter(str(tmp_path / "a"), epochs=2, seed=5).run(
+        CorrectorFitter(str(tmp_path / "a"), epochs=2, seed=5, require_improvement=False).run(
             stale_documents=_documents(n=8), fresh_documents=_documents(n=8, seed=1)
         )
         assert torch.equal(torch.rand(3), expected_next), "the fitter changed the global RNG"
         torch.manual_seed(999)  # another global state: the fit must not depend on it
-        CorrectorFitter(str(tmp_path / "b"), epochs=2, seed=5).run(
+        CorrectorFitter(str(tmp_path / "b"), epochs=2, seed=5, require_improvement=False).run(
             stale_documents=_documents(n=8), fresh_documents=_documents(n=8, seed=1)
         )
         a, b = Corrector.load(tmp_path / "a"), Corrector.load(tmp_path / "b")
@@ -367,6 +367,9 @@ class TestCorrectorFitter:
                 "batch_size": 256,
                 "loss": "mse",
                 "seed": 0,
+                "holdout_fraction": 0.2,
+                "patience": 10,
+                "require_improvement": True,
             },
         }
         assert CorrectorFitter.from_dict(data).hidden_dim == 16
@@ -382,9 +385,25 @@ class TestCorrectorFitter:
         assert result["corrector_path"] == str(tmp_path / "h")
         assert metrics["pairs"] == 60 and metrics["unpaired_stale"] == 4 and metrics["unpaired_fresh"] == 1
         assert metrics["corrected_error"] < 0.05 * metrics["staleness"]
+        assert metrics["held_out_pairs"] == 12  # judged on pairs it never trained on
+        assert metrics["held_out_corrected_error"] < 0.05 * metrics["held_out_staleness"]
         corrector = Corrector.load(result["corrector_path"])
         probe = torch.tensor([stale[0].embedding])
         torch.testing.assert_close(corrector(probe).detach(), 1.5 * probe + 0.2, atol=0.15, rtol=0.1)
+
+    def test_a_fit_that_does_not_beat_the_stale_index_on_held_out_pairs_is_not_written(self, tmp_path):
+        """Issue 37, Why 1. Oracle: without drift (fresh == stale) no corrector can beat the stale index."""
+        same = _documents(n=40)
+        fitter = CorrectorFitter(str(tmp_path / "h"), epochs=20, lr=1e-2, batch_size=8)
+        with pytest.raises(ValueError, match="does not beat the stale embeddings on the 8 held-out pairs"):
+            fitter.run(stale_documents=same, fresh_documents=same)
+        assert not (tmp_path / "h").exists()
+        # Unrelated pairs: the in-sample error flatters the fit (what 0.1 reported); require_improvement=False writes.
+        stale, fresh = _documents(n=40), _documents(n=40, seed=1)
+        loud = CorrectorFitter(str(tmp_path / "h"), epochs=100, lr=1e-2, batch_size=8, require_improvement=False)
+        metrics = loud.run(stale_documents=stale, fresh_documents=fresh)["metrics"]
+        assert metrics["corrected_error"] < metrics["held_out_corrected_error"]
+        assert (tmp_path / "h").is_dir()
 
     def test_wrong_input(self, tmp_path):
         fitter = CorrectorFitter(str(tmp_path / "h"), epochs=1)
@@ -456,7 +475,7 @@ def test_all_components_round_trip_in_one_pipeline_yaml(document_store, correcto
         "miner", CorrectedHardNegativeMiner(document_store, corrector_path=corrector_path, num_negatives=2)
     )
     pipeline.add_component("corrector", EmbeddingCorrector(corrector_path))
-    pipeline.add_component("fitter", CorrectorFitter(str(tmp_path / "fitted"), epochs=2))
+    pipeline.add_component("fitter", CorrectorFitter(str(tmp_path / "fitted"), epochs=2, require_improvement=False))
     restored = Pipeline.loads(pipeline.dumps())
     assert restored.to_dict() == pipeline.to_dict()
     out = restored.run(
