@@ -1,13 +1,16 @@
-"""The corrector components on real vector databases: InMemory, Qdrant (local mode, on disk), Chroma (persistent).
+"""The corrector components on real vector databases: InMemory, Qdrant (local mode, on disk), Chroma (persistent),
+and PostgreSQL with pgvector (a real server, started once per session by ``pgserver`` on a Unix socket in a temporary
+folder, and stopped at the end).
 
-One suite, parametrised over the three stores, each test against an oracle: a float64 brute-force ranking of the
-corrected embeddings, the store's own retriever, or the snapshot mode's result. No server is started.
+One suite, parametrised over the four stores, each test against an oracle: a float64 brute-force ranking of the
+corrected embeddings, the store's own retriever, or the snapshot mode's result.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 import pytest
 import torch
@@ -29,7 +32,27 @@ from haystack_integrations.components.writers.corrector import DocumentStoreCorr
 from haystack_corrector import Corrector  # noqa: E402
 
 N, DIM = 30, 4
-STORES = ["in_memory", "qdrant", "chroma"]
+STORES = ["in_memory", "qdrant", "chroma", "pgvector"]
+_PG: dict[str, str] = {}  # the session's PostgreSQL server: its connection string
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _postgres_server(tmp_path_factory):
+    """Stop the PostgreSQL server at the end of the session, if a pgvector test started one."""
+    yield
+    server = _PG.pop("server", None)
+    if server is not None:
+        server.cleanup()
+
+
+def _postgres_uri(tmp_path_factory_dir) -> str:
+    if "uri" not in _PG:
+        pgserver = pytest.importorskip("pgserver")
+        server = pgserver.get_server(str(tmp_path_factory_dir), cleanup_mode="stop")
+        _PG["server"], _PG["uri"] = server, server.get_uri()
+        # The store reads its connection string from this variable, so it serialises (a token secret would not).
+        os.environ["PG_CONN_STR"] = _PG["uri"]
+    return _PG["uri"]
 
 
 def _documents(n=N, seed=0):
@@ -41,6 +64,11 @@ def _documents(n=N, seed=0):
         Document(id=f"doc{i}", content=f"document {i}", meta={"group": i % 2}, embedding=embeddings[i].tolist())
         for i in range(n)
     ]
+
+
+def own_retriever(retriever_class, store, **kwargs):
+    """The store's own embedding retriever (pgvector's take ``document_store`` by keyword only)."""
+    return retriever_class(document_store=store, **kwargs)
 
 
 def make_store(kind, folder):
@@ -56,6 +84,24 @@ def make_store(kind, folder):
             path=str(folder / "qdrant"), embedding_dim=DIM, similarity="cosine", progress_bar=False
         )
         return store, retrievers.QdrantEmbeddingRetriever
+    if kind == "pgvector":
+        pgvector = pytest.importorskip("haystack_integrations.document_stores.pgvector")
+        retrievers = pytest.importorskip("haystack_integrations.components.retrievers.pgvector")
+        from haystack.utils import Secret
+
+        _postgres_uri(folder.parent / "postgres")
+        name = f"{abs(hash(str(folder))) % 10**12}"  # a table (and its indexes) per test
+        store = pgvector.PgvectorDocumentStore(
+            connection_string=Secret.from_env_var("PG_CONN_STR"),
+            table_name=f"t_{name}",
+            keyword_index_name=f"k_{name}",
+            hnsw_index_name=f"h_{name}",
+            embedding_dimension=DIM,
+            vector_function="cosine_similarity",
+            recreate_table=False,  # a new table per test anyway; True would empty it when a YAML rebuilds the store
+            search_strategy="exact_nearest_neighbor",
+        )
+        return store, retrievers.PgvectorEmbeddingRetriever
     chroma = pytest.importorskip("haystack_integrations.document_stores.chroma")
     retrievers = pytest.importorskip("haystack_integrations.components.retrievers.chroma")
     return chroma.ChromaDocumentStore(persist_path=str(folder / "chroma"), distance_function="cosine"), (
@@ -103,7 +149,7 @@ def _retrievers(store, retriever_class, corrector_path, **kwargs):
     """The same corrected retriever in snapshot mode and in pool mode with a pool covering the whole store."""
     snapshot = CorrectedEmbeddingRetriever(store, corrector_path=corrector_path, **kwargs)
     pool = CorrectedEmbeddingRetriever(
-        retriever=retriever_class(store), corrector_path=corrector_path, pool_size=N, **kwargs
+        retriever=own_retriever(retriever_class, store), corrector_path=corrector_path, pool_size=N, **kwargs
     )
     return {"snapshot": snapshot, "pool": pool}
 
@@ -114,7 +160,7 @@ QUERY = [0.3, -0.2, 0.9, 0.1]
 # ------------------------------------------------------------------------------------------- corrected retrieval
 def test_without_a_corrector_both_modes_rank_as_the_stores_own_retriever(store_and_retriever):
     store, retriever_class = store_and_retriever
-    theirs = [d.id for d in retriever_class(store, top_k=5).run(query_embedding=QUERY)["documents"]]
+    theirs = [d.id for d in own_retriever(retriever_class, store, top_k=5).run(query_embedding=QUERY)["documents"]]
     for mode, retriever in _retrievers(store, retriever_class, None, top_k=5).items():
         assert [d.id for d in retriever.run(query_embedding=QUERY)["documents"]] == theirs, mode
 
@@ -133,10 +179,10 @@ def test_both_modes_equal_the_corrected_oracle(store_and_retriever, corrector_pa
 
 def test_pool_mode_reranks_only_the_stale_top_pool(store_and_retriever, corrector_path):
     store, retriever_class = store_and_retriever
-    pool_ids = [d.id for d in retriever_class(store, top_k=8).run(query_embedding=QUERY)["documents"]]
+    pool_ids = [d.id for d in own_retriever(retriever_class, store, top_k=8).run(query_embedding=QUERY)["documents"]]
     pool_documents = [d for d in _documents() if d.id in pool_ids]
     retriever = CorrectedEmbeddingRetriever(
-        retriever=retriever_class(store), corrector_path=corrector_path, pool_size=8, top_k=4
+        retriever=own_retriever(retriever_class, store), corrector_path=corrector_path, pool_size=8, top_k=4
     )
     found = [d.id for d in retriever.run(query_embedding=QUERY)["documents"]]
     assert found == _oracle(QUERY, pool_documents, corrector_path)[:4]
@@ -162,7 +208,7 @@ def test_top_k_scale_score_and_return_embedding(store_and_retriever):
     for mode, retriever in _retrievers(store, retriever_class, None, top_k=3).items():
         plain = retriever.run(query_embedding=QUERY)["documents"]
         # top_k=0: what the store's own retriever answers (InMemory: nothing; Qdrant, Chroma: their init top_k)
-        stock = retriever_class(store, top_k=3).run(query_embedding=QUERY, top_k=0)["documents"]
+        stock = own_retriever(retriever_class, store, top_k=3).run(query_embedding=QUERY, top_k=0)["documents"]
         ours = retriever.run(query_embedding=QUERY, top_k=0)["documents"]
         assert len(plain) == 3 and (len(ours) == len(stock) or mode == "snapshot"), mode
         assert all(d.embedding is None for d in plain), mode
@@ -247,7 +293,7 @@ def test_an_l2_store_needs_an_explicit_similarity(tmp_path, monkeypatch):
 def test_pool_mode_round_trips_through_a_yaml_pipeline_under_the_default_allowlist(store_and_retriever, corrector_path):
     store, retriever_class = store_and_retriever
     retriever = CorrectedEmbeddingRetriever(
-        retriever=retriever_class(store, top_k=3), corrector_path=corrector_path, pool_size=12, top_k=4
+        retriever=own_retriever(retriever_class, store, top_k=3), corrector_path=corrector_path, pool_size=12, top_k=4
     )
     expected = [d.id for d in retriever.run(query_embedding=QUERY)["documents"]]
     pipeline = Pipeline()
@@ -271,7 +317,7 @@ def test_pool_mode_miner_equals_the_snapshot_miner(store_and_retriever, correcto
     positives = [["doc0", "doc5"], ["doc1"]]
     kwargs = {"corrector_path": corrector_path, "num_negatives": 3, "range_min": 1}
     snapshot = CorrectedHardNegativeMiner(store, **kwargs)
-    pool = CorrectedHardNegativeMiner(retriever=retriever_class(store), pool_size=N, **kwargs)
+    pool = CorrectedHardNegativeMiner(retriever=own_retriever(retriever_class, store), pool_size=N, **kwargs)
     from_snapshot = snapshot.run(query_embeddings=queries, positive_document_ids=positives)["negatives"]
     from_pool = pool.run(query_embeddings=queries, positive_document_ids=positives)["negatives"]
     assert [[d.id for d in q] for q in from_pool] == [[d.id for d in q] for q in from_snapshot]
@@ -283,7 +329,9 @@ def test_pool_mode_miner_equals_the_snapshot_miner(store_and_retriever, correcto
 def test_pool_miner_looks_up_positives_outside_the_pool(store_and_retriever):
     store, retriever_class = store_and_retriever
     far = _oracle(QUERY, _documents())[-1]  # the least similar document: outside a pool of 5
-    miner = CorrectedHardNegativeMiner(retriever=retriever_class(store), pool_size=5, num_negatives=2, max_score=2.0)
+    miner = CorrectedHardNegativeMiner(
+        retriever=own_retriever(retriever_class, store), pool_size=5, num_negatives=2, max_score=2.0
+    )
     negatives = miner.run(query_embeddings=[QUERY], positive_document_ids=[[far]])["negatives"][0]
     assert [d.id for d in negatives] == _oracle(QUERY, _documents())[:2]
     with pytest.raises(ValueError, match="positive_document_ids\\[0\\].*'nope'"):
@@ -293,7 +341,7 @@ def test_pool_miner_looks_up_positives_outside_the_pool(store_and_retriever):
 def test_pool_miner_draws_on_across_batches(store_and_retriever):
     store, retriever_class = store_and_retriever
     kwargs = {"num_negatives": 3, "sampling_strategy": "random", "seed": 7}
-    pool = CorrectedHardNegativeMiner(retriever=retriever_class(store), pool_size=N, **kwargs)
+    pool = CorrectedHardNegativeMiner(retriever=own_retriever(retriever_class, store), pool_size=N, **kwargs)
     snapshot = CorrectedHardNegativeMiner(store, **kwargs)
     batches = [{"query_embeddings": [QUERY], "positive_document_ids": [["doc0"]]}] * 4
     drawn = [[d.id for d in pool.run(**batch)["negatives"][0]] for batch in batches]
