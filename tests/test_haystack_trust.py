@@ -8,6 +8,7 @@ corrector its folder held.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 import pytest
@@ -172,3 +173,23 @@ def test_why_9_the_yaml_pins_the_corrector(tmp_path, component_class):
     for bad in (42, "", "   "):
         with pytest.raises(TypeError, match="corrector_path must be a folder path"):
             component_class(_store(), corrector_path=bad)
+
+
+def test_why_8_the_miner_takes_filters_and_runs_async():
+    documents = _documents(n=30)
+    for i, doc in enumerate(documents):
+        doc.meta["group"] = i % 3
+    store = _store(documents)
+    group = {"field": "meta.group", "operator": "==", "value": 1}
+    allowed = {d.id for d in documents if d.meta["group"] == 1}
+    queries, positives = [QUERY, [0.1, 0.9, -0.2, 0.3]], [["doc0"], ["doc3"]]
+    for miner in (
+        CorrectedHardNegativeMiner(store, num_negatives=3),
+        CorrectedHardNegativeMiner(retriever=InMemoryEmbeddingRetriever(store), pool_size=30, num_negatives=3),
+    ):
+        found = miner.run(query_embeddings=queries, positive_document_ids=positives, filters=group)["negatives"]
+        assert all(len(n) == 3 and {d.id for d in n} <= allowed for n in found)
+        unfiltered = miner.run(query_embeddings=queries, positive_document_ids=positives)["negatives"]
+        assert any(not {d.id for d in n} <= allowed for n in unfiltered)  # (the filter really bites)
+        asynced = asyncio.run(miner.run_async(query_embeddings=queries, positive_document_ids=positives))
+        assert [[d.id for d in n] for n in asynced["negatives"]] == [[d.id for d in n] for n in unfiltered]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from haystack import Document, component, default_from_dict, default_to_dict
@@ -15,7 +16,7 @@ from haystack_integrations.common.corrector.documents import (
 from haystack_integrations.common.corrector.pool import RetrieverPool, corrected_pool, inner_document_store
 from haystack_integrations.common.corrector.snapshot import DocumentSnapshot, SnapshotComponent
 
-from haystack_corrector import HardNegativeSampler
+from haystack_corrector import CorrectedCacheStore, HardNegativeSampler
 
 
 @component
@@ -118,8 +119,6 @@ class CorrectedHardNegativeMiner(SnapshotComponent):
             "min_score": min_score,
             "seed": seed,
         }
-        from haystack_corrector import CorrectedCacheStore
-
         HardNegativeSampler(CorrectedCacheStore([[1.0]]), **self._sampler_kwargs)
         self._snapshot: DocumentSnapshot | None = None
         self._sampler: HardNegativeSampler | None = None
@@ -151,13 +150,39 @@ class CorrectedHardNegativeMiner(SnapshotComponent):
 
     @component.output_types(negatives=list[list[Document]])
     def run(
-        self, query_embeddings: list[list[float]], positive_document_ids: list[list[str]]
+        self,
+        query_embeddings: list[list[float]],
+        positive_document_ids: list[list[str]],
+        filters: dict[str, Any] | None = None,
     ) -> dict[str, list[list[Document]]]:
         """``num_negatives`` hard negatives per query, never one of its positives.
 
         :param query_embeddings: one embedding per query (from the current query encoder).
         :param positive_document_ids: per query, the ids of its relevant documents.
+        :param filters: Haystack filters: negatives only among the matching documents (pool mode passes them to the
+            wrapped retriever).
         """
+        queries = self._check_queries(query_embeddings, positive_document_ids)
+        documents, cache = self._candidates(query_embeddings, positive_document_ids, filters)
+        return self._mine(queries, positive_document_ids, documents, cache, filtered=bool(filters))
+
+    @component.output_types(negatives=list[list[Document]])
+    async def run_async(
+        self,
+        query_embeddings: list[list[float]],
+        positive_document_ids: list[list[str]],
+        filters: dict[str, Any] | None = None,
+    ) -> dict[str, list[list[Document]]]:
+        """As ``run``; pool mode awaits the wrapped retriever's ``run_async``, snapshot mode runs in a worker thread."""
+        if self._pool is None:
+            return await asyncio.to_thread(self.run, query_embeddings, positive_document_ids, filters)
+        queries = self._check_queries(query_embeddings, positive_document_ids)
+        pools = await asyncio.gather(*(self._pool.fetch_async(q, filters) for q in query_embeddings))
+        documents, cache = self._pool_candidates(pools, positive_document_ids, filtered=bool(filters))
+        return self._mine(queries, positive_document_ids, documents, cache, filtered=bool(filters))
+
+    @staticmethod
+    def _check_queries(query_embeddings: list[list[float]], positive_document_ids: list[list[str]]) -> Any:
         queries = query_matrix(query_embeddings, None, "query_embeddings")
         if queries.ndim != 2:
             raise ValueError("query_embeddings must be a list of embeddings (a list of lists of floats)")
@@ -170,7 +195,19 @@ class CorrectedHardNegativeMiner(SnapshotComponent):
         for position, ids in enumerate(positive_document_ids):
             if isinstance(ids, str):
                 raise ValueError(f"positive_document_ids[{position}] must be a list of ids, got the string {ids!r}")
-        documents, cache = self._candidates(query_embeddings, positive_document_ids)
+        return queries
+
+    def _mine(
+        self,
+        queries: Any,
+        positive_document_ids: list[list[str]],
+        documents: list[Document],
+        cache: Any,
+        filtered: bool = False,
+    ) -> dict[str, list[list[Document]]]:
+        """Sample among ``cache``'s rows. ``filtered``: the candidates are the documents matching the filters only,
+        and a positive outside them is left out (it cannot be a negative, and its score is not a margin's
+        reference)."""
         if cache is None:
             raise ValueError("The document store holds no document with an embedding: there is nothing to mine")
         if queries.shape[1] != cache.dim:
@@ -183,9 +220,10 @@ class CorrectedHardNegativeMiner(SnapshotComponent):
         # cache per batch; re-seeding there would draw the same random stream for every batch).
         self._sampler.store = cache
         positives = []
+        known = set(cache.ids) if filtered else None
         for position, ids in enumerate(positive_document_ids):
             try:
-                positives.append(cache.rows_of(ids))
+                positives.append(cache.rows_of([i for i in ids if known is None or i in known]))
             except KeyError as exc:
                 raise ValueError(f"positive_document_ids[{position}]: {exc.args[0]}") from None
         rows = self._sampler.sample(queries, positives)
@@ -196,18 +234,42 @@ class CorrectedHardNegativeMiner(SnapshotComponent):
         }
 
     def _candidates(
-        self, query_embeddings: list[list[float]], positive_document_ids: list[list[str]]
+        self,
+        query_embeddings: list[list[float]],
+        positive_document_ids: list[list[str]],
+        filters: dict[str, Any] | None = None,
     ) -> tuple[list[Document], Any]:
-        """The documents to rank and their corrected cache: the snapshot, or the batch's pools plus its positives."""
+        """The documents to rank and their corrected cache: the snapshot (only the documents matching ``filters``),
+        or the batch's pools (plus, without filters, its positives)."""
         snapshot = self._ready_snapshot()
-        if self._pool is None:
-            cache = snapshot.ensure_current()  # first: it may re-read the documents
+        if self._pool is not None:
+            pools = [self._pool.fetch(q, filters) for q in query_embeddings]
+            return self._pool_candidates(pools, positive_document_ids, filtered=bool(filters))
+        cache = snapshot.ensure_current()  # first: it may re-read the documents
+        allowed = snapshot.allowed_rows(filters)
+        if cache is None or allowed is None:
             return snapshot.documents, cache
+        keep = sorted(allowed)
+        documents = [snapshot.documents[row] for row in keep]
+        if not documents:
+            return [], None
+        subset = CorrectedCacheStore(
+            cache.stale_embeddings(keep),
+            ids=[d.id for d in documents],
+            similarity=cache.similarity,
+            texts=[d.content or "" for d in documents],
+        )
+        return documents, subset
+
+    def _pool_candidates(
+        self, pools: list[list[Document]], positive_document_ids: list[list[str]], filtered: bool = False
+    ) -> tuple[list[Document], Any]:
+        """The union of the queries' pools, plus (without filters) the positives that are not in it, by id."""
         by_id: dict[str, Document] = {}
-        for query_embedding in query_embeddings:
-            for doc in self._pool.fetch(query_embedding, None):
+        for pool in pools:
+            for doc in pool:
                 by_id.setdefault(doc.id, doc)
-        missing = sorted({i for ids in positive_document_ids for i in ids} - by_id.keys())
+        missing = [] if filtered else sorted({i for ids in positive_document_ids for i in ids} - by_id.keys())
         if missing:
             store = inner_document_store(self.retriever)
             if store is None:
@@ -218,4 +280,4 @@ class CorrectedHardNegativeMiner(SnapshotComponent):
             for doc_id in missing:  # one "==" filter each: Chroma supports no other operator on ids
                 for doc in store.filter_documents(filters={"field": "id", "operator": "==", "value": doc_id}):
                     by_id.setdefault(doc.id, doc)
-        return corrected_pool(list(by_id.values()), snapshot.corrector, self._similarity)
+        return corrected_pool(list(by_id.values()), self._ready_snapshot().corrector, self._similarity)
