@@ -63,7 +63,7 @@ Layout = Mapping[str, "frozenset[str] | None"]
 _fault_hook: Callable[[str], None] | None = None
 
 
-def step(label: str) -> None:
+def fault_point(label: str) -> None:
     """Mark one filesystem operation of a save (the tests kill the process at each of these points)."""
     if _fault_hook is not None:
         _fault_hook(label)
@@ -332,20 +332,20 @@ def _finish_swap(target: Path, ours: dict[str, list[int]]) -> None:
         source = previous / name
         info = os.lstat(source)
         if ours.get(name) == [info.st_dev, info.st_ino]:  # written by a save of ours (its journal says so)
-            step(f"remove previous {name}")
+            fault_point(f"remove previous {name}")
             _remove(source)
         elif not os.path.lexists(target / name):
-            step(f"move back {name}")
+            fault_point(f"move back {name}")
             os.rename(source, target / name)
         else:  # never deleted: the user decides
             logger.warning("%s and %s both exist; left %s where it is", source, target / name, source)
-    step("rmdir previous")
+    fault_point("rmdir previous")
     try:
         previous.rmdir()
     except OSError:
         logger.warning("%s is not empty; it is left in place with its journal", previous)
         return
-    step("remove journal")
+    fault_point("remove journal")
     journal_file(target).unlink()
     _fsync(target.parent)
 
@@ -357,14 +357,14 @@ def recover_interrupted_save(target: Path) -> None:
     if ours is None:
         return
     if not os.path.lexists(previous):  # killed before step 1 or after step 4's rmdir: nothing to finish
-        step("remove journal")
+        fault_point("remove journal")
         journal_file(target).unlink()
         return
     if not os.path.lexists(target):  # killed between steps 1 and 2: the previous save goes back
         logger.warning("A save to %s was interrupted; restoring the previous save from %s", target, previous)
-        step(f"restore {previous.name}")
+        fault_point(f"restore {previous.name}")
         os.rename(previous, target)
-        step("remove journal")
+        fault_point("remove journal")
         journal_file(target).unlink()
         return
     logger.warning("A save to %s was interrupted after it completed; finishing its clean-up of %s", target, previous)
@@ -416,21 +416,21 @@ def atomic_directory(
         recover_interrupted_save(target)  # first: it may put the user's files back in place
         check_save_target(target, kind=kind, config_file=config_file, layout=layout, overwrite=overwrite, writes=writes)
         _remove_dead_temporaries(target, layout)
-        step("mkdtemp")
+        fault_point("mkdtemp")
         tmp = _make_temporary(target)
         try:
             yield tmp
             unexpected = sorted(set(os.listdir(tmp)) - set(layout if writes is None else writes))
             if unexpected:
                 raise RuntimeError(f"internal error: a {kind} save wrote unregistered entries {unexpected}")
-            step("fsync")
+            fault_point("fsync")
             _fsync_tree(tmp)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)  # our own, uniquely named folder
             raise
         if not target.exists():
             try:
-                step("rename tmp -> target")
+                fault_point("rename tmp -> target")
                 os.rename(tmp, target)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -439,9 +439,9 @@ def atomic_directory(
             return
         ours = owned_entries(target, config_file, kind, layout)
         try:
-            step("write journal")
+            fault_point("write journal")
             entries = _write_journal(target, ours)
-            step("rename target -> previous")
+            fault_point("rename target -> previous")
             os.rename(target, previous_directory(target))
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -449,7 +449,7 @@ def atomic_directory(
                 journal_file(target).unlink()
             raise
         try:
-            step("rename tmp -> target")
+            fault_point("rename tmp -> target")
             os.rename(tmp, target)
         except BaseException:
             os.rename(previous_directory(target), target)  # the old save goes back where it was

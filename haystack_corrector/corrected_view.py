@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from haystack_corrector._atomic import step
+from haystack_corrector._atomic import fault_point
 from haystack_corrector._validation import check_choice, check_finite, check_non_negative_int
 from haystack_corrector.cache_rows import release_pages
 from haystack_corrector.corrector import CORRECTOR_CHUNK_ROWS, Corrector
@@ -109,7 +109,7 @@ def _rounded(blocks: Blocks, dtype: str, norms: torch.Tensor) -> Iterable[tuple[
 
 def _write(path: Path, blocks: Blocks, shape: tuple[int, int], dtype: str) -> np.ndarray:
     path.parent.mkdir(parents=True, exist_ok=True)
-    step("mkstemp view")
+    fault_point("mkstemp view")
     handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-", suffix=".npy")
     os.close(handle)
     partial = Path(name)
@@ -120,7 +120,7 @@ def _write(path: Path, blocks: Blocks, shape: tuple[int, int], dtype: str) -> np
             release_pages(out, start, end)
         out.flush()
         del out
-        step("replace view")
+        fault_point("replace view")
         os.replace(partial, path)
     except BaseException:
         partial.unlink(missing_ok=True)

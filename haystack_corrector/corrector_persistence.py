@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
-from haystack_corrector._atomic import step
+from haystack_corrector._atomic import fault_point
 from haystack_corrector._validation import (
     check_non_negative_int,
     check_positive_int,
@@ -43,7 +43,7 @@ def write_corrector(corrector: Corrector, directory: Path) -> None:
     """Write the two files into an existing folder (no atomicity: used inside the atomic saves)."""
     state = {k: v.detach().cpu().contiguous() for k, v in corrector.state_dict().items()}
     save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": FORMAT})
-    step(f"wrote {WEIGHTS_FILE}")
+    fault_point(f"wrote {WEIGHTS_FILE}")
     config = with_config_checksum(
         {
             "format": FORMAT,
@@ -53,7 +53,7 @@ def write_corrector(corrector: Corrector, directory: Path) -> None:
         }
     )
     (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2))
-    step(f"wrote {CONFIG_FILE}")
+    fault_point(f"wrote {CONFIG_FILE}")
 
 
 def parameter_shapes(dim: int, hidden_dim: int, num_layers: int, side_dim: int) -> dict[str, tuple[int, ...]]:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from haystack_corrector import corrector_persistence
-from haystack_corrector._atomic import atomic_directory, check_save_target, step
+from haystack_corrector._atomic import atomic_directory, check_save_target, fault_point
 from haystack_corrector._validation import (
     check_choice,
     check_positive_int,
@@ -105,22 +105,22 @@ def save_store(store: CorrectedCacheStore, path: str | os.PathLike[str], overwri
         path, kind=FORMAT, config_file=CONFIG_FILE, layout=LAYOUT, overwrite=overwrite, writes=writes
     ) as tmp:
         _write_rows(store, store._storage, tmp / EMBEDDINGS_FILE, NUMPY_DTYPES[store.dtype], "embeddings")
-        step(f"wrote {EMBEDDINGS_FILE}")
+        fault_point(f"wrote {EMBEDDINGS_FILE}")
         # Default ids are saved as null: a million "0".."N-1" strings would cost memory on every load.
         (tmp / IDS_FILE).write_text(json.dumps(None if isinstance(store.ids, DefaultIds) else list(store.ids)))
-        step(f"wrote {IDS_FILE}")
+        fault_point(f"wrote {IDS_FILE}")
         saved = [EMBEDDINGS_FILE, IDS_FILE]
         if store._side is not None:
             _write_rows(store, store._side, tmp / SIDE_FILE, np.float16, "side features")
-            step(f"wrote {SIDE_FILE}")
+            fault_point(f"wrote {SIDE_FILE}")
             saved.append(SIDE_FILE)
         if store.texts is not None:
             (tmp / TEXTS_FILE).write_text(json.dumps(store.texts))
-            step(f"wrote {TEXTS_FILE}")
+            fault_point(f"wrote {TEXTS_FILE}")
             saved.append(TEXTS_FILE)
         if store.pool is not None:
             store.pool.save(tmp / INDEX_FILE)
-            step(f"wrote {INDEX_FILE}")
+            fault_point(f"wrote {INDEX_FILE}")
             saved.append(INDEX_FILE)
         (tmp / CORRECTOR_DIR).mkdir()
         store.corrector.save_to(tmp / CORRECTOR_DIR)
@@ -143,7 +143,7 @@ def save_store(store: CorrectedCacheStore, path: str | os.PathLike[str], overwri
         if store.encoder is not None:
             config["encoder"] = store.encoder
         (tmp / CONFIG_FILE).write_text(json.dumps(with_config_checksum(config), indent=2))
-        step(f"wrote {CONFIG_FILE}")
+        fault_point(f"wrote {CONFIG_FILE}")
 
 
 def _write_rows(store: CorrectedCacheStore, storage: Any, path: Path, dtype: Any, what: str) -> None:

@@ -1,6 +1,6 @@
 """Fault injection for the reliability tests and ``benchmarks/fault_figures.py``.
 
-Saves call ``haystack_corrector._atomic.step(label)`` before every filesystem operation; these helpers hook it to
+Saves call ``haystack_corrector._atomic.fault_point(label)`` before every filesystem operation; these helpers hook it to
 count the operations, to kill the process at one of them (``os._exit`` in a forked child: no ``finally`` blocks run,
 as under SIGKILL), or to make one of them fail like a full disk.
 """

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from haystack_corrector import corrector_persistence
-from haystack_corrector._atomic import atomic_directory, previous_directory, step
+from haystack_corrector._atomic import atomic_directory, fault_point, previous_directory
 from haystack_corrector._validation import check_saved_config, with_config_checksum
 from haystack_corrector.saved_folder import SavedFolder, read_one_generation
 from haystack_corrector.sentence_transformers import _compat
@@ -115,9 +115,9 @@ class CorrectorCallback(_TrainerCallback):  # type: ignore[misc, valid-type]
                 },
                 target / "corrector_optimizer.pt",
             )
-            step("wrote corrector_optimizer.pt")
+            fault_point("wrote corrector_optimizer.pt")
             torch.save(self.loss.state_dict_for_checkpoint(), target / "loss_state.pt")
-            step("wrote loss_state.pt")
+            fault_point("wrote loss_state.pt")
             meta = {
                 "format": STATE_FORMAT,
                 "corrector_steps": trainer_state["steps"],
@@ -128,7 +128,7 @@ class CorrectorCallback(_TrainerCallback):  # type: ignore[misc, valid-type]
                 },
             }
             (target / STATE_FILE).write_text(json.dumps(with_config_checksum(meta), indent=2))
-            step(f"wrote {STATE_FILE}")
+            fault_point(f"wrote {STATE_FILE}")
 
     def load_state(self, directory: str | os.PathLike[str]) -> None:
         """Restore everything :meth:`save_state` wrote (one generation; every file checked against its checksum)."""

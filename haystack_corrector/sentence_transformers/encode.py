@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from haystack_corrector._atomic import step
+from haystack_corrector._atomic import fault_point
 from haystack_corrector._validation import check_non_negative_int, check_positive_int
 from haystack_corrector.cache_store import CorrectedCacheStore
 from haystack_corrector.corrector import Corrector
@@ -223,9 +223,9 @@ def _encode_in_shards(
         block = run(texts[start : start + shard_size], False)
         tmp = folder / f"shard-{index:06d}.tmp.npy"
         np.save(tmp, block)
-        step(f"wrote shard {index}")
+        fault_point(f"wrote shard {index}")
         os.replace(tmp, folder / f"shard-{index:06d}.npy")
-        step(f"replaced shard {index}")
+        fault_point(f"replaced shard {index}")
     if world > 1:
         dist.barrier()
     return np.concatenate([np.load(folder / f"shard-{i:06d}.npy", allow_pickle=False) for i in range(len(starts))])
