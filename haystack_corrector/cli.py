@@ -35,8 +35,8 @@ DESCRIPTION = (
 def cmd_build_cache(args: argparse.Namespace) -> int:
     from haystack_corrector import CorrectedCacheStore
     from haystack_corrector.beir import document_text, load_beir
-    from haystack_corrector.experiments.harness import load_model, resolve_model_path
     from haystack_corrector.sentence_transformers import encode_corpus
+    from haystack_corrector.sentence_transformers.model_loading import load_model, resolve_model_path
 
     CorrectedCacheStore.check_save_path(args.output, overwrite=args.overwrite)  # before the encode, not after
     corpus, _, _ = load_beir(args.data, args.split, max_tokens=args.max_seq_length)
@@ -61,7 +61,7 @@ def cmd_mine(args: argparse.Namespace) -> int:
     from haystack_corrector import CorrectedCacheStore, HardNegativeSampler
     from haystack_corrector._atomic import check_parent
     from haystack_corrector.beir import load_beir
-    from haystack_corrector.experiments.harness import load_model, resolve_model_path
+    from haystack_corrector.sentence_transformers.model_loading import load_model, resolve_model_path
 
     output = Path(args.output)
     if output.is_dir():
@@ -153,8 +153,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from haystack_corrector import CorrectedCacheStore
     from haystack_corrector.beir import document_text, load_beir
     from haystack_corrector.evaluation import retrieval_metrics, run_from_search
-    from haystack_corrector.experiments.harness import load_model, resolve_model_path
     from haystack_corrector.sentence_transformers.encode import model_similarity
+    from haystack_corrector.sentence_transformers.model_loading import load_model, resolve_model_path
 
     corpus, queries, qrels = load_beir(args.data, args.split, max_tokens=args.max_seq_length)
     model = load_model(resolve_model_path(args.model), args.max_seq_length)

