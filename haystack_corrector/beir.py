@@ -13,6 +13,8 @@ from typing import Any
 
 from haystack_corrector._validation import check_positive_int
 
+__all__ = ["cut_text", "document_text", "load_beir", "load_qrels"]
+
 Document = str | dict[str, str]
 
 

@@ -43,7 +43,7 @@ from haystack_corrector.search import NonFiniteScoresError, blocked_topk, candid
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DTYPES", "SIMILARITIES", "CorrectedCacheStore", "DefaultIds"]
+__all__ = ["CorrectedCacheStore"]
 
 
 class CorrectedCacheStore(CacheRows, CorrectedViewMixin, persistence.StorePersistence):

@@ -27,6 +27,8 @@ from haystack_corrector._validation import ArrayLike, as_float_matrix, check_pos
 from haystack_corrector.cache_store import CorrectedCacheStore
 from haystack_corrector.corrector import Corrector
 
+__all__ = ["ShardedCacheStore", "is_distributed", "shard_bounds", "sharded_search"]
+
 
 def is_distributed(group: Any = None) -> bool:
     """True inside an initialised torch.distributed group of more than one process (e.g. under ``torchrun``)."""

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import torch
 
+__all__ = ["hardest_negative_rank", "overlap_at_k", "relative_error", "retrieval_metrics", "run_from_search"]
+
 
 def relative_error(estimate: torch.Tensor, fresh: torch.Tensor) -> float:
     """Mean over rows of ||estimate - fresh||² / ||fresh||² (staleness when ``estimate`` is the stale cache)."""

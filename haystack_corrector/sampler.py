@@ -42,6 +42,8 @@ from haystack_corrector.scoring import similarity_scores
 
 logger = logging.getLogger(__name__)
 
+__all__ = ["MISSING", "SAMPLING_STRATEGIES", "HardNegativeSampler"]
+
 SAMPLING_STRATEGIES = ("top", "gumbel", "random")
 MISSING = -1  # with fill_missing=False: a negative the window and filters could not provide
 _DEFAULT_WINDOW_FACTOR = 10

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+__all__ = ["SyntheticDrift", "make_synthetic_drift"]
+
 
 @dataclass
 class SyntheticDrift:

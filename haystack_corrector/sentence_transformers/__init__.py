@@ -18,6 +18,8 @@ from haystack_corrector.sentence_transformers.encode import encode_corpus  # noq
 from haystack_corrector.sentence_transformers.latent_retrieval_loss import (  # noqa: E402
     CrossEncoderReader,
     LatentRetrievalLoss,
+    marginal_label_probabilities,
+    predict_labels,
 )
 from haystack_corrector.sentence_transformers.negatives import (  # noqa: E402
     InBatchNegatives,
@@ -43,4 +45,7 @@ __all__ = [
     "StaticNegatives",
     "build_training_dataset",
     "encode_corpus",
+    # the latent-retrieval reader and its helpers, with LatentRetrievalLoss
+    "marginal_label_probabilities",
+    "predict_labels",
 ]
