@@ -380,19 +380,32 @@ def test_fuzz_load_crafted_files(target, data, mmap):
         shutil.rmtree(folder.parent, ignore_errors=True)
 
 
-def test_zz_fuzz_counts():
-    """Every target ran; with HC_FUZZ_REPORT set, write the counts for docs/reliability.md."""
-    targets = [
-        "CorrectedCacheStore(...)",
-        "CorrectedCacheStore.search",
-        "HardNegativeSampler.sample",
-        "CorrectorTrainer.observe/fit",
-        "Corrector.load / CorrectedCacheStore.load (corrupted files)",
-        "CorrectedCacheStore.load / Corrector.load (crafted files)",
-    ]
-    ran = {target: CASES[target] for target in targets}
-    if all(ran.values()) and os.environ.get("HC_FUZZ_REPORT"):
-        Path(os.environ["HC_FUZZ_REPORT"]).write_text(json.dumps(ran, indent=2))
-    if not all(ran.values()):
-        pytest.skip(f"run the whole module to count cases: {ran}")
-    assert all(count >= 100 for count in ran.values()), ran
+TARGETS = {  # each fuzz test and the target it counts examples for
+    "test_fuzz_store_construction": "CorrectedCacheStore(...)",
+    "test_fuzz_search": "CorrectedCacheStore.search",
+    "test_fuzz_sampler": "HardNegativeSampler.sample",
+    "test_fuzz_trainer": "CorrectorTrainer.observe/fit",
+    "test_fuzz_load_corrupted_files": "Corrector.load / CorrectedCacheStore.load (corrupted files)",
+    "test_fuzz_load_crafted_files": "CorrectedCacheStore.load / Corrector.load (crafted files)",
+}
+MIN_CASES = min(100, FUZZ.max_examples)
+
+
+@pytest.fixture(autouse=True)
+def _counted(request):
+    """After each fuzz test, in whatever order they run: its examples really ran (at least MIN_CASES)."""
+    target = TARGETS.get(request.node.originalname)
+    before = CASES[target] if target else 0
+    yield
+    if target is not None:
+        ran = CASES[target] - before
+        assert ran >= MIN_CASES, f"{target}: {ran} examples ran, expected at least {MIN_CASES}"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report():
+    """With HC_FUZZ_REPORT set, write the counts for docs/reliability.md once every fuzz test of the module ran."""
+    yield
+    path = os.environ.get("HC_FUZZ_REPORT")
+    if path and all(CASES[target] for target in TARGETS.values()):
+        Path(path).write_text(json.dumps({target: CASES[target] for target in TARGETS.values()}, indent=2))

@@ -7,6 +7,7 @@ import json
 import shutil
 
 import pytest
+import torch
 
 pytest.importorskip("sentence_transformers")
 pytest.importorskip("pytrec_eval")
@@ -186,11 +187,23 @@ def test_bf16_trains_under_autocast_where_the_hardware_has_it(
         "--epochs", "1", "--batch-size", "4", "--top-k", "2", "--max-seq-length", "32", "--reader-max-length", "48",
         "--bf16", "--output", str(output),
     ]  # fmt: skip
-    with caplog.at_level("WARNING", logger="haystack_corrector.experiments.latent"):
-        assert main(argv) == 0
+    linear_dtypes: set[torch.dtype] = set()  # what every nn.Linear of the run computed in (issue 38: the label
+    # alone passed with the autocast removed)
+
+    def record(module, _inputs, output):
+        if isinstance(module, torch.nn.Linear) and isinstance(output, torch.Tensor):
+            linear_dtypes.add(output.dtype)
+
+    handle = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        with caplog.at_level("WARNING", logger="haystack_corrector.experiments.latent"):
+            assert main(argv) == 0
+    finally:
+        handle.remove()
     results = json.loads((output / "results.json").read_text())
     expected = "float32" if forbid_bf16 else "bfloat16"
     assert {r["precision"] for r in results["arms"]} == {expected}
+    assert (torch.bfloat16 in linear_dtypes) == (not forbid_bf16), linear_dtypes
     assert ("no bfloat16 units" in caplog.text) == forbid_bf16
     frozen = next(r for r in results["arms"] if r["arm"] == "frozen")
     assert frozen["metrics"]["ndcg@10"] == pytest.approx(results["zero_shot"]["ndcg@10"], abs=1e-6)
