@@ -349,11 +349,11 @@ def test_config_and_citation(setup):
         assert absent not in flat, absent
 
 
-def test_the_default_is_corrected_re_ranking_of_three_candidates_per_negative(setup):
+def test_the_default_is_corrected_re_ranking_of_num_negatives_plus_two_candidates(setup):
     model, store, dataset, _ = setup
     default = CorrectedMultipleNegativesRankingLoss(model, store, train_dataset=dataset)
     assert default.num_negatives == 1 and default.get_config_dict()["negatives"] == "corrector+rerank:3"
-    for num_negatives, range_min, depth in ((1, 0, 3), (2, 0, 6), (2, 1, 9)):
+    for num_negatives, range_min, depth in ((1, 0, 3), (2, 0, 4), (2, 1, 5), (4, 0, 6)):
         loss = CorrectedMultipleNegativesRankingLoss(
             model, store, num_negatives=num_negatives, range_min=range_min, train_dataset=dataset
         )

@@ -19,7 +19,7 @@ class CorrectedMultipleNegativesRankingLoss(CorrectedNegativesLoss):
         model: the SentenceTransformer being trained.
         store: the stale cache (e.g. from :func:`encode_corpus`); it must hold texts.
         num_negatives: hard negatives per anchor (default 1, the measured setting). By default each is the best by
-            fresh score of the corrected cache's 3 best candidates per negative, re-encoded without gradient
+            fresh score of the corrected cache's ``num_negatives + 2`` best candidates, re-encoded without gradient
             (``negatives="corrector+rerank"``); ``negatives="corrector"`` samples them from the corrected cache with
             no extra encode (the paper's method).
         scale: inverse temperature of the softmax (MNRL's ``scale``).

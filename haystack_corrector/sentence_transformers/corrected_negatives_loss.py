@@ -36,7 +36,7 @@ from haystack_corrector.trainer import CorrectorTrainer
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_NEGATIVES = "corrector+rerank"  # 3 candidates per negative: the measured setting (docs/results.md)
+DEFAULT_NEGATIVES = "corrector+rerank"  # range_min + num_negatives + 2 candidates: 3 with one negative (measured)
 
 
 class CorrectedNegativesLoss(LossState, nn.Module):
@@ -46,8 +46,8 @@ class CorrectedNegativesLoss(LossState, nn.Module):
     a row relevant to it: its positives, their text copies, every positive the training dataset pairs with the same
     anchor text, ``relevant``), appends their texts as negative columns, calls the wrapped loss on all columns, and
     takes one corrector step on the drift between h(g') and the fresh embeddings the wrapped loss computed (captured
-    from its forward passes). The default, corrected re-ranking (``RerankedNegatives``), re-encodes each anchor's 3
-    best corrected rows per negative without gradient and keeps the best by fresh score. In evaluation the wrapped
+    from its forward passes). The default, corrected re-ranking (``RerankedNegatives``), re-encodes each anchor's
+    ``num_negatives + 2`` best corrected rows without gradient and keeps the best by fresh score. In evaluation the wrapped
     loss runs on the columns as given: nothing is sampled and the corrector does not move.
 
     An anchor whose filters leave fewer than ``num_negatives`` candidates is skipped for the step, as
@@ -62,7 +62,7 @@ class CorrectedNegativesLoss(LossState, nn.Module):
         store: the stale cache (:func:`encode_corpus`), with texts; built by this model (``check_model``).
         num_negatives: negatives per anchor, appended after the dataset's own columns (default 1, the measured one).
         negatives: a :class:`~haystack_corrector.sentence_transformers.negatives.NegativeSource`, or its name as the
-            harness's arms write it: ``"corrector+rerank:L"`` (default, L = 3 per negative), ``"rerank:L"``,
+            harness's arms write it: ``"corrector+rerank:L"`` (default, L = num_negatives + 2), ``"rerank:L"``,
             ``"corrector"`` (the paper), ``"stale"``, ``"refresh:N"``, ``"corrector+refresh:N"``, ``"static"``,
             ``"inbatch"``. Sampling strategies, windows and score filters are options of ``SampledNegatives``.
         train_dataset: the trainer's training dataset: its anchors' other positives are never their negatives.

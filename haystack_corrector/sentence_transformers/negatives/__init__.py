@@ -1,6 +1,6 @@
 """Negative sources: where a training step's hard negatives come from (one file each), named as the harness's arms.
 
-- :class:`RerankedNegatives` (``"corrector+rerank:L"``, the loss's default with L = 3 per negative; ``"rerank:L"``
+- :class:`RerankedNegatives` (``"corrector+rerank:L"``, the loss's default with L = num_negatives + 2; ``"rerank:L"``
   with ``candidates="stale"``): the best rows of the corrected (or raw) cache re-encoded with the current model, the
   best by fresh score kept.
 - :class:`SampledNegatives` (``"corrector"``, ``"stale"``): sampled every step from the corrected or raw cache, with
