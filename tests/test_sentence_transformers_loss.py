@@ -393,6 +393,9 @@ def test_options_without_effect_are_refused_whichever_source(setup):
     for name in ("corrector_warmup_steps", "max_view_age"):
         with pytest.raises(ValueError, match=f"{name}=2 \\(the corrected cache is never searched\\)"):
             build(negatives="stale", **{name: 2})
+    with pytest.raises(ValueError, match="encode_batch_size=8 \\(this source encodes no texts"):
+        build(negatives="corrector", encode_batch_size=8)
+    assert build(encode_batch_size=8).encode_batch_size == 8  # re-ranking encodes its candidates: accepted
     with pytest.raises(ValueError, match="view_rescore_depth without max_view_age"):
         build(view_rescore_depth=4)
     with pytest.raises(ValueError, match="relative_margin must be in \\[0, 1\\)"):

@@ -260,7 +260,7 @@ def train_arm(
         # A source that draws random numbers mines with them at construction (static): seed it now; the rest follow
         # the trainer's seed through CorrectorCallback.
         seed=seed if negatives.draws_random else None,
-        encode_batch_size=config.encode_batch_size,
+        **({"encode_batch_size": config.encode_batch_size} if negatives.encodes_texts else {}),
         bf16_encodes=config.bf16,
         **{"listwise_weight": config.listwise_weight, **arm.loss_kwargs()},  # an arm's listwise:W overrides
     )

@@ -143,6 +143,7 @@ class CorrectedNegativesLoss(LossState, nn.Module):
             view_rescore_depth=self.view_rescore_depth,
             seed=seed,
             replay_size=replay_size,
+            encode_batch_size=self.encode_batch_size,
         )
         loss_checks.check_fits_store(store, self.num_negatives, self.range_min, self.source)
         if store.texts is None:

@@ -105,6 +105,7 @@ def check_options_apply(
     view_rescore_depth: int | None,
     seed: int | None,
     replay_size: int,
+    encode_batch_size: int = 64,
 ) -> None:
     """Refuse an option that the chosen source would ignore."""
     given = []
@@ -120,6 +121,8 @@ def check_options_apply(
                 given.append(f"{name}={value!r} (the corrected cache is never searched)")
     if view_rescore_depth is not None and max_view_age is None:
         given.append("view_rescore_depth without max_view_age (without a view every search is exact)")
+    if encode_batch_size != 64 and not source.encodes_texts:
+        given.append(f"encode_batch_size={encode_batch_size} (this source encodes no texts without gradient)")
     if seed is not None and not source.draws_random and not replay_size:
         given.append(f"seed={seed!r} (this setting draws no random numbers)")
     if given:

@@ -46,6 +46,10 @@ class RefreshedNegatives(SampledNegatives):
             return f"refresh:{self.every}"
         return f"corrector+refresh:{self.every}" + (":reset" if self.after_refresh == "reset" else "")
 
+    @property
+    def encodes_texts(self) -> bool:
+        return True
+
     def bind(self, loss: Any) -> None:
         super().bind(loss)
         self.encode = loss.encoder(loss.negative_prompt)

@@ -57,6 +57,10 @@ class RerankedNegatives(NegativeSource):
         """Whether the last candidates came from the corrected cache."""
         return self._last_corrected
 
+    @property
+    def encodes_texts(self) -> bool:
+        return True
+
     def bind(self, loss: Any) -> None:
         super().bind(loss)
         needed = loss.range_min + loss.num_negatives

@@ -61,6 +61,11 @@ class NegativeSource:
     def draws_random(self) -> bool:
         return False
 
+    @property
+    def encodes_texts(self) -> bool:
+        """Whether the source runs texts through the model without gradient (the loss's encode options apply)."""
+        return False
+
     def bind(self, loss: Any) -> None:
         """Take the loss's store, ``num_negatives``, ``range_min``, seed and encoder; called once, at construction."""
         if self.loss is not None and self.loss is not loss:

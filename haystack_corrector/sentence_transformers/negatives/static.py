@@ -30,6 +30,10 @@ class StaticNegatives(SampledNegatives):
     def name(self) -> str:  # type: ignore[override]
         return "static"
 
+    @property
+    def encodes_texts(self) -> bool:
+        return True
+
     def bind(self, loss: Any) -> None:
         super().bind(loss)
         anchors = loss.relevance.training_anchors()
