@@ -22,6 +22,7 @@ from haystack.components.retrievers.in_memory import InMemoryEmbeddingRetriever 
 from haystack.components.writers import DocumentWriter  # noqa: E402
 from haystack.document_stores.in_memory import InMemoryDocumentStore  # noqa: E402
 from haystack.document_stores.types import DuplicatePolicy  # noqa: E402
+from haystack_integrations.common.corrector.paging import document_pages, page_reader  # noqa: E402
 from haystack_integrations.components.embedders.corrector import EmbeddingCorrector  # noqa: E402
 from haystack_integrations.components.retrievers.corrector import (  # noqa: E402
     CorrectedEmbeddingRetriever,
@@ -420,3 +421,55 @@ def test_document_store_corrector_serialises(store_and_retriever, corrector_path
     assert restored.to_dict() == component_.to_dict() and restored.page_size == 5
     with pytest.raises(ValueError, match="page_size must be > 0"):
         DocumentStoreCorrector(store, corrector_path, page_size=0)
+
+
+# ------------------------------------------------------------------------------------------- paged reading
+PAGED = ["qdrant", "chroma", "pgvector"]  # the stores whose whole content filter_documents() would copy
+
+
+@pytest.mark.parametrize("filters", [None, {"field": "meta.group", "operator": "==", "value": 1}])
+def test_a_paged_reader_lists_and_fetches_what_filter_documents_returns(store_and_retriever, filters):
+    store, _ = store_and_retriever
+    reader = page_reader(store)
+    expected = {d.id: d for d in (store.filter_documents(filters=filters) if filters else store.filter_documents())}
+    ids = reader.ids(filters)
+    assert sorted(ids) == sorted(expected) and len(ids) == (N if filters is None else N // 2)
+    fetched = [doc for page in document_pages(reader, ids, 4) for doc in page]
+    assert sorted(d.id for d in fetched) == sorted(expected)
+    for doc in fetched:
+        assert doc.content == expected[doc.id].content and doc.meta == expected[doc.id].meta
+        assert doc.embedding == pytest.approx(expected[doc.id].embedding, abs=1e-6)
+
+
+def test_document_store_corrector_reads_a_page_at_a_time(store_kind, store_and_retriever, corrector_path):
+    """Qdrant, Chroma and pgvector are never read whole: every read is a fetch of at most page_size ids."""
+    if store_kind not in PAGED:
+        pytest.skip("the in-memory store holds every document in memory already")
+    store, _ = store_and_retriever
+    fetched: list[int] = []
+    original_filter = store.filter_documents
+
+    def page_reads_only(filters=None):
+        in_filter = isinstance(filters, dict) and filters.get("field") == "id" and filters.get("operator") == "in"
+        if not in_filter:
+            raise AssertionError(f"read the whole store: filter_documents({filters!r})")
+        fetched.append(len(filters["value"]))
+        return original_filter(filters=filters)
+
+    store.filter_documents = page_reads_only  # pgvector fetches its pages through it; the others never call it
+    result = DocumentStoreCorrector(store, corrector_path, page_size=7, progress_bar=False).run()
+    store.filter_documents = original_filter
+    assert result == {"corrected": N, "skipped": 0}
+    assert all(size <= 7 for size in fetched)
+    _check_upgraded(store, corrector_path)
+
+
+def test_document_store_corrector_upgrades_only_the_filtered_documents(store_and_retriever, corrector_path):
+    store, _ = store_and_retriever
+    group = {"field": "meta.group", "operator": "==", "value": 1}
+    upgrade = DocumentStoreCorrector(store, corrector_path, page_size=4, progress_bar=False)
+    assert upgrade.run(filters=group) == {"corrected": N // 2, "skipped": 0}
+    marked = {d.id: "corrector" in d.meta for d in store.filter_documents()}
+    assert marked == {f"doc{i}": i % 2 == 1 for i in range(N)}
+    assert upgrade.run() == {"corrected": N // 2, "skipped": N // 2}
+    _check_upgraded(store, corrector_path)

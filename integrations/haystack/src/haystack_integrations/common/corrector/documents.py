@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 from typing import Any
 
 import numpy as np
 import torch
-from haystack import Document
+from haystack import Document, logging
 
 logger = logging.getLogger(__name__)
 
@@ -75,12 +74,13 @@ def with_embeddings(documents: list[Document], what: str) -> list[Document]:
     kept = [doc for doc in documents if has_embedding(doc)]
     if len(kept) < len(documents):
         logger.warning(
-            "Skipped %d of %d %s without an embedding (first id: %r); embed them to make them retrievable, and if "
-            "your store leaves embeddings out by default, switch them on (e.g. return_embedding=True)",
-            len(documents) - len(kept),
-            len(documents),
-            what,
-            next(doc.id for doc in documents if not has_embedding(doc)),
+            "Skipped {skipped} of {total} {what} without an embedding (first id: {first!r}); embed them to make them "
+            "retrievable, and if your store leaves embeddings out by default, switch them on (e.g. "
+            "return_embedding=True)",
+            skipped=len(documents) - len(kept),
+            total=len(documents),
+            what=what,
+            first=next(doc.id for doc in documents if not has_embedding(doc)),
         )
     return kept
 

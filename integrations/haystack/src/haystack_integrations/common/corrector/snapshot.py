@@ -12,10 +12,9 @@ pool mode (``retriever=...``, :mod:`haystack_integrations.common.corrector.pool`
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-from haystack import Document
+from haystack import Document, logging
 from haystack_integrations.common.corrector.correctors import load_corrector, pinned_fingerprint
 from haystack_integrations.common.corrector.documents import corrected_matrix, with_embeddings
 
@@ -61,7 +60,9 @@ class DocumentSnapshot:
         )
         self.documents = documents
         logger.info(
-            "Read %d documents from %s into the corrected cache", len(documents), type(self.document_store).__name__
+            "Read {count} documents from {store} into the corrected cache",
+            count=len(documents),
+            store=type(self.document_store).__name__,
         )
 
     def allowed_rows(self, filters: dict[str, Any] | None) -> set[int] | None:

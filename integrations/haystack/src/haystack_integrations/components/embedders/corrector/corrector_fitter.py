@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import torch
-from haystack import Document, component, default_from_dict, default_to_dict
+from haystack import Document, component, default_from_dict, default_to_dict, logging
 from haystack_integrations.common.corrector.documents import embedding_matrix
 
 from haystack_corrector import CorrectedCacheStore, Corrector, CorrectorTrainer
@@ -190,14 +189,16 @@ class CorrectorFitter:
                 "require_improvement=False to write it anyway"
             )
         if not better:
-            logger.warning("Writing a corrector that does not beat the stale embeddings on held-out pairs: %s", report)
+            logger.warning(
+                "Writing a corrector that does not beat the stale embeddings on held-out pairs: {report}", report=report
+            )
         store.corrector.save(self.output_path)
         logger.info(
-            "Fitted a corrector on %d document pairs (%d held out: %s) and wrote it to %s",
-            len(train),
-            len(held_out),
-            report,
-            self.output_path,
+            "Fitted a corrector on {pairs} document pairs ({held_out} held out: {report}) and wrote it to {path}",
+            pairs=len(train),
+            held_out=len(held_out),
+            report=report,
+            path=self.output_path,
         )
         return {"corrector_path": self.output_path, "metrics": metrics}
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import logging
+import dataclasses
 from typing import Any
 
-from haystack import component, default_from_dict, default_to_dict
+from haystack import component, default_from_dict, default_to_dict, logging
 from haystack.document_stores.types import DuplicatePolicy
 from haystack_integrations.common.corrector.correctors import CORRECTOR_META
-from haystack_integrations.common.corrector.documents import FRESH_MARKER, check_document_store, with_embeddings
+from haystack_integrations.common.corrector.documents import FRESH_MARKER, check_document_store, has_embedding
+from haystack_integrations.common.corrector.paging import document_pages, page_reader
 from haystack_integrations.components.embedders.corrector.embedding_corrector import EmbeddingCorrector
 from tqdm.auto import tqdm
 
@@ -21,8 +22,9 @@ logger = logging.getLogger(__name__)
 class DocumentStoreCorrector:
     """Rewrites the (stale) embeddings of a DocumentStore through a saved corrector, page by page, in place.
 
-    It reads the store's documents (``filter_documents(filters)``), corrects the embeddings of those not yet
-    corrected with ``EmbeddingCorrector`` and writes each page back with ``DuplicatePolicy.OVERWRITE`` under the same
+    It reads the store's documents a page at a time (Qdrant, Chroma and pgvector by ids; other stores with one
+    ``filter_documents(filters)`` call), corrects the embeddings of those not yet corrected with
+    ``EmbeddingCorrector`` and writes each page back with ``DuplicatePolicy.OVERWRITE`` under the same
     ids, with the same content and meta plus the corrector's record (``meta["corrector"]``, ``meta["corrector_path"]``).
     The store keeps its document count: no second copy is created. An interrupted run is resumed by running again:
     documents this corrector already wrote are skipped, so no embedding is corrected twice. Documents that another
@@ -91,41 +93,102 @@ class DocumentStoreCorrector:
     def run(self, filters: dict[str, Any] | None = None) -> dict[str, int]:
         """Correct every matching document not yet corrected by this corrector; returns the counts.
 
+        Two passes over the store, each a page at a time (``paging.py``: the matching ids, then ``page_size``
+        documents per fetch, so memory holds the ids and one page, not the store): the first counts what is there and
+        refuses another corrector's output before anything is written; the second corrects and overwrites each page.
+
         :param filters: Haystack filters choosing the documents to upgrade (default: all).
         """
         self.warm_up()
-        fingerprint = self._embedder.fingerprint
-        documents = (
-            self.document_store.filter_documents(filters=filters) if filters else self.document_store.filter_documents()
-        )
-        embedded = with_embeddings(documents, "documents in the store")  # one warning for those without
-        fresh = [doc for doc in embedded if (doc.meta or {}).get(CORRECTOR_META) == FRESH_MARKER]
-        if fresh:
-            logger.info("%d documents are marked as embedded by the new encoder; never corrected", len(fresh))
-        embedded = [doc for doc in embedded if (doc.meta or {}).get(CORRECTOR_META) != FRESH_MARKER]
-        done = [doc for doc in embedded if (doc.meta or {}).get(CORRECTOR_META) == fingerprint]
-        todo = [doc for doc in embedded if (doc.meta or {}).get(CORRECTOR_META) != fingerprint]
-        if done:
-            logger.info(
-                "%d of %d documents were already corrected by this corrector; skipped", len(done), len(documents)
-            )
-        foreign = [doc for doc in todo if (doc.meta or {}).get(CORRECTOR_META)]
-        if foreign and not self.force:  # checked before the first write, so a refusal leaves the store as it was
-            raise ValueError(
-                f"{len(foreign)} of {len(documents)} documents were corrected by another corrector (first: id "
-                f"{foreign[0].id!r}, meta[{CORRECTOR_META!r}] = {foreign[0].meta[CORRECTOR_META]!r}, this one is "
-                f"{fingerprint!r}); correcting them would apply a corrector to corrected embeddings. Pass force=True "
-                "to do it anyway"
-            )
+        reader = page_reader(self.document_store)
+        ids = reader.ids(filters)
+        census = self._census(reader, ids)
+        if census.todo == 0:
+            return {"corrected": 0, "skipped": len(ids)}
         count_before = self.document_store.count_documents()
-        pages = range(0, len(todo), self.page_size)
-        for start in tqdm(pages, desc="Correcting the store", unit="page", disable=not self.progress_bar or not todo):
-            page = self._embedder.run(documents=todo[start : start + self.page_size])["documents"]
-            self.document_store.write_documents(page, policy=DuplicatePolicy.OVERWRITE)
+        corrected = 0
+        pages = document_pages(reader, ids, self.page_size)
+        total = -(-len(ids) // self.page_size)
+        for documents in tqdm(
+            pages, desc="Correcting the store", unit="page", total=total, disable=not self.progress_bar
+        ):
+            todo = [doc for doc in documents if self._kind(doc) in ("todo", "foreign")]
+            if todo:
+                page = self._embedder.run(documents=todo)["documents"]
+                self.document_store.write_documents(page, policy=DuplicatePolicy.OVERWRITE)
+                corrected += len(page)
         count_after = self.document_store.count_documents()
         if count_after != count_before:
             raise RuntimeError(
                 f"{type(self.document_store).__name__} holds {count_after} documents after the upgrade, {count_before} "
                 "before: writing under the same ids created copies instead of overwriting"
             )
-        return {"corrected": len(todo), "skipped": len(documents) - len(todo)}
+        return {"corrected": corrected, "skipped": len(ids) - corrected}
+
+    def _kind(self, document: Any) -> str:
+        """What the upgrade does with a document: missing (no embedding), fresh, done, foreign (another corrector's
+        output) or todo."""
+        if not has_embedding(document):
+            return "missing"
+        mark = (document.meta or {}).get(CORRECTOR_META)
+        if mark == FRESH_MARKER:
+            return "fresh"
+        if mark == self._embedder.fingerprint:
+            return "done"
+        return "foreign" if mark else "todo"
+
+    def _census(self, reader: Any, ids: list[str]) -> _Census:
+        """The first pass: counts by kind, logged; another corrector's output refused before the first write."""
+        census = _Census()
+        pages = document_pages(reader, ids, self.page_size)
+        total = -(-len(ids) // self.page_size)
+        show = self.progress_bar and total > 1
+        for documents in tqdm(pages, desc="Checking the store", unit="page", total=total, disable=not show):
+            for doc in documents:
+                census.add(self._kind(doc), doc)
+        if census.counts["missing"]:
+            logger.warning(
+                "Skipped {skipped} of {total} documents in the store without an embedding (first id: {first!r}); "
+                "embed them to make them retrievable",
+                skipped=census.counts["missing"],
+                total=len(ids),
+                first=census.first["missing"],
+            )
+        if census.counts["fresh"]:
+            logger.info(
+                "{count} documents are marked as embedded by the new encoder; never corrected",
+                count=census.counts["fresh"],
+            )
+        if census.counts["done"]:
+            logger.info(
+                "{done} of {total} documents were already corrected by this corrector; skipped",
+                done=census.counts["done"],
+                total=len(ids),
+            )
+        if census.counts["foreign"] and not self.force:
+            first = census.first["foreign"]
+            raise ValueError(
+                f"{census.counts['foreign']} of {len(ids)} documents were corrected by another corrector (first: id "
+                f"{first.id!r}, meta[{CORRECTOR_META!r}] = {first.meta[CORRECTOR_META]!r}, this one is "
+                f"{self._embedder.fingerprint!r}); correcting them would apply a corrector to corrected embeddings. "
+                "Pass force=True to do it anyway"
+            )
+        return census
+
+
+@dataclasses.dataclass
+class _Census:
+    """Documents counted by what the upgrade does with them, and the first of each kind (for messages)."""
+
+    counts: dict[str, int] = dataclasses.field(
+        default_factory=lambda: dict.fromkeys(("missing", "fresh", "done", "foreign", "todo"), 0)
+    )
+    first: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def add(self, kind: str, document: Any) -> None:
+        self.counts[kind] += 1
+        self.first.setdefault(kind, document.id if kind == "missing" else document)
+
+    @property
+    def todo(self) -> int:
+        return self.counts["todo"] + self.counts["foreign"]
