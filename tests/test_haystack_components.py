@@ -84,6 +84,7 @@ class TestCorrectedEmbeddingRetriever:
                 "pool_size": 100,
                 "corrector_fingerprint": corrector_fingerprint(corrector_path),
                 "filter_policy": "replace",
+                "retriever_kwargs": None,
             },
         }
         assert retriever.to_dict()["init_parameters"]["document_store"]["type"] == STORE_TYPE

@@ -159,11 +159,14 @@ QUERY = [0.3, -0.2, 0.9, 0.1]
 
 
 # ------------------------------------------------------------------------------------------- corrected retrieval
-def test_without_a_corrector_both_modes_rank_as_the_stores_own_retriever(store_and_retriever):
+def test_without_a_corrector_both_modes_rank_and_score_as_the_stores_own_retriever(store_and_retriever):
+    """Drop-in: the same documents in the same order with the same scores (Chroma's are distances)."""
     store, retriever_class = store_and_retriever
-    theirs = [d.id for d in own_retriever(retriever_class, store, top_k=5).run(query_embedding=QUERY)["documents"]]
+    theirs = own_retriever(retriever_class, store, top_k=5).run(query_embedding=QUERY)["documents"]
     for mode, retriever in _retrievers(store, retriever_class, None, top_k=5).items():
-        assert [d.id for d in retriever.run(query_embedding=QUERY)["documents"]] == theirs, mode
+        ours = retriever.run(query_embedding=QUERY)["documents"]
+        assert [d.id for d in ours] == [d.id for d in theirs], mode
+        assert [d.score for d in ours] == pytest.approx([d.score for d in theirs], abs=1e-5), mode
 
 
 def test_both_modes_equal_the_corrected_oracle(store_and_retriever, corrector_path):
@@ -204,7 +207,7 @@ def test_filters_follow_the_filter_policy_in_both_modes(store_and_retriever, cor
             assert [d.id for d in found] == expected, (policy, mode)
 
 
-def test_top_k_scale_score_and_return_embedding(store_and_retriever):
+def test_top_k_scale_score_and_return_embedding(store_and_retriever, store_kind):
     store, retriever_class = store_and_retriever
     for mode, retriever in _retrievers(store, retriever_class, None, top_k=3).items():
         plain = retriever.run(query_embedding=QUERY)["documents"]
@@ -214,7 +217,8 @@ def test_top_k_scale_score_and_return_embedding(store_and_retriever):
         assert len(plain) == 3 and (len(ours) == len(stock) or mode == "snapshot"), mode
         assert all(d.embedding is None for d in plain), mode
         scaled = retriever.run(query_embedding=QUERY, scale_score=True, return_embedding=True)["documents"]
-        assert [d.score for d in scaled] == pytest.approx([(d.score + 1) / 2 for d in plain], abs=1e-6)
+        cosines = [1 - d.score if store_kind == "chroma" else d.score for d in plain]  # Chroma's: 1 - cosine
+        assert [d.score for d in scaled] == pytest.approx([(c + 1) / 2 for c in cosines], abs=1e-6)
         stored = {d.id: d.embedding for d in _documents()}
         for doc in scaled:
             assert doc.embedding == pytest.approx(stored[doc.id], abs=1e-6)

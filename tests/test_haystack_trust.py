@@ -193,3 +193,114 @@ def test_why_8_the_miner_takes_filters_and_runs_async():
         assert any(not {d.id for d in n} <= allowed for n in unfiltered)  # (the filter really bites)
         asynced = asyncio.run(miner.run_async(query_embeddings=queries, positive_document_ids=positives))
         assert [[d.id for d in n] for n in asynced["negatives"]] == [[d.id for d in n] for n in unfiltered]
+
+
+def test_why_6_the_upgrade_never_reads_the_whole_store_at_once(tmp_path):
+    """A Qdrant store of 40 documents upgraded in pages of 8: every read holds at most 8 documents."""
+    qdrant = pytest.importorskip("haystack_integrations.document_stores.qdrant")
+    store = qdrant.QdrantDocumentStore(
+        path=str(tmp_path / "q"), embedding_dim=4, similarity="cosine", progress_bar=False
+    )
+    store.write_documents(_documents(40))
+    reads: list[int] = []
+    by_id = store.get_documents_by_id
+
+    def counted(ids):
+        reads.append(len(ids))
+        return by_id(ids)
+
+    store.get_documents_by_id = counted
+    store.filter_documents = lambda *args, **kwargs: pytest.fail("filter_documents() read the whole store")
+    result = DocumentStoreCorrector(store, _save_corrector(tmp_path / "c"), page_size=8, progress_bar=False).run()
+    assert result == {"corrected": 40, "skipped": 0}
+    assert reads == [8] * 10  # 5 pages to check, 5 to correct
+    store.close()
+
+
+def test_why_7_pool_mode_runs_its_small_products_on_one_torch_thread(tmp_path, monkeypatch):
+    from haystack_integrations.common.corrector import pool
+
+    seen: list[int] = []
+    score = pool.similarity_scores
+
+    def recording(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return score(*args, **kwargs)
+
+    monkeypatch.setattr(pool, "similarity_scores", recording)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        retriever = CorrectedEmbeddingRetriever(
+            retriever=InMemoryEmbeddingRetriever(_store()), corrector_path=_save_corrector(tmp_path / "c"), top_k=3
+        )
+        retriever.warm_up()
+        retriever.run(query_embedding=QUERY)
+        assert seen == [1] and torch.get_num_threads() == 2  # one thread inside, the setting restored after
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_why_7_one_torch_thread_restores_on_error_and_leaves_other_threads_alone():
+    import threading
+
+    from haystack_integrations.common.corrector.pool import one_torch_thread
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        other: list[int] = []
+        with pytest.raises(RuntimeError, match="inside"), one_torch_thread():
+            thread = threading.Thread(target=lambda: other.append(torch.get_num_threads()))
+            thread.start()
+            thread.join()
+            raise RuntimeError("inside")
+        assert torch.get_num_threads() == 2 and other and other[0] != 1 or torch.get_num_threads() == 2 and other
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_why_8_store_specific_run_parameters_pass_through(tmp_path):
+    """Qdrant's score_threshold, group_by and group_size reach its retriever; what pool mode sets is refused."""
+    qdrant = pytest.importorskip("haystack_integrations.document_stores.qdrant")
+    retrievers = pytest.importorskip("haystack_integrations.components.retrievers.qdrant")
+    store = qdrant.QdrantDocumentStore(
+        path=str(tmp_path / "q"), embedding_dim=4, similarity="cosine", progress_bar=False
+    )
+    documents = [dataclasses.replace(d, meta={"group": i % 3}) for i, d in enumerate(_documents(30))]
+    store.write_documents(documents)
+    stock = retrievers.QdrantEmbeddingRetriever(store, top_k=30).run(query_embedding=QUERY)["documents"]
+    threshold = (stock[9].score + stock[10].score) / 2  # between the stock retriever's 10th and 11th scores
+    retriever = CorrectedEmbeddingRetriever(
+        retriever=retrievers.QdrantEmbeddingRetriever(store),
+        pool_size=30,
+        top_k=30,
+        retriever_kwargs={"score_threshold": threshold},
+    )
+    above = retriever.run(query_embedding=QUERY)["documents"]
+    assert sorted(d.id for d in above) == sorted(d.id for d in stock[:10])
+    everything = retriever.run(query_embedding=QUERY, retriever_kwargs={"score_threshold": -1.0})["documents"]
+    assert len(everything) == 30
+    groups = {"group_by": "meta.group", "group_size": 2, "score_threshold": -1.0}
+    grouped = retriever.run(query_embedding=QUERY, retriever_kwargs=groups)["documents"]
+    stock_grouped = retrievers.QdrantEmbeddingRetriever(store).run(query_embedding=QUERY, top_k=30, **groups)
+    assert sorted(d.id for d in grouped) == sorted(d.id for d in stock_grouped["documents"])
+    assert len(grouped) == 6 and len({d.meta["group"] for d in grouped}) == 3  # 2 per group, 3 groups
+    assert CorrectedEmbeddingRetriever.from_dict(retriever.to_dict()).retriever_kwargs == {"score_threshold": threshold}
+    with pytest.raises(ValueError, match="has no parameter colour; it accepts group_by, group_size, score_threshold"):
+        retriever.run(query_embedding=QUERY, retriever_kwargs={"colour": "red"})
+    with pytest.raises(ValueError, match="sets top_k, which pool mode sets itself"):
+        CorrectedEmbeddingRetriever(retriever=retrievers.QdrantEmbeddingRetriever(store), retriever_kwargs={"top_k": 3})
+    with pytest.raises(ValueError, match="retriever_kwargs is for pool mode"):
+        CorrectedEmbeddingRetriever(store, retriever_kwargs={"score_threshold": 0.5})
+    store.close()
+
+
+def test_why_8_logs_through_haystacks_structured_logger(caplog):
+    """Haystack's logger: keyword fields on the record (its structured logging sees them), not %-arguments."""
+    store = InMemoryDocumentStore(embedding_similarity_function="cosine")
+    store.write_documents([*_documents(3), Document(id="bare", content="no embedding")])
+    with caplog.at_level("WARNING"):
+        CorrectedEmbeddingRetriever(store, top_k=2).run(query_embedding=QUERY)
+    records = [r for r in caplog.records if "without an embedding" in r.getMessage()]
+    assert len(records) == 1 and records[0].skipped == 1 and records[0].first == "bare"

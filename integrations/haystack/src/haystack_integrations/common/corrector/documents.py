@@ -61,6 +61,21 @@ def store_similarity(document_store: Any, similarity: str | None) -> str:
     return _STORE_METRICS[metric]
 
 
+# Stores whose own retriever reports a distance (lower is nearer) in Document.score, as a function of the similarity
+# the corrected retriever ranks by: Chroma's cosine distance is 1 - cosine, its "ip" 1 - dot, its (squared) "l2"
+# 2 - 2 cosine between unit vectors.
+_CHROMA_DISTANCES = {"cosine": lambda s: 1.0 - s, "ip": lambda s: 1.0 - s, "l2": lambda s: 2.0 - 2.0 * s}
+
+
+def store_score_scale(document_store: Any) -> Any:
+    """The function that puts a similarity on the scale the store's own retriever reports, or None when that scale
+    is the similarity itself (InMemory, Qdrant, pgvector). Chroma's retriever reports distances; so does a corrected
+    retriever over Chroma, ranked best first as Chroma's are."""
+    if type(document_store).__name__ != "ChromaDocumentStore":
+        return None
+    return _CHROMA_DISTANCES.get(getattr(document_store, "_distance_function", "l2"))
+
+
 def check_document_store(document_store: Any) -> None:
     for method in ("filter_documents", "count_documents", "to_dict"):
         if not callable(getattr(document_store, method, None)):

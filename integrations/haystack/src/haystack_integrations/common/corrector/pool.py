@@ -12,7 +12,9 @@ store beforehand. The price: a document the stale index ranks below ``pool_size`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -22,6 +24,31 @@ from haystack_integrations.common.corrector.documents import corrected_matrix, h
 from haystack_corrector import CorrectedCacheStore, Corrector
 from haystack_corrector._validation import check_positive_int
 from haystack_corrector.scoring import similarity_scores
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Run the enclosed torch work on one intra-op thread, then restore the setting.
+
+    A pool's corrector pass is a few small matrix products (100 x 384 through a 768-wide MLP). On torch's default
+    threads each of them wakes a team of worker threads; on a loaded machine those wait for a free core, and a query
+    took 7x the store's own retriever on a busy 2-core machine, against 1.7x on one thread (docs/benchmarks.md,
+    "Pool-mode latency"). torch keeps the setting per thread, so other threads (an encoder in the same process) keep
+    theirs.
+    """
+    before = torch.get_num_threads()
+    if before == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# The wrapped retriever's run() parameters that pool mode sets itself.
+_POOL_PARAMETERS = ("query_embedding", "filters", "top_k", "return_embedding", "scale_score")
 
 
 def inner_document_store(retriever: Any) -> Any:
@@ -57,6 +84,29 @@ class RetrieverPool:
         self.zero_is_empty = type(retriever).__module__.startswith("haystack.")
         # Ask for the candidates' embeddings where the retriever leaves them out by default (InMemory, Qdrant).
         self._extra = {"return_embedding": True} if "return_embedding" in parameters else {}
+        # The wrapped retriever's own run parameters (Qdrant's score_threshold, group_by, ...), passed through as given;
+        # those pool mode sets itself are not.
+        self.own_parameters = sorted(set(parameters) - set(_POOL_PARAMETERS) - {"self"})
+
+    def check_kwargs(self, retriever_kwargs: Any, name: str = "retriever_kwargs") -> dict[str, Any]:
+        """``retriever_kwargs`` checked against the wrapped retriever's run() (None: no extra parameters)."""
+        if retriever_kwargs is None:
+            return {}
+        if not isinstance(retriever_kwargs, dict):
+            raise TypeError(f"{name} must be a dict of run() parameters, got {type(retriever_kwargs).__name__}")
+        owned = sorted(set(retriever_kwargs) & set(_POOL_PARAMETERS))
+        if owned:
+            raise ValueError(
+                f"{name} sets {', '.join(owned)}, which pool mode sets itself: pass filters and top_k to this component "
+                "(pool_size is the candidates' top_k)"
+            )
+        unknown = sorted(set(retriever_kwargs) - set(self.own_parameters))
+        if unknown:
+            raise ValueError(
+                f"{type(self.retriever).__name__}.run() has no parameter {', '.join(unknown)}; it accepts "
+                f"{', '.join(self.own_parameters) or 'none besides those pool mode sets'}"
+            )
+        return dict(retriever_kwargs)
 
     def _arguments(self, query_embedding: list[float], filters: dict[str, Any] | None) -> dict[str, Any]:
         return {"query_embedding": query_embedding, "filters": filters, "top_k": self.pool_size, **self._extra}
@@ -104,7 +154,8 @@ def corrected_pool(
     documents = with_embeddings(documents, "candidates from the retriever")
     if not documents:
         return [], None
-    matrix = corrected_matrix(documents, corrector, "candidates from the retriever")
+    with one_torch_thread():
+        matrix = corrected_matrix(documents, corrector, "candidates from the retriever")
     cache = CorrectedCacheStore(
         matrix,
         ids=[doc.id for doc in documents],
@@ -125,12 +176,14 @@ def rank_pool(
     documents = with_embeddings(documents, "candidates from the retriever")
     if not documents or top_k == 0:
         return []
-    matrix = torch.from_numpy(corrected_matrix(documents, corrector, "candidates from the retriever"))
-    if query.shape[-1] != matrix.shape[1]:
-        raise ValueError(
-            f"query_embedding has dimension {query.shape[-1]} but the stored embeddings have dimension {matrix.shape[1]}"
-        )
-    scores = similarity_scores(query, matrix, normalize=similarity == "cosine")[0]
+    with one_torch_thread():
+        matrix = torch.from_numpy(corrected_matrix(documents, corrector, "candidates from the retriever"))
+        if query.shape[-1] != matrix.shape[1]:
+            raise ValueError(
+                f"query_embedding has dimension {query.shape[-1]} but the stored embeddings have dimension "
+                f"{matrix.shape[1]}"
+            )
+        scores = similarity_scores(query, matrix, normalize=similarity == "cosine")[0]
     if not bool(torch.isfinite(scores).all()):
         raise ValueError("The corrector produced non-finite scores; it has diverged (check its learning rate)")
     best, rows = torch.topk(scores, min(top_k, len(documents)))

@@ -13,6 +13,7 @@ from haystack_integrations.common.corrector.documents import (
     check_document_store,
     output_document,
     query_matrix,
+    store_score_scale,
     store_similarity,
 )
 from haystack_integrations.common.corrector.pool import RetrieverPool, inner_document_store, rank_pool
@@ -68,6 +69,7 @@ class CorrectedEmbeddingRetriever(SnapshotComponent):
         pool_size: int = 100,
         corrector_fingerprint: str | None = None,
         filter_policy: str | FilterPolicy = FilterPolicy.REPLACE,
+        retriever_kwargs: dict[str, Any] | None = None,
     ) -> None:
         """
         :param document_store: snapshot mode: any Haystack DocumentStore holding documents with (stale) embeddings.
@@ -86,6 +88,11 @@ class CorrectedEmbeddingRetriever(SnapshotComponent):
         :param filter_policy: ``"replace"`` (run-time filters replace the init filters) or ``"merge"``. In pool mode
             the resulting filters are passed to the inner retriever, where they replace its own init filters (unless
             none result, in which case its own apply).
+        :param retriever_kwargs: pool mode: more parameters for the wrapped retriever's ``run()``, passed through at
+            every query (e.g. Qdrant's ``score_threshold``, ``group_by``, ``group_size``); they shape the candidates,
+            which are then re-ranked by corrected score (a ``score_threshold`` applies to the stored embeddings'
+            scores). Names pool mode sets itself (``filters``, ``top_k``, ...) and names the retriever does not
+            accept are refused.
         """
         if (document_store is None) == (retriever is None):
             raise ValueError(
@@ -99,6 +106,9 @@ class CorrectedEmbeddingRetriever(SnapshotComponent):
                 f"top_k={top_k} is larger than pool_size={pool_size}: pool mode returns at most pool_size documents. "
                 "Raise pool_size (well above top_k) or lower top_k"
             )
+        if retriever_kwargs is not None and self._pool is None:
+            raise ValueError("retriever_kwargs is for pool mode (retriever=...); snapshot mode has no inner retriever")
+        self._retriever_kwargs = {} if self._pool is None else self._pool.check_kwargs(retriever_kwargs)
         if document_store is not None:
             check_document_store(document_store)
         self.document_store = document_store
@@ -116,6 +126,8 @@ class CorrectedEmbeddingRetriever(SnapshotComponent):
         )
         scored_store = document_store if retriever is None else inner_document_store(retriever)
         self._similarity = store_similarity(scored_store, similarity)
+        self._store_scale = store_score_scale(scored_store)
+        self.retriever_kwargs = retriever_kwargs
         self._snapshot: DocumentSnapshot | None = None
 
     def warm_up(self) -> None:
@@ -138,6 +150,7 @@ class CorrectedEmbeddingRetriever(SnapshotComponent):
             pool_size=self.pool_size,
             corrector_fingerprint=self.corrector_fingerprint,
             filter_policy=self.filter_policy.value,
+            retriever_kwargs=self.retriever_kwargs,
         )
 
     @classmethod
@@ -152,6 +165,7 @@ class CorrectedEmbeddingRetriever(SnapshotComponent):
         top_k: int | None = None,
         scale_score: bool | None = None,
         return_embedding: bool | None = None,
+        retriever_kwargs: dict[str, Any] | None = None,
     ) -> dict[str, list[Document]]:
         """Retrieve the ``top_k`` documents by corrected similarity to ``query_embedding``.
 
@@ -162,13 +176,20 @@ class CorrectedEmbeddingRetriever(SnapshotComponent):
             ``top_k`` for the integrations that read ``top_k or self.top_k`` (Qdrant, Chroma).
         :param scale_score: overrides the init ``scale_score``.
         :param return_embedding: overrides the init ``return_embedding``.
+        :param retriever_kwargs: pool mode: updates the init ``retriever_kwargs`` for this query.
+
+        Scores: the store's own retriever's scale. The corrected similarity (cosine or dot product, higher is nearer)
+        for InMemory, Qdrant and pgvector; for Chroma, whose retriever reports distances, the distance that similarity
+        means there (cosine: 1 - cosine; ip: 1 - dot; l2: 2 - 2 cosine, the squared L2 distance between unit vectors),
+        nearest first as Chroma's. ``scale_score=True`` gives the similarity scaled to [0, 1] for every store.
         """
         options = self._options(query_embedding, filters, top_k, scale_score, return_embedding)
+        extra = self._run_kwargs(retriever_kwargs)
         if self._pool is None:
             return self._run_snapshot(**options)
         if options["top_k"] == 0:
             return {"documents": []}
-        candidates = self._pool.fetch(query_embedding, options["filters"])
+        candidates = self._pool.fetch(query_embedding, options["filters"], **extra)
         return self._rank_candidates(candidates, **options)
 
     @component.output_types(documents=list[Document])
@@ -179,15 +200,25 @@ class CorrectedEmbeddingRetriever(SnapshotComponent):
         top_k: int | None = None,
         scale_score: bool | None = None,
         return_embedding: bool | None = None,
+        retriever_kwargs: dict[str, Any] | None = None,
     ) -> dict[str, list[Document]]:
         """As ``run``; pool mode awaits the inner retriever's ``run_async``, snapshot mode runs in a worker thread."""
         options = self._options(query_embedding, filters, top_k, scale_score, return_embedding)
+        extra = self._run_kwargs(retriever_kwargs)
         if self._pool is None:
             return await asyncio.to_thread(self._run_snapshot, **options)
         if options["top_k"] == 0:
             return {"documents": []}
-        candidates = await self._pool.fetch_async(query_embedding, options["filters"])
+        candidates = await self._pool.fetch_async(query_embedding, options["filters"], **extra)
         return self._rank_candidates(candidates, **options)
+
+    def _run_kwargs(self, retriever_kwargs: dict[str, Any] | None) -> dict[str, Any]:
+        """The init ``retriever_kwargs`` updated by the run's, checked against the wrapped retriever."""
+        if retriever_kwargs is None:
+            return self._retriever_kwargs
+        if self._pool is None:
+            raise ValueError("retriever_kwargs is for pool mode (retriever=...); snapshot mode has no inner retriever")
+        return {**self._retriever_kwargs, **self._pool.check_kwargs(retriever_kwargs)}
 
     def _options(
         self,
@@ -255,4 +286,6 @@ class CorrectedEmbeddingRetriever(SnapshotComponent):
     def _output(self, document: Document, score: float, scale_score: bool, return_embedding: bool) -> Document:
         if scale_score:
             score = (score + 1) / 2 if self._similarity == "cosine" else 1 / (1 + math.exp(-score / 100))
+        elif self._store_scale is not None:
+            score = self._store_scale(score)
         return output_document(document, score, return_embedding)

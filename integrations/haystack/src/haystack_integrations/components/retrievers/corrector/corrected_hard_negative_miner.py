@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 from haystack import Document, component, default_from_dict, default_to_dict
@@ -13,7 +14,12 @@ from haystack_integrations.common.corrector.documents import (
     query_matrix,
     store_similarity,
 )
-from haystack_integrations.common.corrector.pool import RetrieverPool, corrected_pool, inner_document_store
+from haystack_integrations.common.corrector.pool import (
+    RetrieverPool,
+    corrected_pool,
+    inner_document_store,
+    one_torch_thread,
+)
 from haystack_integrations.common.corrector.snapshot import DocumentSnapshot, SnapshotComponent
 
 from haystack_corrector import CorrectedCacheStore, HardNegativeSampler
@@ -226,7 +232,9 @@ class CorrectedHardNegativeMiner(SnapshotComponent):
                 positives.append(cache.rows_of([i for i in ids if known is None or i in known]))
             except KeyError as exc:
                 raise ValueError(f"positive_document_ids[{position}]: {exc.args[0]}") from None
-        rows = self._sampler.sample(queries, positives)
+        # A pool's cache is small: its products run on one thread (pool.one_torch_thread); a snapshot keeps torch's.
+        with one_torch_thread() if self._pool is not None else contextlib.nullcontext():
+            rows = self._sampler.sample(queries, positives)
         return {
             "negatives": [
                 [output_document(documents[r], None, False) for r in query_rows] for query_rows in rows.tolist()
