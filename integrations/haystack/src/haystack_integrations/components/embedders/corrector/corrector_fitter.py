@@ -117,7 +117,10 @@ class CorrectorFitter:
 
         :param stale_documents: documents with their old-encoder embeddings.
         :param fresh_documents: the same documents (same ids) with new-encoder embeddings.
-        :returns: ``corrector_path`` and ``metrics`` (``staleness`` and ``corrected_error`` on the pairs, pair counts).
+        :returns: ``corrector_path`` and ``metrics``: ``staleness`` and ``corrected_error`` on the training pairs,
+            ``held_out_staleness``, ``held_out_corrected_error``, ``held_out_stale_overlap@10`` and
+            ``held_out_corrected_overlap@10`` on the held-out ones, ``improves`` (1.0 when the corrector beats the
+            stale embeddings on both held-out measures), pair and epoch counts.
         """
         fresh_by_id = {doc.id: doc for doc in fresh_documents}
         pairs = [(doc, fresh_by_id[doc.id]) for doc in stale_documents if doc.id in fresh_by_id]
@@ -181,6 +184,7 @@ class CorrectorFitter:
         better = metrics["held_out_corrected_error"] < metrics["held_out_staleness"] and (
             corrected_overlap > stale_overlap or corrected_overlap == 1.0
         )
+        metrics["improves"] = float(better)  # 1.0: beats the stale embeddings on both held-out measures
         report = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k.startswith("held_out"))
         if not better and self.require_improvement:
             raise ValueError(
