@@ -11,14 +11,11 @@ otherwise; *errors* are exceptions from a load of a healthy store; *save errors*
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.append(str(Path(__file__).resolve().parents[1]))  # tests.faults; PYTHONPATH may name another package
-
-from tests.faults import soak  # noqa: E402
+from haystack_corrector.fault_injection import soak  # noqa: E402
 
 
 def main() -> None:

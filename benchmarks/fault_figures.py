@@ -20,16 +20,13 @@ import argparse
 import logging
 import os
 import shutil
-import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from haystack_corrector import CorrectedCacheStore, Corrector  # noqa: E402
 from haystack_corrector._atomic import previous_directory  # noqa: E402
-from tests.faults import SCENARIOS, disk_full_at, killed_at, make_store, probe_steps, scenario  # noqa: E402
+from haystack_corrector.fault_injection import SCENARIOS, disk_full_at, killed_at, make_store, probe_steps, scenario  # noqa: E402
 
 
 def kill_table(root: Path) -> list[str]:

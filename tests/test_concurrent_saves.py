@@ -1,7 +1,7 @@
 """A load is one generation, always: saves landing at any point of a load, and processes racing saves and loads.
 
 The deterministic test lands a whole save between every two reads of a load (the read hook of
-``haystack_corrector.saved_folder``); the soak runs real processes (``tests.faults.soak``, whose counts
+``haystack_corrector.saved_folder``); the soak runs real processes (``haystack_corrector.fault_injection.soak``, whose counts
 ``benchmarks/concurrency_soak.py`` prints for ``docs/reliability.md``).
 """
 
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from haystack_corrector import CorrectedCacheStore, Corrector, saved_folder
-from tests.faults import generation_store, generations_in, soak
+from haystack_corrector.fault_injection import generation_store, generations_in, soak
 
 
 def _reads_of_a_load(folder, **load_options) -> list[str]:

@@ -16,7 +16,7 @@ import torch
 
 from haystack_corrector import CorrectedCacheStore, Corrector, _atomic
 from haystack_corrector._validation import CONFIG_CHECKSUM_KEY, with_config_checksum
-from tests.faults import make_store, same_store
+from haystack_corrector.fault_injection import make_store, same_store
 
 
 def _rewrite_config(path, edit) -> None:

@@ -15,14 +15,14 @@ import pytest
 import torch
 
 from haystack_corrector import CorrectedCacheStore, Corrector, _atomic
-from tests.faults import SCENARIOS
-from tests.faults import count_steps as _count_steps
-from tests.faults import killed_at as _killed_at
-from tests.faults import make_corrector as _corrector
-from tests.faults import make_store as _store
-from tests.faults import same_corrector as _same_corrector
-from tests.faults import same_store as _same_store
-from tests.faults import scenario as _scenario
+from haystack_corrector.fault_injection import SCENARIOS
+from haystack_corrector.fault_injection import count_steps as _count_steps
+from haystack_corrector.fault_injection import killed_at as _killed_at
+from haystack_corrector.fault_injection import make_corrector as _corrector
+from haystack_corrector.fault_injection import make_store as _store
+from haystack_corrector.fault_injection import same_corrector as _same_corrector
+from haystack_corrector.fault_injection import same_store as _same_store
+from haystack_corrector.fault_injection import scenario as _scenario
 
 # ------------------------------------------------------------------------------------------- user files survive
 SAVERS = {
@@ -214,7 +214,7 @@ def test_kill_during_a_training_checkpoint_leaves_old_or_new_corrector_state(tmp
 
 @pytest.mark.parametrize("scenario", ["store over store", "corrector over corrector"])
 def test_disk_full_at_any_operation_keeps_the_previous_save(tmp_path, scenario):
-    from tests.faults import disk_full_at
+    from haystack_corrector.fault_injection import disk_full_at
 
     probe = tmp_path / "probe" / "target"
     probe.parent.mkdir()

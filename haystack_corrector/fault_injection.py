@@ -1,4 +1,5 @@
-"""Fault injection for the reliability tests and ``benchmarks/fault_figures.py``.
+"""Fault injection into saves, for the reliability tests and the fault benchmarks (``benchmarks/fault_figures.py``,
+``benchmarks/concurrency_soak.py``).
 
 Saves call ``haystack_corrector._atomic.fault_point(label)`` before every filesystem operation; these helpers hook it to
 count the operations, to kill the process at one of them (``os._exit`` in a forked child: no ``finally`` blocks run,
