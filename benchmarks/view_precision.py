@@ -117,7 +117,7 @@ def main() -> None:
         store.materialize(dtype=dtype)
         seconds = time.perf_counter() - start
         os.environ.pop("HAYSTACK_CORRECTOR_NO_BF16", None)
-        error = relative(store._corrected_view.data, reference)
+        error = relative(store.views.view.data, reference)
         found = store.search(queries, 10)[1]
         cells = f"{overlap(found, exact):.4f} |"
         if key:

@@ -1,8 +1,8 @@
 """CorrectedCacheStore: a stale embedding cache g'(y) plus the corrector h that maps it to the current space.
 
 This file is the store's public face; its parts live in files named after them: the stale rows and ids
-(``cache_rows.py``, the base class ``CacheRows``), the materialised corrected view and ``materialize``
-(``corrected_view.py``, a mixin), the blocked top-k scan (``search.py``) and its scoring (``scoring.py``), pool mode
+(``cache_rows.py``, the base class ``CacheRows``), the materialised corrected view (``corrected_view.py``: the store
+holds a ``ViewCache`` as ``store.views``; ``materialize`` fills it), the blocked top-k scan (``search.py``) and its scoring (``scoring.py``), pool mode
 (``faiss_pool.py``), saving and loading (``persistence.py``, a mixin).
 
 Search is exact and blocked: rows are scanned ``block_size`` at a time, the corrector is applied to each block on the
@@ -14,8 +14,8 @@ released from the process once the block is copied, so resident memory stays bou
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,7 +34,7 @@ from haystack_corrector._validation import (
     check_rows_scorable,
 )
 from haystack_corrector.cache_rows import CacheRows, DefaultIds, read_rows
-from haystack_corrector.corrected_view import CorrectedView, CorrectedViewMixin
+from haystack_corrector.corrected_view import ViewCache
 from haystack_corrector.corrector import CORRECTOR_CHUNK_ROWS, Corrector
 from haystack_corrector.persistence import DTYPES
 from haystack_corrector.precision import float32
@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["CorrectedCacheStore"]
 
 
-class CorrectedCacheStore(CacheRows, CorrectedViewMixin, persistence.StorePersistence):
+class CorrectedCacheStore(CacheRows, persistence.StorePersistence):
     """Stale cached target embeddings, their ids, and the corrector applied to them at search time.
 
     Args:
@@ -129,8 +129,7 @@ class CorrectedCacheStore(CacheRows, CorrectedViewMixin, persistence.StorePersis
         self._corrector = self._check_corrector(default, self._dim, self.side_dim)
         if corrector is None and self.side_dim:
             self.standardize_side_features()
-        self._corrected_view: CorrectedView | None = None
-        self._view_path: Path | None = None  # where materialize(path) keeps the view, if on disk
+        self.views = ViewCache()  # the materialised corrected view, if any (corrected_view.py)
         self.pool: Any = None  # a FaissPool once build_pool() ran (pool mode)
         # What built the rows (encode_corpus fills it: model, max_seq_length, normalize, similarity), saved with the
         # store; a training loss refuses a store another setting built. None: unknown (built from plain arrays).
@@ -169,7 +168,60 @@ class CorrectedCacheStore(CacheRows, CorrectedViewMixin, persistence.StorePersis
     @corrector.setter
     def corrector(self, corrector: Corrector) -> None:
         self._corrector = self._check_corrector(corrector, self._dim, self.side_dim)
-        self._corrected_view = None
+        self.views.clear()
+
+    # ------------------------------------------------------------------------------------------- corrected view
+    @property
+    def has_view(self) -> bool:
+        """True when :meth:`materialize` was called (the view may be out of date; see :attr:`is_materialized`)."""
+        return self.views.view is not None
+
+    @property
+    def is_materialized(self) -> bool:
+        """True when a corrected view exists and was computed with the corrector's current weights."""
+        return self.views.is_current(self._corrector)
+
+    @property
+    def view_age(self) -> int | None:
+        """Corrector steps (``Corrector.steps``) since the view was computed; None without a view."""
+        return self.views.age(self._corrector)
+
+    def materialize(
+        self, path: str | os.PathLike[str] | None = None, overwrite: bool = False, dtype: str | None = None
+    ) -> None:
+        """Compute h(g') for all rows once and keep it; searches read it while it is current.
+
+        Args:
+            path: write the view to this ``.npy`` file and memory-map it (for caches larger than memory; the
+                file is written atomically, and later refreshes reuse the same path). Default: keep it in memory,
+                or in the file of the previous ``materialize(path)`` call. The view is a cache: :meth:`save` does
+                not store it. An existing file that is not this store's view is refused (:class:`FileExistsError`)
+                unless ``overwrite=True``.
+            overwrite: replace an existing file at ``path`` that this store did not write.
+            dtype: the view's dtype: ``"float32"``, ``"float16"`` or ``"bfloat16"``. Default: the previous view's,
+                else the store's. ``"bfloat16"`` is what ``search(..., scan_dtype=torch.bfloat16)`` reads without
+                converting (the fastest exact scan where the hardware has bfloat16 units) and is computed under
+                bfloat16 autocast there; its rows are rounded to 8 significant bits (float16: 11), so its exact top
+                k is that of slightly coarser vectors (``benchmarks/view_precision.py`` measures the difference).
+
+        Any update of the corrector's weights makes the view out of date; searches then fall back to applying the
+        corrector block by block, so results are exact for the current corrector, unless the search tolerates an
+        older view (``search(..., max_view_age=K)``). Call again to refresh.
+        """
+        if dtype is None:
+            dtype = self.views.view.dtype if self.views.view is not None else self.dtype
+        self.views.compute(
+            self._corrector,
+            # Blocks of CORRECTOR_CHUNK_ROWS rows: every temporary of the corrector stays small (corrector.py).
+            lambda: (
+                (s, e, self._correct_block(s, e)) for s, e in self._blocks(min(self.block_size, CORRECTOR_CHUNK_ROWS))
+            ),
+            (len(self), self.dim),
+            self._device,
+            dtype,
+            path,
+            overwrite,
+        )
 
     def standardize_side_features(self) -> None:
         """Set the corrector's side-feature standardisation from this cache's statistics (one pass over the rows).
@@ -182,7 +234,7 @@ class CorrectedCacheStore(CacheRows, CorrectedViewMixin, persistence.StorePersis
             raise ValueError("This cache keeps no side features: nothing to standardise")
         mean, std, embedding_norm = self.side_feature_statistics()
         self._corrector.standardize_side(mean, std, embedding_norm if embedding_norm > 0 else 1.0)
-        self._corrected_view = None  # the corrected embeddings just changed
+        self.views.clear()  # the corrected embeddings just changed
 
     def reduce_corrector_gradients(self) -> None:
         """Called by :class:`CorrectorTrainer` between backward and step: nothing to do in one process.
@@ -237,7 +289,7 @@ class CorrectedCacheStore(CacheRows, CorrectedViewMixin, persistence.StorePersis
         storage = matrix.to(DTYPES[self.dtype]).cpu().contiguous()
         _check_scorable(storage, f"embeddings (after conversion to {self.dtype})", self.block_size)
         self._storage = storage
-        self._corrected_view = None
+        self.views.clear()
         if self.pool is not None:
             logger.info("replace_embeddings dropped the FAISS pool built on the old vectors; call build_pool() again")
             self.pool = None
@@ -391,7 +443,7 @@ class CorrectedCacheStore(CacheRows, CorrectedViewMixin, persistence.StorePersis
         device = self._device
         if view_rescore_depth is not None:
             view_rescore_depth = check_positive_int(view_rescore_depth, "view_rescore_depth")
-        view = self._view_for_search(corrected, max_view_age)
+        view = self.views.for_search(self._corrector, corrected, max_view_age, self.materialize)
         rescore = view is not None and view_rescore_depth is not None
         depth = min(max(top_k, view_rescore_depth or 0), self._num_rows) if rescore else top_k
         rows = None if view is None else view.data

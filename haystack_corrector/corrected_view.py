@@ -21,7 +21,6 @@ import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -29,7 +28,7 @@ import torch
 from haystack_corrector._atomic import fault_point
 from haystack_corrector._validation import check_choice, check_finite, check_non_negative_int
 from haystack_corrector.cache_rows import release_pages
-from haystack_corrector.corrector import CORRECTOR_CHUNK_ROWS, Corrector
+from haystack_corrector.corrector import Corrector
 from haystack_corrector.search import bf16_supported
 
 Blocks = Callable[[], Iterable[tuple[int, int, torch.Tensor]]]  # (start, end, corrected float32 rows), all rows
@@ -128,84 +127,60 @@ def _write(path: Path, blocks: Blocks, shape: tuple[int, int], dtype: str) -> np
     return np.load(path, mmap_mode="r", allow_pickle=False)
 
 
-class CorrectedViewMixin:
-    """The view-related part of :class:`~haystack_corrector.CorrectedCacheStore`: ``materialize``, ``is_materialized``,
-    ``has_view``, ``view_age``, and which view (if any) a search may read. A mixin, so that it reads next to the view.
+class ViewCache:
+    """What a store keeps of its corrected view: the last :class:`CorrectedView` computed (current or not) and the
+    file it lives in, if on disk. The store holds one (``CorrectedCacheStore.views``) and answers ``materialize``,
+    ``has_view``, ``is_materialized`` and ``view_age`` through it; any change of the store's rows or corrector calls
+    :meth:`clear`.
     """
 
-    _corrected_view: CorrectedView | None
-    _corrector: Corrector
-    _view_path: Path | None
+    def __init__(self) -> None:
+        self.view: CorrectedView | None = None
+        self.path: Path | None = None  # where materialize(path) keeps the view, if on disk (reused by refreshes)
+
+    def clear(self) -> None:
+        """Forget the view (the rows or the corrector changed); its file path is kept for the next refresh."""
+        self.view = None
 
     @property
-    def _view(self) -> torch.Tensor | np.ndarray | None:
-        """The materialised view's rows, current or not (None without a view)."""
-        return None if self._corrected_view is None else self._corrected_view.data
+    def data(self) -> torch.Tensor | np.ndarray | None:
+        """The view's rows, current or not (None without a view)."""
+        return None if self.view is None else self.view.data
 
-    @property
-    def has_view(self) -> bool:
-        """True when :meth:`materialize` was called (the view may be out of date; see :attr:`is_materialized`)."""
-        return self._corrected_view is not None
+    def is_current(self, corrector: Corrector) -> bool:
+        return self.view is not None and self.view.is_current(corrector)
 
-    @property
-    def is_materialized(self) -> bool:
-        """True when a corrected view exists and was computed with the corrector's current weights."""
-        return self._corrected_view is not None and self._corrected_view.is_current(self._corrector)
+    def age(self, corrector: Corrector) -> int | None:
+        return None if self.view is None else self.view.age(corrector)
 
-    @property
-    def view_age(self) -> int | None:
-        """Corrector steps (``Corrector.steps``) since the view was computed; None without a view."""
-        return None if self._corrected_view is None else self._corrected_view.age(self._corrector)
-
-    def materialize(
-        self, path: str | os.PathLike[str] | None = None, overwrite: bool = False, dtype: str | None = None
+    def compute(
+        self,
+        corrector: Corrector,
+        blocks: Blocks,
+        shape: tuple[int, int],
+        device: torch.device,
+        dtype: str,
+        path: str | os.PathLike[str] | None = None,
+        overwrite: bool = False,
     ) -> None:
-        """Compute h(g') for all rows once and keep it; searches read it while it is current.
-
-        Args:
-            path: write the view to this ``.npy`` file and memory-map it (for caches larger than memory; the
-                file is written atomically, and later refreshes reuse the same path). Default: keep it in memory,
-                or in the file of the previous ``materialize(path)`` call. The view is a cache: :meth:`save` does
-                not store it. An existing file that is not this store's view is refused (:class:`FileExistsError`)
-                unless ``overwrite=True``.
-            overwrite: replace an existing file at ``path`` that this store did not write.
-            dtype: the view's dtype: ``"float32"``, ``"float16"`` or ``"bfloat16"``. Default: the previous view's,
-                else the store's. ``"bfloat16"`` is what ``search(..., scan_dtype=torch.bfloat16)`` reads without
-                converting (the fastest exact scan where the hardware has bfloat16 units) and is computed under
-                bfloat16 autocast there; its rows are rounded to 8 significant bits (float16: 11), so its exact top
-                k is that of slightly coarser vectors (``benchmarks/view_precision.py`` measures the difference).
-
-        Any update of the corrector's weights makes the view out of date; searches then fall back to applying the
-        corrector block by block, so results are exact for the current corrector, unless the search tolerates an
-        older view (``search(..., max_view_age=K)``). Call again to refresh.
-        """
-        store: Any = self
-        if dtype is None:
-            dtype = self._corrected_view.dtype if self._corrected_view is not None else store.dtype
+        """Compute the view of ``blocks`` (the corrector over every row) in ``dtype``, into ``path`` when given (else
+        the previous file, else memory)."""
         dtype = check_choice(dtype, "dtype", tuple(VIEW_DTYPES))
         if path is not None:
-            self._view_path = claim_view_path(path, self._view_path, overwrite)
-        self._corrected_view = compute_view(
-            self._corrector,
-            # Blocks of CORRECTOR_CHUNK_ROWS rows: every temporary of the corrector stays small (corrector.py).
-            lambda: (
-                (s, e, store._correct_block(s, e))
-                for s, e in store._blocks(min(store.block_size, CORRECTOR_CHUNK_ROWS))
-            ),
-            (len(store), store.dim),
-            dtype,
-            self._view_path,
-            store._device,
-        )
+            self.path = claim_view_path(path, self.path, overwrite)
+        self.view = compute_view(corrector, blocks, shape, dtype, self.path, device)
 
-    def _view_for_search(self, corrected: bool, max_view_age: int | None) -> CorrectedView | None:
-        """The view a search may read: the current one, or (with ``max_view_age``) one young enough, refreshed."""
+    def for_search(
+        self, corrector: Corrector, corrected: bool, max_view_age: int | None, refresh: Callable[[], None]
+    ) -> CorrectedView | None:
+        """The view a search may read: the current one, or (with ``max_view_age``) one young enough, calling
+        ``refresh`` first when there is none or it is older."""
         if not corrected:
             return None
         if max_view_age is None:
-            return self._corrected_view if self.is_materialized else None
+            return self.view if self.is_current(corrector) else None
         max_view_age = check_non_negative_int(max_view_age, "max_view_age")
-        age = self.view_age
+        age = self.age(corrector)
         if age is None or age > max_view_age:
-            self.materialize()
-        return self._corrected_view
+            refresh()
+        return self.view

@@ -180,11 +180,11 @@ def test_materialize_to_a_file_is_memory_mapped_and_matches_the_in_memory_view(t
         )
         in_memory.materialize()
         on_disk.materialize(tmp_path / f"view-{dtype}.npy")
-        assert isinstance(on_disk._view, np.memmap) and on_disk.is_materialized
+        assert isinstance(on_disk.views.data, np.memmap) and on_disk.is_materialized
         assert not list(tmp_path.glob("*.partial"))
         view = np.load(tmp_path / f"view-{dtype}.npy")
         assert view.dtype == np.dtype(dtype)
-        np.testing.assert_array_equal(view, in_memory._view.numpy())
+        np.testing.assert_array_equal(view, in_memory.views.data.numpy())
         q = torch.randn(4, 8)
         for a, b in zip(
             in_memory.search(q, 6, exclude=[[0], [], [1, 2], []]), on_disk.search(q, 6, exclude=[[0], [], [1, 2], []])

@@ -106,7 +106,7 @@ def _sharded_store_worker(rank: int, world: int, port: int, view_dir: str, out: 
             queries[rank], 7, exclude=exclude[rank], max_view_age=3, view_rescore_depth=60
         )  # 60 >= either shard's rows: every local row re-scored, exact for the current corrector
         store.materialize(dtype="bfloat16")  # dtype and scan_dtype reach each rank's shard
-        result["bf16_view_dtype"] = store.local._corrected_view.dtype
+        result["bf16_view_dtype"] = store.local.views.view.dtype
         result["bf16_view_search"] = store.search(queries[rank], 7, exclude=exclude[rank], scan_dtype=torch.bfloat16)
         out[rank] = result
     finally:

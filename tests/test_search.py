@@ -221,7 +221,7 @@ def test_a_bfloat16_view_is_searched_exactly(similarity):
         for parameter in store.corrector.parameters():
             parameter.normal_(0, 0.05, generator=generator)
     store.materialize(dtype="bfloat16")
-    view = store._corrected_view
+    view = store.views.view
     assert view.dtype == "bfloat16" and view.data.dtype == torch.bfloat16
     torch.testing.assert_close(view.norms, view.data.float().norm(dim=1))
     queries = torch.randn(12, 48, generator=generator)
@@ -240,7 +240,7 @@ def test_a_bfloat16_view_on_disk_is_uint16_bits_and_reads_back_the_same(tmp_path
         for parameter in store.corrector.parameters():
             parameter.normal_(0, 0.05, generator=generator)
     store.materialize(dtype="bfloat16")
-    in_memory = store._corrected_view.data.clone()
+    in_memory = store.views.view.data.clone()
     queries = torch.randn(6, 32, generator=generator)
     expected = store.search(queries, 8)
     store.materialize(tmp_path / "view.npy")  # the same dtype as before, now in a file
@@ -268,13 +268,13 @@ def test_bfloat16_materialisation_adds_less_error_than_bfloat16_rounding(monkeyp
     rounding = float(((reference.bfloat16().float() - reference).norm(dim=1) / reference.norm(dim=1)).mean())
     monkeypatch.setattr(view_module, "bf16_supported", lambda device: True)
     store.materialize(dtype="bfloat16")
-    computed = store._corrected_view.data
+    computed = store.views.view.data
     assert not torch.equal(computed, reference.bfloat16())  # autocast ran
     error = float(((computed.float() - reference).norm(dim=1) / reference.norm(dim=1)).mean())
     assert error < 2 * rounding, (error, rounding)
     monkeypatch.setattr(view_module, "bf16_supported", lambda device: False)
     store.materialize(dtype="bfloat16")
-    assert torch.equal(store._corrected_view.data, reference.bfloat16())
+    assert torch.equal(store.views.view.data, reference.bfloat16())
 
 
 def test_an_old_view_is_refreshed_in_its_own_dtype():
@@ -282,7 +282,7 @@ def test_an_old_view_is_refreshed_in_its_own_dtype():
     store.materialize(dtype="bfloat16")
     store.corrector.steps += 3
     store.search(torch.randn(2, 16), 4, max_view_age=1)
-    assert store.view_age == 0 and store._corrected_view.dtype == "bfloat16"
+    assert store.view_age == 0 and store.views.view.dtype == "bfloat16"
 
 
 def test_bad_view_dtype():
