@@ -111,7 +111,7 @@ def test_gradients_reach_the_encoder_and_the_reader_and_never_the_corrector(mode
         assert (drift is None and p.grad is None) or torch.equal(drift, p.grad)
     # ... the corrector moved only by its own drift step on the retrieved documents' fresh embeddings
     assert any(not torch.equal(a, b.detach()) for a, b in zip(before, store.corrector.parameters()))
-    assert set(loss.last_metrics) >= {"staleness", "corrected_error"}
+    assert set(loss.pop_metrics()) >= {"corrector/staleness", "corrector/corrected_error"} and not loss.pop_metrics()
 
 
 def test_during_the_warm_up_only_the_reader_learns(model_and_store):

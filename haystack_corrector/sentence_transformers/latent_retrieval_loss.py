@@ -90,8 +90,14 @@ class LatentRetrievalLoss(nn.Module):
         self.store = store  # not an nn.Module: its corrector stays out of self.parameters()
         self.corrector_trainer = CorrectorTrainer(store, lr=corrector_lr) if train_corrector else None
         self.retriever_warmup_steps = check_non_negative_int(retriever_warmup_steps, "retriever_warmup_steps")
-        self.training_steps = 0  # forward passes in training mode so far
-        self.last_metrics: dict[str, float] = {}
+        self.training_forwards = 0  # forward passes in training mode so far (as CorrectedNegativesLoss counts them)
+        self._metrics: dict[str, float] = {}
+
+    def pop_metrics(self) -> dict[str, float]:
+        """The corrector's metrics of the last training step (``corrector/staleness``, ``corrector/corrected_error``,
+        ...), then cleared: the same contract as ``CorrectedNegativesLoss.pop_metrics``."""
+        metrics, self._metrics = self._metrics, {}
+        return metrics
 
     def anchor_texts(self, features: dict[str, Any]) -> list[str]:
         """The anchors' texts, decoded from the tokens the trainer passed (see the module docstring)."""
@@ -132,9 +138,9 @@ class LatentRetrievalLoss(nn.Module):
             )
         if labels is None or labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
             raise ValueError("LatentRetrievalLoss needs an integer 'label' column (the class of each example)")
-        frozen = self.training and self.training_steps < self.retriever_warmup_steps
+        frozen = self.training and self.training_forwards < self.retriever_warmup_steps
         if self.training:
-            self.training_steps += 1
+            self.training_forwards += 1
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
             queries = self.model(features[0])["sentence_embedding"]
             rows = self.retrieve(queries)
@@ -152,7 +158,7 @@ class LatentRetrievalLoss(nn.Module):
         if self.training and not frozen and self.corrector_trainer is not None:
             with torch.autocast(device.type, enabled=False):  # the corrector trains in float32
                 metrics = self.corrector_trainer.observe(rows.reshape(-1), fresh.detach().float().cpu())
-            self.last_metrics = {k: float(v) for k, v in metrics.items()}
+            self._metrics = {f"corrector/{k}": float(v) for k, v in metrics.items()}
         return loss
 
 
