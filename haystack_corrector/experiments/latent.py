@@ -207,7 +207,7 @@ def parameter_groups(loss: Any, lr: float, reader_lr: float | None) -> list[dict
 
 def run_arm(arm: str, seed: int, task: Task, config: LatentConfig, initial: Path, model_path: str) -> dict[str, Any]:
     from haystack_corrector.experiments.harness import training_precision
-    from haystack_corrector.sentence_transformers import _compat
+    from haystack_corrector.sentence_transformers.features import tokenize
     from haystack_corrector.sentence_transformers.latent_retrieval_loss import CrossEncoderReader, LatentRetrievalLoss
     from haystack_corrector.sentence_transformers.model_loading import load_model
 
@@ -252,8 +252,7 @@ def run_arm(arm: str, seed: int, task: Task, config: LatentConfig, initial: Path
         batch, order = order[: config.batch_size], order[config.batch_size :]
         texts = [task.train[i][1] for i in batch]
         labels = torch.tensor([task.train[i][2] for i in batch])
-        features = _compat.preprocess(model, texts)
-        features = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
+        features = tokenize(model, texts, device)
         with autocast():
             value = loss([features], labels)
         value.backward()

@@ -20,6 +20,13 @@ def select_rows(features: dict[str, Any], index: Tensor) -> dict[str, Any]:
     }
 
 
+def tokenize(model: Any, texts: list[str], device: Any) -> dict[str, Any]:
+    """``texts`` tokenised for ``model``'s forward (whatever the installed sentence-transformers calls it), on
+    ``device``."""
+    features = _compat.preprocess(model, texts)
+    return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in features.items()}
+
+
 def tokenize_like(model: Any, texts: list[str], like: dict[str, Any], prompt: str | None) -> dict[str, Any]:
     """``texts`` tokenised for ``model``'s forward as the column ``like`` was: same device, prompt and task."""
     device = like["input_ids"].device

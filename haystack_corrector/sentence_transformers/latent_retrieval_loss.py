@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from haystack_corrector._validation import check_float, check_non_negative_int, check_positive_int
 from haystack_corrector.cache_store import CorrectedCacheStore
-from haystack_corrector.sentence_transformers import _compat
+from haystack_corrector.sentence_transformers.features import tokenize
 from haystack_corrector.trainer import CorrectorTrainer
 
 
@@ -147,9 +147,8 @@ class LatentRetrievalLoss(nn.Module):
             texts = self.store.texts or []  # (never empty: the constructor checks)
             documents_text = [[texts[r] for r in row] for row in rows.tolist()]
             flat = [t for row in documents_text for t in row]
-            doc_features = _compat.preprocess(self.model, flat)
             device = queries.device
-            doc_features = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in doc_features.items()}
+            doc_features = tokenize(self.model, flat, device)
             fresh = self.model(doc_features)["sentence_embedding"]
         documents = fresh.view(queries.shape[0], self.top_k, -1)
         reader_logits = self.reader(self.anchor_texts(features[0]), documents_text)
