@@ -11,7 +11,7 @@ query's L best non-relevant documents of the subset by the stale score <f_t(q), 
 from the stale cache, the default ``corrector+rerank:L`` from the corrected one).
 
     python benchmarks/candidate_recall_vs_corpus.py runs/codesearch-all --arm stale --sizes 20000 50000 100000 0 \
-        --json docs/results/codesearch-candidate-recall.json --plot docs/results/codesearch-candidate-recall.png
+        --json docs/results/codesearch-all/candidate-recall-stale.json --plot docs/results/codesearch-candidate-recall.png
 
 Prints one table row per size: hit rates at each L for stale and corrected candidates, and the paired difference
 (corrected − stale) with its 95% bootstrap interval over queries. Size 0 means the whole corpus.
