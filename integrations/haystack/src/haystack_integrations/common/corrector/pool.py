@@ -33,8 +33,9 @@ def one_torch_thread() -> Iterator[None]:
     A pool's corrector pass is a few small matrix products (100 x 384 through a 768-wide MLP). On torch's default
     threads each of them wakes a team of worker threads; on a loaded machine those wait for a free core, and a query
     took 7x the store's own retriever on a busy 2-core machine, against 1.7x on one thread (docs/benchmarks.md,
-    "Pool-mode latency"). torch keeps the setting per thread, so other threads (an encoder in the same process) keep
-    theirs.
+    "Pool-mode latency"). The setting is restored when the block ends, even on an error. ``torch.set_num_threads`` is
+    not strictly per thread: while the block runs, other threads of the process may also see one thread (measured:
+    threads already computing keep theirs, threads that start then may not), for the milliseconds a pool takes.
     """
     before = torch.get_num_threads()
     if before == 1:
