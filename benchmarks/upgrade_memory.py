@@ -41,6 +41,7 @@ from haystack_integrations.components.writers.corrector import DocumentStoreCorr
 
 table, mode, corrector = sys.argv[1], sys.argv[2], sys.argv[3]
 store = PgvectorDocumentStore(connection_string=Secret.from_env_var("PG_CONN_STR"), table_name=table,
+    keyword_index_name=f"k_{table}", hnsw_index_name=f"h_{table}",
     embedding_dimension=DIMENSION, vector_function="cosine_similarity", search_strategy="exact_nearest_neighbor")
 upgrade = DocumentStoreCorrector(store, corrector, page_size=int(mode) if mode != "whole" else 1000, force=True,
     progress_bar=False)
@@ -102,6 +103,8 @@ def main() -> None:
             store = PgvectorDocumentStore(
                 connection_string=Secret.from_env_var("PG_CONN_STR"),
                 table_name=table,
+                keyword_index_name=f"k_{table}",  # index names are per database: one per table
+                hnsw_index_name=f"h_{table}",
                 embedding_dimension=DIM,
                 vector_function="cosine_similarity",
                 search_strategy="exact_nearest_neighbor",
