@@ -125,11 +125,11 @@ class CorrectedCacheStore(CacheRows, persistence.StorePersistence):
         side: torch.Tensor | np.ndarray | None = None,
     ) -> None:
         self._init_rows(storage, ids, side)
+        self.views = ViewCache()  # the materialised corrected view, if any (corrected_view.py)
         default = Corrector(self._dim, side_dim=self.side_dim) if corrector is None else corrector
         self._corrector = self._check_corrector(default, self._dim, self.side_dim)
         if corrector is None and self.side_dim:
             self.standardize_side_features()
-        self.views = ViewCache()  # the materialised corrected view, if any (corrected_view.py)
         self.pool: Any = None  # a FaissPool once build_pool() ran (pool mode)
         # What built the rows (encode_corpus fills it: model, max_seq_length, normalize, similarity), saved with the
         # store; a training loss refuses a store another setting built. None: unknown (built from plain arrays).
