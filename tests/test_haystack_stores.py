@@ -1,6 +1,6 @@
 """The corrector components on real vector databases: InMemory, Qdrant (local mode, on disk), Chroma (persistent),
-and PostgreSQL with pgvector (a real server, started once per session by ``pgserver`` on a Unix socket in a temporary
-folder, and stopped at the end).
+PostgreSQL with pgvector (a real server, started once per session by ``pgserver`` on a Unix socket in a temporary
+folder, and stopped at the end) and Milvus (milvus-lite, embedded, one file per test).
 
 One suite, parametrised over the four stores, each test against an oracle: a float64 brute-force ranking of the
 corrected embeddings, the store's own retriever, or the snapshot mode's result.
@@ -33,7 +33,7 @@ from haystack_integrations.components.writers.corrector import DocumentStoreCorr
 from haystack_corrector import Corrector  # noqa: E402
 
 N, DIM = 30, 4
-STORES = ["in_memory", "qdrant", "chroma", "pgvector"]
+STORES = ["in_memory", "qdrant", "chroma", "pgvector", "milvus"]
 _PG: dict[str, str] = {}  # the session's PostgreSQL server: its connection string
 
 
@@ -103,6 +103,13 @@ def make_store(kind, folder):
             search_strategy="exact_nearest_neighbor",
         )
         return store, retrievers.PgvectorEmbeddingRetriever
+    if kind == "milvus":
+        milvus = pytest.importorskip("milvus_haystack")
+        store = milvus.MilvusDocumentStore(
+            connection_args={"uri": str(folder / "milvus.db")},  # milvus-lite: an embedded Milvus in one file
+            index_params={"index_type": "FLAT", "metric_type": "COSINE"},
+        )
+        return store, milvus.MilvusEmbeddingRetriever
     chroma = pytest.importorskip("haystack_integrations.document_stores.chroma")
     retrievers = pytest.importorskip("haystack_integrations.components.retrievers.chroma")
     return chroma.ChromaDocumentStore(persist_path=str(folder / "chroma"), distance_function="cosine"), (
@@ -118,6 +125,8 @@ def store_kind(request):
 @pytest.fixture
 def store_and_retriever(store_kind, tmp_path, monkeypatch):
     monkeypatch.setenv("ANONYMIZED_TELEMETRY", "False")  # Chroma's telemetry
+    if store_kind == "milvus":  # milvus-haystack lives outside haystack_integrations: a YAML user allows it, as here
+        monkeypatch.setenv("HAYSTACK_DESERIALIZATION_ALLOWLIST", "milvus_haystack.*")
     store, retriever_class = make_store(store_kind, tmp_path)
     store.write_documents(_documents())
     yield store, retriever_class
@@ -217,7 +226,9 @@ def test_top_k_scale_score_and_return_embedding(store_and_retriever, store_kind)
         assert len(plain) == 3 and (len(ours) == len(stock) or mode == "snapshot"), mode
         assert all(d.embedding is None for d in plain), mode
         scaled = retriever.run(query_embedding=QUERY, scale_score=True, return_embedding=True)["documents"]
-        cosines = [1 - d.score if store_kind == "chroma" else d.score for d in plain]  # Chroma's: 1 - cosine
+        # each store's own scale: Chroma's distance 1 - cosine, Milvus's (cosine + 1) / 2, the others' the cosine
+        scale = {"chroma": lambda x: 1 - x, "milvus": lambda x: 2 * x - 1}.get(store_kind, lambda x: x)
+        cosines = [scale(d.score) for d in plain]
         assert [d.score for d in scaled] == pytest.approx([(c + 1) / 2 for c in cosines], abs=1e-6)
         stored = {d.id: d.embedding for d in _documents()}
         for doc in scaled:
@@ -448,7 +459,7 @@ def test_a_paged_reader_lists_and_fetches_what_filter_documents_returns(store_an
 def test_document_store_corrector_reads_a_page_at_a_time(store_kind, store_and_retriever, corrector_path):
     """Qdrant, Chroma and pgvector are never read whole: every read is a fetch of at most page_size ids."""
     if store_kind not in PAGED:
-        pytest.skip("the in-memory store holds every document in memory already")
+        pytest.skip("the in-memory store holds every document already; Milvus has no paged reader (one call, logged)")
     store, _ = store_and_retriever
     fetched: list[int] = []
     original_filter = store.filter_documents

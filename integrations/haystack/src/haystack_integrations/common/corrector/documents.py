@@ -48,6 +48,8 @@ def store_similarity(document_store: Any, similarity: str | None) -> str:
         if isinstance(metric, str):
             break
     else:
+        metric = _index_params_metric(document_store)
+    if metric is None:
         raise ValueError(
             f"Cannot tell which metric {type(document_store).__name__} ranks by; pass similarity='cosine' or "
             "similarity='dot_product' explicitly"
@@ -70,10 +72,25 @@ _CHROMA_DISTANCES = {"cosine": lambda s: 1.0 - s, "ip": lambda s: 1.0 - s, "l2":
 def store_score_scale(document_store: Any) -> Any:
     """The function that puts a similarity on the scale the store's own retriever reports, or None when that scale
     is the similarity itself (InMemory, Qdrant, pgvector). Chroma's retriever reports distances; so does a corrected
-    retriever over Chroma, ranked best first as Chroma's are."""
-    if type(document_store).__name__ != "ChromaDocumentStore":
+    retriever over Chroma, ranked best first as Chroma's are. Milvus's maps every metric to [0, 1]: (s + 1) / 2 for
+    ``COSINE`` and ``IP``, 1 - d / 4 for ``L2`` (which is (s + 1) / 2 again between unit vectors)."""
+    name = type(document_store).__name__
+    if name == "MilvusDocumentStore":
+        return _milvus_score
+    if name != "ChromaDocumentStore":
         return None
     return _CHROMA_DISTANCES.get(getattr(document_store, "_distance_function", "l2"))
+
+
+def _milvus_score(similarity: float) -> float:
+    return (similarity + 1.0) / 2.0
+
+
+def _index_params_metric(document_store: Any) -> str | None:
+    """Milvus keeps its metric in ``index_params["metric_type"]`` (``"COSINE"``, ``"IP"``, ``"L2"``)."""
+    params = getattr(document_store, "index_params", None)
+    metric = params.get("metric_type") if isinstance(params, dict) else None
+    return metric.lower() if isinstance(metric, str) else None
 
 
 def check_document_store(document_store: Any) -> None:
