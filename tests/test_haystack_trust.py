@@ -300,3 +300,18 @@ def test_why_8_logs_through_haystacks_structured_logger(caplog):
         CorrectedEmbeddingRetriever(store, top_k=2).run(query_embedding=QUERY)
     records = [r for r in caplog.records if "without an embedding" in r.getMessage()]
     assert len(records) == 1 and records[0].skipped == 1 and records[0].first == "bare"
+
+
+def test_why_6_a_document_another_corrector_writes_between_the_passes_is_left_alone(tmp_path, monkeypatch):
+    store = _store()
+    census = DocumentStoreCorrector._census
+
+    def census_then_a_concurrent_upgrade(self, reader, ids):
+        result = census(self, reader, ids)
+        store.storage["doc3"].meta["corrector"] = "0123456789abcdef"  # another corrector's output, written meanwhile
+        return result
+
+    monkeypatch.setattr(DocumentStoreCorrector, "_census", census_then_a_concurrent_upgrade)
+    before = list(store.storage["doc3"].embedding)
+    result = DocumentStoreCorrector(store, _save_corrector(tmp_path / "c"), progress_bar=False).run()
+    assert result == {"corrected": 19, "skipped": 1} and store.storage["doc3"].embedding == before

@@ -112,7 +112,8 @@ class DocumentStoreCorrector:
         for documents in tqdm(
             pages, desc="Correcting the store", unit="page", total=total, disable=not self.progress_bar
         ):
-            todo = [doc for doc in documents if self._kind(doc) in ("todo", "foreign")]
+            # Another corrector's output only with force: one written between the passes is left alone too.
+            todo = [doc for doc in documents if self._kind(doc) in (("todo", "foreign") if self.force else ("todo",))]
             if todo:
                 page = self._embedder.run(documents=todo)["documents"]
                 self.document_store.write_documents(page, policy=DuplicatePolicy.OVERWRITE)
