@@ -37,6 +37,7 @@ os.environ.setdefault("HAYSTACK_TELEMETRY_ENABLED", "False")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from index_upgrade import cached  # noqa: E402  (the encodes' cache of benchmarks/index_upgrade.py, beside this file)
 
 from haystack_corrector import CorrectedCacheStore  # noqa: E402
 from haystack_corrector.beir import document_text, load_beir  # noqa: E402
@@ -45,17 +46,6 @@ from haystack_corrector.evaluation import retrieval_metrics, run_from_search  # 
 from haystack_corrector.experiments.report import paired_bootstrap  # noqa: E402
 
 logger = logging.getLogger("upgrade_sample_size")
-
-
-def cached(path: Path, compute) -> np.ndarray:
-    """``compute()`` saved at ``path`` (.npy) with its seconds beside it; loaded when it is there already."""
-    if path.exists():
-        return np.load(path)
-    start = time.perf_counter()
-    value = compute()
-    np.save(path, value)
-    path.with_suffix(".seconds").write_text(f"{time.perf_counter() - start:.1f}")
-    return value
 
 
 def fine_tune(base: str, out: Path, pairs: list[tuple[str, str]], args) -> float:
