@@ -30,11 +30,18 @@ class PageReader(Protocol):
     def fetch(self, ids: list[str]) -> list[Document]: ...
 
 
-class OneCallReader:
-    """Any store: ``filter_documents`` once, its documents served page by page (no memory bound of its own)."""
+class StoreReader:
+    """A reader holds the store it reads."""
 
     def __init__(self, document_store: Any) -> None:
         self.document_store = document_store
+
+
+class OneCallReader(StoreReader):
+    """Any store: ``filter_documents`` once, its documents served page by page (no memory bound of its own)."""
+
+    def __init__(self, document_store: Any) -> None:
+        super().__init__(document_store)
         self._documents: dict[str, Document] = {}
 
     def ids(self, filters: dict[str, Any] | None) -> list[str]:
@@ -47,11 +54,8 @@ class OneCallReader:
         return [self._documents[i] for i in ids if i in self._documents]
 
 
-class QdrantReader:
+class QdrantReader(StoreReader):
     """Qdrant: ids by a payload-only scroll, pages by ``get_documents_by_id``."""
-
-    def __init__(self, document_store: Any) -> None:
-        self.document_store = document_store
 
     def ids(self, filters: dict[str, Any] | None) -> list[str]:
         from haystack_integrations.document_stores.qdrant.filters import convert_filters_to_qdrant
@@ -77,11 +81,8 @@ class QdrantReader:
         return self.document_store.get_documents_by_id(ids)
 
 
-class ChromaReader:
+class ChromaReader(StoreReader):
     """Chroma: ids by a ``get`` that includes nothing else, pages by ``get(ids=...)``."""
-
-    def __init__(self, document_store: Any) -> None:
-        self.document_store = document_store
 
     def ids(self, filters: dict[str, Any] | None) -> list[str]:
         store = self.document_store
@@ -95,11 +96,8 @@ class ChromaReader:
         return store._get_result_to_documents(result)
 
 
-class PgvectorReader:
+class PgvectorReader(StoreReader):
     """PostgreSQL with pgvector: ids by ``SELECT id`` with the filters' WHERE clause, pages by an ``id in`` filter."""
-
-    def __init__(self, document_store: Any) -> None:
-        self.document_store = document_store
 
     def ids(self, filters: dict[str, Any] | None) -> list[str]:
         from haystack_integrations.document_stores.pgvector.filters import (
