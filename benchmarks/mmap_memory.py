@@ -66,7 +66,7 @@ def child(mode: str, file: str, queries: int, top_k: int, hidden_dim: int, view:
     generator = torch.Generator().manual_seed(1)
     if mode == "in-memory":
         store = CorrectedCacheStore.from_npy(file, similarity="dot", block_size=65536)
-        store._storage = np.load(file)  # the whole matrix read into this process's memory
+        store.rows.storage = np.load(file)  # the whole matrix read into this process's memory
     else:
         store = CorrectedCacheStore.from_npy(file, similarity="dot", block_size=65536)
     corrector = Corrector(store.dim, hidden_dim=hidden_dim)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from haystack_corrector import CorrectedCacheStore, Corrector
+from haystack_corrector.cache_rows import CacheRows
 
 
 def timed(fn, repeats: int) -> float:
@@ -71,9 +72,7 @@ def main() -> None:
         for p in corrector.parameters():
             p.normal_(0, 0.02)
     corrector.to(args.device)
-    store = CorrectedCacheStore.__new__(CorrectedCacheStore)
-    store.similarity, store.dtype, store.block_size = "dot", "float16", args.block_size
-    store._init_storage(storage, None, corrector)
+    store = CorrectedCacheStore.from_rows(CacheRows(storage, block_size=args.block_size), corrector, "dot")
 
     index = faiss.IndexFlatIP(args.dim)
     index.add(storage.float().numpy())

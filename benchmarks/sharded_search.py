@@ -25,6 +25,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from haystack_corrector import CorrectedCacheStore, Corrector
+from haystack_corrector.cache_rows import CacheRows
 from haystack_corrector.distributed import shard_bounds, sharded_search
 
 _BLOCK = 100_000
@@ -48,7 +49,7 @@ def build(start: int, end: int, dim: int, rows: int, hidden: int, block_size: in
         for p in corrector.parameters():
             p.copy_(torch.randn(p.shape, generator=generator) * 0.02)
     # float16 storage as built, without the float32 round trip of the public constructor
-    return CorrectedCacheStore._from_storage(storage, None, corrector, "dot", "float16", block_size)
+    return CorrectedCacheStore.from_rows(CacheRows(storage, block_size=block_size), corrector, "dot")
 
 
 def queries_for(count: int, dim: int) -> torch.Tensor:

@@ -94,7 +94,7 @@ def main() -> None:
     key, ndcg = copies_as_one(args.data, len(old)) if args.data else (None, None)
     reference_ndcg = ndcg(exact) if ndcg else None
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        autocast = store._correct(store.stale_embeddings())
+        autocast = store.corrector.correct(store.stale_embeddings())
     extra = " overlap@10, distinct texts | nDCG@10 (copies as one) − float32's [95% CI] |" if key else ""
     print(f"\n| view | rel. error mean | rel. error max | overlap@10 with float32 |{extra} materialise s |")
     print("|---|---|---|---|" + ("---|---|" if key else "") + "---|")

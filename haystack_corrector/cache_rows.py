@@ -1,4 +1,5 @@
-"""The stale rows of a cache: ids, text copies, and reading blocks of rows out of memory or a memory map.
+"""The stale rows of a cache (:class:`CacheRows`): ids, text copies, and reading blocks of rows out of memory or a
+memory map.
 
 Row storage is a float16/float32 torch tensor in memory or a numpy memory map of a ``.npy`` file; every reader returns
 float32 torch blocks, and a memory map's pages are released once a block is copied, so a full scan keeps resident
@@ -7,6 +8,7 @@ memory bounded by one block.
 
 from __future__ import annotations
 
+import copy
 import math
 import mmap
 from collections.abc import Iterable, Iterator, Sequence
@@ -15,6 +17,8 @@ import numpy as np
 import torch
 
 from haystack_corrector._validation import ArrayLike, as_index_tensor, describe
+
+__all__ = ["CacheRows", "DefaultIds"]
 
 
 class DefaultIds(Sequence[str]):
@@ -162,41 +166,53 @@ def read_rows(
     return block if dtype is None or block.dtype == dtype else block.to(dtype)
 
 
-class CacheRows:
-    """The stale rows of a cache and what identifies them: storage, ids, texts, copies, and row access.
+# The dtypes rows are stored in; all arithmetic is float32.
+DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
-    The base of :class:`~haystack_corrector.CorrectedCacheStore`, which adds the corrector, its view, search and
-    persistence. ``block_size`` (set by the subclass) is the number of rows read at a time.
+
+def dtype_name(storage: torch.Tensor | np.ndarray) -> str:
+    """``"float32"`` or ``"float16"``: the name of a row storage's dtype (a tensor's or a memory map's)."""
+    for name, dtype in DTYPES.items():
+        if storage.dtype in (dtype, np.dtype(name)):
+            return name
+    raise ValueError(f"rows must be stored as float16 or float32, got {storage.dtype}")
+
+
+class CacheRows:
+    """The stale rows of a cache and what identifies them: storage, ids, texts, side features, and row access.
+
+    A :class:`~haystack_corrector.CorrectedCacheStore` holds one as ``store.rows`` and adds the corrector, its view,
+    search and persistence. Rows are read ``block_size`` at a time. ``storage`` is kept as given (no copy, no check):
+    the store's constructor converts and checks user input; a loaded store's files were checked on load.
+
+    Args:
+        storage: (N, d) float16/float32 tensor, or a memory map of a ``.npy`` file.
+        ids: N unique string ids (default ``"0"`` .. ``"N-1"``, held as :class:`DefaultIds`).
+        side: optional (N, s) float16 side features.
+        block_size: rows read at a time by :meth:`blocks`.
     """
 
-    block_size: int
-
-    def _init_rows(
+    def __init__(
         self,
         storage: torch.Tensor | np.ndarray,
-        ids: Sequence[str] | None,
+        ids: Sequence[str] | None = None,
         side: torch.Tensor | np.ndarray | None = None,
+        block_size: int = 16384,
     ) -> None:
-        self._storage = storage
-        self._num_rows, self._dim = int(storage.shape[0]), int(storage.shape[1])
-        if side is not None and (side.ndim != 2 or int(side.shape[0]) != self._num_rows):
-            raise ValueError(f"side_features must have one row per cache row ({self._num_rows}), got {describe(side)}")
-        self._side = side  # per-row side features for the corrector (float16), or None
-        self._ids = self._check_ids(ids, self._num_rows)
+        self.dtype = dtype_name(storage)
+        self.storage = storage
+        self.num_rows, self.dim = int(storage.shape[0]), int(storage.shape[1])
+        if side is not None and (side.ndim != 2 or int(side.shape[0]) != self.num_rows):
+            raise ValueError(f"side_features must have one row per cache row ({self.num_rows}), got {describe(side)}")
+        self.side = side  # per-row side features for the corrector (float16), or None
+        self.block_size = block_size
+        self._ids = check_ids(ids, self.num_rows)
         self._id_to_row: IdIndex | None = None  # built on first lookup
         self._texts: list[str] | None = None
         self._text_copies: dict[int, tuple[int, ...]] | None = None  # built on first use
 
-    @staticmethod
-    def _check_ids(ids: Sequence[str] | None, num_rows: int) -> Sequence[str]:
-        return check_ids(ids, num_rows)
-
     def __len__(self) -> int:
-        return self._num_rows
-
-    @property
-    def dim(self) -> int:
-        return self._dim
+        return self.num_rows
 
     @property
     def ids(self) -> Sequence[str]:
@@ -205,17 +221,28 @@ class CacheRows:
 
     @property
     def texts(self) -> list[str] | None:
-        """The target texts row by row, when known (``encode_corpus`` and ``build_training_dataset`` set them)."""
+        """The target texts row by row, when known."""
         return self._texts
 
     @texts.setter
     def texts(self, texts: Sequence[str] | None) -> None:
         self._text_copies = None
-        self._texts = None if texts is None else check_texts(texts, self._num_rows)
+        self._texts = None if texts is None else check_texts(texts, self.num_rows)
 
     @property
     def is_memory_mapped(self) -> bool:
-        return isinstance(self._storage, np.ndarray)
+        return isinstance(self.storage, np.ndarray)
+
+    @property
+    def side_dim(self) -> int:
+        """Width of the side features kept per row (0 when the cache has none)."""
+        return 0 if self.side is None else int(self.side.shape[1])
+
+    def replace_storage(self, storage: torch.Tensor) -> None:
+        """Swap in new rows of the same shape and dtype (a re-encode); ids, texts and side features are kept."""
+        if tuple(storage.shape) != (self.num_rows, self.dim) or dtype_name(storage) != self.dtype:
+            raise ValueError(f"new rows must be ({self.num_rows}, {self.dim}) {self.dtype}, got {describe(storage)}")
+        self.storage = storage
 
     def rows_of(self, ids: Iterable[str]) -> list[int]:
         """Row indices of the given ids (KeyError naming the first unknown id)."""
@@ -239,31 +266,39 @@ class CacheRows:
         copies = self._text_copies
         return rows.union(*(copies[row] for row in rows if row in copies))
 
-    # ------------------------------------------------------------------------------------------------- embeddings
-    def _stale_block(self, start: int, end: int) -> torch.Tensor:
-        return read_rows(self._storage, start, end)
+    # ----------------------------------------------------------------------------------------------- row access
+    def blocks(self, size: int | None = None) -> Iterator[tuple[int, int]]:
+        """``(start, end)`` of consecutive blocks of ``size`` rows (default ``block_size``) covering every row."""
+        size = size or self.block_size
+        for start in range(0, self.num_rows, size):
+            yield start, min(start + size, self.num_rows)
 
-    def _stale_rows(self, rows: torch.Tensor) -> torch.Tensor:
-        return gather_rows(self._storage, rows)
+    def block(self, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Stale rows [start, end) and their side features (None without), in their storage dtypes."""
+        side = None if self.side is None else read_rows(self.side, start, end, dtype=None)
+        return read_rows(self.storage, start, end, dtype=None), side
 
-    @property
-    def side_dim(self) -> int:
-        """Width of the side features kept per row (0 when the cache has none)."""
-        return 0 if self._side is None else int(self._side.shape[1])
+    def stale_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """The stale rows at these (checked) indices, float32."""
+        return gather_rows(self.storage, rows)
 
-    def _side_block(self, start: int, end: int) -> torch.Tensor | None:
-        return None if self._side is None else read_rows(self._side, start, end)
+    def side_rows(self, rows: torch.Tensor) -> torch.Tensor | None:
+        """The side features at these (checked) indices, float32; None without side features."""
+        return None if self.side is None else gather_rows(self.side, rows)
 
-    def _side_rows(self, rows: torch.Tensor) -> torch.Tensor | None:
-        return None if self._side is None else gather_rows(self._side, rows)
+    def stale_embeddings(self, indices: ArrayLike | Sequence[int] | None = None) -> torch.Tensor:
+        """The stale cached embeddings g' of these rows (all rows if None), float32 on CPU."""
+        if indices is None:
+            return torch.cat([read_rows(self.storage, s, e) for s, e in self.blocks()])
+        return self.stale_rows(as_index_tensor(indices, "indices", num_rows=self.num_rows))
 
     def side_features(self, indices: ArrayLike | Sequence[int] | None = None) -> torch.Tensor | None:
         """The side features of these rows (all rows if None), float32 on CPU; None when the cache has none."""
-        if self._side is None:
+        if self.side is None:
             return None
         if indices is None:
-            return torch.cat([read_rows(self._side, s, e) for s, e in self._blocks()])
-        return gather_rows(self._side, as_index_tensor(indices, "indices", num_rows=self._num_rows))
+            return torch.cat([read_rows(self.side, s, e) for s, e in self.blocks()])
+        return gather_rows(self.side, as_index_tensor(indices, "indices", num_rows=self.num_rows))
 
     def side_feature_statistics(self) -> tuple[torch.Tensor, torch.Tensor, float]:
         """Per-feature mean and std of the side features over every row, and the RMS norm of the stale embeddings.
@@ -271,28 +306,35 @@ class CacheRows:
         Computed block by block in float64 (memory bounded by ``block_size``, also for memory maps); what
         :meth:`Corrector.standardize_side` takes.
         """
-        if self._side is None:
+        if self.side is None:
             raise ValueError("This cache keeps no side features")
         total = torch.zeros(self.side_dim, dtype=torch.float64)
         squares = torch.zeros(self.side_dim, dtype=torch.float64)
         norms = 0.0
-        for start, end in self._blocks():
-            block = read_rows(self._side, start, end).double()
+        for start, end in self.blocks():
+            block = read_rows(self.side, start, end).double()
             total += block.sum(dim=0)
             squares += block.square().sum(dim=0)
-            norms += float(self._stale_block(start, end).double().square().sum())
-        mean = total / self._num_rows
-        std = (squares / self._num_rows - mean.square()).clamp(min=0).sqrt()
-        return mean.float(), std.float(), math.sqrt(norms / self._num_rows)
+            norms += float(read_rows(self.storage, start, end).double().square().sum())
+        mean = total / self.num_rows
+        std = (squares / self.num_rows - mean.square()).clamp(min=0).sqrt()
+        return mean.float(), std.float(), math.sqrt(norms / self.num_rows)
 
-    def _blocks(self, size: int | None = None) -> Iterator[tuple[int, int]]:
-        """``(start, end)`` of consecutive blocks of ``size`` rows (default ``block_size``) covering every row."""
-        size = size or self.block_size
-        for start in range(0, self._num_rows, size):
-            yield start, min(start + size, self._num_rows)
+    # ------------------------------------------------------------------------------------------ shared subsets
+    def without_side_features(self) -> CacheRows:
+        """The same rows, ids and texts (shared, not copied) without side features."""
+        rows = copy.copy(self)
+        rows.side = None
+        return rows
 
-    def stale_embeddings(self, indices: ArrayLike | Sequence[int] | None = None) -> torch.Tensor:
-        """The stale cached embeddings g' of these rows (all rows if None), float32 on CPU."""
-        if indices is None:
-            return torch.cat([self._stale_block(s, e) for s, e in self._blocks()])
-        return self._stale_rows(as_index_tensor(indices, "indices", num_rows=self._num_rows))
+    def shard(self, start: int, end: int) -> CacheRows:
+        """Rows [start, end), sharing this storage (or memory map); ids (``"0"``.. local for default ids) and texts
+        are sliced. ``0 <= start < end <= len(self)`` is the caller's to check."""
+        rows = copy.copy(self)
+        rows.storage = self.storage[start:end]
+        rows.side = None if self.side is None else self.side[start:end]
+        rows.num_rows = end - start
+        rows._ids = DefaultIds(end - start) if isinstance(self._ids, DefaultIds) else list(self._ids[start:end])
+        rows._id_to_row, rows._text_copies = None, None
+        rows._texts = None if self._texts is None else self._texts[start:end]
+        return rows

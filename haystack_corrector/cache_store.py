@@ -1,9 +1,10 @@
 """CorrectedCacheStore: a stale embedding cache g'(y) plus the corrector h that maps it to the current space.
 
-This file is the store's public face; its parts live in files named after them: the stale rows and ids
-(``cache_rows.py``, the base class ``CacheRows``), the materialised corrected view (``corrected_view.py``: the store
-holds a ``ViewCache`` as ``store.views``; ``materialize`` fills it), the blocked top-k scan (``search.py``) and its scoring (``scoring.py``), pool mode
-(``faiss_pool.py``), saving and loading (``persistence.py``, a mixin).
+This file is the store's public face. It holds its parts as objects, each in a file named after it: the stale rows,
+ids and texts (``store.rows``, a :class:`~haystack_corrector.cache_rows.CacheRows`), the materialised corrected view
+(``store.views``, a :class:`~haystack_corrector.corrected_view.ViewCache`), the corrector, and a FAISS pool for pool
+mode (``store.pool``, ``faiss_pool.py``). The search over them is ``corrected_search.py`` (the blocked scan itself:
+``search.py``); saving and loading are the functions of ``persistence.py``.
 
 Search is exact and blocked: rows are scanned ``block_size`` at a time, the corrector is applied to each block on the
 fly (or a materialised corrected view is read), and a running top-k is merged, so memory is bounded by the block size
@@ -15,10 +16,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from haystack_corrector import persistence
@@ -33,20 +34,20 @@ from haystack_corrector._validation import (
     check_positive_int,
     check_rows_scorable,
 )
-from haystack_corrector.cache_rows import CacheRows, DefaultIds, read_rows
+from haystack_corrector.cache_rows import DTYPES, CacheRows
+from haystack_corrector.corrected_search import search_store
 from haystack_corrector.corrected_view import ViewCache
 from haystack_corrector.corrector import CORRECTOR_CHUNK_ROWS, Corrector
-from haystack_corrector.persistence import DTYPES
 from haystack_corrector.precision import float32
 from haystack_corrector.scoring import SIMILARITIES, normalize_rows
-from haystack_corrector.search import NonFiniteScoresError, blocked_topk, candidate_topk
+from haystack_corrector.search import NonFiniteScoresError
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["CorrectedCacheStore"]
 
 
-class CorrectedCacheStore(CacheRows, persistence.StorePersistence):
+class CorrectedCacheStore:
     """Stale cached target embeddings, their ids, and the corrector applied to them at search time.
 
     Args:
@@ -84,63 +85,41 @@ class CorrectedCacheStore(CacheRows, persistence.StorePersistence):
         block_size: int = 16384,
         side_features: ArrayLike | None = None,
     ) -> None:
-        self.similarity = check_choice(similarity, "similarity", SIMILARITIES)
-        self.dtype = check_choice(dtype, "dtype", tuple(DTYPES))
-        self.block_size = check_positive_int(block_size, "block_size")
+        check_choice(dtype, "dtype", tuple(DTYPES))
+        block_size = check_positive_int(block_size, "block_size")
         matrix = as_float_matrix(embeddings, "embeddings")
-        storage = matrix.to(DTYPES[self.dtype]).cpu().contiguous()
-        _check_scorable(storage, f"embeddings (after conversion to {self.dtype})", self.block_size)
+        storage = matrix.to(DTYPES[dtype]).cpu().contiguous()
+        _check_scorable(storage, f"embeddings (after conversion to {dtype})", block_size)
         side = None
         if side_features is not None:
             side = as_float_matrix(side_features, "side_features").to(torch.float16).cpu().contiguous()
             check_finite(side, "side_features (after conversion to float16)")
-        self._init_storage(storage, ids, corrector, side)
+        self._assemble(CacheRows(storage, ids, side, block_size), corrector, similarity)
         self.texts = texts  # type: ignore[assignment]
 
-    # ----------------------------------------------------------------------------------------------- construction
     @classmethod
-    def _from_storage(
-        cls,
-        storage: torch.Tensor | np.ndarray,
-        ids: Sequence[str] | None,
-        corrector: Corrector | None,
-        similarity: str,
-        dtype: str,
-        block_size: int,
-        side: torch.Tensor | np.ndarray | None = None,
+    def from_rows(
+        cls, rows: CacheRows, corrector: Corrector | None = None, similarity: str = "cosine"
     ) -> CorrectedCacheStore:
-        """A store around storage already in its final dtype (a tensor or a memory map), without converting or copying."""
+        """A store around rows already in their final dtype (a tensor or a memory map): nothing converted or copied.
+
+        Without a corrector, a fresh identity ``Corrector(d)`` (standardised to the side features, if any)."""
         store = cls.__new__(cls)
-        store.similarity = check_choice(similarity, "similarity", SIMILARITIES)
-        store.dtype = check_choice(dtype, "dtype", tuple(DTYPES))
-        store.block_size = check_positive_int(block_size, "block_size")
-        store._init_storage(storage, ids, corrector, side)
+        store._assemble(rows, corrector, similarity)
         return store
 
-    def _init_storage(
-        self,
-        storage: torch.Tensor | np.ndarray,
-        ids: Sequence[str] | None,
-        corrector: Corrector | None,
-        side: torch.Tensor | np.ndarray | None = None,
-    ) -> None:
-        self._init_rows(storage, ids, side)
+    def _assemble(self, rows: CacheRows, corrector: Corrector | None, similarity: str) -> None:
+        self.similarity = check_choice(similarity, "similarity", SIMILARITIES)
+        self.rows = rows
         self.views = ViewCache()  # the materialised corrected view, if any (corrected_view.py)
-        default = Corrector(self._dim, side_dim=self.side_dim) if corrector is None else corrector
-        self._corrector = self._check_corrector(default, self._dim, self.side_dim)
-        if corrector is None and self.side_dim:
+        default = Corrector(rows.dim, side_dim=rows.side_dim) if corrector is None else corrector
+        self._corrector = self._check_corrector(default, rows.dim, rows.side_dim)
+        if corrector is None and rows.side_dim:
             self.standardize_side_features()
         self.pool: Any = None  # a FaissPool once build_pool() ran (pool mode)
         # What built the rows (encode_corpus fills it: model, max_seq_length, normalize, similarity), saved with the
         # store; a training loss refuses a store another setting built. None: unknown (built from plain arrays).
         self.encoder: dict[str, Any] | None = None
-
-    def _share_rows_of(self, other: CorrectedCacheStore) -> None:
-        """Become a second handle on ``other``'s rows, ids, texts and corrector: shared, not copied or re-checked."""
-        self.similarity, self.dtype, self.block_size = other.similarity, other.dtype, other.block_size
-        self._init_storage(other._storage, None, other._corrector, other._side)
-        self._ids, self._texts = other._ids, other._texts
-        self.encoder = other.encoder
 
     @staticmethod
     def _check_corrector(corrector: Any, dim: int, side_dim: int = 0) -> Corrector:
@@ -155,9 +134,9 @@ class CorrectedCacheStore(CacheRows, persistence.StorePersistence):
         return corrector
 
     def __repr__(self) -> str:
-        kind = "memory-mapped" if isinstance(self._storage, np.ndarray) else "in-memory"
+        kind = "memory-mapped" if self.rows.is_memory_mapped else "in-memory"
         return (
-            f"CorrectedCacheStore({self._num_rows} rows, dim={self._dim}, similarity={self.similarity!r}, "
+            f"CorrectedCacheStore({len(self)} rows, dim={self.dim}, similarity={self.similarity!r}, "
             f"dtype={self.dtype!r}, {kind}, materialized={self.is_materialized})"
         )
 
@@ -167,8 +146,70 @@ class CorrectedCacheStore(CacheRows, persistence.StorePersistence):
 
     @corrector.setter
     def corrector(self, corrector: Corrector) -> None:
-        self._corrector = self._check_corrector(corrector, self._dim, self.side_dim)
+        self._corrector = self._check_corrector(corrector, self.dim, self.side_dim)
         self.views.clear()
+
+    # ----------------------------------------------------------------------- the rows (store.rows: cache_rows.py)
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def dim(self) -> int:
+        return self.rows.dim
+
+    @property
+    def dtype(self) -> str:
+        """The storage dtype of the stale rows, ``"float32"`` or ``"float16"``."""
+        return self.rows.dtype
+
+    @property
+    def block_size(self) -> int:
+        """Rows scored per block during a scan."""
+        return self.rows.block_size
+
+    @property
+    def ids(self) -> Sequence[str]:
+        """The row ids (a list, or a lightweight sequence of ``"0"`` .. ``"N-1"`` when none were given)."""
+        return self.rows.ids
+
+    @property
+    def texts(self) -> list[str] | None:
+        """The target texts row by row, when known (``encode_corpus`` and ``build_training_dataset`` set them)."""
+        return self.rows.texts
+
+    @texts.setter
+    def texts(self, texts: Sequence[str] | None) -> None:
+        self.rows.texts = texts  # type: ignore[assignment]
+
+    @property
+    def side_dim(self) -> int:
+        """Width of the side features kept per row (0 when the cache has none)."""
+        return self.rows.side_dim
+
+    @property
+    def is_memory_mapped(self) -> bool:
+        return self.rows.is_memory_mapped
+
+    def rows_of(self, ids: Iterable[str]) -> list[int]:
+        """Row indices of the given ids (KeyError naming the first unknown id)."""
+        return self.rows.rows_of(ids)
+
+    def with_text_copies(self, rows: Iterable[int]) -> set[int]:
+        """``rows`` plus every row with the identical text (:meth:`CacheRows.with_text_copies`: samplers exclude
+        a positive's copies, which score like the positive itself)."""
+        return self.rows.with_text_copies(rows)
+
+    def stale_embeddings(self, indices: ArrayLike | Sequence[int] | None = None) -> torch.Tensor:
+        """The stale cached embeddings g' of these rows (all rows if None), float32 on CPU."""
+        return self.rows.stale_embeddings(indices)
+
+    def side_features(self, indices: ArrayLike | Sequence[int] | None = None) -> torch.Tensor | None:
+        """The side features of these rows (all rows if None), float32 on CPU; None when the cache has none."""
+        return self.rows.side_features(indices)
+
+    def side_feature_statistics(self) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """Per-feature mean and std of the side features, and the RMS norm of the stale embeddings (block by block)."""
+        return self.rows.side_feature_statistics()
 
     # ------------------------------------------------------------------------------------------- corrected view
     @property
@@ -214,10 +255,11 @@ class CorrectedCacheStore(CacheRows, persistence.StorePersistence):
             self._corrector,
             # Blocks of CORRECTOR_CHUNK_ROWS rows: every temporary of the corrector stays small (corrector.py).
             lambda: (
-                (s, e, self._correct_block(s, e)) for s, e in self._blocks(min(self.block_size, CORRECTOR_CHUNK_ROWS))
+                (s, e, self._corrector.correct(*self.rows.block(s, e)))
+                for s, e in self.rows.blocks(min(self.block_size, CORRECTOR_CHUNK_ROWS))
             ),
             (len(self), self.dim),
-            self._device,
+            self._corrector.device,
             dtype,
             path,
             overwrite,
@@ -243,29 +285,6 @@ class CorrectedCacheStore(CacheRows, persistence.StorePersistence):
         trainer needs no knowledge of distribution.
         """
 
-    @property
-    def _device(self) -> torch.device:
-        parameter = next(self._corrector.parameters(), None)
-        return parameter.device if parameter is not None else torch.device("cpu")
-
-    @torch.no_grad()
-    def _correct(self, stale: torch.Tensor, side: torch.Tensor | None = None) -> torch.Tensor:
-        """h(g') in float32, CORRECTOR_CHUNK_ROWS rows per corrector call (for speed: see the constant in corrector.py)."""
-        device = self._device
-        chunks = [
-            self._corrector(
-                stale[i : i + CORRECTOR_CHUNK_ROWS].to(device, torch.float32),
-                None if side is None else side[i : i + CORRECTOR_CHUNK_ROWS].to(device, torch.float32),
-            ).float()
-            for i in range(0, max(int(stale.shape[0]), 1), CORRECTOR_CHUNK_ROWS)
-        ]
-        return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
-
-    def _correct_block(self, start: int, end: int) -> torch.Tensor:
-        stale = read_rows(self._storage, start, end, dtype=None)  # converted to float32 chunk by chunk
-        side = None if self._side is None else read_rows(self._side, start, end, dtype=None)
-        return self._correct(stale, side)
-
     def corrected_embeddings(self, indices: ArrayLike | Sequence[int] | None = None) -> torch.Tensor:
         """h(g') for these rows (all rows if None), computed in float32 with the current corrector, on CPU."""
         with float32():
@@ -273,9 +292,9 @@ class CorrectedCacheStore(CacheRows, persistence.StorePersistence):
 
     def _corrected_embeddings(self, indices: ArrayLike | Sequence[int] | None) -> torch.Tensor:
         if indices is None:
-            return torch.cat([self._correct_block(s, e).cpu() for s, e in self._blocks()])
-        rows = as_index_tensor(indices, "indices", num_rows=self._num_rows)
-        return self._correct(self._stale_rows(rows), self._side_rows(rows)).cpu()
+            return torch.cat([self._corrector.correct(*self.rows.block(s, e)).cpu() for s, e in self.rows.blocks()])
+        rows = as_index_tensor(indices, "indices", num_rows=len(self))
+        return self._corrector.correct(self.rows.stale_rows(rows), self.rows.side_rows(rows)).cpu()
 
     def replace_embeddings(self, embeddings: ArrayLike) -> None:
         """Swap in a newly encoded cache (same rows, same order), e.g. for a periodic full re-encode.
@@ -283,12 +302,12 @@ class CorrectedCacheStore(CacheRows, persistence.StorePersistence):
         Ids, texts and the corrector are kept; a materialised view and a FAISS pool (built on the old vectors) are
         dropped — call :meth:`build_pool` again if you use pool mode.
         """
-        matrix = as_float_matrix(embeddings, "embeddings", dim=self._dim)
-        if matrix.shape[0] != self._num_rows:
-            raise ValueError(f"embeddings has {matrix.shape[0]} rows but the cache has {self._num_rows}")
+        matrix = as_float_matrix(embeddings, "embeddings", dim=self.dim)
+        if matrix.shape[0] != len(self):
+            raise ValueError(f"embeddings has {matrix.shape[0]} rows but the cache has {len(self)}")
         storage = matrix.to(DTYPES[self.dtype]).cpu().contiguous()
         _check_scorable(storage, f"embeddings (after conversion to {self.dtype})", self.block_size)
-        self._storage = storage
+        self.rows.replace_storage(storage)
         self.views.clear()
         if self.pool is not None:
             logger.info("replace_embeddings dropped the FAISS pool built on the old vectors; call build_pool() again")
@@ -307,11 +326,7 @@ class CorrectedCacheStore(CacheRows, persistence.StorePersistence):
 
     def without_side_features(self) -> CorrectedCacheStore:
         """This store's rows, ids and texts (shared, not copied) without side features, with an identity corrector."""
-        store = CorrectedCacheStore._from_storage(
-            self._storage, None, Corrector(self._dim), self.similarity, self.dtype, self.block_size
-        )
-        store._ids, store._texts = self._ids, self._texts
-        return store
+        return CorrectedCacheStore.from_rows(self.rows.without_side_features(), Corrector(self.dim), self.similarity)
 
     def shard(self, start: int, end: int) -> CorrectedCacheStore:
         """A store over rows [start, end) that shares this store's memory (or memory map) and its corrector object.
@@ -319,21 +334,75 @@ class CorrectedCacheStore(CacheRows, persistence.StorePersistence):
         Ids (``"0"``.. local when this store has default ids) and texts are sliced; no rows are copied.
         """
         start, end = check_int(start, "start"), check_int(end, "end")
-        if not 0 <= start < end <= self._num_rows:
-            raise ValueError(f"shard needs 0 <= start < end <= {self._num_rows}, got start={start}, end={end}")
-        ids = None if isinstance(self._ids, DefaultIds) else list(self._ids[start:end])
-        part = CorrectedCacheStore._from_storage(
-            self._storage[start:end],
-            ids,
-            self._corrector,
-            self.similarity,
-            self.dtype,
-            self.block_size,
-            None if self._side is None else self._side[start:end],
+        if not 0 <= start < end <= len(self):
+            raise ValueError(f"shard needs 0 <= start < end <= {len(self)}, got start={start}, end={end}")
+        return CorrectedCacheStore.from_rows(self.rows.shard(start, end), self._corrector, self.similarity)
+
+    # ------------------------------------------------------------------------ saving and loading (persistence.py)
+    def save(self, path: str | os.PathLike[str], overwrite: bool = False) -> None:
+        """Save ids, stale embeddings (``.npy``), texts, config and corrector into the folder ``path``, atomically.
+
+        A new, empty or earlier store folder; anything else is refused unless ``overwrite=True``, which replaces only
+        the store's own files. Saves of one folder from several processes run one after the other. The materialised
+        view is a cache and is not saved. The whole rule: :func:`~haystack_corrector.persistence.save_store`.
+        """
+        persistence.save_store(self, path, overwrite=overwrite)
+
+    @staticmethod
+    def check_save_path(path: str | os.PathLike[str], overwrite: bool = False) -> None:
+        """Raise the error :meth:`save` would raise for ``path`` (call it before encoding a corpus to save)."""
+        persistence.check_save_path(path, overwrite=overwrite)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        mmap: bool = True,
+        verify: bool | None = None,
+        accept_missing_checksums: bool = False,
+    ) -> CorrectedCacheStore:
+        """Load a store saved with :meth:`save`: one generation, even while another process saves to ``path``.
+
+        ``mmap`` memory-maps the embeddings; ``verify`` (default: only when ``mmap=False``) checks their SHA-256 and
+        that every row is scorable, which reads the whole file; every other file is always checked against its
+        checksum. ``ValueError`` names the damaged file. What each mode detects:
+        :func:`~haystack_corrector.persistence.read_store` and ``docs/reliability.md``.
+        """
+        saved = persistence.read_store(
+            path, mmap=mmap, verify=verify, accept_missing_checksums=accept_missing_checksums
         )
-        if self._texts is not None:
-            part._texts = self._texts[start:end]
-        return part
+        try:
+            store = cls.from_rows(
+                CacheRows(saved.storage, saved.ids, saved.side, saved.block_size), saved.corrector, saved.similarity
+            )
+            store.texts = saved.texts  # type: ignore[assignment]
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"Corrupted store {saved.directory}: {exc}") from exc
+        store.pool, store.encoder = saved.pool, saved.encoder
+        return store
+
+    @classmethod
+    def from_npy(
+        cls,
+        file: str | os.PathLike[str],
+        ids: Sequence[str] | None = None,
+        corrector: Corrector | None = None,
+        similarity: str = "cosine",
+        texts: Sequence[str] | None = None,
+        block_size: int = 16384,
+        verify: bool = True,
+    ) -> CorrectedCacheStore:
+        """Memory-map an existing (N, d) float16/float32 ``.npy`` file of embeddings as the stale cache, without copying.
+
+        For caches written by another pipeline; the storage dtype is the file's, and the file must not change while
+        the store uses it. ``verify`` (default True) reads it once to refuse NaN/inf rows and rows too large to score
+        in float32 (``ValueError`` naming the file and the row). :meth:`save` writes a regular store folder.
+        """
+        array = persistence.read_embeddings_npy(Path(file), verify=verify)
+        rows = CacheRows(array, ids, block_size=check_positive_int(block_size, "block_size"))
+        store = cls.from_rows(rows, corrector, similarity)
+        store.texts = texts  # type: ignore[assignment]
+        return store
 
     # ----------------------------------------------------------------------------------------------------- search
     def search(
@@ -378,20 +447,28 @@ class CorrectedCacheStore(CacheRows, persistence.StorePersistence):
         Returns:
             ``(scores, indices)``: (B, top_k) float32 scores and int64 row indices on CPU, best first.
         """
-        queries = as_float_matrix(query_embeddings, "query_embeddings", dim=self._dim)
+        queries = as_float_matrix(query_embeddings, "query_embeddings", dim=self.dim)
         check_rows_scorable(queries, "query_embeddings")
         top_k = check_positive_int(top_k, "top_k")
-        excluded = as_row_sets(exclude, "exclude", num_queries=queries.shape[0], num_rows=self._num_rows)
-        available = self._num_rows - max((len(rows) for rows in excluded), default=0)
+        excluded = as_row_sets(exclude, "exclude", num_queries=queries.shape[0], num_rows=len(self))
+        available = len(self) - max((len(rows) for rows in excluded), default=0)
         if top_k > available:
             raise ValueError(
-                f"top_k={top_k} is larger than the number of rows left to return ({available} of {self._num_rows} "
+                f"top_k={top_k} is larger than the number of rows left to return ({available} of {len(self)} "
                 f"after exclusions)"
             )
         try:
             with float32():  # float32 scores (and the corrector) even inside a caller's autocast region
-                return self._search_any(
-                    queries, top_k, excluded, corrected, pool_size, max_view_age, scan_dtype, view_rescore_depth
+                return search_store(
+                    self,
+                    queries,
+                    top_k,
+                    excluded,
+                    corrected,
+                    pool_size=pool_size,
+                    max_view_age=max_view_age,
+                    scan_dtype=scan_dtype,
+                    view_rescore_depth=view_rescore_depth,
                 )
         except NonFiniteScoresError:
             if corrected:
@@ -401,87 +478,6 @@ class CorrectedCacheStore(CacheRows, persistence.StorePersistence):
                 "hold NaN/inf or values too large for float32, e.g. a memory-mapped file changed after it was "
                 "loaded. Load it with verify=True to find the row"
             ) from None
-
-    def _search_any(
-        self,
-        queries: torch.Tensor,
-        top_k: int,
-        excluded: list[set[int]],
-        corrected: bool,
-        pool_size: int | None,
-        max_view_age: int | None,
-        scan_dtype: Any,
-        view_rescore_depth: int | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        if pool_size is not None:
-            from haystack_corrector.faiss_pool import pool_search
-
-            return pool_search(self, queries, top_k, excluded, pool_size, corrected)
-        return self._search(
-            queries,
-            top_k,
-            excluded,
-            corrected,
-            max_view_age=max_view_age,
-            scan_dtype=scan_dtype,
-            view_rescore_depth=view_rescore_depth,
-        )
-
-    @torch.no_grad()
-    def _search(
-        self,
-        queries: torch.Tensor,
-        top_k: int,
-        excluded: list[set[int]],
-        corrected: bool,
-        partial: bool = False,
-        max_view_age: int | None = None,
-        scan_dtype: torch.dtype | None = None,
-        view_rescore_depth: int | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Blocked exact scan. ``partial=True`` (shards): fewer allowed rows than top_k give -inf scores, row -1."""
-        device = self._device
-        if view_rescore_depth is not None:
-            view_rescore_depth = check_positive_int(view_rescore_depth, "view_rescore_depth")
-        view = self.views.for_search(self._corrector, corrected, max_view_age, self.materialize)
-        rescore = view is not None and view_rescore_depth is not None
-        depth = min(max(top_k, view_rescore_depth or 0), self._num_rows) if rescore else top_k
-        rows = None if view is None else view.data
-        if scan_dtype is None and view is not None and view.dtype == "bfloat16":
-            scan_dtype = torch.bfloat16  # a bfloat16 view is read by the bfloat16 pass unless float32 is asked for
-
-        def blocks() -> Iterator[tuple[int, int, torch.Tensor]]:
-            # Rows travel in their storage dtype; the scan converts them once (to float32, or to bfloat16).
-            for start, end in self._blocks():
-                if rows is not None:
-                    yield start, end, read_rows(rows, start, end, dtype=None).to(device)
-                elif corrected:
-                    yield start, end, self._correct_block(start, end)
-                else:
-                    yield start, end, read_rows(self._storage, start, end, dtype=None).to(device)
-
-        normalize = self.similarity == "cosine"
-        scores, found = blocked_topk(
-            queries.to(device),
-            blocks,
-            depth,
-            excluded,
-            normalize=normalize,
-            partial=partial or rescore,
-            scan_dtype=scan_dtype,
-            row_norms=None if view is None else view.norms,
-            exact=not rescore,  # candidates that are re-scored below need no exact view scores of their own
-        )
-        if not rescore:
-            return scores, found
-        return candidate_topk(
-            queries.to(device),
-            found,
-            lambda rows: self._correct(self._stale_rows(rows), self._side_rows(rows)),
-            top_k,
-            normalize=normalize,
-            partial=partial,
-        )
 
 
 def _check_scorable(storage: torch.Tensor, name: str, block_size: int) -> None:

@@ -112,6 +112,25 @@ class Corrector(nn.Module):
             out = F.normalize(out, dim=-1)
         return out
 
+    @property
+    def device(self) -> torch.device:
+        """Where the corrector's weights are (CPU for a corrector without parameters)."""
+        parameter = next(self.parameters(), None)
+        return parameter.device if parameter is not None else torch.device("cpu")
+
+    @torch.no_grad()
+    def correct(self, stale: torch.Tensor, side: torch.Tensor | None = None) -> torch.Tensor:
+        """h(g') of rows in any float dtype: float32, without gradients, on :attr:`device`, ``CORRECTOR_CHUNK_ROWS``
+        rows per call (every temporary stays small: see the constant)."""
+        chunks = [
+            self(
+                stale[i : i + CORRECTOR_CHUNK_ROWS].to(self.device, torch.float32),
+                None if side is None else side[i : i + CORRECTOR_CHUNK_ROWS].to(self.device, torch.float32),
+            ).float()
+            for i in range(0, max(int(stale.shape[0]), 1), CORRECTOR_CHUNK_ROWS)
+        ]
+        return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+
     @torch.no_grad()
     def standardize_side(self, mean: torch.Tensor, std: torch.Tensor, embedding_norm: float = 1.0) -> None:
         """Read side features as ``(s - mean) / (std · sqrt(side_dim) / embedding_norm)``.

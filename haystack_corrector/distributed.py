@@ -25,6 +25,7 @@ import torch.distributed as dist
 
 from haystack_corrector._validation import ArrayLike, as_float_matrix, check_positive_int
 from haystack_corrector.cache_store import CorrectedCacheStore
+from haystack_corrector.corrected_search import search_store
 from haystack_corrector.corrector import Corrector
 
 __all__ = ["ShardedCacheStore", "is_distributed", "shard_bounds", "sharded_search"]
@@ -116,7 +117,8 @@ def sharded_search(
                 raise ValueError(f"top_k={top_k} is larger than the rows left after exclusions for a query")
             local_excluded.append({r - row_offset for r in query_rows if row_offset <= r < end})
     k_local = min(top_k, len(local_store))
-    scores, local_rows = local_store._search(
+    scores, local_rows = search_store(
+        local_store,
         stacked,
         k_local,
         local_excluded,
@@ -165,7 +167,9 @@ class ShardedCacheStore(CorrectedCacheStore):
             )
         if isinstance(store, ShardedCacheStore) or not isinstance(store, CorrectedCacheStore):
             raise TypeError(f"store must be a plain CorrectedCacheStore, got {type(store).__name__}")
-        self._share_rows_of(store)
+        # A second handle on the same rows, ids, texts and corrector: shared, not copied or re-checked.
+        self._assemble(store.rows, store.corrector, store.similarity)
+        self.encoder = store.encoder
         self.group = group
         self.world_size, self.rank = dist.get_world_size(group), dist.get_rank(group)
         self._check_same_cache()
@@ -222,7 +226,7 @@ class ShardedCacheStore(CorrectedCacheStore):
     @corrector.setter
     def corrector(self, corrector: Corrector) -> None:
         """Collective: every rank sets its corrector; the first rank's weights are broadcast to the others."""
-        self._corrector = self._check_corrector(corrector, self._dim)
+        self._corrector = self._check_corrector(corrector, self.dim)
         self.local.corrector = self._corrector
         self._broadcast_corrector()
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
@@ -34,15 +33,15 @@ from haystack_corrector._validation import (
     check_saved_config,
     with_config_checksum,
 )
-from haystack_corrector.cache_rows import DefaultIds
+from haystack_corrector.cache_rows import DTYPES, DefaultIds
 from haystack_corrector.corrector import Corrector
 from haystack_corrector.saved_folder import SavedFolder, parse_json, read_npy, read_one_generation, sha256_of
 from haystack_corrector.scoring import SIMILARITIES
 
 if TYPE_CHECKING:
+    from haystack_corrector.cache_rows import CacheRows
     from haystack_corrector.cache_store import CorrectedCacheStore
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16}
 NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16}
 FORMAT = "haystack-corrector/cache-store"
 FORMAT_VERSION = 1
@@ -96,22 +95,31 @@ class SavedStore(NamedTuple):
 
 
 def save_store(store: CorrectedCacheStore, path: str | os.PathLike[str], overwrite: bool = False) -> None:
-    """Write ``store`` into the folder ``path`` atomically (the save rule of :mod:`haystack_corrector._atomic`)."""
+    """Write ``store`` into the folder ``path`` atomically (the save rule of :mod:`haystack_corrector._atomic`).
+
+    ``path`` may be new, empty, or a previous store save. A folder holding anything else is refused
+    (:class:`FileExistsError`) unless ``overwrite=True``, which replaces only the store's own files
+    (``embeddings.npy``, ``ids.json``, ``texts.json``, ``side_features.npy``, ``store_config.json``, ``corrector/``,
+    ``index.faiss``) and keeps every other entry where it is. A folder entry named like one of these that a save did
+    not write (a user's file, a symlink) is always refused. A symlink to a folder saves into the real folder. Saves
+    of one folder from several processes run one after the other (a lock). A materialised view is not saved.
+    """
+    rows = store.rows
     writes = [*ALWAYS_WRITTEN]
-    writes += [SIDE_FILE] if store._side is not None else []
+    writes += [SIDE_FILE] if rows.side is not None else []
     writes += [TEXTS_FILE] if store.texts is not None else []
     writes += [INDEX_FILE] if store.pool is not None else []
     with atomic_directory(
         path, kind=FORMAT, config_file=CONFIG_FILE, layout=LAYOUT, overwrite=overwrite, writes=writes
     ) as tmp:
-        _write_rows(store, store._storage, tmp / EMBEDDINGS_FILE, NUMPY_DTYPES[store.dtype], "embeddings")
+        _write_rows(rows, rows.storage, tmp / EMBEDDINGS_FILE, NUMPY_DTYPES[rows.dtype], "embeddings")
         fault_point(f"wrote {EMBEDDINGS_FILE}")
         # Default ids are saved as null: a million "0".."N-1" strings would cost memory on every load.
         (tmp / IDS_FILE).write_text(json.dumps(None if isinstance(store.ids, DefaultIds) else list(store.ids)))
         fault_point(f"wrote {IDS_FILE}")
         saved = [EMBEDDINGS_FILE, IDS_FILE]
-        if store._side is not None:
-            _write_rows(store, store._side, tmp / SIDE_FILE, np.float16, "side features")
+        if rows.side is not None:
+            _write_rows(rows, rows.side, tmp / SIDE_FILE, np.float16, "side features")
             fault_point(f"wrote {SIDE_FILE}")
             saved.append(SIDE_FILE)
         if store.texts is not None:
@@ -146,10 +154,10 @@ def save_store(store: CorrectedCacheStore, path: str | os.PathLike[str], overwri
         fault_point(f"wrote {CONFIG_FILE}")
 
 
-def _write_rows(store: CorrectedCacheStore, storage: Any, path: Path, dtype: Any, what: str) -> None:
+def _write_rows(rows: CacheRows, storage: Any, path: Path, dtype: Any, what: str) -> None:
     """Copy row storage block by block into a ``.npy`` file, in its own dtype, refusing rows that cannot be scored."""
     out = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=tuple(int(n) for n in storage.shape))
-    for start, end in store._blocks():
+    for start, end in rows.blocks():
         block = storage[start:end]
         block = block if isinstance(block, torch.Tensor) else torch.from_numpy(np.asarray(block))
         check_rows_scorable(block, f"The store's {what} (not saved)", offset=start, norms=what == "embeddings")
@@ -167,7 +175,20 @@ def check_save_path(path: str | os.PathLike[str], overwrite: bool = False, texts
 def read_store(
     path: str | os.PathLike[str], mmap: bool = True, verify: bool | None = None, accept_missing_checksums: bool = False
 ) -> SavedStore:
-    """Read and check every file of a saved store, all of one generation: the parts a store is built from."""
+    """Read and check every file of a saved store, all of one generation: the parts a store is built from.
+
+    ``mmap`` memory-maps the embeddings (read lazily, block by block). ``verify`` checks the embeddings' SHA-256 and
+    that every row is finite and scorable (reads the whole file); default: only when ``mmap=False``, since the file
+    is read in full then anyway. Every other file (config, ids, texts, side features, corrector, pool index) is
+    always checked against its checksum, and the embeddings' size and header always. ``accept_missing_checksums``
+    loads a save of 0.1, written before checksums were required.
+
+    Raises ``ValueError`` naming the file for any damage, ``FileNotFoundError`` for a missing folder or file. What
+    is trusted: nothing is unpickled and no size is believed before it matches the bytes on disk, but a pool's
+    ``index.faiss`` is parsed by FAISS's reader; checksums catch accidents, not a deliberate forgery. A flipped bit
+    inside the embeddings of a memory-mapped load is **not** detected without ``verify=True`` (checking it would read
+    the whole file, which memory-mapping exists to avoid); ``docs/reliability.md`` counts what each mode detects.
+    """
     verify = (not mmap) if verify is None else verify
     return read_one_generation(path, lambda folder: _read_store(folder, mmap, verify, accept_missing_checksums))
 
@@ -304,18 +325,9 @@ def _read_pool(config: dict[str, Any], data: bytes, file: Path, num_rows: int, d
     return pool
 
 
-def store_from_npy(
-    cls: type[CorrectedCacheStore],
-    file: str | os.PathLike[str],
-    ids: Sequence[str] | None,
-    corrector: Corrector | None,
-    similarity: str,
-    texts: Sequence[str] | None,
-    block_size: int,
-    verify: bool = True,
-) -> CorrectedCacheStore:
-    """A store memory-mapping an existing (N, d) float16/float32 ``.npy`` file (:meth:`CorrectedCacheStore.from_npy`)."""
-    file = Path(file)
+def read_embeddings_npy(file: Path, verify: bool = True) -> np.ndarray:
+    """Memory-map an (N, d) float16/float32 ``.npy`` file of embeddings; ``verify`` refuses rows that cannot be
+    scored (NaN/inf, too large for float32), naming the file and the row (:meth:`CorrectedCacheStore.from_npy`)."""
     if not file.is_file():
         raise FileNotFoundError(f"{file} does not exist")
     with open(file, "rb") as handle:
@@ -324,102 +336,4 @@ def store_from_npy(
         raise ValueError(f"{file} must hold a non-empty 2-D float16 or float32 array, got shape {array.shape}")
     if verify:
         _check_scorable_file(array, file, norms=True)
-    names = {np.dtype(np.float16): "float16", np.dtype(np.float32): "float32"}
-    store = cls._from_storage(array, ids, corrector, similarity, names[array.dtype], block_size)
-    store.texts = texts  # type: ignore[assignment]
-    return store
-
-
-def load_store(
-    cls: type[CorrectedCacheStore],
-    path: str | os.PathLike[str],
-    mmap: bool,
-    verify: bool | None,
-    accept_missing_checksums: bool = False,
-) -> CorrectedCacheStore:
-    """A store from a saved folder, every file checked (:meth:`CorrectedCacheStore.load`)."""
-    saved = read_store(path, mmap=mmap, verify=verify, accept_missing_checksums=accept_missing_checksums)
-    try:
-        store = cls._from_storage(
-            saved.storage, saved.ids, saved.corrector, saved.similarity, saved.dtype, saved.block_size, saved.side
-        )
-        store.texts = saved.texts  # type: ignore[assignment]
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"Corrupted store {saved.directory}: {exc}") from exc
-    store.pool = saved.pool
-    store.encoder = saved.encoder
-    return store
-
-
-class StorePersistence:
-    """``save``, ``load``, ``from_npy`` and ``check_save_path`` of :class:`~haystack_corrector.CorrectedCacheStore`.
-
-    A mixin, so that the store's persistence reads in this file, next to the format it writes.
-    """
-
-    def save(self: Any, path: str | os.PathLike[str], overwrite: bool = False) -> None:
-        """Save ids, stale embeddings (``.npy``), texts, config and corrector into the directory ``path``, atomically.
-
-        ``path`` may be new, empty, or a previous store save. A folder holding anything else is refused
-        (:class:`FileExistsError`) unless ``overwrite=True``, which replaces only the store's own files
-        (``embeddings.npy``, ``ids.json``, ``texts.json``, ``side_features.npy``, ``store_config.json``,
-        ``corrector/``, ``index.faiss``) and keeps every other entry where it is. A folder entry named like one of
-        these that a save did not write (a user's file, a symlink) is always refused. A symlink to a folder saves
-        into the real folder. Saves of one folder from several processes run one after the other (a lock).
-        A materialised view is a cache and is not saved.
-        """
-        save_store(self, path, overwrite=overwrite)
-
-    @staticmethod
-    def check_save_path(path: str | os.PathLike[str], overwrite: bool = False) -> None:
-        """Raise the error :meth:`save` would raise for ``path`` (call it before encoding a corpus to save)."""
-        check_save_path(path, overwrite=overwrite)
-
-    @classmethod
-    def from_npy(
-        cls,
-        file: str | os.PathLike[str],
-        ids: Sequence[str] | None = None,
-        corrector: Corrector | None = None,
-        similarity: str = "cosine",
-        texts: Sequence[str] | None = None,
-        block_size: int = 16384,
-        verify: bool = True,
-    ) -> CorrectedCacheStore:  # type: ignore[misc]
-        """Memory-map an existing (N, d) float16/float32 ``.npy`` file of embeddings as the stale cache, without copying.
-
-        For caches written by another pipeline (or by ``numpy.lib.format.open_memmap``); the storage dtype is the
-        file's. The file must not change while the store uses it. :meth:`save` writes a regular store directory.
-        ``verify`` (default True) reads the file once to refuse NaN/inf rows and rows too large to score in float32
-        (``ValueError`` naming the file and the row); ``verify=False`` skips that read for a file you trust.
-        """
-        return store_from_npy(cls, file, ids, corrector, similarity, texts, block_size, verify)  # type: ignore[arg-type]
-
-    @classmethod
-    def load(
-        cls,
-        path: str | os.PathLike[str],
-        mmap: bool = True,
-        verify: bool | None = None,
-        accept_missing_checksums: bool = False,
-    ) -> CorrectedCacheStore:
-        """Load a store saved with :meth:`save`: one generation, even while another process saves to ``path``.
-
-        Args:
-            path: the saved folder.
-            mmap: memory-map the embeddings (read lazily, block by block) instead of reading them into memory.
-            verify: check the embeddings' SHA-256 and that every row is finite and scorable (reads the whole file).
-                Default: only when ``mmap=False``, since the file is read in full then anyway. Every other file
-                (config, ids, texts, side features, corrector, pool index) is always checked against its checksum,
-                and the embeddings' size and header always.
-            accept_missing_checksums: load a save of 0.1, written before checksums were required.
-
-        Raises ``ValueError`` naming the file for any damage, ``FileNotFoundError`` for a missing folder or file.
-        What is trusted: nothing is unpickled and no size is believed before it matches the bytes on disk, but a
-        pool's ``index.faiss`` is parsed by FAISS's reader; checksums catch accidents, not a deliberate forgery.
-
-        A flipped bit inside the embeddings of a memory-mapped load (the default) is **not** detected: checking it
-        would read the whole file, which memory-mapping exists to avoid. Pass ``verify=True`` to check it (once,
-        at load), e.g. after copying a store between machines; ``docs/reliability.md`` counts what each mode detects.
-        """
-        return load_store(cls, path, mmap, verify, accept_missing_checksums)  # type: ignore[arg-type]
+    return array

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -31,14 +31,14 @@ from haystack_corrector._validation import (
 from haystack_corrector.cache_store import CorrectedCacheStore
 from haystack_corrector.corrector import Corrector
 from haystack_corrector.evaluation import relative_error
-from haystack_corrector.offline_fit import OfflineFitMixin
+from haystack_corrector.offline_fit import fit_corrector
 from haystack_corrector.precision import float32
 from haystack_corrector.replay import ReplayBuffer
 
 logger = logging.getLogger(__name__)
 
 
-class CorrectorTrainer(OfflineFitMixin):
+class CorrectorTrainer:
     """Trains ``store.corrector`` with its own Adam(W) optimiser.
 
     Args:
@@ -163,9 +163,11 @@ class CorrectorTrainer(OfflineFitMixin):
         }
 
     # ------------------------------------------------------------------------------------------------- training
-    def _inputs(
+    def checked_pairs(
         self, indices: ArrayLike | Sequence[int], fresh_embeddings: ArrayLike, query_embeddings: ArrayLike | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(rows, fresh, queries)`` as tensors, checked: rows of this store, one fresh embedding per row of the
+        store's dimension, norms that the drift loss can square (queries likewise, when given)."""
         rows = as_index_tensor(indices, "indices", num_rows=len(self.store))
         if rows.numel() == 0:
             raise ValueError("indices is empty: need at least one (row, fresh embedding) pair")
@@ -203,8 +205,8 @@ class CorrectorTrainer(OfflineFitMixin):
         fresh_embeddings: ArrayLike,
         query_embeddings: ArrayLike | None,
     ) -> dict[str, float]:
-        rows, fresh, queries = self._inputs(indices, fresh_embeddings, query_embeddings)
-        metrics = self._step(rows, fresh, queries)
+        rows, fresh, queries = self.checked_pairs(indices, fresh_embeddings, query_embeddings)
+        metrics = self.train_step(rows, fresh, queries)
         self.observed += 1
         if self.replay is not None:
             self.replay.add(rows, fresh, self.observed)
@@ -214,17 +216,51 @@ class CorrectorTrainer(OfflineFitMixin):
                 local = None
                 if queries is not None and self.listwise_weight > 0:
                     local = (queries, replay_rows, replay_fresh)  # the batch's queries rank the buffered rows
-                self._step(replay_rows, replay_fresh, None, local)
+                self.train_step(replay_rows, replay_fresh, None, local)
             metrics["replay_buffer"] = float(len(self.replay))
         return metrics
 
-    def _step(
+    def fit(
+        self,
+        indices: ArrayLike | Sequence[int],
+        fresh_embeddings: ArrayLike,
+        epochs: int = 10,
+        batch_size: int = 256,
+        query_embeddings: ArrayLike | None = None,
+        seed: int | None = 0,
+        show_progress_bar: bool | None = None,
+        listwise_candidates: int | Literal["all"] | None = None,
+        query_batch_size: int = 64,
+    ) -> dict[str, float]:
+        """Offline fit on a paired sample: ``epochs`` shuffled passes in mini-batches of ``batch_size`` rows.
+
+        ``query_embeddings`` (optional) are queries for the ranking terms; ``listwise_candidates=M`` (or ``"all"``)
+        ranks each query's M best sample rows (or the whole sample) in the listwise term instead of the step's rows.
+        Returns ``staleness`` and ``corrected_error`` over all given rows after the fit, the last step's
+        ``drift_loss``, ``epochs`` and ``steps``. Every option: :func:`~haystack_corrector.offline_fit.fit_corrector`.
+        """
+        return fit_corrector(
+            self,
+            indices,
+            fresh_embeddings,
+            epochs=epochs,
+            batch_size=batch_size,
+            query_embeddings=query_embeddings,
+            seed=seed,
+            show_progress_bar=show_progress_bar,
+            listwise_candidates=listwise_candidates,
+            query_batch_size=query_batch_size,
+        )
+
+    def train_step(
         self,
         rows: torch.Tensor,
         fresh: torch.Tensor,
         queries: torch.Tensor | None,
         local: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> dict[str, float]:
+        """One optimiser step on pairs already checked (:meth:`checked_pairs`); ``local`` is ``(queries, rows,
+        fresh)`` for a listwise term over those rows instead of the step's. Returns the step's metrics."""
         corrector = self.corrector
         device = next(corrector.parameters()).device
         stale = self.store.stale_embeddings(rows).to(device)

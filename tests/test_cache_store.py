@@ -299,7 +299,7 @@ def test_shard_shares_rows_and_corrector_without_copying():
         len(part) == 7 and part.ids == [f"d{i}" for i in range(5, 12)] and part.texts == [f"t{i}" for i in range(5, 12)]
     )
     assert part.corrector is store.corrector
-    assert part._storage.data_ptr() == store._storage[5].data_ptr()  # a view, not a copy
+    assert part.rows.storage.data_ptr() == store.rows.storage[5].data_ptr()  # a view, not a copy
     torch.testing.assert_close(part.stale_embeddings(), store.stale_embeddings(list(range(5, 12))))
     for bad in [(5, 5), (-1, 3), (3, 21)]:
         with pytest.raises(ValueError, match="shard needs 0 <= start < end <= 20"):

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from haystack_corrector import CorrectedCacheStore, Corrector
+from haystack_corrector.cache_rows import CacheRows
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -213,13 +214,13 @@ def test_mmap_1m_by_384_float16_resident_memory_is_bounded_by_blocks_not_rows(tm
     rows, dim = 1_000_000, 384
     store = CorrectedCacheStore(torch.zeros(1, dim), dtype="float16")
     # Build the big store without holding a float32 copy: fill float16 storage directly.
-    big = CorrectedCacheStore.__new__(CorrectedCacheStore)
-    big.similarity, big.dtype, big.block_size = "dot", "float16", 32768
     storage = torch.empty((rows, dim), dtype=torch.float16)
     generator = torch.Generator().manual_seed(0)
     for start in range(0, rows, 100_000):
         storage[start : start + 100_000] = torch.randn(100_000, dim, generator=generator).half()
-    big._init_storage(storage, None, store.corrector.__class__(dim, hidden_dim=64))
+    big = CorrectedCacheStore.from_rows(
+        CacheRows(storage, block_size=32768), store.corrector.__class__(dim, hidden_dim=64), "dot"
+    )
     big.save(tmp_path / "big")
     del storage, big
     file_size = (tmp_path / "big" / "embeddings.npy").stat().st_size

@@ -58,7 +58,7 @@ def test_side_features_are_saved_memory_mapped_and_validated(tmp_path):
     store.save(tmp_path / "s")
     for mmap in (True, False):
         loaded = CorrectedCacheStore.load(tmp_path / "s", mmap=mmap)
-        assert loaded.side_dim == 5 and isinstance(loaded._side, np.memmap) == mmap
+        assert loaded.side_dim == 5 and isinstance(loaded.rows.side, np.memmap) == mmap
         torch.testing.assert_close(loaded.side_features(), side.half().float())
         torch.testing.assert_close(loaded.corrected_embeddings(), store.corrected_embeddings())
     assert loaded.shard(10, 20).side_dim == 5

@@ -7,6 +7,7 @@ import torch
 
 from haystack_corrector import CorrectedCacheStore, Corrector, CorrectorTrainer
 from haystack_corrector.evaluation import overlap_at_k, relative_error
+from haystack_corrector.offline_fit import sample_neighbourhoods
 from haystack_corrector.synthetic import make_synthetic_drift
 
 
@@ -141,7 +142,7 @@ def test_neighbourhood_listwise_fit_learns_local_rankings():
     store = CorrectedCacheStore(drift.stale, corrector=Corrector(16, hidden_dim=64))
     trainer = CorrectorTrainer(store, lr=3e-3, listwise_weight=1.0)
     # The neighbourhoods are each query's best sample rows by fresh score.
-    hoods = trainer._neighbourhoods(drift.queries[:5], drift.fresh[rows], 7)
+    hoods = sample_neighbourhoods(drift.queries[:5], drift.fresh[rows], 7, store.similarity)
     expected = torch.topk(torch.nn.functional.normalize(drift.queries[:5], dim=-1) @ drift.fresh[rows].T, 7).indices
     assert torch.equal(hoods, expected)
     first = trainer.observe(rows[:64], drift.fresh[rows[:64]])
