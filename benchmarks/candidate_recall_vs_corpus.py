@@ -50,7 +50,7 @@ def main() -> None:
     config = ExperimentConfig(**{k: v for k, v in saved.items() if k in ExperimentConfig.__dataclass_fields__})
     if config.corpus_size is not None:
         raise SystemExit(f"{folder} was run on a subset (--corpus-size {config.corpus_size}); run on the whole corpus")
-    from haystack_corrector.experiments.harness import embeddings_path, load_data
+    from haystack_corrector.experiments.contrastive import embeddings_path, load_data
 
     corpus, _, train_qrels, eval_queries, eval_qrels = load_data(config)
     corpus_ids = list(corpus)

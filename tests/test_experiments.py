@@ -13,10 +13,10 @@ pytest.importorskip("sentence_transformers")
 pytest.importorskip("pytrec_eval")
 
 from haystack_corrector.cli import main  # noqa: E402
-from haystack_corrector.experiments import harness, report  # noqa: E402
+from haystack_corrector.experiments import contrastive, harness, report  # noqa: E402
 from haystack_corrector.experiments.arms import parse_arm  # noqa: E402
 from haystack_corrector.experiments.config import check_resumable  # noqa: E402
-from haystack_corrector.experiments.harness import ExperimentConfig, run_experiment  # noqa: E402
+from haystack_corrector.experiments.contrastive import ExperimentConfig, run_experiment  # noqa: E402
 
 
 def test_parse_arm_names_are_the_contract():
@@ -80,13 +80,13 @@ def test_two_step_two_arm_smoke_run_and_resume(toy_beir, tiny_st_path, tmp_path,
 
     # Resume: finished arms are not redone; a new arm is added to the same output.
     calls = []
-    real_train = harness.train_arm
+    real_train = contrastive.train_arm
 
     def counting(config, arm, seed, prepared):
         calls.append(arm.name)
         return real_train(config, arm, seed, prepared)
 
-    monkeypatch.setattr(harness, "train_arm", counting)
+    monkeypatch.setattr(contrastive, "train_arm", counting)
     resumed = run_experiment(_config(toy_beir, tiny_st_path, output, arms=("static", "corrector", "inbatch")))
     assert calls == ["inbatch"]
     assert resumed["arms"]["corrector"]["0"]["metrics"] == run["metrics"]
@@ -157,7 +157,7 @@ def test_fidelity_of_against_oracles():
     """Issue 38: the fidelity figures against what they must be, not against their range. A fresh cache overlaps
     itself fully with zero error; an identity corrector changes nothing; a fresh ranking computed by hand matches."""
     from haystack_corrector import CorrectedCacheStore, Corrector
-    from haystack_corrector.experiments.harness import fidelity_of
+    from haystack_corrector.experiments.contrastive import fidelity_of
 
     generator = torch.Generator().manual_seed(0)
     fresh = torch.nn.functional.normalize(torch.randn(200, 16, generator=generator), dim=1)
@@ -274,17 +274,17 @@ def test_demo_data_is_shipped_with_its_licence():
 def test_subset_of_train_queries_is_seeded_ordered_and_keeps_their_qrels():
     queries = {f"q{i}": f"text {i}" for i in range(50)}
     qrels = {f"q{i}": {f"d{i}": 1} for i in range(50)}
-    chosen, chosen_qrels = harness.subset_queries(queries, qrels, 10)
+    chosen, chosen_qrels = contrastive.subset_queries(queries, qrels, 10)
     assert len(chosen) == 10 and list(chosen) == [q for q in queries if q in chosen]
     assert chosen_qrels == {q: qrels[q] for q in chosen}
-    assert harness.subset_queries(queries, qrels, 10) == (chosen, chosen_qrels)
-    assert harness.subset_queries(queries, qrels, 10, seed=1)[0] != chosen
+    assert contrastive.subset_queries(queries, qrels, 10) == (chosen, chosen_qrels)
+    assert contrastive.subset_queries(queries, qrels, 10, seed=1)[0] != chosen
 
 
 def test_max_train_queries_limits_the_training_rows(toy_beir, tiny_st_path, tmp_path):
     config = _config(toy_beir, tiny_st_path, tmp_path / "sub", arms=("inbatch",))
     config.max_train_queries = 5
-    prepared = harness.prepare(config)
+    prepared = contrastive.prepare(config)
     assert len(prepared.train_queries) == 5 and set(prepared.train_qrels) <= set(prepared.train_queries)
     config.max_train_queries = 0
     with pytest.raises(ValueError, match="max_train_queries must be > 0"):
@@ -404,7 +404,7 @@ def test_bf16_arm_trains_under_autocast_records_it_and_keeps_its_embeddings(
     monkeypatch.setattr(precision, "bf16_supported", lambda device: True)
     monkeypatch.setattr(harness, "bf16_supported", lambda device: True)
     seen, corrector_at_end = {}, {}
-    real_train = harness.train_arm
+    real_train = contrastive.train_arm
 
     def spying(config, arm, seed, prepared, watch_loss=None):
         def watch(loss):
@@ -415,7 +415,7 @@ def test_bf16_arm_trains_under_autocast_records_it_and_keeps_its_embeddings(
         corrector_at_end.update({k: v.clone() for k, v in trained.store.corrector.state_dict().items()})
         return trained
 
-    monkeypatch.setattr(harness, "train_arm", spying)
+    monkeypatch.setattr(contrastive, "train_arm", spying)
     config = _config(toy_beir, tiny_st_path, tmp_path / "bf16", arms=("corrector",))
     config.bf16, config.keep_embeddings = True, True
     result = run_experiment(config)["arms"]["corrector"]["0"]
@@ -456,12 +456,12 @@ def test_a_setting_missing_from_an_older_folder_counts_as_its_default(toy_beir, 
 
 def test_corpus_size_keeps_the_judged_documents_and_nests(toy_beir, tiny_st_path, tmp_path):
     config = _config(toy_beir, tiny_st_path, tmp_path / "x", arms=("inbatch",))
-    full, _, train_qrels, _, eval_qrels = harness.load_data(config)
+    full, _, train_qrels, _, eval_qrels = contrastive.load_data(config)
     judged = {d for qrels in (train_qrels, eval_qrels) for j in qrels.values() for d, g in j.items() if g > 0}
     subsets = []
     for size in (len(judged) + 5, len(judged) + 20):
         config.corpus_size = size
-        corpus = harness.load_data(config)[0]
+        corpus = contrastive.load_data(config)[0]
         assert len(corpus) == size and judged <= set(corpus) and list(corpus) == [d for d in full if d in corpus]
         subsets.append(set(corpus))
     assert subsets[0] < subsets[1]

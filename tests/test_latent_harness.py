@@ -88,7 +88,7 @@ def test_the_harness_runs_every_arm_and_resumes(claims_folder, tiny_st_path, tmp
     changed = [*argv[:-1], str(output)]
     changed[changed.index("--top-k") + 1] = "3"
     assert main(changed) == 2  # other settings into the same folder: refused before training
-    assert "other settings (top_k)" in capsys.readouterr().err
+    assert "other settings (top_k: 2 there, 3 now)" in capsys.readouterr().err
 
 
 def test_macro_f1_against_hand_counts():
@@ -98,7 +98,8 @@ def test_macro_f1_against_hand_counts():
 
 
 def test_report_pairs_arms_on_claims_averaged_over_seeds(tmp_path):
-    from haystack_corrector.experiments.latent import finished_arms, latent_report
+    from haystack_corrector.experiments.latent import finished_arms
+    from haystack_corrector.experiments.report import latent_markdown as latent_report
 
     def arm(name, seed, correct, ndcg):
         per_query = {"correct": dict(zip("abcd", correct)), "ndcg@10": dict(zip("abcd", ndcg))}

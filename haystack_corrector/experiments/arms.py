@@ -1,4 +1,9 @@
-"""Arms: the negative strategies the harness compares, by name (the names are a contract)."""
+"""Arms: what the harness compares, by name (the names are a contract), for both tasks.
+
+The contrastive task compares negative strategies (:data:`ARM_HELP`); the latent task compares how the retriever's
+top k is found (:data:`LATENT_ARM_HELP`: ``frozen``, ``stale``, ``corrector``, ``refresh:N``). One grammar parses
+both (:func:`parse_arm`); each task names the kinds it runs (:data:`CONTRASTIVE_KINDS`, :data:`LATENT_KINDS`).
+"""
 
 from __future__ import annotations
 
@@ -19,6 +24,12 @@ ARM_HELP = (
     "corrected cache re-scored with the current model; every candidate's fresh embedding trains the corrector); "
     "corrector levers combine, e.g. corrector+side+replay:4"
 )
+LATENT_ARM_HELP = (
+    "frozen (the zero-shot retriever is never updated; only the reader learns), stale (top k from the initial "
+    "cache), corrector (top k from the corrected cache), refresh:N (the corpus re-encoded every N steps)"
+)
+CONTRASTIVE_KINDS = frozenset({"inbatch", "static", "stale", "refresh", "rerank", "corrector"})
+LATENT_KINDS = frozenset({"frozen", "stale", "corrector", "refresh"})
 REPLAY_SIZE = 8192  # rows buffered by the corrector+replay arms
 
 
@@ -59,15 +70,36 @@ class Arm:
     def slug(self) -> str:
         return self.name.replace(":", "-").replace("+", "_")
 
+    @property
+    def has_levers(self) -> bool:
+        """A corrector arm with levers (``corrector+...``)."""
+        return self.name.startswith("corrector+")
 
-def parse_arm(text: str) -> Arm:
-    """``"inbatch"``, ``"static"``, ``"stale"``, ``"refresh:N"``, ``"rerank:L"``, ``"corrector"``, or the corrector
+
+def parse_arm(text: str, kinds: frozenset[str] = CONTRASTIVE_KINDS, levers: bool = True) -> Arm:
+    """One arm of a task that runs the arm ``kinds`` (default the contrastive task's), with corrector levers or not.
+
+    ``"inbatch"``, ``"static"``, ``"stale"``, ``"refresh:N"``, ``"rerank:L"``, ``"corrector"``, or the corrector
     with levers joined by ``+`` in any order: ``side`` (or ``side:raw``), ``replay:K``, ``listwise:W``,
-    ``refresh:N`` or ``refresh:N:reset``, ``rerank:L`` (not with ``refresh``) (e.g. ``"corrector+side+replay:4"``)."""
+    ``refresh:N`` or ``refresh:N:reset``, ``rerank:L`` (not with ``refresh``) (e.g. ``"corrector+side+replay:4"``);
+    ``"frozen"`` for the latent task (``parse_arm(text, LATENT_KINDS, levers=False)``)."""
+    help_text = ARM_HELP if levers else LATENT_ARM_HELP
+    try:
+        arm: Arm | None = _parse(text)
+    except ValueError:
+        if levers:
+            raise  # the lever's own message
+        arm = None
+    if arm is None or arm.negatives not in kinds or (arm.has_levers and not levers):
+        raise ValueError(f"Unknown arm {text!r}; expected one of: {help_text}")
+    return arm
+
+
+def _parse(text: str) -> Arm:
     if text.strip().startswith("corrector+"):
         return _corrector_arm(text.strip())
     name, _, value = text.strip().partition(":")
-    simple = {"inbatch": "inbatch", "static": "static", "stale": "stale", "corrector": "corrector"}
+    simple = {"inbatch": "inbatch", "static": "static", "stale": "stale", "corrector": "corrector", "frozen": "frozen"}
     if name in simple and not value:
         return Arm(text.strip(), simple[name])
     if name in ("refresh", "rerank"):

@@ -93,7 +93,7 @@ def _side_layers(values: Sequence[str] | None) -> list[int] | str | None:
 
 
 def _config(args: argparse.Namespace, arms: Sequence[str], seeds: Sequence[int]):  # type: ignore[no-untyped-def]
-    from haystack_corrector.experiments.harness import ExperimentConfig
+    from haystack_corrector.experiments.config import ExperimentConfig
 
     return ExperimentConfig(
         data=args.data,
@@ -153,7 +153,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
-    from haystack_corrector.experiments.harness import run_experiment
+    from haystack_corrector.experiments.contrastive import run_experiment
 
     results = run_experiment(_config(args, args.arms, args.seeds))
     print((Path(args.output) / "results.md").read_text())

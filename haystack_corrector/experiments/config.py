@@ -83,21 +83,14 @@ RESUMABLE_SETTINGS = frozenset(
 
 
 def check_resumable(config: ExperimentConfig) -> None:
-    """Refuse to add arms to an output folder whose finished arms were trained with other settings."""
-    path = Path(config.output) / "config.json"
-    if not path.is_file():
-        return
-    saved = json.loads(path.read_text())
-    if "strategy" in saved and "sampling_strategy" not in saved:  # folders written before the rename
-        saved["sampling_strategy"] = saved.pop("strategy")
-    current = json.loads(json.dumps(asdict(config)))  # tuples -> lists, as saved
-    # A setting missing from an older folder's config.json was at its default there (it did not exist yet).
-    defaults = json.loads(json.dumps(asdict(ExperimentConfig(data=config.data))))
-    saved = {key: saved.get(key, defaults.get(key)) for key in set(saved) | set(current)}
-    changed = sorted(key for key in current if key not in RESUMABLE_SETTINGS and saved[key] != current[key])
-    if changed:
-        details = ", ".join(f"{key}: {saved[key]!r} there, {current[key]!r} now" for key in changed)
-        raise ValueError(
-            f"{config.output} holds arms trained with other settings ({details}). "
-            "Use the same settings to resume, or a new --output folder."
-        )
+    """Refuse to add arms to an output folder whose finished arms were trained with other settings
+    (:meth:`OutputFolder.check_resumable`; folders written before the rename knew ``sampling_strategy`` as
+    ``strategy``)."""
+    from haystack_corrector.experiments.output_folder import OutputFolder
+
+    OutputFolder(config.output).check_resumable(
+        json.loads(json.dumps(asdict(config))),  # tuples -> lists, as saved
+        json.loads(json.dumps(asdict(ExperimentConfig(data=config.data)))),
+        RESUMABLE_SETTINGS,
+        renamed={"strategy": "sampling_strategy"},
+    )

@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from haystack_corrector.experiments.harness import ExperimentConfig, run_experiment
+from haystack_corrector.experiments.config import ExperimentConfig
+from haystack_corrector.experiments.contrastive import run_experiment
 from haystack_corrector.experiments.output_folder import clear_output_folder
 from haystack_corrector.experiments.report import paired_bootstrap
 

@@ -19,15 +19,9 @@ import torch
 from haystack_corrector.cache_store import CorrectedCacheStore
 from haystack_corrector.corrector import Corrector
 from haystack_corrector.experiments.arms import parse_arm
-from haystack_corrector.experiments.harness import (
-    ExperimentConfig,
-    _write_json,
-    encode,
-    fidelity_of,
-    machine,
-    prepare,
-    train_arm,
-)
+from haystack_corrector.experiments.config import ExperimentConfig
+from haystack_corrector.experiments.contrastive import fidelity_of, prepare, train_arm
+from haystack_corrector.experiments.harness import encode, machine
 from haystack_corrector.trainer import CorrectorTrainer
 
 logger = logging.getLogger(__name__)
@@ -146,7 +140,7 @@ def run_fidelity(
         }
     results["total_seconds"] = time.perf_counter() - start_all
     output = Path(config.output)
-    _write_json(output / "fidelity.json", results)
+    prepared.folder.write_json("fidelity.json", results)
     (output / "fidelity.md").write_text(markdown(results))
     return results
 

@@ -1,4 +1,4 @@
-"""The latent-retrieval harness: retrieval-augmented claim verification trained only through the reader's likelihood.
+"""The latent-retrieval task: retrieval-augmented claim verification trained only through the reader's likelihood.
 
 A BEIR folder plus a labels file (one JSON line per query: ``_id``, ``split``, ``label``; SciFact's ``claims.jsonl``)
 becomes a classification task whose evidence is latent: for each training claim the retriever's top k abstracts are
@@ -14,8 +14,11 @@ Arms (every arm of a seed starts from the same retriever and reader weights and 
   documents' fresh embeddings each step.
 - ``refresh:N``: the retriever learns; the corpus is re-encoded every N steps.
 
-With ``bf16`` the training steps (and refresh:N's re-encodes) run under bfloat16 autocast with float32 weights,
-where the device has bfloat16 units (elsewhere in float32, with a warning); the cache search, the corrector and the
+Every arm trains through the stock ``SentenceTransformerTrainer`` (``harness.stock_trainer``): the claims are a
+dataset with a ``claim`` and a ``label`` column, the retriever and the reader are one AdamW with two learning rates
+(no warm-up, no decay, no gradient clipping), and refresh:N re-encodes the corpus from a trainer callback. With
+``bf16`` the training steps (and refresh:N's re-encodes) run under bfloat16 autocast with float32 weights, where the
+device has bfloat16 units (elsewhere in float32, with a warning); the cache search, the corrector and the
 evaluation stay float32. On a 2-core AVX512-BF16 CPU a step at the SciFact settings takes 4.4 s instead of 11-14 s.
 
 Evaluation re-encodes the corpus with each arm's final retriever (the same for every arm), retrieves the top k for
@@ -37,19 +40,30 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers import TrainerCallback
 
 from haystack_corrector._validation import check_float
 from haystack_corrector.beir import document_text, load_beir
 from haystack_corrector.cache_store import CorrectedCacheStore
 from haystack_corrector.corrector import Corrector
 from haystack_corrector.evaluation import retrieval_metrics, run_from_search
-from haystack_corrector.experiments.output_folder import claim_output_folder
+from haystack_corrector.experiments.arms import LATENT_KINDS, Arm, parse_arm
+from haystack_corrector.experiments.harness import (
+    encode,
+    run_arms,
+    stock_trainer,
+    timed_train,
+    training_precision,
+)
+from haystack_corrector.experiments.output_folder import OutputFolder
 
 logger = logging.getLogger(__name__)
 progress = logging.getLogger("haystack_corrector.progress")
 
 LABELS = ("SUPPORT", "CONTRADICT", "NOT_ENOUGH_INFO")
-BASE_ARMS = ("frozen", "stale", "corrector")
+BASE_ARMS = ("frozen", "stale", "corrector")  # the report's order; refresh:N follow by N
+# Settings that may change between two runs into one output folder (everything else defines the comparison).
+RESUMABLE_SETTINGS = frozenset({"arms", "seeds", "output"})
 
 
 @dataclass
@@ -77,15 +91,9 @@ class LatentConfig:
     output: str = "runs/latent"
 
 
-def parse_latent_arm(arm: str) -> tuple[str, int | None]:
-    """``"refresh:N"`` -> ("refresh", N); the base arms -> (arm, None); anything else is a ValueError."""
-    if arm in BASE_ARMS:
-        return arm, None
-    if arm.startswith("refresh:"):
-        every = arm.split(":", 1)[1]
-        if every.isdigit() and int(every) > 0:
-            return "refresh", int(every)
-    raise ValueError(f"Unknown arm {arm!r}: use frozen, stale, corrector or refresh:N (N > 0 steps)")
+def parse_latent_arm(arm: str) -> Arm:
+    """A latent arm in the harness's one grammar (``arms.py``): frozen, stale, corrector or refresh:N."""
+    return parse_arm(arm, LATENT_KINDS, levers=False)
 
 
 def load_labels(path: str | os.PathLike[str]) -> dict[str, tuple[str, int]]:
@@ -151,18 +159,11 @@ def load_task(config: LatentConfig) -> Task:
     )
 
 
-def _encode(model: Any, texts: Sequence[str], batch_size: int) -> torch.Tensor:
-    was_training = model.training
-    embeddings = model.encode(list(texts), batch_size=batch_size, convert_to_tensor=True, show_progress_bar=False)
-    model.train(was_training)
-    return embeddings.float().cpu()
-
-
 def retriever_metrics(
     model: Any, store: CorrectedCacheStore, task: Task, config: LatentConfig
 ) -> tuple[torch.Tensor, dict[str, float], dict[str, dict[str, float]]]:
     """(test query embeddings, mean metrics, per-query metrics) of ``model``'s queries against ``store`` as stored."""
-    queries = _encode(model, [text for _, text, _ in task.test], config.encode_batch_size)
+    queries = encode(model, [text for _, text, _ in task.test], config.encode_batch_size, "test claims")
     scores, rows = store.search(queries, min(100, len(store)), corrected=False)
     query_ids = [q for q, _, _ in task.test]
     means, per_query = retrieval_metrics(run_from_search(scores, rows, query_ids, task.corpus_ids), task.test_qrels)
@@ -175,7 +176,9 @@ def evaluate(model: Any, reader: Any, task: Task, config: LatentConfig, similari
 
     model.eval()
     reader.eval()
-    store = CorrectedCacheStore(_encode(model, task.corpus_texts, config.encode_batch_size), similarity=similarity)
+    store = CorrectedCacheStore(
+        encode(model, task.corpus_texts, config.encode_batch_size, "corpus"), similarity=similarity
+    )
     store.texts = task.corpus_texts
     queries, means, per_query = retriever_metrics(model, store, task, config)
     query_ids = [q for q, _, _ in task.test]
@@ -205,21 +208,41 @@ def parameter_groups(loss: Any, lr: float, reader_lr: float | None) -> list[dict
     return [{"params": retriever, "lr": lr}, {"params": reader, "lr": lr if reader_lr is None else reader_lr}]
 
 
-def run_arm(arm: str, seed: int, task: Task, config: LatentConfig, initial: Path, model_path: str) -> dict[str, Any]:
-    from haystack_corrector.experiments.harness import training_precision
-    from haystack_corrector.sentence_transformers.features import tokenize
+class CorpusRefresh(TrainerCallback):  # type: ignore[misc]
+    """A trainer callback for refresh:N: re-encode the corpus into the store before every N-th step (not the first)."""
+
+    def __init__(self, every: int, model: Any, store: CorrectedCacheStore, task: Task, config: LatentConfig) -> None:
+        self.every, self.model, self.store, self.task, self.config = every, model, store, task, config
+        self.corpus_encodes = 0
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        step = state.global_step
+        if step and step % self.every == 0:
+            device = next(self.model.parameters()).device
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(args.bf16)):
+                fresh = encode(self.model, self.task.corpus_texts, self.config.encode_batch_size, "refresh")
+            self.store.replace_embeddings(fresh)
+            self.corpus_encodes += 1
+
+
+def run_arm(
+    arm: Arm, seed: int, task: Task, config: LatentConfig, folder: OutputFolder, model_path: str
+) -> dict[str, Any]:
+    """Train one arm with one seed from the initial retriever, reader and cache; evaluate it; return its result."""
+    from datasets import Dataset
+
     from haystack_corrector.sentence_transformers.latent_retrieval_loss import CrossEncoderReader, LatentRetrievalLoss
     from haystack_corrector.sentence_transformers.model_loading import load_model
 
-    kind, every = parse_latent_arm(arm)
     precision = training_precision(config.bf16)
     torch.manual_seed(seed)
     model = load_model(model_path, config.max_seq_length)
     reader = CrossEncoderReader(model_path, num_labels=len(LABELS), max_length=config.reader_max_length)
-    store = CorrectedCacheStore.load(initial, mmap=False)
+    store = CorrectedCacheStore.load(folder.initial_cache, mmap=False)
     store.corrector = Corrector(store.dim, hidden_dim=store.corrector.hidden_dim)  # identity, as after encoding
     steps_per_epoch = -(-len(task.train) // config.batch_size)
     steps = max(1, int(round(config.epochs * steps_per_epoch)))
+    kind = arm.negatives
     loss = LatentRetrievalLoss(
         model,
         reader,
@@ -231,49 +254,43 @@ def run_arm(arm: str, seed: int, task: Task, config: LatentConfig, initial: Path
         corrector_lr=config.corrector_lr,
         retriever_warmup_steps=steps if kind == "frozen" else config.reader_warmup_steps,
     )
+    loss.train()  # the reader too (transformers loads it in eval mode): dropout on while training
     optimizer = torch.optim.AdamW(parameter_groups(loss, config.lr, config.reader_lr))
-    rng = np.random.default_rng(seed)
-    order: list[int] = []
-    corpus_encodes = 0
-    start = time.perf_counter()
-    loss.train()
-    device = next(model.parameters()).device
-
-    def autocast() -> Any:
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
-
-    for step in range(steps):
-        if kind == "refresh" and every and step and step % every == 0:
-            with autocast():
-                store.replace_embeddings(_encode(model, task.corpus_texts, config.encode_batch_size))
-            corpus_encodes += 1
-        if len(order) < config.batch_size:
-            order += rng.permutation(len(task.train)).tolist()
-        batch, order = order[: config.batch_size], order[config.batch_size :]
-        texts = [task.train[i][1] for i in batch]
-        labels = torch.tensor([task.train[i][2] for i in batch])
-        features = tokenize(model, texts, device)
-        with autocast():
-            value = loss([features], labels)
-        value.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        if (step + 1) % 10 == 0 or step + 1 == steps:
-            progress.info("%s seed %d: step %d/%d, loss %.4f", arm, seed, step + 1, steps, float(value.detach()))
-    train_seconds = time.perf_counter() - start
+    refresh = CorpusRefresh(arm.refresh_every, model, store, task, config) if arm.refresh_every else None
+    dataset = Dataset.from_dict({"claim": [text for _, text, _ in task.train], "label": [y for _, _, y in task.train]})
+    trainer = stock_trainer(
+        model,
+        loss,
+        dataset,
+        folder,
+        arm,
+        seed,
+        bf16=config.bf16,
+        verbose=False,
+        callbacks=[] if refresh is None else [refresh],
+        optimizers=(optimizer, None),
+        max_steps=steps,
+        per_device_train_batch_size=config.batch_size,
+        learning_rate=config.lr,  # the optimiser's groups hold the rates; the constant schedule keeps them
+        lr_scheduler_type="constant",
+        max_grad_norm=0.0,  # no clipping
+        logging_steps=10,
+    )
+    train_seconds, _ = timed_train(trainer)
     if config.save_models:
         # Written before evaluation: a crash there keeps the trained pair (the folder is the harness's own).
-        folder = Path(config.output) / "models" / f"{arm.replace(':', '-')}__seed{seed}"
-        model.save(str(folder / "retriever"))
-        reader.save(folder / "reader")
+        saved = folder.arm_folder("models", arm.slug, seed)
+        model.save(str(saved / "retriever"))
+        reader.save(saved / "reader")
     start = time.perf_counter()
     result = evaluate(model, reader, task, config, store.similarity)
     examples = steps * config.batch_size
+    corpus_encodes = 0 if refresh is None else refresh.corpus_encodes
     result.update(
         {
-            "arm": arm,
+            "arm": arm.name,
             "seed": seed,
-            "steps": steps,
+            "steps": trainer.state.global_step,
             "precision": precision,
             "corpus_encodes": corpus_encodes,
             # documents embedded with gradients in training, plus every corpus re-encode
@@ -283,124 +300,46 @@ def run_arm(arm: str, seed: int, task: Task, config: LatentConfig, initial: Path
             "eval_seconds": time.perf_counter() - start,
         }
     )
+    progress.info("%s seed %d: accuracy %.4f", arm.name, seed, result["metrics"]["accuracy"])
     return result
 
 
 def run_latent(config: LatentConfig) -> dict[str, Any]:
     """Run every (arm, seed) not yet in ``<output>/arms`` and write ``results.json`` and ``results.md``."""
+    from haystack_corrector.experiments.report import latent_markdown
     from haystack_corrector.sentence_transformers import encode_corpus
     from haystack_corrector.sentence_transformers.model_loading import load_model, resolve_model_path
 
-    for arm in config.arms:
-        parse_latent_arm(arm)
+    arms = [parse_latent_arm(arm) for arm in config.arms]
     for name in ("lr", "reader_lr", "corrector_lr"):
         check_float(getattr(config, name), name, minimum=0.0, strict=True, optional=name == "reader_lr")
-    output = claim_output_folder(config.output)
-    settings = {**asdict(config), "task": "latent"}
-    previous_file = output / "config.json"
-    if previous_file.is_file():  # a resumed run must not mix arms trained under other settings
-        previous = json.loads(previous_file.read_text())
-        defaults = asdict(LatentConfig(data=config.data))
-        differing = sorted(
-            key
-            for key in settings
-            if key not in ("arms", "seeds", "output") and previous.get(key, defaults.get(key)) != settings[key]
-        )
-        if differing:
-            raise ValueError(
-                f"{output} holds results run with other settings ({', '.join(differing)}); choose another --output"
-            )
-    (output / "arms").mkdir(exist_ok=True)
-    previous_file.write_text(json.dumps(settings, indent=2))
+    folder = OutputFolder(config.output)
+    settings = {**json.loads(json.dumps(asdict(config))), "task": "latent"}
+    folder.check_resumable(settings, asdict(LatentConfig(data=config.data)), RESUMABLE_SETTINGS)
+    folder.write_json("config.json", settings)
     task = load_task(config)
     model_path = resolve_model_path(config.model)
-    initial = output / "initial-cache"
-    zero_shot_file = output / "zero_shot.json"
-    if not (initial / "store_config.json").is_file() or not zero_shot_file.is_file():
+    if not (folder.initial_cache / "store_config.json").is_file() or not folder.zero_shot_file.is_file():
         model = load_model(model_path, config.max_seq_length)
         store = encode_corpus(model, task.corpus_texts, ids=task.corpus_ids, show_progress_bar=False)
-        store.save(initial, overwrite=True)
+        store.save(folder.initial_cache, overwrite=True)
         _, means, _ = retriever_metrics(model, store, task, config)
-        zero_shot_file.write_text(json.dumps({"ndcg@10": means["ndcg@10"]}, indent=2))
-    zero_shot = json.loads(zero_shot_file.read_text())
-    for seed in config.seeds:
-        for arm in config.arms:
-            path = output / "arms" / f"{arm.replace(':', '-')}__seed{seed}.json"
-            if path.is_file():
-                continue
-            progress.info("arm %s, seed %d", arm, seed)
-            result = run_arm(arm, seed, task, config, initial, model_path)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(json.dumps(result, indent=2))
-            os.replace(tmp, path)
-    summary = {"zero_shot": zero_shot, "arms": finished_arms(output / "arms")}
-    (output / "results.json").write_text(json.dumps(summary, indent=2))
-    (output / "results.md").write_text(latent_report(summary))
+        folder.write_json(folder.zero_shot_file, {"ndcg@10": means["ndcg@10"]})
+    zero_shot = json.loads(folder.zero_shot_file.read_text())
+    run_arms(folder, arms, config.seeds, lambda arm, seed: run_arm(arm, seed, task, config, folder, model_path))
+    summary = {"zero_shot": zero_shot, "arms": finished_arms(folder.path / "arms")}
+    folder.write_json("results.json", summary)
+    (folder.path / "results.md").write_text(latent_markdown(summary))
     return summary
 
 
 def finished_arms(folder: Path) -> list[dict[str, Any]]:
-    """Every arm JSON in ``folder`` (runs of earlier calls included), frozen, stale, corrector, refresh:N by N, seed."""
+    """Every arm JSON in the ``arms`` folder (runs of earlier calls included): frozen, stale, corrector, refresh:N by
+    N, then seed."""
 
     def order(result: dict[str, Any]) -> tuple[int, int, int]:
-        kind, every = parse_latent_arm(result["arm"])
-        return BASE_ARMS.index(kind) if kind in BASE_ARMS else len(BASE_ARMS), every or 0, result["seed"]
+        arm = parse_latent_arm(result["arm"])
+        kind = arm.negatives
+        return BASE_ARMS.index(kind) if kind in BASE_ARMS else len(BASE_ARMS), arm.refresh_every or 0, result["seed"]
 
     return sorted((json.loads(path.read_text()) for path in folder.glob("*.json")), key=order)
-
-
-def latent_report(summary: dict[str, Any], reference: str | None = None) -> str:
-    """Markdown: one row per arm (means over its seeds), then paired differences between arms.
-
-    Every arm is compared with ``reference`` (default ``frozen``: the reader trained on a zero-shot retriever), and
-    each trained arm with every trained arm listed before it (corrector - stale, refresh - stale, ...). A pair is
-    computed on per-claim values averaged over the seeds each arm has.
-    """
-    from haystack_corrector.experiments.report import paired_bootstrap
-
-    by_arm: dict[str, list[dict[str, Any]]] = {}
-    for result in summary["arms"]:
-        by_arm.setdefault(result["arm"], []).append(result)
-    lines = [
-        f"Zero-shot retriever nDCG@10 on the test claims: {summary['zero_shot']['ndcg@10']:.4f}",
-        "",
-        "| arm | seeds | accuracy | macro-F1 | retriever nDCG@10 | corpus encodes | target passes | reader passes | "
-        "train s |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for arm, runs in by_arm.items():
-        means = {k: np.mean([r["metrics"][k] for r in runs]) for k in ("accuracy", "macro_f1", "ndcg@10")}
-        lines.append(
-            f"| {arm} | {', '.join(str(r['seed']) for r in runs)} | {means['accuracy']:.4f} | "
-            f"{means['macro_f1']:.4f} | {means['ndcg@10']:.4f} | {np.mean([r['corpus_encodes'] for r in runs]):.0f} | "
-            f"{np.mean([r['target_forward_passes'] for r in runs]):,.0f} | "
-            f"{np.mean([r['reader_forward_passes'] for r in runs]):,.0f} | "
-            f"{np.mean([r['train_seconds'] for r in runs]):.0f} |"
-        )
-    if not by_arm:
-        return "\n".join(lines) + "\n"
-    reference = reference or ("frozen" if "frozen" in by_arm else next(iter(by_arm)))
-    trained = [arm for arm in by_arm if arm != reference]
-    pairs = [(arm, reference) for arm in trained]
-    pairs += [(arm, earlier) for i, arm in enumerate(trained) for earlier in trained[:i]]
-
-    def per_claim(arm: str, key: str) -> dict[str, float]:
-        runs = by_arm[arm]
-        claims = runs[0]["per_query"][key]
-        return {q: float(np.mean([r["per_query"][key][q] for r in runs])) for q in claims}
-
-    lines += [
-        "",
-        "Paired differences (per-claim values averaged over each arm's seeds; 95% bootstrap over claims):",
-        "",
-        "| difference | accuracy [95% CI] | nDCG@10 [95% CI] |",
-        "|---|---|---|",
-    ]
-    for arm, other in pairs:
-        cells = []
-        for key in ("correct", "ndcg@10"):
-            ours, theirs = per_claim(arm, key), per_claim(other, key)
-            mean, low, high = paired_bootstrap(np.array([ours[q] - theirs[q] for q in sorted(ours) if q in theirs]))
-            cells.append(f"{mean:+.4f} [{low:+.4f}, {high:+.4f}]")
-        lines.append(f"| {arm} - {other} | {cells[0]} | {cells[1]} |")
-    return "\n".join(lines) + "\n"

@@ -1,4 +1,8 @@
-"""The ``--output`` folder of the demo, the experiment and the fidelity run: ours to write, never anyone else's.
+"""The ``--output`` folder of the demo, the experiments and the fidelity run: ours to write, never anyone else's.
+
+:class:`OutputFolder` is what both experiment tasks (contrastive and latent) run in: claimed, its config and resume
+rule, atomic JSON, the initial cache, and one result file per finished (arm, seed).
+
 
 A folder is claimed for results when it does not exist, is empty, or already holds results of ours (the marker
 file, or the ``config.json`` of an earlier experiment). Any other folder is refused before anything is written, so
@@ -12,7 +16,9 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +42,7 @@ OUTPUT_ENTRIES = frozenset(
         "run.log",
         "logs",
         "models",
+        "embeddings",
     }
 )
 
@@ -94,3 +101,83 @@ def clear_output_folder(path: str | os.PathLike[str]) -> None:
             entry.unlink()
     if kept:
         logger.info("Kept %d entries of %s that the demo did not write (first: %s)", len(kept), folder, kept[0])
+
+
+class OutputFolder:
+    """A claimed ``--output`` folder of an experiment, whichever task runs in it (contrastive or latent).
+
+    It holds the run's ``config.json`` and the rule for resuming into it, the one initial cache and the zero-shot
+    figures every arm shares, and one JSON per finished (arm, seed) under ``arms/``, each written atomically as soon
+    as it exists, so a killed run resumes with the next (arm, seed) and never redoes a finished one.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = claim_output_folder(path)  # refuses a folder that holds anything but our results
+
+    @property
+    def initial_cache(self) -> Path:
+        return self.path / "initial-cache"
+
+    @property
+    def zero_shot_file(self) -> Path:
+        return self.path / "zero_shot.json"
+
+    def write_json(self, path: str | os.PathLike[str], data: Any) -> Path:
+        """Write ``data`` as JSON to ``path`` (relative to the folder, or absolute) atomically; returns the path."""
+        target = self.path / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.write_text(json.dumps(data, indent=2))
+        os.replace(tmp, target)
+        return target
+
+    def check_resumable(
+        self,
+        settings: dict[str, Any],
+        defaults: dict[str, Any],
+        resumable: Iterable[str],
+        renamed: dict[str, str] | None = None,
+    ) -> None:
+        """Refuse to add arms to this folder when its finished arms were run with other settings.
+
+        ``settings`` are this run's (JSON types), ``defaults`` the task's defaults: a setting missing from an older
+        folder's ``config.json`` did not exist yet, so it was at its default. Only the ``resumable`` settings (what
+        is run, and how it is logged) may differ. ``renamed`` maps old setting names to new ones.
+        """
+        path = self.path / "config.json"
+        if not path.is_file():
+            return
+        saved = json.loads(path.read_text())
+        for old, new in (renamed or {}).items():
+            if old in saved and new not in saved:
+                saved[new] = saved.pop(old)
+        saved = {key: saved.get(key, defaults.get(key)) for key in set(saved) | set(settings)}
+        allowed = set(resumable)
+        changed = sorted(key for key in settings if key not in allowed and saved[key] != settings[key])
+        if changed:
+            details = ", ".join(f"{key}: {saved[key]!r} there, {settings[key]!r} now" for key in changed)
+            raise ValueError(
+                f"{self.path} holds arms run with other settings ({details}). "
+                "Use the same settings to resume, or a new --output folder."
+            )
+
+    def arm_file(self, slug: str, seed: int) -> Path:
+        """Where the result of one (arm, seed) is kept (``slug``: the arm's name made a file name)."""
+        return self.path / "arms" / f"{slug}__seed{seed}.json"
+
+    def arm_folder(self, kind: str, slug: str, seed: int) -> Path:
+        """A per-(arm, seed) folder or file stem under ``kind`` (``work``, ``logs``, ``models``, ``embeddings``)."""
+        return self.path / kind / f"{slug}__seed{seed}"
+
+    def finished_seeds(self, slug: str) -> list[int]:
+        """Seeds of the arm ``slug`` already finished here (runs of earlier calls included)."""
+        seeds = []
+        for path in (self.path / "arms").glob(f"{slug}__seed*.json"):
+            suffix = path.stem.rpartition("__seed")[2]
+            if suffix.lstrip("-").isdigit():
+                seeds.append(int(suffix))
+        return sorted(seeds)
+
+    def finished_results(self) -> list[dict[str, Any]]:
+        """Every finished (arm, seed) result in the folder, in file-name order."""
+        return [json.loads(path.read_text()) for path in sorted((self.path / "arms").glob("*.json"))]

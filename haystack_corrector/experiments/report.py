@@ -1,4 +1,6 @@
-"""Tables and plots of an experiment's results (``results.json`` -> ``results.md`` and PNG files)."""
+"""The report writer of both experiment tasks: tables and plots of their results (``results.json`` ->
+``results.md`` and PNG files). :func:`markdown` and :func:`plots` for the contrastive task, :func:`latent_markdown`
+for the latent one; both pair arms per query with :func:`paired_bootstrap`."""
 
 from __future__ import annotations
 
@@ -185,3 +187,58 @@ def plots(results: dict[str, Any], output: str | Path) -> list[Path]:
     plt.close(figure)
     written.append(path)
     return written
+
+
+def latent_markdown(summary: dict[str, Any], reference: str | None = None) -> str:
+    """Markdown: one row per arm (means over its seeds), then paired differences between arms.
+
+    Every arm is compared with ``reference`` (default ``frozen``: the reader trained on a zero-shot retriever), and
+    each trained arm with every trained arm listed before it (corrector - stale, refresh - stale, ...). A pair is
+    computed on per-claim values averaged over the seeds each arm has.
+    """
+    by_arm: dict[str, list[dict[str, Any]]] = {}
+    for result in summary["arms"]:
+        by_arm.setdefault(result["arm"], []).append(result)
+    lines = [
+        f"Zero-shot retriever nDCG@10 on the test claims: {summary['zero_shot']['ndcg@10']:.4f}",
+        "",
+        "| arm | seeds | accuracy | macro-F1 | retriever nDCG@10 | corpus encodes | target passes | reader passes | "
+        "train s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for arm, runs in by_arm.items():
+        means = {k: np.mean([r["metrics"][k] for r in runs]) for k in ("accuracy", "macro_f1", "ndcg@10")}
+        lines.append(
+            f"| {arm} | {', '.join(str(r['seed']) for r in runs)} | {means['accuracy']:.4f} | "
+            f"{means['macro_f1']:.4f} | {means['ndcg@10']:.4f} | {np.mean([r['corpus_encodes'] for r in runs]):.0f} | "
+            f"{np.mean([r['target_forward_passes'] for r in runs]):,.0f} | "
+            f"{np.mean([r['reader_forward_passes'] for r in runs]):,.0f} | "
+            f"{np.mean([r['train_seconds'] for r in runs]):.0f} |"
+        )
+    if not by_arm:
+        return "\n".join(lines) + "\n"
+    reference = reference or ("frozen" if "frozen" in by_arm else next(iter(by_arm)))
+    trained = [arm for arm in by_arm if arm != reference]
+    pairs = [(arm, reference) for arm in trained]
+    pairs += [(arm, earlier) for i, arm in enumerate(trained) for earlier in trained[:i]]
+
+    def per_claim(arm: str, key: str) -> dict[str, float]:
+        runs = by_arm[arm]
+        claims = runs[0]["per_query"][key]
+        return {q: float(np.mean([r["per_query"][key][q] for r in runs])) for q in claims}
+
+    lines += [
+        "",
+        "Paired differences (per-claim values averaged over each arm's seeds; 95% bootstrap over claims):",
+        "",
+        "| difference | accuracy [95% CI] | nDCG@10 [95% CI] |",
+        "|---|---|---|",
+    ]
+    for arm, other in pairs:
+        cells = []
+        for key in ("correct", "ndcg@10"):
+            ours, theirs = per_claim(arm, key), per_claim(other, key)
+            mean, low, high = paired_bootstrap(np.array([ours[q] - theirs[q] for q in sorted(ours) if q in theirs]))
+            cells.append(f"{mean:+.4f} [{low:+.4f}, {high:+.4f}]")
+        lines.append(f"| {arm} - {other} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines) + "\n"
