@@ -1,12 +1,25 @@
-"""Fidelity metrics: how close a corrected (or stale) cache is to the fresh one, in embedding and in ranking terms."""
+"""Fidelity metrics (how close a corrected or stale cache is to the fresh one, in embedding and in ranking terms),
+retrieval metrics over BEIR qrels, and macro-F1 for classification."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
-__all__ = ["hardest_negative_rank", "overlap_at_k", "relative_error", "retrieval_metrics", "run_from_search"]
+if TYPE_CHECKING:
+    from haystack_corrector.cache_store import CorrectedCacheStore
+
+__all__ = [
+    "fidelity_of",
+    "hardest_negative_rank",
+    "macro_f1",
+    "overlap_at_k",
+    "relative_error",
+    "retrieval_metrics",
+    "run_from_search",
+]
 
 
 def relative_error(estimate: torch.Tensor, fresh: torch.Tensor) -> float:
@@ -108,3 +121,38 @@ def retrieval_metrics(run: Run, qrels: Qrels) -> tuple[dict[str, float], dict[st
         name: sum(v[name] for v in per_query.values()) / len(per_query) for name in ("ndcg@10", "recall@100", "mrr@10")
     }
     return means, per_query
+
+
+def fidelity_of(
+    store: CorrectedCacheStore,
+    fresh_docs: torch.Tensor,
+    queries: torch.Tensor,
+    fresh_rows: torch.Tensor,
+    rows: torch.Tensor | None = None,
+) -> dict[str, float]:
+    """Overlap@10/@100 of the stale and corrected rankings with the fresh one, and relative errors (on ``rows``)."""
+    k = min(100, len(store))
+    _, stale_rows = store.search(queries, k, corrected=False)
+    _, corrected_rows = store.search(queries, k, corrected=True)
+    selected = torch.arange(len(store)) if rows is None else rows
+    return {
+        "staleness": relative_error(store.stale_embeddings(selected), fresh_docs[selected]),
+        "corrected_error": relative_error(store.corrected_embeddings(selected), fresh_docs[selected]),
+        "stale_overlap@10": overlap_at_k(stale_rows, fresh_rows, min(10, k)),
+        "corrected_overlap@10": overlap_at_k(corrected_rows, fresh_rows, min(10, k)),
+        "stale_overlap@100": overlap_at_k(stale_rows, fresh_rows, k),
+        "corrected_overlap@100": overlap_at_k(corrected_rows, fresh_rows, k),
+    }
+
+
+def macro_f1(predicted: Sequence[int], gold: Sequence[int], classes: int | None = None) -> float:
+    """Mean over ``classes`` classes (default: the largest label seen + 1) of F1; a class never predicted nor present
+    counts 0, as scikit-learn's default."""
+    classes = max([*predicted, *gold], default=-1) + 1 if classes is None else classes
+    scores = []
+    for c in range(classes):
+        tp = sum(p == c and g == c for p, g in zip(predicted, gold))
+        fp = sum(p == c and g != c for p, g in zip(predicted, gold))
+        fn = sum(p != c and g == c for p, g in zip(predicted, gold))
+        scores.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
+    return sum(scores) / len(scores) if scores else 0.0

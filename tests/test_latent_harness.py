@@ -209,3 +209,23 @@ def test_bf16_trains_under_autocast_where_the_hardware_has_it(
     frozen = next(r for r in results["arms"] if r["arm"] == "frozen")
     assert frozen["metrics"]["ndcg@10"] == pytest.approx(results["zero_shot"]["ndcg@10"], abs=1e-6)
     assert json.loads((output / "config.json").read_text())["bf16"] is True
+
+
+def test_examples_trained_counts_each_epochs_short_last_batch():
+    from haystack_corrector.experiments.latent import examples_trained
+
+    # 10 claims in batches of 4: an epoch is batches of 4, 4 and 2. Five steps: one epoch (10) and two batches (8).
+    assert examples_trained(5, 10, 4) == 18
+    assert examples_trained(3, 10, 4) == 10
+    assert examples_trained(7, 28, 4) == 28
+
+
+def test_one_arm_grammar_keeps_each_tasks_arms_apart():
+    from haystack_corrector.experiments.arms import parse_arm
+
+    assert parse_latent_arm("refresh:26").refresh_every == 26
+    assert parse_latent_arm("frozen").slug == "frozen"
+    with pytest.raises(ValueError, match="Unknown arm 'corrector\\+replay:2'"):
+        parse_latent_arm("corrector+replay:2")  # the latent task's corrector takes no levers
+    with pytest.raises(ValueError, match="Unknown arm 'frozen'"):
+        parse_arm("frozen")  # the contrastive task has no frozen arm

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -25,7 +24,7 @@ import torch
 from haystack_corrector.beir import document_text, load_beir
 from haystack_corrector.cache_store import CorrectedCacheStore
 from haystack_corrector.corrector import Corrector
-from haystack_corrector.evaluation import overlap_at_k, relative_error, retrieval_metrics, run_from_search
+from haystack_corrector.evaluation import fidelity_of, retrieval_metrics, run_from_search
 from haystack_corrector.experiments.arms import Arm
 from haystack_corrector.experiments.config import ExperimentConfig, check_resumable
 from haystack_corrector.experiments.corpus_subset import judged_documents, nested_subset
@@ -248,28 +247,6 @@ def train_arm(
     return TrainedArm(model, store, loss, trainer, seconds, cpu_seconds)
 
 
-def fidelity_of(
-    store: CorrectedCacheStore,
-    fresh_docs: torch.Tensor,
-    queries: torch.Tensor,
-    fresh_rows: torch.Tensor,
-    rows: torch.Tensor | None = None,
-) -> dict[str, float]:
-    """Overlap@10/@100 of the stale and corrected rankings with the fresh one, and relative errors (on ``rows``)."""
-    k = min(100, len(store))
-    _, stale_rows = store.search(queries, k, corrected=False)
-    _, corrected_rows = store.search(queries, k, corrected=True)
-    selected = torch.arange(len(store)) if rows is None else rows
-    return {
-        "staleness": relative_error(store.stale_embeddings(selected), fresh_docs[selected]),
-        "corrected_error": relative_error(store.corrected_embeddings(selected), fresh_docs[selected]),
-        "stale_overlap@10": overlap_at_k(stale_rows, fresh_rows, min(10, k)),
-        "corrected_overlap@10": overlap_at_k(corrected_rows, fresh_rows, min(10, k)),
-        "stale_overlap@100": overlap_at_k(stale_rows, fresh_rows, k),
-        "corrected_overlap@100": overlap_at_k(corrected_rows, fresh_rows, k),
-    }
-
-
 def run_arm(config: ExperimentConfig, arm: Arm, seed: int, prepared: Prepared) -> dict[str, Any]:
     """Train one arm with one seed, evaluate it, and return its result (:func:`run_arms` writes it)."""
     trained = train_arm(config, arm, seed, prepared)
@@ -290,7 +267,7 @@ def run_arm(config: ExperimentConfig, arm: Arm, seed: int, prepared: Prepared) -
     means, per_query, fresh_rows = evaluate_rankings(fresh_docs, queries, prepared, store.similarity)
     eval_seconds, eval_cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     if config.keep_embeddings:
-        keep_embeddings(embeddings_path(config, arm, seed), fresh_docs, queries, store)
+        prepared.folder.keep_embeddings(arm.slug, seed, fresh_docs, queries, store.corrector)
     history = [
         {"step": e["step"], **{key.split("/")[1]: e[key] for key in e if key.startswith("corrector/")}}
         for e in trained.trainer.state.log_history
@@ -329,17 +306,6 @@ def run_arm(config: ExperimentConfig, arm: Arm, seed: int, prepared: Prepared) -
 
 def embeddings_path(config: ExperimentConfig, arm: Arm, seed: int) -> Path:
     return OutputFolder(config.output).arm_folder("embeddings", arm.slug, seed)
-
-
-def keep_embeddings(folder: Path, documents: torch.Tensor, queries: torch.Tensor, store: CorrectedCacheStore) -> None:
-    """The arm's end state for offline analysis: fresh document embeddings (float16, corpus order), fresh evaluation
-    query embeddings (float32, query order) and the corrector as training left it."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, matrix in (("documents.npy", documents.half()), ("queries.npy", queries.float())):
-        tmp = folder / (name + ".tmp.npy")
-        np.save(tmp, matrix.numpy())
-        os.replace(tmp, folder / name)
-    store.corrector.save(folder / "corrector", overwrite=True)
 
 
 def run_experiment(config: ExperimentConfig) -> dict[str, Any]:

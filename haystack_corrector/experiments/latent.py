@@ -33,7 +33,6 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +45,7 @@ from haystack_corrector._validation import check_float
 from haystack_corrector.beir import document_text, load_beir
 from haystack_corrector.cache_store import CorrectedCacheStore
 from haystack_corrector.corrector import Corrector
-from haystack_corrector.evaluation import retrieval_metrics, run_from_search
+from haystack_corrector.evaluation import macro_f1, retrieval_metrics, run_from_search
 from haystack_corrector.experiments.arms import LATENT_KINDS, Arm, parse_arm
 from haystack_corrector.experiments.harness import (
     encode,
@@ -116,17 +115,6 @@ def load_labels(path: str | os.PathLike[str]) -> dict[str, tuple[str, int]]:
     return out
 
 
-def macro_f1(predicted: Sequence[int], gold: Sequence[int], classes: int = len(LABELS)) -> float:
-    """Mean over classes of F1 (a class never predicted nor present counts 0, as scikit-learn's default)."""
-    scores = []
-    for c in range(classes):
-        tp = sum(p == c and g == c for p, g in zip(predicted, gold))
-        fp = sum(p == c and g != c for p, g in zip(predicted, gold))
-        fn = sum(p != c and g == c for p, g in zip(predicted, gold))
-        scores.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
-    return float(np.mean(scores))
-
-
 @dataclass
 class Task:
     corpus_ids: list[str]
@@ -191,7 +179,7 @@ def evaluate(model: Any, reader: Any, task: Task, config: LatentConfig, similari
     return {
         "metrics": {
             "accuracy": float(np.mean(list(correct.values()))),
-            "macro_f1": macro_f1(predicted, gold),
+            "macro_f1": macro_f1(predicted, gold, classes=len(LABELS)),
             "ndcg@10": means["ndcg@10"],
         },
         "per_query": {"correct": correct, "ndcg@10": {q: v["ndcg@10"] for q, v in per_query.items()}},
@@ -223,6 +211,12 @@ class CorpusRefresh(TrainerCallback):  # type: ignore[misc]
                 fresh = encode(self.model, self.task.corpus_texts, self.config.encode_batch_size, "refresh")
             self.store.replace_embeddings(fresh)
             self.corpus_encodes += 1
+
+
+def examples_trained(steps: int, claims: int, batch_size: int) -> int:
+    """Claims the trainer's batches held over ``steps`` steps (each epoch's last batch holds what is left)."""
+    full_epochs, rest = divmod(steps, -(-claims // batch_size))
+    return full_epochs * claims + rest * batch_size
 
 
 def run_arm(
@@ -284,7 +278,7 @@ def run_arm(
         reader.save(saved / "reader")
     start = time.perf_counter()
     result = evaluate(model, reader, task, config, store.similarity)
-    examples = steps * config.batch_size
+    examples = examples_trained(steps, len(task.train), config.batch_size)
     corpus_encodes = 0 if refresh is None else refresh.corpus_encodes
     result.update(
         {

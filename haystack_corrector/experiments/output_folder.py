@@ -18,7 +18,14 @@ import os
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+    from haystack_corrector.corrector import Corrector
 
 logger = logging.getLogger(__name__)
 
@@ -168,6 +175,21 @@ class OutputFolder:
     def arm_folder(self, kind: str, slug: str, seed: int) -> Path:
         """A per-(arm, seed) folder or file stem under ``kind`` (``work``, ``logs``, ``models``, ``embeddings``)."""
         return self.path / kind / f"{slug}__seed{seed}"
+
+    def keep_embeddings(
+        self, slug: str, seed: int, documents: torch.Tensor, queries: torch.Tensor, corrector: Corrector
+    ) -> Path:
+        """An arm's end state for offline analysis, in ``embeddings/<arm>__seed<N>/``: fresh document embeddings
+        (float16, corpus order), fresh evaluation query embeddings (float32, query order) and the corrector as
+        training left it."""
+        folder = self.arm_folder("embeddings", slug, seed)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, matrix in (("documents.npy", documents.half()), ("queries.npy", queries.float())):
+            tmp = folder / (name + ".tmp.npy")
+            np.save(tmp, matrix.numpy())
+            os.replace(tmp, folder / name)
+        corrector.save(folder / "corrector", overwrite=True)
+        return folder
 
     def finished_seeds(self, slug: str) -> list[int]:
         """Seeds of the arm ``slug`` already finished here (runs of earlier calls included)."""
