@@ -153,10 +153,6 @@ def prepare(config: ExperimentConfig) -> Prepared:
     return prepared
 
 
-def arm_result_path(config: ExperimentConfig, arm: Arm, seed: int) -> Path:
-    return OutputFolder(config.output).arm_file(arm.slug, seed)
-
-
 @dataclass
 class TrainedArm:
     model: Any

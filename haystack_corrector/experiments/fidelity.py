@@ -18,9 +18,9 @@ import torch
 
 from haystack_corrector.cache_store import CorrectedCacheStore
 from haystack_corrector.corrector import Corrector
+from haystack_corrector.evaluation import fidelity_of
 from haystack_corrector.experiments.arms import parse_arm
 from haystack_corrector.experiments.config import ExperimentConfig
-from haystack_corrector.evaluation import fidelity_of
 from haystack_corrector.experiments.contrastive import prepare, train_arm
 from haystack_corrector.experiments.harness import encode, machine
 from haystack_corrector.trainer import CorrectorTrainer
