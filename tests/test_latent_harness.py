@@ -195,6 +195,18 @@ def test_bf16_trains_under_autocast_where_the_hardware_has_it(
         if isinstance(module, torch.nn.Linear) and isinstance(output, torch.Tensor):
             linear_dtypes.add(output.dtype)
 
+    from haystack_corrector.sentence_transformers.latent_retrieval_loss import CrossEncoderReader
+
+    reader_dtypes: set[torch.dtype] = set()  # the reader's logits while training: the trainer's bf16 alone leaves a
+    reader_forward = CrossEncoderReader.forward  # loss-owned reader in float32 (transformers 5 autocasts model.forward)
+
+    def recording_forward(self, queries, documents):
+        logits = reader_forward(self, queries, documents)
+        if self.training:
+            reader_dtypes.add(logits.dtype)
+        return logits
+
+    monkeypatch.setattr(CrossEncoderReader, "forward", recording_forward)
     handle = torch.nn.modules.module.register_module_forward_hook(record)
     try:
         with caplog.at_level("WARNING", logger="haystack_corrector.experiments.latent"):
@@ -205,6 +217,7 @@ def test_bf16_trains_under_autocast_where_the_hardware_has_it(
     expected = "float32" if forbid_bf16 else "bfloat16"
     assert {r["precision"] for r in results["arms"]} == {expected}
     assert (torch.bfloat16 in linear_dtypes) == (not forbid_bf16), linear_dtypes
+    assert reader_dtypes == {torch.float32 if forbid_bf16 else torch.bfloat16}
     assert ("no bfloat16 units" in caplog.text) == forbid_bf16
     frozen = next(r for r in results["arms"] if r["arm"] == "frozen")
     assert frozen["metrics"]["ndcg@10"] == pytest.approx(results["zero_shot"]["ndcg@10"], abs=1e-6)

@@ -227,3 +227,37 @@ def test_under_bf16_autocast_search_corrector_and_marginal_stay_float32(model_an
         low = marginal(q.bfloat16(), d.bfloat16(), logits.bfloat16(), labels)
     assert low.dtype == torch.float32
     assert torch.allclose(low, marginal(q.bfloat16().float(), d.bfloat16().float(), logits.bfloat16().float(), labels))
+
+
+@pytest.mark.parametrize("reader_autocast", [None, torch.bfloat16])
+def test_reader_autocast_runs_the_reader_in_bfloat16_outside_any_autocast(model_and_store, reader_autocast):
+    """transformers 5's trainer autocasts only the model's forward, not a reader the loss owns: ``reader_autocast``
+    runs the reader in bfloat16 even with no autocast around the loss, and None leaves it to the ambient one."""
+    model, store = model_and_store
+
+    class LinearReader(nn.Module):  # a linear layer over per-pair features: what autocast casts
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = nn.Linear(2, NUM_LABELS)
+
+        def forward(self, queries, documents):
+            pairs = torch.tensor(
+                [[[float(len(q)), float(len(d))] for d in docs] for q, docs in zip(queries, documents)]
+            )
+            return self.linear(pairs)
+
+    reader = LinearReader()
+    dtypes = []
+    handle = reader.linear.register_forward_hook(lambda _module, _inputs, output: dtypes.append(output.dtype))
+    try:
+        loss = LatentRetrievalLoss(
+            model, reader, store, top_k=2, train_corrector=False, reader_autocast=reader_autocast
+        )
+        loss(_features(model, CLAIMS), LABELS)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # an ambient autocast still reaches a reader left to it
+            loss(_features(model, CLAIMS), LABELS)
+    finally:
+        handle.remove()
+    assert dtypes == [torch.float32 if reader_autocast is None else torch.bfloat16, torch.bfloat16]
+    with pytest.raises(ValueError, match="reader_autocast must be"):
+        LatentRetrievalLoss(model, reader, store, reader_autocast=torch.float64)

@@ -247,6 +247,8 @@ def run_arm(
         train_corrector=kind == "corrector",
         corrector_lr=config.corrector_lr,
         retriever_warmup_steps=steps if kind == "frozen" else config.reader_warmup_steps,
+        # The trainer's bf16 autocasts only the retriever's forward; the reader (the heavier half) needs its own.
+        reader_autocast=torch.bfloat16 if precision == "bfloat16" else None,
     )
     loss.train()  # the reader too (transformers loads it in eval mode): dropout on while training
     optimizer = torch.optim.AdamW(parameter_groups(loss, config.lr, config.reader_lr))

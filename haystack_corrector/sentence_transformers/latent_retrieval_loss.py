@@ -13,10 +13,12 @@ has gradients, scores each (x, z) with a reader p(y | x, z), and minimises the n
 also train the corrector (its drift loss, as in the contrastive loss), so the next step's top k comes from a cache
 closer to the current encoder without re-encoding the corpus.
 
-Mixed precision: the loss may run under ``torch.autocast`` (the trainer's ``bf16=True``, or the harness's
-``--bf16``); the encoder and the reader then compute in the autocast dtype, while the cache search, the corrector's
-drift step and the marginal itself always run in float32 (autocast is switched off around them), so the corrector
-and the top k are what they would be in a float32 run given the same embeddings.
+Mixed precision: under ``torch.autocast`` the encoder and the reader compute in the autocast dtype, while the cache
+search, the corrector's drift step and the marginal itself always run in float32 (autocast is switched off around
+them), so the corrector and the top k are what they would be in a float32 run given the same embeddings. The
+trainer's ``bf16=True`` autocasts only the model's forward (transformers 5 leaves autocast to accelerate, which wraps
+``model.forward``), not a reader the loss owns: pass ``reader_autocast=torch.bfloat16`` to run the reader in bfloat16
+too (the latent harness's ``--bf16`` does).
 
 The trainer hands a loss token ids, not texts; the reader needs the claim's text, so the anchor is decoded from its
 tokens with the model's tokenizer (for an uncased tokenizer that is the lower-cased claim, truncated at the
@@ -25,6 +27,7 @@ retriever's ``max_seq_length``). Documents come from ``store.texts``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -57,6 +60,8 @@ class LatentRetrievalLoss(nn.Module):
         retriever_warmup_steps: for this many first training steps (forward passes in training mode) the retriever is
             frozen: the top k and P(z | x) come from it without gradients, so only the reader learns (a reader that
             still guesses gives the retriever no signal worth following). The corrector does not train meanwhile.
+        reader_autocast: ``torch.bfloat16`` (or ``torch.float16``) runs the reader under autocast to that dtype
+            (what a trainer's ``bf16=True`` does not do for a loss-owned module); None: whatever autocast is ambient.
     """
 
     def __init__(
@@ -70,6 +75,7 @@ class LatentRetrievalLoss(nn.Module):
         train_corrector: bool = True,
         corrector_lr: float = 1e-3,
         retriever_warmup_steps: int = 0,
+        reader_autocast: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(store, CorrectedCacheStore):
@@ -90,6 +96,9 @@ class LatentRetrievalLoss(nn.Module):
         self.store = store  # not an nn.Module: its corrector stays out of self.parameters()
         self.corrector_trainer = CorrectorTrainer(store, lr=corrector_lr) if train_corrector else None
         self.retriever_warmup_steps = check_non_negative_int(retriever_warmup_steps, "retriever_warmup_steps")
+        if reader_autocast not in (None, torch.bfloat16, torch.float16):
+            raise ValueError(f"reader_autocast must be None, torch.bfloat16 or torch.float16, got {reader_autocast!r}")
+        self.reader_autocast = reader_autocast
         self.training_forwards = 0  # forward passes in training mode so far (as CorrectedNegativesLoss counts them)
         self._metrics: dict[str, float] = {}
 
@@ -98,6 +107,12 @@ class LatentRetrievalLoss(nn.Module):
         ...), then cleared: the same contract as ``CorrectedNegativesLoss.pop_metrics``."""
         metrics, self._metrics = self._metrics, {}
         return metrics
+
+    def _reader_precision(self, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+        """Autocast to ``reader_autocast`` around the reader; without it, whatever autocast is ambient."""
+        if self.reader_autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.reader_autocast)
 
     def anchor_texts(self, features: dict[str, Any]) -> list[str]:
         """The anchors' texts, decoded from the tokens the trainer passed (see the module docstring)."""
@@ -151,7 +166,8 @@ class LatentRetrievalLoss(nn.Module):
             doc_features = tokenize(self.model, flat, device)
             fresh = self.model(doc_features)["sentence_embedding"]
         documents = fresh.view(queries.shape[0], self.top_k, -1)
-        reader_logits = self.reader(self.anchor_texts(features[0]), documents_text)
+        with self._reader_precision(device):
+            reader_logits = self.reader(self.anchor_texts(features[0]), documents_text)
         marginal = self.marginal_log_likelihood(queries, documents, reader_logits, labels.to(device).long())
         loss = -marginal.mean()
         if self.training and not frozen and self.corrector_trainer is not None:
