@@ -173,6 +173,22 @@ def test_fidelity_of_against_oracles():
     by_hand = torch.topk(queries @ stale.T, 10, dim=1).indices
     expected = sum(len(set(a) & set(b)) for a, b in zip(by_hand.tolist(), fresh_rows[:, :10].tolist())) / 120
     assert drifted["stale_overlap@10"] == pytest.approx(expected)
+    # A corrector that moves the rows: each overlap is its own ranking's (stale and corrected by hand), not the other's.
+    moved = Corrector(16, hidden_dim=32)
+    with torch.no_grad():
+        for parameter in moved.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator))
+    store = CorrectedCacheStore(stale, corrector=moved)
+    figures = fidelity_of(store, fresh, queries, fresh_rows)
+
+    def overlap_by_hand(targets):
+        ranked = torch.topk(queries @ torch.nn.functional.normalize(targets, dim=1).T, 10, dim=1).indices
+        return sum(len(set(a) & set(b)) for a, b in zip(ranked.tolist(), fresh_rows[:, :10].tolist())) / 120
+
+    stale_by_hand, corrected_by_hand = overlap_by_hand(stale), overlap_by_hand(store.corrected_embeddings())
+    assert stale_by_hand != corrected_by_hand  # the case tells the two rankings apart
+    assert figures["stale_overlap@10"] == pytest.approx(stale_by_hand)
+    assert figures["corrected_overlap@10"] == pytest.approx(corrected_by_hand)
 
 
 def test_build_cache_mine_and_evaluate_commands(toy_beir, tiny_st_path, tmp_path, capsys):
