@@ -498,3 +498,23 @@ def test_demo_bf16_flag_reaches_the_experiment_config(monkeypatch, tmp_path):
         with pytest.raises(SystemExit):
             main(["demo", "--output", str(tmp_path / "d"), *flags])
     assert [c.bf16 for c in configs] == [True, False]
+
+
+def test_output_folder_given_as_a_relative_path_writes_inside_it(tmp_path, monkeypatch):
+    """The demo's default --output is relative: every path the folder hands out must land in it when written back
+    (a relative folder once wrote its arms into <output>/<output>/arms)."""
+    from haystack_corrector.experiments.arms import parse_arm
+    from haystack_corrector.experiments.output_folder import OutputFolder
+
+    monkeypatch.chdir(tmp_path)
+    folder = OutputFolder("out")
+    arm = parse_arm("corrector+rerank:3")
+    harness.run_arms(folder, [arm], [0, 1], lambda arm, seed: {"arm": arm.name, "seed": seed})
+    folder.write_json("results.json", {"ok": True})
+    assert sorted(p.name for p in (tmp_path / "out" / "arms").iterdir()) == [
+        "corrector_rerank-3__seed0.json",
+        "corrector_rerank-3__seed1.json",
+    ]
+    assert folder.finished_seeds(arm.slug) == [0, 1]
+    assert json.loads((tmp_path / "out" / "results.json").read_text()) == {"ok": True}
+    assert not (tmp_path / "out" / "out").exists()

@@ -119,7 +119,8 @@ class OutputFolder:
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = claim_output_folder(path)  # refuses a folder that holds anything but our results
+        # Absolute, so that the paths it hands out (arm_file, ...) can be given back to write_json from any cwd.
+        self.path = claim_output_folder(path).absolute()  # refuses a folder that holds anything but our results
 
     @property
     def initial_cache(self) -> Path:
