@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from haystack_corrector._validation import ArrayLike, as_index_tensor, describe
+from haystack_corrector._validation import ArrayLike, as_index_tensor, check_positive_int, describe
 
 __all__ = ["CacheRows", "DefaultIds"]
 
@@ -205,7 +205,7 @@ class CacheRows:
         if side is not None and (side.ndim != 2 or int(side.shape[0]) != self.num_rows):
             raise ValueError(f"side_features must have one row per cache row ({self.num_rows}), got {describe(side)}")
         self.side = side  # per-row side features for the corrector (float16), or None
-        self.block_size = block_size
+        self.block_size = check_positive_int(block_size, "block_size")
         self._ids = check_ids(ids, self.num_rows)
         self._id_to_row: IdIndex | None = None  # built on first lookup
         self._texts: list[str] | None = None

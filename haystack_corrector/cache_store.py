@@ -399,7 +399,7 @@ class CorrectedCacheStore:
         in float32 (``ValueError`` naming the file and the row). :meth:`save` writes a regular store folder.
         """
         array = persistence.read_embeddings_npy(Path(file), verify=verify)
-        rows = CacheRows(array, ids, block_size=check_positive_int(block_size, "block_size"))
+        rows = CacheRows(array, ids, block_size=block_size)
         store = cls.from_rows(rows, corrector, similarity)
         store.texts = texts  # type: ignore[assignment]
         return store

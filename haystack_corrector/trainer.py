@@ -262,7 +262,7 @@ class CorrectorTrainer:
         """One optimiser step on pairs already checked (:meth:`checked_pairs`); ``local`` is ``(queries, rows,
         fresh)`` for a listwise term over those rows instead of the step's. Returns the step's metrics."""
         corrector = self.corrector
-        device = next(corrector.parameters()).device
+        device = corrector.device
         stale = self.store.stale_embeddings(rows).to(device)
         side = self.store.side_features(rows)
         fresh = fresh.to(device)

@@ -6,9 +6,12 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from haystack_corrector.experiments.arms import Arm, parse_arm
+
+if TYPE_CHECKING:
+    from haystack_corrector.experiments.output_folder import OutputFolder
 
 
 @dataclass
@@ -82,13 +85,15 @@ RESUMABLE_SETTINGS = frozenset(
 )
 
 
-def check_resumable(config: ExperimentConfig) -> None:
+def check_resumable(config: ExperimentConfig, folder: OutputFolder | None = None) -> None:
     """Refuse to add arms to an output folder whose finished arms were trained with other settings
     (:meth:`OutputFolder.check_resumable`; folders written before the rename knew ``sampling_strategy`` as
     ``strategy``)."""
-    from haystack_corrector.experiments.output_folder import OutputFolder
+    if folder is None:  # the run's folder, claimed here when the caller has none yet
+        from haystack_corrector.experiments.output_folder import OutputFolder
 
-    OutputFolder(config.output).check_resumable(
+        folder = OutputFolder(config.output)
+    folder.check_resumable(
         json.loads(json.dumps(asdict(config))),  # tuples -> lists, as saved
         json.loads(json.dumps(asdict(ExperimentConfig(data=config.data)))),
         RESUMABLE_SETTINGS,

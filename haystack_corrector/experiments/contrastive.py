@@ -315,7 +315,7 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
 
     arms = config.validate()
     folder = OutputFolder(config.output)  # claimed before anything is read from or written to it
-    check_resumable(config)
+    check_resumable(config, folder)
     total_start = time.perf_counter()
     output = folder.path
     with run_log(output):

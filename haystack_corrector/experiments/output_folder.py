@@ -200,7 +200,3 @@ class OutputFolder:
             if suffix.lstrip("-").isdigit():
                 seeds.append(int(suffix))
         return sorted(seeds)
-
-    def finished_results(self) -> list[dict[str, Any]]:
-        """Every finished (arm, seed) result in the folder, in file-name order."""
-        return [json.loads(path.read_text()) for path in sorted((self.path / "arms").glob("*.json"))]

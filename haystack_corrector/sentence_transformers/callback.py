@@ -161,7 +161,7 @@ class CorrectorCallback(_TrainerCallback):  # type: ignore[misc, valid-type]
                 f"The checkpoint's corrector {corrector.get_config_dict()} does not match the store's "
                 f"{store_corrector.get_config_dict()}"
             )
-        device = next(store_corrector.parameters()).device
+        device = store_corrector.device
         store_corrector.load_state_dict({k: v.to(device) for k, v in corrector.state_dict().items()})
         state = torch.load(io.BytesIO(payloads["corrector_optimizer.pt"]), map_location=device, weights_only=True)
         self.loss.corrector_trainer.load_state_dict(
